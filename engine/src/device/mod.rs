@@ -1,0 +1,63 @@
+//! The file I/O the engine does, behind two traits, so the same engine runs
+//! over the real io_uring + O_DIRECT device ([`UringDevice`]), over an
+//! in-memory device that models crashes ([`SimDevice`]), and under a
+//! fault-injecting decorator ([`FaultyDevice`]).
+//!
+//! Contract every implementation keeps:
+//! - offsets, lengths and buffers of `read_at`/`write_at` are multiples of
+//!   [`IO_ALIGN_BYTES`](crate::limits::IO_ALIGN_BYTES);
+//! - a completed `write_at` is durable only after a later `sync` of the same
+//!   file has completed;
+//! - `create`, `rename` and `remove` are durable only after `sync_dir`;
+//! - one device is used from one thread (it may be `!Send`).
+
+mod faulty;
+mod sim;
+mod uring;
+
+pub use faulty::{FaultPlan, FaultyDevice};
+pub use sim::{SimDevice, SimFs};
+pub use uring::UringDevice;
+
+use std::io;
+
+/// A directory of files: one engine shard's segment files and checkpoint.
+#[allow(async_fn_in_trait)]
+pub trait Device: 'static {
+    /// An open file of this device.
+    type File: DeviceFile;
+
+    /// Creates `name` (which must not exist) with `len` bytes allocated.
+    async fn create(&self, name: &str, len: u64) -> io::Result<Self::File>;
+    /// Opens an existing file for reading and writing.
+    async fn open(&self, name: &str) -> io::Result<Self::File>;
+    /// Renames `from` to `to`, replacing `to` if it exists.
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Removes `name`.
+    async fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes creates, renames and removes so far durable.
+    async fn sync_dir(&self) -> io::Result<()>;
+    /// Names of the files present.
+    fn list(&self) -> io::Result<Vec<String>>;
+}
+
+/// One open file, read and written with aligned direct I/O.
+#[allow(async_fn_in_trait)]
+pub trait DeviceFile: 'static {
+    /// An owned, aligned buffer the device can write from without copying.
+    type Buf: AsRef<[u8]> + AsMut<[u8]>;
+    /// What a read returns.
+    type ReadBuf: AsRef<[u8]>;
+
+    /// Allocates a zeroed write buffer of `len` bytes (a multiple of the
+    /// alignment).
+    fn alloc(&self, len: usize) -> Self::Buf;
+    /// Writes all of `buf` at `pos`.
+    async fn write_at(&self, buf: Self::Buf, pos: u64) -> io::Result<()>;
+    /// Reads up to `len` bytes at `pos`; shorter only at the end of the file.
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::ReadBuf>;
+    /// Makes completed writes durable (fdatasync).
+    async fn sync(&self) -> io::Result<()>;
+    /// The file's size in bytes.
+    fn len(&self) -> u64;
+}

@@ -1,0 +1,159 @@
+//! The real device: glommio `DmaFile`s (io_uring, O_DIRECT) in one directory.
+//!
+//! Invariant: before the first `DmaFile` on a block device is opened, a
+//! non-empty probe file is opened, because glommio decides once per device
+//! whether polled I/O works by reading the first file it opens, and an empty
+//! file makes that probe pass wrongly (later reads then fail with EOPNOTSUPP).
+
+use super::{Device, DeviceFile};
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// One shard's directory on a real file system.
+pub struct UringDevice {
+    dir: PathBuf,
+}
+
+const PROBE_FILE: &str = ".uring-probe";
+
+fn glommio_err(e: glommio::GlommioError<()>) -> io::Error {
+    match e {
+        glommio::GlommioError::IoError(e) => e,
+        glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+impl UringDevice {
+    /// Opens (creating if needed) the directory `dir`. Must run inside a
+    /// glommio executor.
+    pub async fn open(dir: impl AsRef<Path>) -> io::Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        let probe = dir.join(PROBE_FILE);
+        std::fs::write(&probe, vec![0u8; 4096])?;
+        let f = DmaFile::open(&probe).await.map_err(glommio_err)?;
+        f.close().await.map_err(glommio_err)?;
+        std::fs::remove_file(&probe)?;
+        Ok(UringDevice { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Device for UringDevice {
+    type File = UringFile;
+
+    async fn create(&self, name: &str, len: u64) -> io::Result<UringFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .dma_open(self.path(name))
+            .await
+            .map_err(glommio_err)?;
+        if len > 0 {
+            if let Err(e) = file.pre_allocate(len, false).await {
+                let e = glommio_err(e);
+                let _ = file.close().await;
+                let _ = std::fs::remove_file(self.path(name));
+                return Err(e);
+            }
+        }
+        Ok(UringFile { file, len })
+    }
+
+    async fn open(&self, name: &str) -> io::Result<UringFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(self.path(name))
+            .await
+            .map_err(glommio_err)?;
+        let len = file.file_size().await.map_err(glommio_err)?;
+        Ok(UringFile { file, len })
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.path(from), self.path(to))
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        std::fs::remove_file(self.path(name))
+    }
+
+    async fn sync_dir(&self) -> io::Result<()> {
+        // A directory fsync is rare (segment roll-over, checkpoint): a
+        // blocking call on the executor costs less than a thread hop.
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+}
+
+/// An open O_DIRECT file.
+pub struct UringFile {
+    file: DmaFile,
+    len: u64,
+}
+
+/// A read result of the real device.
+pub struct UringRead(ReadResult);
+
+impl AsRef<[u8]> for UringRead {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl DeviceFile for UringFile {
+    type Buf = DmaBuffer;
+    type ReadBuf = UringRead;
+
+    fn alloc(&self, len: usize) -> DmaBuffer {
+        let mut buf = self.file.alloc_dma_buffer(len);
+        buf.as_bytes_mut().fill(0);
+        buf
+    }
+
+    async fn write_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {
+        let want = buf.len();
+        let n = self.file.write_at(buf, pos).await.map_err(glommio_err)?;
+        if n != want {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short O_DIRECT write: {n} of {want} bytes at {pos}"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<UringRead> {
+        let r = self
+            .file
+            .read_at_aligned(pos, len)
+            .await
+            .map_err(glommio_err)?;
+        Ok(UringRead(r))
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.file.fdatasync().await.map_err(glommio_err)
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+}

@@ -1,0 +1,36 @@
+//! `tessera-engine`: the log-structured shard store of one node.
+//!
+//! Shards (opaque ids up to [`limits::ID_LEN_MAX_BYTES`], payloads up to
+//! [`limits::SHARD_SIZE_MAX_BYTES`]) are appended as checksummed records to
+//! preallocated segment files with O_DIRECT through io_uring (glommio).
+//! Many puts share one write and one fdatasync (group commit); a put is
+//! acknowledged only once durable. The index lives in memory, is rebuilt on
+//! open from a checkpoint plus the log written after it, and a torn tail is
+//! cut, never served. Deletes are tombstones; compaction rewrites the live
+//! records of the emptiest segments; a throttled scrubber re-verifies
+//! everything and reports bad shards.
+//!
+//! Layout: [`Engine`] (thread-per-core handle; requests routed by id hash to
+//! the core that owns the shard) over [`Shard`] (one core's files and index)
+//! over a [`device::Device`] (real io_uring files, or a crash-simulating or
+//! fault-injecting one in tests). No networking here.
+
+pub mod checkpoint;
+pub mod device;
+mod engine;
+mod error;
+pub mod format;
+pub mod limits;
+mod memlock;
+mod reader;
+mod shard;
+
+pub use engine::{
+    route, DeviceFactory, Engine, EngineConfig, FaultyFactory, SimFactory, UringFactory,
+};
+pub use error::{Error, Result};
+pub use memlock::{raise_memlock, MEMLOCK_MIN_BYTES};
+pub use shard::{
+    BadShard, CompactReport, Entry, InventoryItem, ScrubProgress, Shard, ShardConfig, ShardStat,
+    Stats,
+};

@@ -1,0 +1,1678 @@
+//! One engine shard: the segment files, index and write path owned by one
+//! core. Everything here runs on a single thread; state lives in a `RefCell`
+//! that is never borrowed across an `.await`.
+//!
+//! Invariants:
+//! - the index only points at records whose flush has completed its
+//!   fdatasync (a put is acknowledged after that, never before);
+//! - flushes are serialized and each covers batches of one segment only, so
+//!   only the last flush of the newest segment can be torn by a crash;
+//! - sequence numbers and flush ids grow with log position, so replaying the
+//!   log in order (checkpoint, then the tail) rebuilds the same index;
+//! - after a failed write or fsync the shard is poisoned: it refuses writes
+//!   until reopened.
+
+use crate::checkpoint::{self, Checkpoint, CheckpointSegment};
+use crate::device::{Device, DeviceFile};
+use crate::error::{Error, Result};
+use crate::format::{
+    self, decode_record, encode_record, BatchHeader, RecordKind, SegmentHeader, BATCH_HEADER_BYTES,
+    BATCH_MAGIC, FLAG_FIRST, FLAG_LAST, FLAG_SEAL, RECORD_HEADER_BYTES,
+};
+use crate::limits::*;
+use crate::reader::{align_down, align_up, SegReader};
+use futures::channel::oneshot;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+mod checkpoint_io;
+mod compact;
+mod scrub;
+
+pub use compact::CompactReport;
+
+pub(crate) const CHECKPOINT_FILE: &str = "index.ckpt";
+const CHECKPOINT_TMP_FILE: &str = "index.ckpt.tmp";
+
+fn segment_name(id: u64) -> String {
+    format!("seg-{id:016x}.log")
+}
+fn free_name(id: u64) -> String {
+    format!("free-{id:016x}.log")
+}
+fn parse_name(name: &str, prefix: &str) -> Option<u64> {
+    let hex = name.strip_prefix(prefix)?.strip_suffix(".log")?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Tunables of one shard. Limits that are not tunable are in [`crate::limits`].
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// Size of each segment file (multiple of 4 KiB).
+    pub segment_size_bytes: u64,
+    /// Write an index checkpoint after this many bytes were appended.
+    pub checkpoint_interval_bytes: u64,
+    /// Segments whose live bytes are below this fraction of their used bytes
+    /// are compacted.
+    pub compaction_live_ratio: f64,
+    /// How often background compaction looks for work; `None` = only when
+    /// asked.
+    pub compaction_interval: Option<Duration>,
+    /// Scrubber read budget in bytes per second.
+    pub scrub_bytes_per_sec: u64,
+    /// Pause between scrub passes; `None` = only when asked.
+    pub scrub_interval: Option<Duration>,
+    /// Freed segment files kept for reuse (overwriting is cheaper than
+    /// allocating fresh blocks).
+    pub free_segments_keep: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            segment_size_bytes: SEGMENT_SIZE_DEFAULT_BYTES,
+            checkpoint_interval_bytes: 1 << 30,
+            compaction_live_ratio: 0.5,
+            compaction_interval: Some(Duration::from_secs(10)),
+            scrub_bytes_per_sec: 64 << 20,
+            scrub_interval: Some(Duration::from_secs(24 * 3600)),
+            free_segments_keep: 4,
+        }
+    }
+}
+
+impl ShardConfig {
+    /// Checks the configuration, saying what is wrong.
+    pub fn validate(&self) -> Result<()> {
+        let s = self.segment_size_bytes;
+        if !(SEGMENT_SIZE_MIN_BYTES..=SEGMENT_SIZE_MAX_BYTES).contains(&s)
+            || s % IO_ALIGN_BYTES != 0
+        {
+            return Err(Error::Config(format!(
+                "segment_size_bytes is {s}; it must be a multiple of {IO_ALIGN_BYTES} between {SEGMENT_SIZE_MIN_BYTES} and {SEGMENT_SIZE_MAX_BYTES}"
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.compaction_live_ratio) {
+            return Err(Error::Config(format!(
+                "compaction_live_ratio is {}; it must be between 0 and 1",
+                self.compaction_live_ratio
+            )));
+        }
+        if self.scrub_bytes_per_sec == 0 {
+            return Err(Error::Config("scrub_bytes_per_sec must be above 0".into()));
+        }
+        Ok(())
+    }
+
+    /// Largest payload this configuration can store for an id of `id_len`.
+    pub fn payload_max(&self, id_len: usize) -> usize {
+        let room = self.segment_size_bytes - SEGMENT_HEADER_BYTES - BATCH_HEADER_BYTES as u64;
+        let room = room.saturating_sub((RECORD_HEADER_BYTES + id_len) as u64) as usize;
+        room.min(SHARD_SIZE_MAX_BYTES)
+    }
+}
+
+/// Where a live record (or tombstone) is, and what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub segment: u64,
+    pub offset: u32,
+    pub rec_len: u32,
+    pub payload_len: u32,
+    pub crc: u32,
+    pub seq: u64,
+    pub tomb: bool,
+}
+
+/// What `stat` tells about a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardStat {
+    pub len: u32,
+    pub crc: u32,
+    pub seq: u64,
+}
+
+/// One line of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryItem {
+    pub id: Vec<u8>,
+    pub len: u32,
+    pub crc: u32,
+}
+
+/// A shard whose stored bytes failed their checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadShard {
+    pub id: Vec<u8>,
+    pub shard: usize,
+    pub segment: u64,
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// Progress of the scrubber.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScrubProgress {
+    pub passes_done: u64,
+    pub running: bool,
+    pub pass_bytes_total: u64,
+    pub pass_bytes_done: u64,
+    pub records_verified: u64,
+    pub bad_found: u64,
+    pub reports_dropped: u64,
+}
+
+/// Counters and gauges of one shard (summed over shards by the engine).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub live_shards: u64,
+    pub tombstones: u64,
+    pub live_bytes: u64,
+    pub dead_bytes: u64,
+    pub segments: u64,
+    pub free_segments: u64,
+    pub puts: u64,
+    pub gets: u64,
+    pub deletes: u64,
+    pub checksum_errors: u64,
+    pub io_errors: u64,
+    pub flushes: u64,
+    pub flushed_bytes: u64,
+    pub compactions: u64,
+    pub compacted_bytes: u64,
+    pub checkpoints: u64,
+    pub torn_tails_cut: u64,
+    pub corrupt_regions: u64,
+    pub scrub: ScrubProgress,
+}
+
+impl Stats {
+    /// Adds another shard's figures to these.
+    pub fn add(&mut self, o: &Stats) {
+        self.live_shards += o.live_shards;
+        self.tombstones += o.tombstones;
+        self.live_bytes += o.live_bytes;
+        self.dead_bytes += o.dead_bytes;
+        self.segments += o.segments;
+        self.free_segments += o.free_segments;
+        self.puts += o.puts;
+        self.gets += o.gets;
+        self.deletes += o.deletes;
+        self.checksum_errors += o.checksum_errors;
+        self.io_errors += o.io_errors;
+        self.flushes += o.flushes;
+        self.flushed_bytes += o.flushed_bytes;
+        self.compactions += o.compactions;
+        self.compacted_bytes += o.compacted_bytes;
+        self.checkpoints += o.checkpoints;
+        self.torn_tails_cut += o.torn_tails_cut;
+        self.corrupt_regions += o.corrupt_regions;
+        let (a, b) = (&mut self.scrub, &o.scrub);
+        a.passes_done += b.passes_done;
+        a.running |= b.running;
+        a.pass_bytes_total += b.pass_bytes_total;
+        a.pass_bytes_done += b.pass_bytes_done;
+        a.records_verified += b.records_verified;
+        a.bad_found += b.bad_found;
+        a.reports_dropped += b.reports_dropped;
+    }
+}
+
+struct Segment<F> {
+    file: Rc<F>,
+    size: u64,
+    /// Durable end of the data (start of the next batch).
+    end: u64,
+    live_bytes: u64,
+    min_seq: u64,
+    compacting: bool,
+}
+
+struct PendingRecord {
+    id: Box<[u8]>,
+    /// Offset of the record inside the batch body.
+    body_off: u32,
+    rec_len: u32,
+    payload_len: u32,
+    crc: u32,
+    seq: u64,
+    tomb: bool,
+    /// For compaction copies: only live if the index still points here.
+    cond: Option<(u64, u32)>,
+    waiter: Option<oneshot::Sender<Result<()>>>,
+}
+
+struct PendingBatch {
+    segment: u64,
+    start: u64,
+    body: Vec<u8>,
+    pad: u32,
+    closed: bool,
+    records: Vec<PendingRecord>,
+}
+
+impl PendingBatch {
+    fn end(&self) -> u64 {
+        self.start + BATCH_HEADER_BYTES as u64 + self.body.len() as u64 + self.pad as u64
+    }
+}
+
+struct State<F> {
+    index: BTreeMap<Box<[u8]>, Entry>,
+    segments: BTreeMap<u64, Segment<F>>,
+    free: Vec<u64>,
+    next_seq: u64,
+    next_flush_id: u64,
+    next_segment_id: u64,
+    /// Segment and position where the next batch goes.
+    cursor_segment: u64,
+    cursor_pos: u64,
+    /// Bytes `[align_down(end), end)` of the cursor segment's durable end.
+    tail: (u64, Vec<u8>),
+    pending: VecDeque<PendingBatch>,
+    /// Records per id waiting in `pending`.
+    pending_ids: std::collections::HashMap<Box<[u8]>, u32>,
+    poisoned: Option<String>,
+    bytes_since_checkpoint: u64,
+    stats: Stats,
+}
+
+/// One core's shard of the engine.
+pub struct Shard<D: Device> {
+    index_no: usize,
+    dev: D,
+    cfg: ShardConfig,
+    st: RefCell<State<D::File>>,
+    kick: async_channel::Sender<()>,
+    kick_rx: async_channel::Receiver<()>,
+    flushing: Cell<bool>,
+    checkpointing: Cell<bool>,
+    compacting: Cell<bool>,
+    /// Highest flush id seen in any header during recovery (even in a torn
+    /// flush), so new flush ids never repeat one left on disk.
+    seen_flush_max: Cell<u64>,
+    fg_inflight: Cell<usize>,
+    bad_tx: async_channel::Sender<BadShard>,
+    scrub: Cell<ScrubProgress>,
+}
+
+struct ParsedFlush {
+    id: u64,
+    end: u64,
+    records: Vec<(Box<[u8]>, Entry)>,
+    sealed: bool,
+}
+
+struct ScanOutcome {
+    sealed: bool,
+    end: u64,
+    min_seq: u64,
+    torn: bool,
+    corrupt_regions: u64,
+}
+
+/// Counts a foreground operation in flight so background work can yield.
+struct Fg<'a>(&'a Cell<usize>);
+impl<'a> Fg<'a> {
+    fn new(c: &'a Cell<usize>) -> Self {
+        c.set(c.get() + 1);
+        Fg(c)
+    }
+}
+impl Drop for Fg<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+fn io_err(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let op = op.into();
+    move |e| Error::io(op, e)
+}
+
+impl<D: Device> Shard<D> {
+    /// Opens the shard on `dev`, rebuilding the index from the checkpoint
+    /// and the log. Start the background tasks with [`Shard::run_flusher`]
+    /// (required for writes), [`Shard::run_compactor`] and
+    /// [`Shard::run_scrubber`].
+    pub async fn open(
+        index_no: usize,
+        dev: D,
+        cfg: ShardConfig,
+        bad_tx: async_channel::Sender<BadShard>,
+    ) -> Result<Rc<Self>> {
+        cfg.validate()?;
+        let (kick, kick_rx) = async_channel::bounded(1);
+        let st = State {
+            index: BTreeMap::new(),
+            segments: BTreeMap::new(),
+            free: Vec::new(),
+            next_seq: 1,
+            next_flush_id: 1,
+            next_segment_id: 1,
+            cursor_segment: 0,
+            cursor_pos: SEGMENT_HEADER_BYTES,
+            tail: (0, Vec::new()),
+            pending: VecDeque::new(),
+            pending_ids: std::collections::HashMap::new(),
+            poisoned: None,
+            bytes_since_checkpoint: 0,
+            stats: Stats::default(),
+        };
+        let shard = Rc::new(Shard {
+            index_no,
+            dev,
+            cfg,
+            st: RefCell::new(st),
+            kick,
+            kick_rx,
+            flushing: Cell::new(false),
+            checkpointing: Cell::new(false),
+            compacting: Cell::new(false),
+            seen_flush_max: Cell::new(0),
+            fg_inflight: Cell::new(0),
+            bad_tx,
+            scrub: Cell::new(ScrubProgress::default()),
+        });
+        shard.recover().await?;
+        Ok(shard)
+    }
+
+    // ------------------------------------------------------------------
+    // Recovery
+    // ------------------------------------------------------------------
+
+    async fn recover(&self) -> Result<()> {
+        let names = self
+            .dev
+            .list()
+            .map_err(io_err("listing the shard directory"))?;
+        let mut seg_ids = Vec::new();
+        let mut free_ids = Vec::new();
+        let mut has_ckpt = false;
+        for n in &names {
+            if let Some(id) = parse_name(n, "seg-") {
+                seg_ids.push(id);
+            } else if let Some(id) = parse_name(n, "free-") {
+                free_ids.push(id);
+            } else if n == CHECKPOINT_FILE {
+                has_ckpt = true;
+            } else if n == CHECKPOINT_TMP_FILE {
+                let _ = self.dev.remove(n).await;
+            }
+        }
+        seg_ids.sort_unstable();
+        let max_id = seg_ids
+            .iter()
+            .chain(free_ids.iter())
+            .copied()
+            .max()
+            .unwrap_or(0);
+
+        let ckpt = if has_ckpt {
+            self.load_checkpoint().await
+        } else {
+            None
+        };
+        let (wm_seg, wm_off) = ckpt
+            .as_ref()
+            .map_or((0, 0), |c| (c.watermark_segment, c.watermark_offset));
+
+        // Open segment files; drop ones too small to hold anything.
+        let mut files: BTreeMap<u64, Rc<D::File>> = BTreeMap::new();
+        for &id in &seg_ids {
+            let f = self
+                .dev
+                .open(&segment_name(id))
+                .await
+                .map_err(io_err(format!("opening segment {id}")))?;
+            if f.len() < SEGMENT_HEADER_BYTES + IO_ALIGN_BYTES {
+                tracing::warn!(
+                    shard = self.index_no,
+                    segment = id,
+                    len = f.len(),
+                    "segment file too short to hold data; removing it"
+                );
+                self.dev
+                    .remove(&segment_name(id))
+                    .await
+                    .map_err(io_err("removing a short segment"))?;
+                continue;
+            }
+            files.insert(id, Rc::new(f));
+        }
+
+        let mut st_next_seq = 1u64;
+        let mut st_next_flush = 1u64;
+        if let Some(c) = &ckpt {
+            st_next_seq = c.next_seq;
+            st_next_flush = c.next_flush_id;
+            let mut st = self.st.borrow_mut();
+            let known: std::collections::HashMap<u64, &CheckpointSegment> =
+                c.segments.iter().map(|s| (s.id, s)).collect();
+            for (&id, f) in &files {
+                if id <= wm_seg {
+                    if let Some(cs) = known.get(&id) {
+                        st.segments.insert(
+                            id,
+                            Segment {
+                                file: f.clone(),
+                                size: f.len(),
+                                end: cs.end,
+                                live_bytes: 0,
+                                min_seq: cs.min_seq,
+                                compacting: false,
+                            },
+                        );
+                    }
+                }
+            }
+            for (id, e) in c.entries.iter() {
+                if st.segments.contains_key(&e.segment) {
+                    st.index.insert(id.clone(), *e);
+                }
+            }
+        }
+
+        // Segments the checkpoint does not vouch for: below the watermark and
+        // unknown to it, they were freed but the rename was lost; recycle them.
+        let mut to_scan = Vec::new();
+        for (&id, f) in &files {
+            if ckpt.is_some() && id < wm_seg && !self.st.borrow().segments.contains_key(&id) {
+                free_ids.push(id);
+                self.dev
+                    .rename(&segment_name(id), &free_name(id))
+                    .await
+                    .map_err(io_err("recycling a stale segment"))?;
+                continue;
+            }
+            if ckpt.is_some() && id == wm_seg && self.st.borrow().segments.contains_key(&id) {
+                to_scan.push((id, f.clone(), wm_off));
+            } else if id >= wm_seg || ckpt.is_none() {
+                to_scan.push((id, f.clone(), SEGMENT_HEADER_BYTES));
+            }
+        }
+
+        // A segment is the tail unless a newer one holds a first batch.
+        let mut has_data = Vec::with_capacity(to_scan.len());
+        for (id, f, _) in &to_scan {
+            has_data.push(self.first_batch_valid(*id, f).await?);
+        }
+
+        let mut last_flush = st_next_flush.saturating_sub(1);
+        let mut max_seq = st_next_seq.saturating_sub(1);
+        let mut newest_needs_seal = false;
+        let mut newest_sealed = false;
+        for i in 0..to_scan.len() {
+            let (id, ref f, from) = to_scan[i];
+            let is_tail = !has_data[i + 1..].iter().any(|&d| d);
+            let out = self
+                .scan_segment(id, f, from, is_tail, &mut last_flush, &mut max_seq)
+                .await?;
+            newest_needs_seal = out.torn;
+            newest_sealed = out.sealed;
+            let mut st = self.st.borrow_mut();
+            st.stats.torn_tails_cut += out.torn as u64;
+            st.stats.corrupt_regions += out.corrupt_regions;
+            let seg = st.segments.entry(id).or_insert(Segment {
+                file: f.clone(),
+                size: f.len(),
+                end: from,
+                live_bytes: 0,
+                min_seq: u64::MAX,
+                compacting: false,
+            });
+            seg.end = out.end;
+            seg.min_seq = seg.min_seq.min(out.min_seq);
+        }
+
+        // Recompute live bytes from the index.
+        {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            for seg in st.segments.values_mut() {
+                seg.live_bytes = 0;
+            }
+            for e in st.index.values() {
+                if let Some(seg) = st.segments.get_mut(&e.segment) {
+                    seg.live_bytes += e.rec_len as u64;
+                }
+            }
+            st.next_seq = max_seq + 1;
+            st.next_flush_id = last_flush.max(self.seen_flush_max.get()) + 1;
+            st.next_segment_id = max_id.max(
+                ckpt.as_ref()
+                    .map_or(0, |c| c.next_segment_id.saturating_sub(1)),
+            ) + 1;
+            free_ids.sort_unstable();
+            free_ids.dedup();
+            st.free = free_ids;
+        }
+
+        // Continue in the newest segment, after its last intact flush —
+        // unless it is sealed, or a torn tail was just cut there: then seal
+        // it (so the torn remnants are never read again) and move on.
+        let last = self
+            .st
+            .borrow()
+            .segments
+            .iter()
+            .next_back()
+            .map(|(&id, s)| (id, s.end, s.file.clone()));
+        match last {
+            Some((id, end, file)) if newest_needs_seal || newest_sealed => {
+                if newest_needs_seal && end + (BATCH_HEADER_BYTES as u64) <= file.len() {
+                    self.seal_segment(id, end, &file).await?;
+                }
+                let mut st = self.st.borrow_mut();
+                st.cursor_segment = st.next_segment_id;
+                st.next_segment_id += 1;
+                st.cursor_pos = SEGMENT_HEADER_BYTES;
+            }
+            Some((id, end, file)) => {
+                let tail = if end % IO_ALIGN_BYTES != 0 {
+                    let b = file
+                        .read_at(align_down(end), IO_ALIGN_BYTES as usize)
+                        .await
+                        .map_err(io_err("reading the log tail"))?;
+                    b.as_ref()[..(end % IO_ALIGN_BYTES) as usize].to_vec()
+                } else {
+                    Vec::new()
+                };
+                let mut st = self.st.borrow_mut();
+                st.cursor_segment = id;
+                st.cursor_pos = end;
+                st.tail = (id, tail);
+            }
+            None => {
+                let mut st = self.st.borrow_mut();
+                st.cursor_segment = st.next_segment_id;
+                st.next_segment_id += 1;
+                st.cursor_pos = SEGMENT_HEADER_BYTES;
+            }
+        }
+        self.dev
+            .sync_dir()
+            .await
+            .map_err(io_err("syncing the shard directory"))?;
+        let st = self.st.borrow();
+        tracing::info!(
+            shard = self.index_no,
+            shards = st.index.len(),
+            segments = st.segments.len(),
+            checkpoint = ckpt.is_some(),
+            torn_tails_cut = st.stats.torn_tails_cut,
+            corrupt_regions = st.stats.corrupt_regions,
+            "engine shard opened"
+        );
+        Ok(())
+    }
+
+    /// Writes a SEAL flush at `end` of segment `id` and syncs it.
+    async fn seal_segment(&self, id: u64, end: u64, file: &D::File) -> Result<()> {
+        let tail = if end % IO_ALIGN_BYTES != 0 {
+            let b = file
+                .read_at(align_down(end), IO_ALIGN_BYTES as usize)
+                .await
+                .map_err(io_err("reading the log tail"))?;
+            b.as_ref()[..(end % IO_ALIGN_BYTES) as usize].to_vec()
+        } else {
+            Vec::new()
+        };
+        self.st.borrow_mut().tail = (id, tail);
+        let hdr_end = end + BATCH_HEADER_BYTES as u64;
+        let seal = PendingBatch {
+            segment: id,
+            start: end,
+            body: Vec::new(),
+            pad: (align_up(hdr_end) - hdr_end) as u32,
+            closed: true,
+            records: Vec::new(),
+        };
+        let tail = self
+            .write_flush(id, std::slice::from_ref(&seal), FLAG_SEAL)
+            .await?;
+        self.commit_batches(id, vec![seal], tail);
+        Ok(())
+    }
+
+    async fn first_batch_valid(&self, id: u64, f: &D::File) -> Result<bool> {
+        let b = f
+            .read_at(SEGMENT_HEADER_BYTES, IO_ALIGN_BYTES as usize)
+            .await
+            .map_err(io_err("reading a segment"))?;
+        Ok(BatchHeader::decode(b.as_ref())
+            .is_some_and(|h| h.segment_id == id && h.flags & FLAG_FIRST != 0))
+    }
+
+    async fn load_checkpoint(&self) -> Option<Checkpoint> {
+        let f = self.dev.open(CHECKPOINT_FILE).await.ok()?;
+        if f.len() > CHECKPOINT_MAX_BYTES {
+            tracing::warn!(shard = self.index_no, "checkpoint larger than {CHECKPOINT_MAX_BYTES} bytes; ignoring it and scanning the log");
+            return None;
+        }
+        let mut r = SegReader::new(&f, f.len());
+        let bytes = r.bytes(0, f.len() as usize).await.ok()??.to_vec();
+        match checkpoint::decode(&bytes, self.index_no as u32) {
+            Ok(c) => Some(c),
+            Err(why) => {
+                tracing::warn!(shard = self.index_no, %why, "checkpoint unusable; scanning the whole log instead");
+                None
+            }
+        }
+    }
+
+    /// Replays one segment from `from`, applying every intact flush.
+    async fn scan_segment(
+        &self,
+        seg_id: u64,
+        f: &D::File,
+        from: u64,
+        is_tail: bool,
+        last_flush: &mut u64,
+        max_seq: &mut u64,
+    ) -> Result<ScanOutcome> {
+        let size = f.len();
+        let mut r = SegReader::new(f, size);
+        let mut pos = from;
+        let mut out = ScanOutcome {
+            sealed: false,
+            end: from,
+            min_seq: u64::MAX,
+            torn: false,
+            corrupt_regions: 0,
+        };
+        loop {
+            if let Some(f) = self.parse_flush(&mut r, seg_id, pos, *last_flush).await? {
+                *last_flush = f.id;
+                self.apply_scanned(seg_id, f.records, &mut out, max_seq);
+                pos = f.end;
+                if f.sealed {
+                    out.sealed = true;
+                    break;
+                }
+                continue;
+            }
+            // No intact flush at pos: a clean end, a torn tail, or corruption.
+            let head = r
+                .bytes(pos, BATCH_HEADER_BYTES)
+                .await
+                .map_err(io_err("scanning a segment"))?;
+            let clean = match head {
+                None => true,
+                Some(h) => {
+                    h.iter().all(|&b| b == 0)
+                        || BatchHeader::decode(h).is_some_and(|bh| bh.segment_id != seg_id)
+                }
+            };
+            if clean {
+                break;
+            }
+            // Is there an intact flush further on? Then what lies between was
+            // durable once and has rotted: salvage it.
+            let later = self
+                .find_later_flush(&mut r, seg_id, pos, *last_flush)
+                .await?;
+            match later {
+                Some(p2) => {
+                    out.corrupt_regions += 1;
+                    tracing::error!(
+                        shard = self.index_no,
+                        segment = seg_id,
+                        from = pos,
+                        to = p2,
+                        "corrupt region inside the log; salvaging the records that still verify"
+                    );
+                    self.salvage(&mut r, seg_id, pos, p2, last_flush, &mut out, max_seq)
+                        .await?;
+                    pos = p2;
+                }
+                None if !is_tail => {
+                    out.corrupt_regions += 1;
+                    tracing::error!(
+                        shard = self.index_no,
+                        segment = seg_id,
+                        at = pos,
+                        "corrupt end of a sealed segment; salvaging the records that still verify"
+                    );
+                    self.salvage(&mut r, seg_id, pos, size, last_flush, &mut out, max_seq)
+                        .await?;
+                    break;
+                }
+                None => {
+                    out.torn = true;
+                    tracing::warn!(
+                        shard = self.index_no,
+                        segment = seg_id,
+                        at = pos,
+                        "torn tail cut (an unacknowledged flush)"
+                    );
+                    break;
+                }
+            }
+        }
+        out.end = pos;
+        Ok(out)
+    }
+
+    fn apply_scanned(
+        &self,
+        seg_id: u64,
+        records: Vec<(Box<[u8]>, Entry)>,
+        out: &mut ScanOutcome,
+        max_seq: &mut u64,
+    ) {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        for (id, mut e) in records {
+            e.segment = seg_id;
+            *max_seq = (*max_seq).max(e.seq);
+            out.min_seq = out.min_seq.min(e.seq);
+            apply(&mut st.index, &mut st.segments, id, e, None);
+        }
+    }
+
+    /// Parses the flush starting at `pos` if it is intact and newer than
+    /// `last_flush`: returns its id, end and records.
+    async fn parse_flush(
+        &self,
+        r: &mut SegReader<'_, D::File>,
+        seg_id: u64,
+        pos: u64,
+        last_flush: u64,
+    ) -> Result<Option<ParsedFlush>> {
+        let mut p = pos;
+        let mut records = Vec::new();
+        let mut flush_id = None;
+        loop {
+            let Some(hb) = r
+                .bytes(p, BATCH_HEADER_BYTES)
+                .await
+                .map_err(io_err("scanning a segment"))?
+            else {
+                return Ok(None);
+            };
+            let Some(h) = BatchHeader::decode(hb) else {
+                return Ok(None);
+            };
+            if h.segment_id != seg_id {
+                return Ok(None);
+            }
+            self.seen_flush_max
+                .set(self.seen_flush_max.get().max(h.flush_id));
+            match flush_id {
+                None if h.flags & FLAG_FIRST == 0 || h.flush_id <= last_flush => return Ok(None),
+                Some(fid) if h.flags & FLAG_FIRST != 0 || h.flush_id != fid => return Ok(None),
+                _ => {}
+            }
+            flush_id = Some(h.flush_id);
+            if h.body_len as usize > SHARD_SIZE_MAX_BYTES + BATCH_BUFFER_BYTES + (1 << 20) {
+                return Ok(None);
+            }
+            let body_at = p + BATCH_HEADER_BYTES as u64;
+            let Some(body) = r
+                .bytes(body_at, h.body_len as usize)
+                .await
+                .map_err(io_err("scanning a segment"))?
+            else {
+                return Ok(None);
+            };
+            if crc32c::crc32c(body) != h.body_crc {
+                return Ok(None);
+            }
+            if !parse_body(body, body_at, &mut records) {
+                return Ok(None);
+            }
+            p += h.span();
+            if h.flags & FLAG_LAST != 0 {
+                return Ok(Some(ParsedFlush {
+                    id: h.flush_id,
+                    end: p,
+                    records,
+                    sealed: h.flags & FLAG_SEAL != 0,
+                }));
+            }
+        }
+    }
+
+    async fn find_later_flush(
+        &self,
+        r: &mut SegReader<'_, D::File>,
+        seg_id: u64,
+        from: u64,
+        last_flush: u64,
+    ) -> Result<Option<u64>> {
+        let magic = BATCH_MAGIC.to_le_bytes();
+        let size = r.limit();
+        let mut at = from + 1;
+        while at + BATCH_HEADER_BYTES as u64 <= size {
+            let step = (SCAN_READ_BYTES as u64).min(size - at) as usize;
+            let Some(chunk) = r
+                .bytes(at, step)
+                .await
+                .map_err(io_err("scanning a segment"))?
+            else {
+                break;
+            };
+            let mut hits = Vec::new();
+            for i in 0..chunk.len().saturating_sub(3) {
+                if chunk[i..i + 4] == magic {
+                    hits.push(at + i as u64);
+                }
+            }
+            for h in hits {
+                if let Some(hb) = r
+                    .bytes(h, BATCH_HEADER_BYTES)
+                    .await
+                    .map_err(io_err("scanning a segment"))?
+                {
+                    if BatchHeader::decode(hb).is_some_and(|bh| {
+                        bh.segment_id == seg_id
+                            && bh.flags & FLAG_FIRST != 0
+                            && bh.flush_id > last_flush
+                    }) && self.parse_flush(r, seg_id, h, last_flush).await?.is_some()
+                    {
+                        return Ok(Some(h));
+                    }
+                }
+            }
+            at += step.saturating_sub(3).max(1) as u64;
+        }
+        Ok(None)
+    }
+
+    /// Applies every record in `[from, to)` whose batch header and record
+    /// header still verify (payloads are verified when read).
+    #[allow(clippy::too_many_arguments)]
+    async fn salvage(
+        &self,
+        r: &mut SegReader<'_, D::File>,
+        seg_id: u64,
+        from: u64,
+        to: u64,
+        last_flush: &mut u64,
+        out: &mut ScanOutcome,
+        max_seq: &mut u64,
+    ) -> Result<()> {
+        let magic = BATCH_MAGIC.to_le_bytes();
+        let mut at = from;
+        let floor = *last_flush;
+        while at + BATCH_HEADER_BYTES as u64 <= to {
+            let Some(hb) = r
+                .bytes(at, BATCH_HEADER_BYTES)
+                .await
+                .map_err(io_err("salvaging"))?
+            else {
+                break;
+            };
+            let h = if hb[0..4] == magic {
+                BatchHeader::decode(hb)
+            } else {
+                None
+            };
+            match h {
+                Some(h) if h.segment_id == seg_id && h.flush_id > floor && at + h.span() <= to => {
+                    *last_flush = (*last_flush).max(h.flush_id);
+                    let body_at = at + BATCH_HEADER_BYTES as u64;
+                    if let Some(body) = r
+                        .bytes(body_at, h.body_len as usize)
+                        .await
+                        .map_err(io_err("salvaging"))?
+                    {
+                        let mut recs = Vec::new();
+                        salvage_body(body, body_at, &mut recs);
+                        self.apply_scanned(seg_id, recs, out, max_seq);
+                    }
+                    at += h.span();
+                }
+                _ => at += 1,
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // Foreground API
+    // ------------------------------------------------------------------
+
+    fn check_id(id: &[u8]) -> Result<()> {
+        if id.is_empty() || id.len() > ID_LEN_MAX_BYTES {
+            return Err(Error::IdLength {
+                len: id.len(),
+                max: ID_LEN_MAX_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores `payload` under `id`, replacing any earlier version. Returns
+    /// once the record is durable.
+    pub async fn put(&self, id: &[u8], payload: &[u8]) -> Result<()> {
+        Self::check_id(id)?;
+        let max = self.cfg.payload_max(id.len());
+        if payload.len() > max {
+            return Err(Error::ShardTooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        let _fg = Fg::new(&self.fg_inflight);
+        let crc = crc32c::crc32c(payload);
+        let rx = self
+            .append(RecordKind::Put, id, payload, crc, None)?
+            .ok_or(Error::Closed)?;
+        self.st.borrow_mut().stats.puts += 1;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Deletes `id`. Returns whether it existed. Durable on return.
+    pub async fn delete(&self, id: &[u8]) -> Result<bool> {
+        Self::check_id(id)?;
+        let _fg = Fg::new(&self.fg_inflight);
+        // A put still waiting for its flush counts: the tombstone goes after
+        // it in the log, so the delete wins whatever order they land in.
+        let exists = {
+            let st = self.st.borrow();
+            matches!(st.index.get(id), Some(e) if !e.tomb) || st.pending_ids.contains_key(id)
+        };
+        if !exists {
+            return Ok(false);
+        }
+        let rx = self
+            .append(RecordKind::Tombstone, id, &[], 0, None)?
+            .ok_or(Error::Closed)?;
+        self.st.borrow_mut().stats.deletes += 1;
+        rx.await.map_err(|_| Error::Closed)??;
+        Ok(true)
+    }
+
+    /// Size, checksum and sequence of `id`, without reading it.
+    pub fn stat(&self, id: &[u8]) -> Result<ShardStat> {
+        Self::check_id(id)?;
+        match self.st.borrow().index.get(id) {
+            Some(e) if !e.tomb => Ok(ShardStat {
+                len: e.payload_len,
+                crc: e.crc,
+                seq: e.seq,
+            }),
+            _ => Err(Error::NotFound),
+        }
+    }
+
+    /// Reads `id`; the bytes are returned only after their crc32c verifies.
+    pub async fn get(&self, id: &[u8]) -> Result<Vec<u8>> {
+        Self::check_id(id)?;
+        let _fg = Fg::new(&self.fg_inflight);
+        self.st.borrow_mut().stats.gets += 1;
+        let mut attempt = 0;
+        loop {
+            let (e, file) = {
+                let st = self.st.borrow();
+                match st.index.get(id) {
+                    Some(e) if !e.tomb => {
+                        let Some(seg) = st.segments.get(&e.segment) else {
+                            return Err(Error::NotFound);
+                        };
+                        (*e, seg.file.clone())
+                    }
+                    _ => return Err(Error::NotFound),
+                }
+            };
+            match read_record(&*file, id, &e).await {
+                Ok(Some(payload)) => return Ok(payload),
+                Ok(None) => {
+                    // The record may have moved (compaction) between lookup
+                    // and read; only a second failure at the same place is rot.
+                    let moved = self.st.borrow().index.get(id).is_some_and(|now| *now != e);
+                    if moved && attempt == 0 {
+                        attempt += 1;
+                        continue;
+                    }
+                    self.report_bad(id, &e, "checksum mismatch on read");
+                    return Err(Error::Checksum {
+                        segment: e.segment,
+                        offset: e.offset as u64,
+                    });
+                }
+                Err(err) => {
+                    self.st.borrow_mut().stats.io_errors += 1;
+                    return Err(Error::io(format!("reading segment {}", e.segment), err));
+                }
+            }
+        }
+    }
+
+    /// Up to `limit` inventory lines for ids after `start_after`, in id order.
+    pub fn inventory(&self, start_after: Option<&[u8]>, limit: usize) -> Vec<InventoryItem> {
+        let st = self.st.borrow();
+        let range = match start_after {
+            Some(s) => st
+                .index
+                .range::<[u8], _>((std::ops::Bound::Excluded(s), std::ops::Bound::Unbounded)),
+            None => st.index.range::<[u8], _>(..),
+        };
+        range
+            .filter(|(_, e)| !e.tomb)
+            .take(limit)
+            .map(|(id, e)| InventoryItem {
+                id: id.to_vec(),
+                len: e.payload_len,
+                crc: e.crc,
+            })
+            .collect()
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> Stats {
+        let st = self.st.borrow();
+        let mut s = st.stats;
+        s.live_shards = st.index.values().filter(|e| !e.tomb).count() as u64;
+        s.tombstones = st.index.len() as u64 - s.live_shards;
+        s.segments = st.segments.len() as u64;
+        s.free_segments = st.free.len() as u64;
+        s.live_bytes = st.segments.values().map(|g| g.live_bytes).sum();
+        let used: u64 = st
+            .segments
+            .values()
+            .map(|g| g.end - SEGMENT_HEADER_BYTES)
+            .sum();
+        s.dead_bytes = used.saturating_sub(s.live_bytes);
+        s.scrub = self.scrub.get();
+        s
+    }
+
+    fn report_bad(&self, id: &[u8], e: &Entry, reason: &str) {
+        let mut st = self.st.borrow_mut();
+        st.stats.checksum_errors += 1;
+        let bad = BadShard {
+            id: id.to_vec(),
+            shard: self.index_no,
+            segment: e.segment,
+            offset: e.offset as u64,
+            reason: reason.into(),
+        };
+        if self.bad_tx.try_send(bad).is_err() {
+            let mut p = self.scrub.get();
+            p.reports_dropped += 1;
+            self.scrub.set(p);
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Write path: append into pending batches, flush with group commit
+    // ------------------------------------------------------------------
+
+    fn append(
+        &self,
+        kind: RecordKind,
+        id: &[u8],
+        payload: &[u8],
+        crc: u32,
+        cond: Option<(u64, u32)>,
+    ) -> Result<Option<oneshot::Receiver<Result<()>>>> {
+        let mut st = self.st.borrow_mut();
+        if let Some(cause) = &st.poisoned {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        let rec_len = format::record_len(id.len(), payload.len());
+        let st = &mut *st;
+        if let Some((seg, off)) = cond {
+            // A compaction copy is only worth writing if the original is
+            // still the live version and nothing newer for this id is queued
+            // (else the copy could outrank it when the log is replayed).
+            let here = st
+                .index
+                .get(id)
+                .is_some_and(|e| e.segment == seg && e.offset == off);
+            if !here || st.pending_ids.contains_key(id) {
+                return Ok(None);
+            }
+        }
+        // An existing segment keeps the size it was made with.
+        let seg_size = st
+            .segments
+            .get(&st.cursor_segment)
+            .map_or(self.cfg.segment_size_bytes, |s| s.size);
+
+        // Reuse the open batch if the record fits in it and in the segment.
+        let fits_open = st.pending.back().is_some_and(|b| {
+            !b.closed
+                && b.segment == st.cursor_segment
+                && (b.body.is_empty() || b.body.len() + rec_len <= BATCH_BUFFER_BYTES)
+                && b.start + (BATCH_HEADER_BYTES + b.body.len() + rec_len) as u64 <= seg_size
+        });
+        if !fits_open {
+            if let Some(b) = st.pending.back_mut() {
+                if !b.closed {
+                    let end = b.start + BATCH_HEADER_BYTES as u64 + b.body.len() as u64;
+                    b.pad = (align_up(end) - end) as u32;
+                    b.closed = true;
+                    st.cursor_pos = b.end();
+                }
+            }
+            let mut start = st.cursor_pos;
+            if start + (BATCH_HEADER_BYTES + rec_len) as u64 > seg_size {
+                if rec_len as u64 + (BATCH_HEADER_BYTES as u64) + SEGMENT_HEADER_BYTES
+                    > self.cfg.segment_size_bytes
+                {
+                    return Err(Error::ShardTooLarge {
+                        len: rec_len,
+                        max: self.cfg.payload_max(id.len()),
+                    });
+                }
+                st.cursor_segment = st.next_segment_id;
+                st.next_segment_id += 1;
+                start = SEGMENT_HEADER_BYTES;
+            }
+            st.pending.push_back(PendingBatch {
+                segment: st.cursor_segment,
+                start,
+                body: Vec::with_capacity(
+                    rec_len.max(64 << 10).min(BATCH_BUFFER_BYTES.max(rec_len)),
+                ),
+                pad: 0,
+                closed: false,
+                records: Vec::new(),
+            });
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let b = st.pending.back_mut().expect("a batch was just ensured");
+        let body_off = b.body.len() as u32;
+        encode_record(&mut b.body, kind, id, payload, crc, seq);
+        let (tx, rx) = oneshot::channel();
+        b.records.push(PendingRecord {
+            id: id.into(),
+            body_off,
+            rec_len: rec_len as u32,
+            payload_len: payload.len() as u32,
+            crc,
+            seq,
+            tomb: kind == RecordKind::Tombstone,
+            cond,
+            waiter: Some(tx),
+        });
+        st.cursor_pos = b.start + (BATCH_HEADER_BYTES + b.body.len()) as u64;
+        *st.pending_ids.entry(id.into()).or_insert(0) += 1;
+        let _ = self.kick.try_send(());
+        Ok(Some(rx))
+    }
+
+    /// The group-commit loop: run it as a task on the shard's executor.
+    pub async fn run_flusher(self: Rc<Self>) {
+        while self.kick_rx.recv().await.is_ok() {
+            while !self.st.borrow().pending.is_empty() {
+                self.flushing.set(true);
+                self.flush_once().await;
+                self.flushing.set(false);
+            }
+            self.maybe_checkpoint().await;
+        }
+    }
+
+    async fn flush_once(&self) {
+        // Take the batches of the first pending segment, up to the limit.
+        let (batches, seg_id) = {
+            let mut st = self.st.borrow_mut();
+            let Some(first) = st.pending.front() else {
+                return;
+            };
+            let seg_id = first.segment;
+            let mut taken = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(b) = st.pending.front() {
+                if b.segment != seg_id || (bytes > 0 && bytes + b.body.len() > FLUSH_MAX_BYTES) {
+                    break;
+                }
+                bytes += b.body.len();
+                let mut b = st.pending.pop_front().expect("front exists");
+                if !b.closed {
+                    // The open batch ends this flush unpadded; the next batch
+                    // continues right after it.
+                    b.closed = true;
+                    st.cursor_pos = b.end();
+                }
+                taken.push(b);
+            }
+            (taken, seg_id)
+        };
+        match self.write_flush(seg_id, &batches, 0).await {
+            Ok(tail) => self.commit_batches(seg_id, batches, tail),
+            Err(err) => self.fail_batches(batches, err),
+        }
+    }
+
+    async fn ensure_segment(&self, seg_id: u64) -> Result<Rc<D::File>> {
+        if let Some(s) = self.st.borrow().segments.get(&seg_id) {
+            return Ok(s.file.clone());
+        }
+        let size = self.cfg.segment_size_bytes;
+        let recycled = { self.st.borrow_mut().free.pop() };
+        let file = match recycled {
+            Some(old) => {
+                let f = async {
+                    self.dev
+                        .rename(&free_name(old), &segment_name(seg_id))
+                        .await?;
+                    self.dev.open(&segment_name(seg_id)).await
+                }
+                .await;
+                match f {
+                    Ok(f) if f.len() == size => f,
+                    Ok(_) | Err(_) => {
+                        let _ = self.dev.remove(&segment_name(seg_id)).await;
+                        self.create_segment_file(seg_id, size).await?
+                    }
+                }
+            }
+            None => self.create_segment_file(seg_id, size).await?,
+        };
+        let mut hb = file.alloc(SEGMENT_HEADER_BYTES as usize);
+        SegmentHeader {
+            segment_id: seg_id,
+            shard: self.index_no as u32,
+            segment_bytes: size,
+        }
+        .encode(hb.as_mut());
+        file.write_at(hb, 0)
+            .await
+            .map_err(io_err("writing a segment header"))?;
+        file.sync().await.map_err(io_err("syncing a new segment"))?;
+        self.dev
+            .sync_dir()
+            .await
+            .map_err(io_err("syncing the shard directory"))?;
+        let file = Rc::new(file);
+        self.st.borrow_mut().segments.insert(
+            seg_id,
+            Segment {
+                file: file.clone(),
+                size,
+                end: SEGMENT_HEADER_BYTES,
+                live_bytes: 0,
+                min_seq: u64::MAX,
+                compacting: false,
+            },
+        );
+        Ok(file)
+    }
+
+    async fn create_segment_file(&self, seg_id: u64, size: u64) -> Result<D::File> {
+        match self.dev.create(&segment_name(seg_id), size).await {
+            Ok(f) => Ok(f),
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOSPC)
+                    || e.raw_os_error() == Some(libc::EDQUOT) =>
+            {
+                Err(Error::DiskFull {
+                    segment_bytes: size,
+                    source: e,
+                })
+            }
+            Err(e) => Err(Error::io(format!("creating segment {seg_id}"), e)),
+        }
+    }
+
+    /// Writes one flush (all `batches`, one segment) and syncs it; returns
+    /// the bytes of its final partial block, which the next flush rewrites.
+    async fn write_flush(
+        &self,
+        seg_id: u64,
+        batches: &[PendingBatch],
+        extra_flags: u16,
+    ) -> Result<Vec<u8>> {
+        let file = match self.ensure_segment(seg_id).await {
+            Ok(f) => f,
+            Err(e @ Error::DiskFull { .. }) => return Err(e),
+            Err(e) => {
+                // A half-made segment may be on disk: start over after reopen.
+                let mut st = self.st.borrow_mut();
+                st.stats.io_errors += 1;
+                st.poisoned = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        let (flush_id, tail, seg_end) = {
+            let mut st = self.st.borrow_mut();
+            let id = st.next_flush_id;
+            st.next_flush_id += 1;
+            let end = st
+                .segments
+                .get(&seg_id)
+                .map_or(SEGMENT_HEADER_BYTES, |s| s.end);
+            let tail = if st.tail.0 == seg_id {
+                st.tail.1.clone()
+            } else {
+                Vec::new()
+            };
+            (id, tail, end)
+        };
+        let mut new_tail = Vec::new();
+        let n = batches.len();
+        let mut writes = Vec::with_capacity(n);
+        for (i, b) in batches.iter().enumerate() {
+            if i == 0 && b.start != seg_end {
+                return Err(self.poison_layout(format!(
+                    "flush at {} but segment {seg_id} ends at {seg_end}",
+                    b.start
+                )));
+            }
+            let lead: &[u8] = if i == 0 && b.start % IO_ALIGN_BYTES != 0 {
+                if tail.len() as u64 != b.start % IO_ALIGN_BYTES {
+                    return Err(
+                        self.poison_layout(format!("log tail of segment {seg_id} out of step"))
+                    );
+                }
+                &tail
+            } else {
+                &[]
+            };
+            let at = align_down(b.start);
+            let len = align_up(b.end()) - at;
+            let mut buf = file.alloc(len as usize);
+            let dst = buf.as_mut();
+            dst[..lead.len()].copy_from_slice(lead);
+            let mut flags = extra_flags;
+            if i == 0 {
+                flags |= FLAG_FIRST;
+            }
+            if i + 1 == n {
+                flags |= FLAG_LAST;
+            }
+            let h = BatchHeader {
+                flags,
+                segment_id: seg_id,
+                flush_id,
+                body_len: b.body.len() as u32,
+                pad_len: b.pad,
+                body_crc: crc32c::crc32c(&b.body),
+            };
+            let hs = (b.start - at) as usize;
+            h.encode(&mut dst[hs..hs + BATCH_HEADER_BYTES]);
+            dst[hs + BATCH_HEADER_BYTES..hs + BATCH_HEADER_BYTES + b.body.len()]
+                .copy_from_slice(&b.body);
+            if i + 1 == n {
+                let end = b.end();
+                new_tail = dst[(align_down(end) - at) as usize..(end - at) as usize].to_vec();
+            }
+            writes.push(file.write_at(buf, at));
+        }
+        let results = futures::future::join_all(writes).await;
+        for r in results {
+            r.map_err(|e| self.poison(format!("write to segment {seg_id} failed: {e}"), e))?;
+        }
+        file.sync()
+            .await
+            .map_err(|e| self.poison(format!("fdatasync of segment {seg_id} failed: {e}"), e))?;
+        Ok(new_tail)
+    }
+
+    fn poison_layout(&self, what: String) -> Error {
+        let cause = format!("internal log position error: {what}");
+        self.st.borrow_mut().poisoned = Some(cause.clone());
+        tracing::error!(shard = self.index_no, %cause, "engine shard poisoned");
+        Error::Layout(cause)
+    }
+
+    fn poison(&self, cause: String, e: std::io::Error) -> Error {
+        let mut st = self.st.borrow_mut();
+        st.stats.io_errors += 1;
+        tracing::error!(shard = self.index_no, %cause, "engine shard poisoned: refusing writes until reopened");
+        st.poisoned = Some(cause.clone());
+        Error::Io {
+            op: cause,
+            source: e,
+        }
+    }
+
+    fn commit_batches(&self, seg_id: u64, batches: Vec<PendingBatch>, new_tail: Vec<u8>) {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let mut bytes = 0u64;
+        let last_end = batches.last().map_or(SEGMENT_HEADER_BYTES, |b| b.end());
+        for b in batches {
+            bytes += b.end() - b.start;
+            let body_at = b.start + BATCH_HEADER_BYTES as u64;
+            for r in b.records {
+                let e = Entry {
+                    segment: seg_id,
+                    offset: (body_at + r.body_off as u64) as u32,
+                    rec_len: r.rec_len,
+                    payload_len: r.payload_len,
+                    crc: r.crc,
+                    seq: r.seq,
+                    tomb: r.tomb,
+                };
+                if let Some(seg) = st.segments.get_mut(&seg_id) {
+                    seg.min_seq = seg.min_seq.min(r.seq);
+                }
+                unpend(&mut st.pending_ids, &r.id);
+                apply(&mut st.index, &mut st.segments, r.id, e, r.cond);
+                if let Some(w) = r.waiter {
+                    let _ = w.send(Ok(()));
+                }
+            }
+        }
+        if let Some(seg) = st.segments.get_mut(&seg_id) {
+            seg.end = last_end;
+        }
+        st.tail = (seg_id, new_tail);
+        st.stats.flushes += 1;
+        st.stats.flushed_bytes += bytes;
+        st.bytes_since_checkpoint += bytes;
+    }
+
+    fn fail_batches(&self, batches: Vec<PendingBatch>, err: Error) {
+        let disk_full = matches!(err, Error::DiskFull { .. });
+        let msg = err.to_string();
+        let mut st = self.st.borrow_mut();
+        // Everything queued behind the failed flush was placed after it, so
+        // it fails too.
+        let in_flush = batches.len();
+        let mut all: Vec<PendingBatch> = batches;
+        all.extend(st.pending.drain(..));
+        let failed_seg = all.first().map(|b| b.segment);
+        for (i, b) in all.into_iter().enumerate() {
+            for r in b.records {
+                unpend(&mut st.pending_ids, &r.id);
+                if let Some(w) = r.waiter {
+                    let e = if i < in_flush && !disk_full {
+                        // The writes of the failed flush get the I/O error itself.
+                        Error::Io {
+                            op: msg.clone(),
+                            source: std::io::Error::other(msg.clone()),
+                        }
+                    } else if disk_full {
+                        Error::DiskFull {
+                            segment_bytes: self.cfg.segment_size_bytes,
+                            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                        }
+                    } else if let Some(c) = &st.poisoned {
+                        Error::Poisoned { cause: c.clone() }
+                    } else {
+                        Error::Io {
+                            op: msg.clone(),
+                            source: std::io::Error::other(msg.clone()),
+                        }
+                    };
+                    let _ = w.send(Err(e));
+                }
+            }
+        }
+        if st.poisoned.is_none() {
+            // Nothing was written (the new segment could not be made): go
+            // back to the newest durable position and try again next time.
+            match st.segments.iter().next_back().map(|(&id, s)| (id, s.end)) {
+                Some((id, end)) => {
+                    st.cursor_segment = id;
+                    st.cursor_pos = end;
+                }
+                None => {
+                    st.cursor_segment = failed_seg.unwrap_or(st.cursor_segment);
+                    st.cursor_pos = SEGMENT_HEADER_BYTES;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the record of `e` and returns its payload if id, header and payload
+/// checksum all verify; `Ok(None)` if they do not.
+pub(crate) async fn read_record<F: DeviceFile>(
+    file: &F,
+    id: &[u8],
+    e: &Entry,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let at = align_down(e.offset as u64);
+    let end = align_up(e.offset as u64 + e.rec_len as u64);
+    let buf = file.read_at(at, (end - at) as usize).await?;
+    let b = buf.as_ref();
+    let off = (e.offset as u64 - at) as usize;
+    if b.len() < off + e.rec_len as usize {
+        return Ok(None);
+    }
+    Ok(verify_record(&b[off..off + e.rec_len as usize], id, e).map(<[u8]>::to_vec))
+}
+
+/// The payload of `rec` if it is the record `e` describes and verifies.
+pub(crate) fn verify_record<'a>(rec: &'a [u8], id: &[u8], e: &Entry) -> Option<&'a [u8]> {
+    let (h, rid) = decode_record(rec).ok()?;
+    if rid != id || h.seq != e.seq || h.payload_len != e.payload_len || h.payload_crc != e.crc {
+        return None;
+    }
+    let p_at = RECORD_HEADER_BYTES + rid.len();
+    let payload = rec.get(p_at..p_at + h.payload_len as usize)?;
+    (crc32c::crc32c(payload) == e.crc).then_some(payload)
+}
+
+/// Parses every record of a verified batch body; false if any is malformed
+/// (a verified body with a bad record means a bug or a crafted body).
+fn parse_body(body: &[u8], body_at: u64, out: &mut Vec<(Box<[u8]>, Entry)>) -> bool {
+    let mut off = 0usize;
+    while off < body.len() {
+        let Ok((h, id)) = decode_record(&body[off..]) else {
+            return false;
+        };
+        let len = h.record_len();
+        if off + len > body.len() {
+            return false;
+        }
+        out.push((
+            id.into(),
+            Entry {
+                segment: 0,
+                offset: (body_at + off as u64) as u32,
+                rec_len: len as u32,
+                payload_len: h.payload_len,
+                crc: h.payload_crc,
+                seq: h.seq,
+                tomb: h.kind == RecordKind::Tombstone,
+            },
+        ));
+        off += len;
+    }
+    true
+}
+
+/// Like [`parse_body`] for a body whose crc failed: keeps each record whose
+/// header verifies, stops at the first that does not.
+fn salvage_body(body: &[u8], body_at: u64, out: &mut Vec<(Box<[u8]>, Entry)>) {
+    let mut off = 0usize;
+    while off < body.len() {
+        let Ok((h, id)) = decode_record(&body[off..]) else {
+            return;
+        };
+        let len = h.record_len();
+        if off + len > body.len() {
+            return;
+        }
+        out.push((
+            id.into(),
+            Entry {
+                segment: 0,
+                offset: (body_at + off as u64) as u32,
+                rec_len: len as u32,
+                payload_len: h.payload_len,
+                crc: h.payload_crc,
+                seq: h.seq,
+                tomb: h.kind == RecordKind::Tombstone,
+            },
+        ));
+        off += len;
+    }
+}
+
+fn unpend(pending_ids: &mut std::collections::HashMap<Box<[u8]>, u32>, id: &[u8]) {
+    if let Some(n) = pending_ids.get_mut(id) {
+        *n -= 1;
+        if *n == 0 {
+            pending_ids.remove(id);
+        }
+    }
+}
+
+/// Applies one durable record to the index. `cond` (compaction copies) makes
+/// it conditional on the index still pointing at the old place. While
+/// scanning, a tombstone for an unknown id shadows nothing and is dropped.
+fn apply<F>(
+    index: &mut BTreeMap<Box<[u8]>, Entry>,
+    segments: &mut BTreeMap<u64, Segment<F>>,
+    id: Box<[u8]>,
+    e: Entry,
+    cond: Option<(u64, u32)>,
+) -> bool {
+    let cur = index.get(&id).copied();
+    match (cur, cond) {
+        (Some(c), Some((seg, off))) if c.segment != seg || c.offset != off => return false,
+        (None, Some(_)) => return false,
+        (Some(c), _) if c.seq > e.seq => return false,
+        (None, None) if e.tomb => return false,
+        _ => {}
+    }
+    if let Some(c) = cur {
+        if let Some(s) = segments.get_mut(&c.segment) {
+            s.live_bytes = s.live_bytes.saturating_sub(c.rec_len as u64);
+        }
+    }
+    if let Some(s) = segments.get_mut(&e.segment) {
+        s.live_bytes += e.rec_len as u64;
+    }
+    index.insert(id, e);
+    true
+}
+
+impl<D: Device> Shard<D> {
+    /// Waits until every queued write has been flushed (or failed).
+    pub async fn drain(&self) {
+        let mut waited = 0u64;
+        while !self.st.borrow().pending.is_empty() || self.flushing.get() {
+            glommio::timer::sleep(Duration::from_micros(200)).await;
+            waited += 1;
+            if waited % 50_000 == 0 {
+                tracing::warn!(
+                    shard = self.index_no,
+                    "still waiting for queued writes to flush"
+                );
+            }
+        }
+    }
+
+    /// Flushes what is queued and writes a checkpoint, so the next open
+    /// replays nothing.
+    pub async fn close(&self) -> Result<()> {
+        self.drain().await;
+        if self.st.borrow().poisoned.is_some() {
+            return Ok(());
+        }
+        self.checkpoint().await
+    }
+
+    /// This shard's number.
+    pub fn index_no(&self) -> usize {
+        self.index_no
+    }
+}
