@@ -1,1 +1,51 @@
-fn main() {}
+//! `tessera-bench`: side-by-side benchmarks of Tessera against the ceiling
+//! or peer measured in the same run (fio for the disk today).
+
+mod engine_bench;
+mod fio;
+mod report;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "tessera-bench", about = "Tessera benchmarks, each figure next to its ceiling from the same run")]
+struct Cli {
+    /// Print one JSON object {"figures": {NAME: {value, unit, ceiling, ratio}}}.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Smaller data sets and 2-second runs (a smoke test, not a measurement).
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Engine shards (executor threads); 0 = one per core.
+    #[arg(long, global = true, default_value_t = 0)]
+    shards: usize,
+    /// Directory for the data files (engine and fio share its file system).
+    #[arg(long, global = true, default_value = "/tmp/tessera-bench")]
+    dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The storage engine against fio on the same file system.
+    Engine,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let report = match cli.cmd {
+        Cmd::Engine => {
+            let plan = if cli.quick { engine_bench::Plan::quick() } else { engine_bench::Plan::full() };
+            engine_bench::run(&cli.dir, &plan, cli.shards)?
+        }
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}

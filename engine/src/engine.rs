@@ -473,6 +473,7 @@ async fn shard_main<F: DeviceFactory>(
     let flusher = glommio::spawn_local(shard.clone().run_flusher());
     let compactor = glommio::spawn_local_into(shard.clone().run_compactor(), bg).ok();
     let scrubber = glommio::spawn_local_into(shard.clone().run_scrubber(), bg).ok();
+    let preparer = glommio::spawn_local_into(shard.clone().run_preparer(), bg).ok();
     let sem = Rc::new(glommio::sync::Semaphore::new(SHARD_INFLIGHT_MAX as u64));
     while let Ok(req) = rx.recv().await {
         if let Req::Close { tx } = req {
@@ -505,6 +506,7 @@ async fn shard_main<F: DeviceFactory>(
     drop(flusher);
     drop(compactor);
     drop(scrubber);
+    drop(preparer);
 }
 
 async fn serve<D: Device>(shard: &Shard<D>, req: Req) {

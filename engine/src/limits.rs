@@ -64,3 +64,8 @@ pub const COMPACT_STEP_BYTES: usize = 8 << 20;
 /// Longest a background step waits for foreground requests to drain before
 /// going ahead anyway (so background work is never starved).
 pub const BACKGROUND_YIELD_MAX_MILLIS: u64 = 20;
+
+/// Longest the flusher waits for more writers to join a flush when fewer are
+/// queued than went into the previous one (group commit gathering). Small
+/// against a durable write here (~200-400 us).
+pub const FLUSH_GATHER_MICROS: u64 = 60;

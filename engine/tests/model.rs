@@ -114,6 +114,7 @@ fn config() -> ShardConfig {
         scrub_bytes_per_sec: u64::MAX,
         scrub_interval: None,
         free_segments_keep: 2,
+        prepared_segments: 0,
     }
 }
 

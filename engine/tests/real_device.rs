@@ -25,6 +25,7 @@ fn cfg() -> EngineConfig {
             scrub_bytes_per_sec: u64::MAX,
             scrub_interval: None,
             free_segments_keep: 2,
+            prepared_segments: 0,
         },
     }
 }
@@ -496,6 +497,36 @@ fn restart_after_checkpoint_replays_only_the_tail() {
             } else {
                 assert_eq!(got.unwrap(), value(i, 500));
             }
+        }
+    });
+    e.close().unwrap();
+}
+
+#[test]
+fn spare_segments_are_prepared_while_quiet_and_used_on_roll() {
+    let dir = tmp();
+    let mut c = EngineConfig { shards: 1, ..cfg() };
+    c.shard.prepared_segments = 2;
+    let e = Engine::open(dir.path(), c.clone()).unwrap();
+    // Quiet: the preparer fills the pool (bounded wait).
+    let t = std::time::Instant::now();
+    while block_on(e.stats()).unwrap().free_segments < 2 {
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "no spare segments prepared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    block_on(async {
+        // Enough to roll over several segments, using the spares.
+        for i in 0..200 {
+            e.put(&id(i), value(i, 6000)).await.unwrap();
+        }
+    });
+    let s = block_on(e.stats()).unwrap();
+    assert!(s.segments >= 4, "{s:?}");
+    drop(e); // no checkpoint: the scan must ignore the zeros after each tail
+    let e = Engine::open(dir.path(), c).unwrap();
+    block_on(async {
+        for i in 0..200 {
+            assert_eq!(e.get(&id(i)).await.unwrap(), value(i, 6000));
         }
     });
     e.close().unwrap();

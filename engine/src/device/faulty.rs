@@ -153,4 +153,6 @@ impl<F: DeviceFile> DeviceFile for FaultyFile<F> {
     fn len(&self) -> u64 {
         self.inner.len()
     }
+    // Always asks for an explicit sync, so sync faults can be injected even
+    // over a device whose writes are durable on their own.
 }

@@ -7,7 +7,7 @@
 //! - offsets, lengths and buffers of `read_at`/`write_at` are multiples of
 //!   [`IO_ALIGN_BYTES`](crate::limits::IO_ALIGN_BYTES);
 //! - a completed `write_at` is durable only after a later `sync` of the same
-//!   file has completed;
+//!   file has completed, unless the file says `writes_are_durable()`;
 //! - `create`, `rename` and `remove` are durable only after `sync_dir`;
 //! - one device is used from one thread (it may be `!Send`).
 
@@ -49,8 +49,8 @@ pub trait DeviceFile: 'static {
     /// What a read returns.
     type ReadBuf: AsRef<[u8]>;
 
-    /// Allocates a zeroed write buffer of `len` bytes (a multiple of the
-    /// alignment).
+    /// Allocates a write buffer of `len` bytes (a multiple of the
+    /// alignment). Its contents are unspecified: callers fill all of it.
     fn alloc(&self, len: usize) -> Self::Buf;
     /// Writes all of `buf` at `pos`.
     async fn write_at(&self, buf: Self::Buf, pos: u64) -> io::Result<()>;
@@ -58,6 +58,11 @@ pub trait DeviceFile: 'static {
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::ReadBuf>;
     /// Makes completed writes durable (fdatasync).
     async fn sync(&self) -> io::Result<()>;
+    /// True when a completed `write_at` is already durable (the file is
+    /// open with O_DSYNC), so a flush needs no separate `sync`.
+    fn writes_are_durable(&self) -> bool {
+        false
+    }
     /// The file's size in bytes.
     fn len(&self) -> u64;
 }

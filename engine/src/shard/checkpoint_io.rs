@@ -80,6 +80,7 @@ impl<D: Device> Shard<D> {
         while (at as u64) < len {
             let n = CHECKPOINT_WRITE_BYTES.min(len as usize - at);
             let mut buf = f.alloc(n);
+            buf.as_mut().fill(0);
             let src_end = (at + n).min(bytes.len());
             if at < src_end {
                 buf.as_mut()[..src_end - at].copy_from_slice(&bytes[at..src_end]);

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 mod checkpoint_io;
 mod compact;
+mod prepare;
 mod scrub;
 
 pub use compact::CompactReport;
@@ -67,6 +68,9 @@ pub struct ShardConfig {
     /// Freed segment files kept for reuse (overwriting is cheaper than
     /// allocating fresh blocks).
     pub free_segments_keep: usize,
+    /// Spare segments written with zeros ahead of need while the shard is
+    /// quiet (0 turns preparation off).
+    pub prepared_segments: usize,
 }
 
 impl Default for ShardConfig {
@@ -79,6 +83,7 @@ impl Default for ShardConfig {
             scrub_bytes_per_sec: 64 << 20,
             scrub_interval: Some(Duration::from_secs(24 * 3600)),
             free_segments_keep: 4,
+            prepared_segments: 2,
         }
     }
 }
@@ -180,9 +185,14 @@ pub struct Stats {
     pub io_errors: u64,
     pub flushes: u64,
     pub flushed_bytes: u64,
+    /// Time spent in flush writes and in their fdatasync (microseconds).
+    pub flush_write_micros: u64,
+    pub flush_sync_micros: u64,
     pub compactions: u64,
     pub compacted_bytes: u64,
     pub checkpoints: u64,
+    /// Spare segments being written with zeros right now.
+    pub preparing: u64,
     pub torn_tails_cut: u64,
     pub corrupt_regions: u64,
     pub scrub: ScrubProgress,
@@ -204,9 +214,12 @@ impl Stats {
         self.io_errors += o.io_errors;
         self.flushes += o.flushes;
         self.flushed_bytes += o.flushed_bytes;
+        self.flush_write_micros += o.flush_write_micros;
+        self.flush_sync_micros += o.flush_sync_micros;
         self.compactions += o.compactions;
         self.compacted_bytes += o.compacted_bytes;
         self.checkpoints += o.checkpoints;
+        self.preparing += o.preparing;
         self.torn_tails_cut += o.torn_tails_cut;
         self.corrupt_regions += o.corrupt_regions;
         let (a, b) = (&mut self.scrub, &o.scrub);
@@ -294,6 +307,9 @@ pub struct Shard<D: Device> {
     /// flush), so new flush ids never repeat one left on disk.
     seen_flush_max: Cell<u64>,
     fg_inflight: Cell<usize>,
+    /// When the last foreground request finished.
+    last_fg: Cell<std::time::Instant>,
+    preparing: Cell<bool>,
     bad_tx: async_channel::Sender<BadShard>,
     scrub: Cell<ScrubProgress>,
 }
@@ -314,16 +330,17 @@ struct ScanOutcome {
 }
 
 /// Counts a foreground operation in flight so background work can yield.
-struct Fg<'a>(&'a Cell<usize>);
+struct Fg<'a>(&'a Cell<usize>, &'a Cell<std::time::Instant>);
 impl<'a> Fg<'a> {
-    fn new(c: &'a Cell<usize>) -> Self {
+    fn new(c: &'a Cell<usize>, last: &'a Cell<std::time::Instant>) -> Self {
         c.set(c.get() + 1);
-        Fg(c)
+        Fg(c, last)
     }
 }
 impl Drop for Fg<'_> {
     fn drop(&mut self) {
         self.0.set(self.0.get() - 1);
+        self.1.set(std::time::Instant::now());
     }
 }
 
@@ -373,6 +390,8 @@ impl<D: Device> Shard<D> {
             compacting: Cell::new(false),
             seen_flush_max: Cell::new(0),
             fg_inflight: Cell::new(0),
+            last_fg: Cell::new(std::time::Instant::now()),
+            preparing: Cell::new(false),
             bad_tx,
             scrub: Cell::new(ScrubProgress::default()),
         });
@@ -958,7 +977,7 @@ impl<D: Device> Shard<D> {
                 max,
             });
         }
-        let _fg = Fg::new(&self.fg_inflight);
+        let _fg = Fg::new(&self.fg_inflight, &self.last_fg);
         let crc = crc32c::crc32c(payload);
         let rx = self
             .append(RecordKind::Put, id, payload, crc, None)?
@@ -970,7 +989,7 @@ impl<D: Device> Shard<D> {
     /// Deletes `id`. Returns whether it existed. Durable on return.
     pub async fn delete(&self, id: &[u8]) -> Result<bool> {
         Self::check_id(id)?;
-        let _fg = Fg::new(&self.fg_inflight);
+        let _fg = Fg::new(&self.fg_inflight, &self.last_fg);
         // A put still waiting for its flush counts: the tombstone goes after
         // it in the log, so the delete wins whatever order they land in.
         let exists = {
@@ -1004,7 +1023,7 @@ impl<D: Device> Shard<D> {
     /// Reads `id`; the bytes are returned only after their crc32c verifies.
     pub async fn get(&self, id: &[u8]) -> Result<Vec<u8>> {
         Self::check_id(id)?;
-        let _fg = Fg::new(&self.fg_inflight);
+        let _fg = Fg::new(&self.fg_inflight, &self.last_fg);
         self.st.borrow_mut().stats.gets += 1;
         let mut attempt = 0;
         loop {
@@ -1080,6 +1099,7 @@ impl<D: Device> Shard<D> {
             .sum();
         s.dead_bytes = used.saturating_sub(s.live_bytes);
         s.scrub = self.scrub.get();
+        s.preparing = self.preparing.get() as u64;
         s
     }
 
@@ -1204,14 +1224,26 @@ impl<D: Device> Shard<D> {
 
     /// The group-commit loop: run it as a task on the shard's executor.
     pub async fn run_flusher(self: Rc<Self>) {
+        let mut last_batch = 0usize;
         while self.kick_rx.recv().await.is_ok() {
             while !self.st.borrow().pending.is_empty() {
+                // Writers acknowledged by the last flush are about to send
+                // their next record; if fewer than last time are queued, give
+                // them a moment so one flush carries them all.
+                if self.pending_records() < last_batch && self.fg_inflight.get() > self.pending_records() {
+                    glommio::timer::sleep(Duration::from_micros(FLUSH_GATHER_MICROS)).await;
+                }
+                last_batch = self.pending_records();
                 self.flushing.set(true);
                 self.flush_once().await;
                 self.flushing.set(false);
             }
             self.maybe_checkpoint().await;
         }
+    }
+
+    fn pending_records(&self) -> usize {
+        self.st.borrow().pending.iter().map(|b| b.records.len()).sum()
     }
 
     async fn flush_once(&self) {
@@ -1272,6 +1304,7 @@ impl<D: Device> Shard<D> {
             None => self.create_segment_file(seg_id, size).await?,
         };
         let mut hb = file.alloc(SEGMENT_HEADER_BYTES as usize);
+        hb.as_mut().fill(0);
         SegmentHeader {
             segment_id: seg_id,
             shard: self.index_no as u32,
@@ -1393,21 +1426,32 @@ impl<D: Device> Shard<D> {
             };
             let hs = (b.start - at) as usize;
             h.encode(&mut dst[hs..hs + BATCH_HEADER_BYTES]);
-            dst[hs + BATCH_HEADER_BYTES..hs + BATCH_HEADER_BYTES + b.body.len()]
-                .copy_from_slice(&b.body);
+            let body_end = hs + BATCH_HEADER_BYTES + b.body.len();
+            dst[hs + BATCH_HEADER_BYTES..body_end].copy_from_slice(&b.body);
+            // Padding and the rest of the last block are zeros on disk.
+            dst[body_end..].fill(0);
             if i + 1 == n {
                 let end = b.end();
                 new_tail = dst[(align_down(end) - at) as usize..(end - at) as usize].to_vec();
             }
             writes.push(file.write_at(buf, at));
         }
+        let t0 = std::time::Instant::now();
         let results = futures::future::join_all(writes).await;
         for r in results {
             r.map_err(|e| self.poison(format!("write to segment {seg_id} failed: {e}"), e))?;
         }
-        file.sync()
-            .await
-            .map_err(|e| self.poison(format!("fdatasync of segment {seg_id} failed: {e}"), e))?;
+        let t1 = std::time::Instant::now();
+        if !file.writes_are_durable() {
+            file.sync()
+                .await
+                .map_err(|e| self.poison(format!("fdatasync of segment {seg_id} failed: {e}"), e))?;
+        }
+        {
+            let mut st = self.st.borrow_mut();
+            st.stats.flush_write_micros += (t1 - t0).as_micros() as u64;
+            st.stats.flush_sync_micros += t1.elapsed().as_micros() as u64;
+        }
         Ok(new_tail)
     }
 

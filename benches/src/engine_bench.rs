@@ -1,0 +1,240 @@
+//! `tessera-bench engine`: the engine and fio on the same file system in one
+//! run, each figure next to its ceiling.
+//!
+//! | figure | engine | ceiling (fio, same run) |
+//! |---|---|---|
+//! | seq_put_1mib | 8 writers of 1 MiB durable puts | sequential 1 MiB writes, QD 8, fresh file |
+//! | rand_get_4kib | 32 readers of random 4 KiB shards | random 4 KiB reads, QD 32 |
+//! | durable_put_4kib_c32 | 32 writers of 4 KiB durable puts | 4 KiB write + fdatasync, QD 1 |
+//! | scrub | one unthrottled scrub pass | sequential 1 MiB reads, QD 8 |
+//! | reopen_1m_shards | reopen after 1M shards (checkpoint) | none |
+
+use crate::fio;
+use crate::report::Report;
+use anyhow::{Context, Result};
+use futures::executor::block_on;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tessera_engine::{Engine, EngineConfig};
+
+/// Sizes of one run.
+pub struct Plan {
+    pub seq_bytes: u64,
+    pub rand_set_bytes: u64,
+    pub seconds: u64,
+    pub reopen_shards: u64,
+}
+
+impl Plan {
+    pub fn full() -> Self {
+        Plan { seq_bytes: 2 << 30, rand_set_bytes: 1 << 30, seconds: 10, reopen_shards: 1_000_000 }
+    }
+    pub fn quick() -> Self {
+        Plan { seq_bytes: 256 << 20, rand_set_bytes: 64 << 20, seconds: 2, reopen_shards: 50_000 }
+    }
+}
+
+struct Load {
+    ops: u64,
+    elapsed: Duration,
+    lat_us: Vec<u32>,
+}
+
+impl Load {
+    fn per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&mut self, p: f64) -> u32 {
+        if self.lat_us.is_empty() {
+            return 0;
+        }
+        self.lat_us.sort_unstable();
+        self.lat_us[((self.lat_us.len() - 1) as f64 * p) as usize]
+    }
+}
+
+/// Runs `op(n)` from `conc` concurrent tasks until `max_ops` ops or `dur`.
+fn drive<F, Fut>(conc: usize, dur: Duration, max_ops: u64, op: F) -> Result<Load>
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = tessera_engine::Result<()>>,
+{
+    let next = AtomicU64::new(0);
+    let start = Instant::now();
+    let deadline = start + dur;
+    let tasks = (0..conc).map(|_| async {
+        let mut lat = Vec::new();
+        loop {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            if n >= max_ops || Instant::now() >= deadline {
+                return Ok::<_, tessera_engine::Error>(lat);
+            }
+            let t = Instant::now();
+            op(n).await?;
+            lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        }
+    });
+    let results = block_on(futures::future::join_all(tasks));
+    let elapsed = start.elapsed();
+    let mut lat_us = Vec::new();
+    for r in results {
+        lat_us.extend(r?);
+    }
+    Ok(Load { ops: lat_us.len() as u64, elapsed, lat_us })
+}
+
+/// Waits (at most a minute) until the engine's background segment
+/// preparation is done, so it disturbs neither fio's ceiling nor the next
+/// figure.
+fn settle(e: &Engine) -> Result<()> {
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    loop {
+        let s = block_on(e.stats())?;
+        if s.preparing == 0 && s.free_segments >= 2 * e.shards() as u64 {
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            eprintln!("  (segment preparation still running after 60 s; going on)");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn shard_id(prefix: &str, n: u64) -> Vec<u8> {
+    // Shaped like a gateway shard id: 16-byte version id, stripe, index.
+    let mut id = Vec::with_capacity(21);
+    id.extend_from_slice(prefix.as_bytes());
+    id.extend_from_slice(&n.to_be_bytes());
+    id
+}
+
+fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn put(e: &Engine, id: Vec<u8>, v: Vec<u8>) -> tessera_engine::Result<()> {
+    e.put(&id, v).await
+}
+
+fn open(dir: &Path, shards: usize) -> Result<Engine> {
+    Engine::open(dir, EngineConfig { shards, ..EngineConfig::default() }).context("opening the engine")
+}
+
+/// Runs every figure; returns the report.
+pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
+    fio::ensure_fio()?;
+    let _ = std::fs::remove_dir_all(root);
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let mut rep = Report::default();
+    let dur = Duration::from_secs(plan.seconds);
+    let fio_file: PathBuf = root.join("fio.dat");
+    let edir = root.join("engine");
+
+    // 1. Sequential 1 MiB puts at 8 in flight vs fio sequential write QD 8.
+    //    fio's first pass lays the file out (fresh blocks); the ceiling is its
+    //    second pass over written blocks, as the engine writes into spare
+    //    segments it prepared while idle.
+    let _ = std::fs::remove_file(&fio_file);
+    let seq_args = ["--rw=write", "--bs=1m", "--iodepth=8", &format!("--size={}", plan.seq_bytes), "--end_fsync=1"];
+    let fresh = fio::run("seqwrite-fresh", &fio_file, &seq_args)?;
+    let e = open(&edir, shards)?;
+    settle(&e)?;
+    let seq = fio::run("seqwrite", &fio_file, &seq_args)?;
+    let one_mib = payload(1 << 20, 7);
+    let n = plan.seq_bytes >> 20;
+    let load = drive(8, Duration::from_secs(600), n, |i| put(&e, shard_id("seq-", i), one_mib.clone()))?;
+    let mbps = (load.ops << 20) as f64 / load.elapsed.as_secs_f64() / 1e6;
+    rep.add(
+        "seq_put_1mib",
+        mbps,
+        "MB/s",
+        Some(seq.bytes_per_sec / 1e6),
+        format!("fio seq write 1 MiB QD8 over written blocks (fresh file: {:.0} MB/s)", fresh.bytes_per_sec / 1e6),
+    );
+
+    // 2. Random 4 KiB gets at 32 in flight vs fio random read QD 32.
+    let set = plan.rand_set_bytes / 4096;
+    let four_k = payload(4096, 9);
+    let fill = drive(64, Duration::from_secs(600), set, |i| put(&e, shard_id("rnd-", i), four_k.clone()))?;
+    eprintln!("  (filled {} 4 KiB shards at {:.0} puts/s)", fill.ops, fill.per_sec());
+    settle(&e)?;
+    let rr = fio::run("randread", &fio_file, &["--rw=randread", "--bs=4k", "--iodepth=32", &format!("--size={}", plan.rand_set_bytes), "--time_based", &format!("--runtime={}", plan.seconds)])?;
+    let mut load = drive(32, dur, u64::MAX, |i| {
+        let id = shard_id("rnd-", (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % set);
+        let e = &e;
+        async move { e.get(&id).await.map(|_| ()) }
+    })?;
+    let (p50, p99) = (load.pct(0.5), load.pct(0.99));
+    rep.add("rand_get_4kib", load.per_sec(), "IOPS", Some(rr.iops), format!("fio randread 4 KiB QD32; engine p50 {p50} µs p99 {p99} µs"));
+
+    // 3. Durable 4 KiB puts from 32 writers vs fio write+fdatasync QD 1.
+    settle(&e)?;
+    let sync1 = fio::run("fsync4k", &fio_file, &["--rw=write", "--bs=4k", "--iodepth=1", "--fdatasync=1", &format!("--size={}", plan.seq_bytes), "--time_based", &format!("--runtime={}", plan.seconds)])?;
+    settle(&e)?;
+    let before = block_on(e.stats())?;
+    let mut load = drive(32, dur, u64::MAX, |i| put(&e, shard_id("dur-", i), four_k.clone()))?;
+    let after = block_on(e.stats())?;
+    let flushes = (after.flushes - before.flushes).max(1);
+    eprintln!(
+        "  ({} flushes, {:.1} puts each; per flush: write {} µs, fdatasync {} µs)",
+        flushes,
+        load.ops as f64 / flushes as f64,
+        (after.flush_write_micros - before.flush_write_micros) / flushes,
+        (after.flush_sync_micros - before.flush_sync_micros) / flushes
+    );
+    let (p50, p99) = (load.pct(0.5), load.pct(0.99));
+    rep.add("durable_put_4kib_c32", load.per_sec(), "ops/s", Some(sync1.iops), format!("fio 4 KiB write+fdatasync QD1; engine p50 {p50} µs p99 {p99} µs"));
+
+    // 4. One unthrottled scrub pass vs fio sequential read QD 8.
+    settle(&e)?;
+    let sr = fio::run("seqread", &fio_file, &["--rw=read", "--bs=1m", "--iodepth=8", &format!("--size={}", plan.seq_bytes)])?;
+    let stats = block_on(e.stats())?;
+    let t = Instant::now();
+    let p = block_on(e.scrub(Some(u64::MAX)))?;
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(p.bad_found == 0, "scrub found {} bad shards on a healthy store", p.bad_found);
+    rep.add("scrub", stats.live_bytes as f64 / secs / 1e6, "MB/s", Some(sr.bytes_per_sec / 1e6), format!("fio seq read 1 MiB QD8; {} records verified", p.records_verified));
+    e.close()?;
+    let _ = std::fs::remove_dir_all(&edir);
+    let _ = std::fs::remove_file(&fio_file);
+
+    // 5. Reopen with a million shards: after a clean close (checkpoint), and
+    //    from the log alone (checkpoint removed).
+    let rdir = root.join("reopen");
+    let e = open(&rdir, shards)?;
+    let small = payload(64, 11);
+    let fill = drive(256, Duration::from_secs(900), plan.reopen_shards, |i| put(&e, shard_id("many-", i), small.clone()))?;
+    eprintln!("  (stored {} shards of 64 B at {:.0} puts/s)", fill.ops, fill.per_sec());
+    e.close()?;
+    let t = Instant::now();
+    let e = open(&rdir, shards)?;
+    let secs = t.elapsed().as_secs_f64();
+    let live = block_on(e.stats())?.live_shards;
+    anyhow::ensure!(live == plan.reopen_shards, "reopen found {live} shards, expected {}", plan.reopen_shards);
+    e.close()?;
+    rep.add("reopen_1m_shards", secs, "s", None, format!("{live} shards, from the checkpoint"));
+    for shard in std::fs::read_dir(&rdir)? {
+        let p = shard?.path().join("index.ckpt");
+        let _ = std::fs::remove_file(p);
+    }
+    let t = Instant::now();
+    let e = open(&rdir, shards)?;
+    let secs = t.elapsed().as_secs_f64();
+    let live = block_on(e.stats())?.live_shards;
+    drop(e);
+    rep.add("reopen_1m_shards_no_ckpt", secs, "s", None, format!("{live} shards, full log scan"));
+    let _ = std::fs::remove_dir_all(root);
+    Ok(rep)
+}
