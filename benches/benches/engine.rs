@@ -12,15 +12,26 @@ fn records(c: &mut Criterion) {
         let payload = vec![0xA5u8; len];
         let id = [7u8; 21];
         g.throughput(Throughput::Bytes(len as u64));
-        g.bench_with_input(BenchmarkId::new("encode_with_crc", len), &payload, |b, p| {
-            let mut out = Vec::with_capacity(len + 64);
-            b.iter(|| {
-                out.clear();
-                encode_record(&mut out, RecordKind::Put, &id, p, crc32c::crc32c(p), 1);
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("encode_with_crc", len),
+            &payload,
+            |b, p| {
+                let mut out = Vec::with_capacity(len + 64);
+                b.iter(|| {
+                    out.clear();
+                    encode_record(&mut out, RecordKind::Put, &id, p, crc32c::crc32c(p), 1);
+                })
+            },
+        );
         let mut rec = Vec::new();
-        encode_record(&mut rec, RecordKind::Put, &id, &payload, crc32c::crc32c(&payload), 1);
+        encode_record(
+            &mut rec,
+            RecordKind::Put,
+            &id,
+            &payload,
+            crc32c::crc32c(&payload),
+            1,
+        );
         g.bench_with_input(BenchmarkId::new("decode_and_verify", len), &rec, |b, r| {
             b.iter(|| {
                 let (h, id) = decode_record(r).unwrap();
@@ -33,8 +44,18 @@ fn records(c: &mut Criterion) {
 }
 
 fn engine_ops(c: &mut Criterion) {
-    let dir = tempfile::Builder::new().prefix("tessera-criterion").tempdir_in("/tmp").unwrap();
-    let e = Engine::open(dir.path(), EngineConfig { shards: 1, ..EngineConfig::default() }).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("tessera-criterion")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let e = Engine::open(
+        dir.path(),
+        EngineConfig {
+            shards: 1,
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
     let v = vec![0x5Au8; 4096];
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Bytes(4096));

@@ -29,10 +29,20 @@ pub struct Plan {
 
 impl Plan {
     pub fn full() -> Self {
-        Plan { seq_bytes: 2 << 30, rand_set_bytes: 1 << 30, seconds: 10, reopen_shards: 1_000_000 }
+        Plan {
+            seq_bytes: 2 << 30,
+            rand_set_bytes: 1 << 30,
+            seconds: 10,
+            reopen_shards: 1_000_000,
+        }
     }
     pub fn quick() -> Self {
-        Plan { seq_bytes: 256 << 20, rand_set_bytes: 64 << 20, seconds: 2, reopen_shards: 50_000 }
+        Plan {
+            seq_bytes: 256 << 20,
+            rand_set_bytes: 64 << 20,
+            seconds: 2,
+            reopen_shards: 50_000,
+        }
     }
 }
 
@@ -82,7 +92,11 @@ where
     for r in results {
         lat_us.extend(r?);
     }
-    Ok(Load { ops: lat_us.len() as u64, elapsed, lat_us })
+    Ok(Load {
+        ops: lat_us.len() as u64,
+        elapsed,
+        lat_us,
+    })
 }
 
 /// Waits (at most a minute) until the engine's background segment
@@ -129,7 +143,14 @@ async fn put(e: &Engine, id: Vec<u8>, v: Vec<u8>) -> tessera_engine::Result<()> 
 }
 
 fn open(dir: &Path, shards: usize) -> Result<Engine> {
-    Engine::open(dir, EngineConfig { shards, ..EngineConfig::default() }).context("opening the engine")
+    Engine::open(
+        dir,
+        EngineConfig {
+            shards,
+            ..EngineConfig::default()
+        },
+    )
+    .context("opening the engine")
 }
 
 /// Runs every figure; returns the report.
@@ -147,44 +168,92 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
     //    second pass over written blocks, as the engine writes into spare
     //    segments it prepared while idle.
     let _ = std::fs::remove_file(&fio_file);
-    let seq_args = ["--rw=write", "--bs=1m", "--iodepth=8", &format!("--size={}", plan.seq_bytes), "--end_fsync=1"];
+    let seq_args = [
+        "--rw=write",
+        "--bs=1m",
+        "--iodepth=8",
+        &format!("--size={}", plan.seq_bytes),
+        "--end_fsync=1",
+    ];
     let fresh = fio::run("seqwrite-fresh", &fio_file, &seq_args)?;
     let e = open(&edir, shards)?;
     settle(&e)?;
     let seq = fio::run("seqwrite", &fio_file, &seq_args)?;
     let one_mib = payload(1 << 20, 7);
     let n = plan.seq_bytes >> 20;
-    let load = drive(8, Duration::from_secs(600), n, |i| put(&e, shard_id("seq-", i), one_mib.clone()))?;
+    let load = drive(8, Duration::from_secs(600), n, |i| {
+        put(&e, shard_id("seq-", i), one_mib.clone())
+    })?;
     let mbps = (load.ops << 20) as f64 / load.elapsed.as_secs_f64() / 1e6;
     rep.add(
         "seq_put_1mib",
         mbps,
         "MB/s",
         Some(seq.bytes_per_sec / 1e6),
-        format!("fio seq write 1 MiB QD8 over written blocks (fresh file: {:.0} MB/s)", fresh.bytes_per_sec / 1e6),
+        format!(
+            "fio seq write 1 MiB QD8 over written blocks (fresh file: {:.0} MB/s)",
+            fresh.bytes_per_sec / 1e6
+        ),
     );
 
     // 2. Random 4 KiB gets at 32 in flight vs fio random read QD 32.
     let set = plan.rand_set_bytes / 4096;
     let four_k = payload(4096, 9);
-    let fill = drive(64, Duration::from_secs(600), set, |i| put(&e, shard_id("rnd-", i), four_k.clone()))?;
-    eprintln!("  (filled {} 4 KiB shards at {:.0} puts/s)", fill.ops, fill.per_sec());
+    let fill = drive(64, Duration::from_secs(600), set, |i| {
+        put(&e, shard_id("rnd-", i), four_k.clone())
+    })?;
+    eprintln!(
+        "  (filled {} 4 KiB shards at {:.0} puts/s)",
+        fill.ops,
+        fill.per_sec()
+    );
     settle(&e)?;
-    let rr = fio::run("randread", &fio_file, &["--rw=randread", "--bs=4k", "--iodepth=32", &format!("--size={}", plan.rand_set_bytes), "--time_based", &format!("--runtime={}", plan.seconds)])?;
+    let rr = fio::run(
+        "randread",
+        &fio_file,
+        &[
+            "--rw=randread",
+            "--bs=4k",
+            "--iodepth=32",
+            &format!("--size={}", plan.rand_set_bytes),
+            "--time_based",
+            &format!("--runtime={}", plan.seconds),
+        ],
+    )?;
     let mut load = drive(32, dur, u64::MAX, |i| {
         let id = shard_id("rnd-", (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % set);
         let e = &e;
         async move { e.get(&id).await.map(|_| ()) }
     })?;
     let (p50, p99) = (load.pct(0.5), load.pct(0.99));
-    rep.add("rand_get_4kib", load.per_sec(), "IOPS", Some(rr.iops), format!("fio randread 4 KiB QD32; engine p50 {p50} µs p99 {p99} µs"));
+    rep.add(
+        "rand_get_4kib",
+        load.per_sec(),
+        "IOPS",
+        Some(rr.iops),
+        format!("fio randread 4 KiB QD32; engine p50 {p50} µs p99 {p99} µs"),
+    );
 
     // 3. Durable 4 KiB puts from 32 writers vs fio write+fdatasync QD 1.
     settle(&e)?;
-    let sync1 = fio::run("fsync4k", &fio_file, &["--rw=write", "--bs=4k", "--iodepth=1", "--fdatasync=1", &format!("--size={}", plan.seq_bytes), "--time_based", &format!("--runtime={}", plan.seconds)])?;
+    let sync1 = fio::run(
+        "fsync4k",
+        &fio_file,
+        &[
+            "--rw=write",
+            "--bs=4k",
+            "--iodepth=1",
+            "--fdatasync=1",
+            &format!("--size={}", plan.seq_bytes),
+            "--time_based",
+            &format!("--runtime={}", plan.seconds),
+        ],
+    )?;
     settle(&e)?;
     let before = block_on(e.stats())?;
-    let mut load = drive(32, dur, u64::MAX, |i| put(&e, shard_id("dur-", i), four_k.clone()))?;
+    let mut load = drive(32, dur, u64::MAX, |i| {
+        put(&e, shard_id("dur-", i), four_k.clone())
+    })?;
     let after = block_on(e.stats())?;
     let flushes = (after.flushes - before.flushes).max(1);
     eprintln!(
@@ -195,17 +264,45 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
         (after.flush_sync_micros - before.flush_sync_micros) / flushes
     );
     let (p50, p99) = (load.pct(0.5), load.pct(0.99));
-    rep.add("durable_put_4kib_c32", load.per_sec(), "ops/s", Some(sync1.iops), format!("fio 4 KiB write+fdatasync QD1; engine p50 {p50} µs p99 {p99} µs"));
+    rep.add(
+        "durable_put_4kib_c32",
+        load.per_sec(),
+        "ops/s",
+        Some(sync1.iops),
+        format!("fio 4 KiB write+fdatasync QD1; engine p50 {p50} µs p99 {p99} µs"),
+    );
 
     // 4. One unthrottled scrub pass vs fio sequential read QD 8.
     settle(&e)?;
-    let sr = fio::run("seqread", &fio_file, &["--rw=read", "--bs=1m", "--iodepth=8", &format!("--size={}", plan.seq_bytes)])?;
+    let sr = fio::run(
+        "seqread",
+        &fio_file,
+        &[
+            "--rw=read",
+            "--bs=1m",
+            "--iodepth=8",
+            &format!("--size={}", plan.seq_bytes),
+        ],
+    )?;
     let stats = block_on(e.stats())?;
     let t = Instant::now();
     let p = block_on(e.scrub(Some(u64::MAX)))?;
     let secs = t.elapsed().as_secs_f64();
-    anyhow::ensure!(p.bad_found == 0, "scrub found {} bad shards on a healthy store", p.bad_found);
-    rep.add("scrub", stats.live_bytes as f64 / secs / 1e6, "MB/s", Some(sr.bytes_per_sec / 1e6), format!("fio seq read 1 MiB QD8; {} records verified", p.records_verified));
+    anyhow::ensure!(
+        p.bad_found == 0,
+        "scrub found {} bad shards on a healthy store",
+        p.bad_found
+    );
+    rep.add(
+        "scrub",
+        stats.live_bytes as f64 / secs / 1e6,
+        "MB/s",
+        Some(sr.bytes_per_sec / 1e6),
+        format!(
+            "fio seq read 1 MiB QD8; {} records verified",
+            p.records_verified
+        ),
+    );
     e.close()?;
     let _ = std::fs::remove_dir_all(&edir);
     let _ = std::fs::remove_file(&fio_file);
@@ -215,16 +312,32 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
     let rdir = root.join("reopen");
     let e = open(&rdir, shards)?;
     let small = payload(64, 11);
-    let fill = drive(256, Duration::from_secs(900), plan.reopen_shards, |i| put(&e, shard_id("many-", i), small.clone()))?;
-    eprintln!("  (stored {} shards of 64 B at {:.0} puts/s)", fill.ops, fill.per_sec());
+    let fill = drive(256, Duration::from_secs(900), plan.reopen_shards, |i| {
+        put(&e, shard_id("many-", i), small.clone())
+    })?;
+    eprintln!(
+        "  (stored {} shards of 64 B at {:.0} puts/s)",
+        fill.ops,
+        fill.per_sec()
+    );
     e.close()?;
     let t = Instant::now();
     let e = open(&rdir, shards)?;
     let secs = t.elapsed().as_secs_f64();
     let live = block_on(e.stats())?.live_shards;
-    anyhow::ensure!(live == plan.reopen_shards, "reopen found {live} shards, expected {}", plan.reopen_shards);
+    anyhow::ensure!(
+        live == plan.reopen_shards,
+        "reopen found {live} shards, expected {}",
+        plan.reopen_shards
+    );
     e.close()?;
-    rep.add("reopen_1m_shards", secs, "s", None, format!("{live} shards, from the checkpoint"));
+    rep.add(
+        "reopen_1m_shards",
+        secs,
+        "s",
+        None,
+        format!("{live} shards, from the checkpoint"),
+    );
     for shard in std::fs::read_dir(&rdir)? {
         let p = shard?.path().join("index.ckpt");
         let _ = std::fs::remove_file(p);
@@ -234,7 +347,13 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
     let secs = t.elapsed().as_secs_f64();
     let live = block_on(e.stats())?.live_shards;
     drop(e);
-    rep.add("reopen_1m_shards_no_ckpt", secs, "s", None, format!("{live} shards, full log scan"));
+    rep.add(
+        "reopen_1m_shards_no_ckpt",
+        secs,
+        "s",
+        None,
+        format!("{live} shards, full log scan"),
+    );
     let _ = std::fs::remove_dir_all(root);
     Ok(rep)
 }

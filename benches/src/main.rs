@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "tessera-bench", about = "Tessera benchmarks, each figure next to its ceiling from the same run")]
+#[command(
+    name = "tessera-bench",
+    about = "Tessera benchmarks, each figure next to its ceiling from the same run"
+)]
 struct Cli {
     /// Print one JSON object {"figures": {NAME: {value, unit, ceiling, ratio}}}.
     #[arg(long, global = true)]
@@ -38,7 +41,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let report = match cli.cmd {
         Cmd::Engine => {
-            let plan = if cli.quick { engine_bench::Plan::quick() } else { engine_bench::Plan::full() };
+            let plan = if cli.quick {
+                engine_bench::Plan::quick()
+            } else {
+                engine_bench::Plan::full()
+            };
             engine_bench::run(&cli.dir, &plan, cli.shards)?
         }
     };

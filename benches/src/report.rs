@@ -29,9 +29,22 @@ pub struct Report {
 impl Report {
     /// Records a figure (and prints it at once on stderr, so long runs show
     /// progress).
-    pub fn add(&mut self, name: &str, value: f64, unit: &str, ceiling: Option<f64>, note: impl Into<String>) {
+    pub fn add(
+        &mut self,
+        name: &str,
+        value: f64,
+        unit: &str,
+        ceiling: Option<f64>,
+        note: impl Into<String>,
+    ) {
         let ratio = ceiling.filter(|c| *c > 0.0).map(|c| value / c);
-        let f = Figure { value, unit: unit.into(), ceiling, ratio, note: note.into() };
+        let f = Figure {
+            value,
+            unit: unit.into(),
+            ceiling,
+            ratio,
+            note: note.into(),
+        };
         eprintln!("  {}", line(name, &f));
         self.order.push(name.into());
         self.figures.insert(name.into(), f);
@@ -39,7 +52,10 @@ impl Report {
 
     /// The human-readable table.
     pub fn table(&self) -> String {
-        let mut s = format!("{:<28} {:>14} {:<8} {:>14} {:>7}  {}\n", "figure", "value", "unit", "ceiling", "ratio", "ceiling is");
+        let mut s = format!(
+            "{:<28} {:>14} {:<8} {:>14} {:>7}  {}\n",
+            "figure", "value", "unit", "ceiling", "ratio", "ceiling is"
+        );
         for name in &self.order {
             s.push_str(&line(name, &self.figures[name]));
             s.push('\n');
@@ -51,5 +67,8 @@ impl Report {
 fn line(name: &str, f: &Figure) -> String {
     let c = f.ceiling.map_or("-".to_string(), |c| format!("{c:.1}"));
     let r = f.ratio.map_or("-".to_string(), |r| format!("{r:.2}"));
-    format!("{:<28} {:>14.1} {:<8} {:>14} {:>7}  {}", name, f.value, f.unit, c, r, f.note)
+    format!(
+        "{:<28} {:>14.1} {:<8} {:>14} {:>7}  {}",
+        name, f.value, f.unit, c, r, f.note
+    )
 }

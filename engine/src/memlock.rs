@@ -32,12 +32,12 @@ pub fn raise_memlock() -> Result<u64> {
             lim.rlim_cur = lim.rlim_max;
         }
     }
-    let have = lim.rlim_cur as u64;
+    let have: u64 = lim.rlim_cur;
     if have < MEMLOCK_MIN_BYTES {
         return Err(Error::Runtime(format!(
             "RLIMIT_MEMLOCK is {have} bytes (hard limit {}); io_uring needs at least {MEMLOCK_MIN_BYTES}. \
              Raise it: `ulimit -l 65536` in the shell, LimitMEMLOCK=64M in a systemd unit, or memlock in /etc/security/limits.conf",
-            lim.rlim_max as u64
+            lim.rlim_max
         )));
     }
     Ok(have)

@@ -102,9 +102,21 @@ fn put_get_delete_survive_reopen_and_limits_are_clear() {
             Err(Error::IdLength { .. })
         ));
         let st = e.stat(&id(1)).await.unwrap();
-        assert_eq!(st.len as usize, 97 % 9000);
+        assert_eq!(st.len as usize, 97);
         assert_eq!(st.crc, crc32c::crc32c(&value(1, 97)));
     });
+    // With segments large enough, the absolute shard limit applies.
+    let big_dir = tmp();
+    let mut big = EngineConfig { shards: 1, ..cfg() };
+    big.shard.segment_size_bytes = 64 << 20;
+    let b = Engine::open(big_dir.path(), big).unwrap();
+    let err = block_on(b.put(b"huge", vec![0; SHARD_SIZE_MAX_BYTES + 1])).unwrap_err();
+    assert!(
+        matches!(err, Error::ShardTooLarge { max, .. } if max == SHARD_SIZE_MAX_BYTES),
+        "{err}"
+    );
+    assert!(err.to_string().contains("split it"));
+    b.close().unwrap();
     let stats = block_on(e.stats()).unwrap();
     assert_eq!(stats.live_shards, 200);
     assert!(stats.segments > 2, "small segments must roll over");
@@ -511,7 +523,10 @@ fn spare_segments_are_prepared_while_quiet_and_used_on_roll() {
     // Quiet: the preparer fills the pool (bounded wait).
     let t = std::time::Instant::now();
     while block_on(e.stats()).unwrap().free_segments < 2 {
-        assert!(t.elapsed() < std::time::Duration::from_secs(20), "no spare segments prepared");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "no spare segments prepared"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     block_on(async {

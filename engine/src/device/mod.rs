@@ -65,4 +65,8 @@ pub trait DeviceFile: 'static {
     }
     /// The file's size in bytes.
     fn len(&self) -> u64;
+    /// True for a file of no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }

@@ -290,7 +290,9 @@ impl DeviceFile for SimFileHandle {
     type ReadBuf = Vec<u8>;
 
     fn alloc(&self, len: usize) -> Vec<u8> {
-        vec![0; len]
+        // Not zeroed, like real DMA buffers: a region the engine forgets to
+        // fill shows up as garbage on "disk".
+        vec![0xEE; len]
     }
 
     async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {

@@ -1230,7 +1230,9 @@ impl<D: Device> Shard<D> {
                 // Writers acknowledged by the last flush are about to send
                 // their next record; if fewer than last time are queued, give
                 // them a moment so one flush carries them all.
-                if self.pending_records() < last_batch && self.fg_inflight.get() > self.pending_records() {
+                if self.pending_records() < last_batch
+                    && self.fg_inflight.get() > self.pending_records()
+                {
                     glommio::timer::sleep(Duration::from_micros(FLUSH_GATHER_MICROS)).await;
                 }
                 last_batch = self.pending_records();
@@ -1243,7 +1245,12 @@ impl<D: Device> Shard<D> {
     }
 
     fn pending_records(&self) -> usize {
-        self.st.borrow().pending.iter().map(|b| b.records.len()).sum()
+        self.st
+            .borrow()
+            .pending
+            .iter()
+            .map(|b| b.records.len())
+            .sum()
     }
 
     async fn flush_once(&self) {
@@ -1443,9 +1450,9 @@ impl<D: Device> Shard<D> {
         }
         let t1 = std::time::Instant::now();
         if !file.writes_are_durable() {
-            file.sync()
-                .await
-                .map_err(|e| self.poison(format!("fdatasync of segment {seg_id} failed: {e}"), e))?;
+            file.sync().await.map_err(|e| {
+                self.poison(format!("fdatasync of segment {seg_id} failed: {e}"), e)
+            })?;
         }
         {
             let mut st = self.st.borrow_mut();

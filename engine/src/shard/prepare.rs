@@ -28,7 +28,8 @@ impl<D: Device> Shard<D> {
             glommio::timer::sleep(Duration::from_millis(PREPARE_QUIET_MILLIS)).await;
             let need = {
                 let st = self.st.borrow();
-                st.poisoned.is_none() && st.free.len() < self.cfg.prepared_segments.min(self.cfg.free_segments_keep)
+                st.poisoned.is_none()
+                    && st.free.len() < self.cfg.prepared_segments.min(self.cfg.free_segments_keep)
             };
             if need && self.quiet() {
                 if let Err(e) = self.prepare_one().await {
@@ -40,7 +41,8 @@ impl<D: Device> Shard<D> {
     }
 
     fn quiet(&self) -> bool {
-        self.fg_inflight.get() == 0 && self.last_fg.get().elapsed() >= Duration::from_millis(PREPARE_QUIET_MILLIS)
+        self.fg_inflight.get() == 0
+            && self.last_fg.get().elapsed() >= Duration::from_millis(PREPARE_QUIET_MILLIS)
     }
 
     async fn prepare_one(&self) -> Result<()> {
@@ -52,7 +54,11 @@ impl<D: Device> Shard<D> {
         };
         let size = self.cfg.segment_size_bytes;
         let name = free_name(id);
-        let file = self.dev.create(&name, size).await.map_err(io_err("creating a spare segment"))?;
+        let file = self
+            .dev
+            .create(&name, size)
+            .await
+            .map_err(io_err("creating a spare segment"))?;
         self.preparing.set(true);
         let r = async {
             let mut at = 0u64;
@@ -63,11 +69,18 @@ impl<D: Device> Shard<D> {
                 let n = (PREPARE_CHUNK_BYTES as u64).min(size - at) as usize;
                 let mut zeros = file.alloc(n);
                 zeros.as_mut().fill(0);
-                file.write_at(zeros, at).await.map_err(io_err("zeroing a spare segment"))?;
+                file.write_at(zeros, at)
+                    .await
+                    .map_err(io_err("zeroing a spare segment"))?;
                 at += n as u64;
             }
-            file.sync().await.map_err(io_err("syncing a spare segment"))?;
-            self.dev.sync_dir().await.map_err(io_err("syncing the shard directory"))
+            file.sync()
+                .await
+                .map_err(io_err("syncing a spare segment"))?;
+            self.dev
+                .sync_dir()
+                .await
+                .map_err(io_err("syncing the shard directory"))
         }
         .await;
         self.preparing.set(false);
