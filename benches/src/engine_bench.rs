@@ -16,6 +16,7 @@ use futures::executor::block_on;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_engine::{Engine, EngineConfig};
 
@@ -107,7 +108,7 @@ fn settle(e: &Engine) -> Result<()> {
     std::thread::sleep(Duration::from_millis(200));
     loop {
         let s = block_on(e.stats())?;
-        if s.preparing == 0 && s.free_segments >= 2 * e.shards() as u64 {
+        if s.preparing == 0 && s.free_segments >= 4 * e.shards() as u64 {
             return Ok(());
         }
         if t.elapsed() > Duration::from_secs(60) {
@@ -115,6 +116,88 @@ fn settle(e: &Engine) -> Result<()> {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What one local operation does: get `id`, or put `payload` under it.
+type Work = Arc<dyn Fn(usize, u64) -> (Vec<u8>, Option<Arc<Vec<u8>>>) + Send + Sync>;
+
+/// Like [`drive`], but the load runs on each shard's own executor thread
+/// (`conc` tasks per shard, `max_ops` per shard), the way the chunk server
+/// serves: no thread hop per operation. `work(shard, n)` must name ids that
+/// shard owns.
+fn drive_local(e: &Engine, conc: usize, dur: Duration, max_ops: u64, work: Work) -> Result<Load> {
+    let (tx, rx) = std::sync::mpsc::channel::<std::result::Result<Vec<u32>, String>>();
+    let start = Instant::now();
+    let deadline = start + dur;
+    for shard in 0..e.shards() {
+        let (tx, work) = (tx.clone(), work.clone());
+        e.spawn_on_shard(shard, move |ops| {
+            Box::pin(async move {
+                let next = std::rc::Rc::new(std::cell::Cell::new(0u64));
+                let tasks: Vec<_> = (0..conc)
+                    .map(|_| {
+                        let (ops, next, work) = (ops.clone(), next.clone(), work.clone());
+                        glommio::spawn_local(async move {
+                            let mut lat = Vec::new();
+                            loop {
+                                let n = next.get();
+                                next.set(n + 1);
+                                if n >= max_ops || Instant::now() >= deadline {
+                                    return Ok(lat);
+                                }
+                                let (id, payload) = work(shard, n);
+                                let t = Instant::now();
+                                match payload {
+                                    Some(p) => ops.put(&id, &p).await.map_err(|e| e.to_string())?,
+                                    None => {
+                                        ops.get(&id).await.map(|_| ()).map_err(|e| e.to_string())?
+                                    }
+                                }
+                                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                            }
+                        })
+                    })
+                    .collect();
+                let mut all = Vec::new();
+                for t in tasks {
+                    match t.await {
+                        Ok(l) => all.extend(l),
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                let _ = tx.send(Ok(all));
+            })
+        })?;
+    }
+    drop(tx);
+    let mut lat_us = Vec::new();
+    for _ in 0..e.shards() {
+        lat_us.extend(
+            rx.recv()
+                .context("a shard's load task stopped")?
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    Ok(Load {
+        ops: lat_us.len() as u64,
+        elapsed: start.elapsed(),
+        lat_us,
+    })
+}
+
+/// The `n`-th id with `prefix` that shard `shard` of `shards` owns.
+fn owned_id(prefix: &str, shard: usize, shards: usize, n: u64) -> Vec<u8> {
+    let mut k = n * shards as u64;
+    loop {
+        let id = shard_id(prefix, k);
+        if tessera_engine::route(&id, shards) == shard {
+            return id;
+        }
+        k += 1;
     }
 }
 
@@ -220,11 +303,22 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
             &format!("--runtime={}", plan.seconds),
         ],
     )?;
-    let mut load = drive(32, dur, u64::MAX, |i| {
-        let id = shard_id("rnd-", (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % set);
-        let e = &e;
-        async move { e.get(&id).await.map(|_| ()) }
-    })?;
+    // Readers on each shard's executor (how the chunk server serves), 32 in
+    // flight in all, over the ids each shard owns.
+    let shards = e.shards();
+    let per_shard = (32 / shards).max(1);
+    let mut owned: Vec<Vec<Vec<u8>>> = vec![Vec::new(); shards];
+    for i in 0..set {
+        let id = shard_id("rnd-", i);
+        owned[tessera_engine::route(&id, shards)].push(id);
+    }
+    let owned = Arc::new(owned);
+    let work: Work = Arc::new(move |shard, n| {
+        let ids = &owned[shard];
+        let k = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as usize % ids.len();
+        (ids[k].clone(), None)
+    });
+    let mut load = drive_local(&e, per_shard, dur, u64::MAX, work)?;
     let (p50, p99) = (load.pct(0.5), load.pct(0.99));
     rep.add(
         "rand_get_4kib",
@@ -232,6 +326,20 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
         "IOPS",
         Some(rr.iops),
         format!("fio randread 4 KiB QD32; engine p50 {p50} µs p99 {p99} µs"),
+    );
+    // The same through the thread-safe handle (one thread hop each way).
+    let mut load = drive(32, dur, u64::MAX, |i| {
+        let id = shard_id("rnd-", (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % set);
+        let e = &e;
+        async move { e.get(&id).await.map(|_| ()) }
+    })?;
+    let (p50, p99) = (load.pct(0.5), load.pct(0.99));
+    rep.add(
+        "rand_get_4kib_via_handle",
+        load.per_sec(),
+        "IOPS",
+        Some(rr.iops),
+        format!("same, from a caller thread; p50 {p50} µs p99 {p99} µs"),
     );
 
     // 3. Durable 4 KiB puts from 32 writers vs fio write+fdatasync QD 1.
@@ -251,9 +359,10 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
     )?;
     settle(&e)?;
     let before = block_on(e.stats())?;
-    let mut load = drive(32, dur, u64::MAX, |i| {
-        put(&e, shard_id("dur-", i), four_k.clone())
-    })?;
+    let payload4k = Arc::new(four_k.clone());
+    let work: Work =
+        Arc::new(move |shard, n| (owned_id("dur-", shard, shards, n), Some(payload4k.clone())));
+    let mut load = drive_local(&e, per_shard, dur, u64::MAX, work)?;
     let after = block_on(e.stats())?;
     let flushes = (after.flushes - before.flushes).max(1);
     eprintln!(
@@ -270,6 +379,19 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
         "ops/s",
         Some(sync1.iops),
         format!("fio 4 KiB write+fdatasync QD1; engine p50 {p50} µs p99 {p99} µs"),
+    );
+
+    settle(&e)?;
+    let mut load = drive(32, dur, u64::MAX, |i| {
+        put(&e, shard_id("duh-", i), four_k.clone())
+    })?;
+    let (p50, p99) = (load.pct(0.5), load.pct(0.99));
+    rep.add(
+        "durable_put_4kib_c32_via_handle",
+        load.per_sec(),
+        "ops/s",
+        Some(sync1.iops),
+        format!("same, from a caller thread; p50 {p50} µs p99 {p99} µs"),
     );
 
     // 4. One unthrottled scrub pass vs fio sequential read QD 8.

@@ -11,6 +11,7 @@ use crate::shard::{
     BadShard, CompactReport, InventoryItem, ScrubProgress, Shard, ShardConfig, ShardStat, Stats,
 };
 use futures::channel::oneshot;
+use futures::future::LocalBoxFuture;
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 use std::future::Future;
 use std::io;
@@ -139,6 +140,47 @@ enum Req {
     Close {
         tx: oneshot::Sender<Result<()>>,
     },
+    Local {
+        task: LocalTask,
+    },
+}
+
+/// A job to run on a shard's own executor thread (see
+/// [`Engine::spawn_on_shard`]).
+pub type LocalTask = Box<dyn FnOnce(Rc<dyn ShardOps>) -> LocalBoxFuture<'static, ()> + Send>;
+
+/// One shard, seen from its own executor thread: the foreground operations
+/// without any thread hop. Object-safe so that a caller (the chunk server)
+/// need not know the device type.
+pub trait ShardOps {
+    /// This shard's number.
+    fn index_no(&self) -> usize;
+    /// See [`Shard::put`].
+    fn put<'a>(&'a self, id: &'a [u8], payload: &'a [u8]) -> LocalBoxFuture<'a, Result<()>>;
+    /// See [`Shard::get`].
+    fn get<'a>(&'a self, id: &'a [u8]) -> LocalBoxFuture<'a, Result<Vec<u8>>>;
+    /// See [`Shard::delete`].
+    fn delete<'a>(&'a self, id: &'a [u8]) -> LocalBoxFuture<'a, Result<bool>>;
+    /// See [`Shard::stat`].
+    fn stat(&self, id: &[u8]) -> Result<ShardStat>;
+}
+
+impl<D: Device> ShardOps for Shard<D> {
+    fn index_no(&self) -> usize {
+        Shard::index_no(self)
+    }
+    fn put<'a>(&'a self, id: &'a [u8], payload: &'a [u8]) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(Shard::put(self, id, payload))
+    }
+    fn get<'a>(&'a self, id: &'a [u8]) -> LocalBoxFuture<'a, Result<Vec<u8>>> {
+        Box::pin(Shard::get(self, id))
+    }
+    fn delete<'a>(&'a self, id: &'a [u8]) -> LocalBoxFuture<'a, Result<bool>> {
+        Box::pin(Shard::delete(self, id))
+    }
+    fn stat(&self, id: &[u8]) -> Result<ShardStat> {
+        Shard::stat(self, id)
+    }
 }
 
 /// A handle to a running engine. Cheap to share (`Arc` it or call from many
@@ -400,6 +442,26 @@ impl Engine {
         Ok(())
     }
 
+    /// Runs `task` on the executor thread of shard `shard`, with direct
+    /// access to it (no thread hop per operation). The chunk server runs its
+    /// listeners this way; ids must still be routed with [`route`] — a task
+    /// may only touch ids its shard owns.
+    pub fn spawn_on_shard<F>(&self, shard: usize, task: F) -> Result<()>
+    where
+        F: FnOnce(Rc<dyn ShardOps>) -> LocalBoxFuture<'static, ()> + Send + 'static,
+    {
+        let tx = self.txs.get(shard).ok_or_else(|| {
+            Error::Config(format!(
+                "no shard {shard}; the engine has {}",
+                self.txs.len()
+            ))
+        })?;
+        tx.send_blocking(Req::Local {
+            task: Box::new(task),
+        })
+        .map_err(|_| Error::Closed)
+    }
+
     /// Reports of shards whose checksum failed (on read or scrub).
     pub fn bad_shards(&self) -> async_channel::Receiver<BadShard> {
         self.bad_rx.clone()
@@ -476,11 +538,21 @@ async fn shard_main<F: DeviceFactory>(
     let preparer = glommio::spawn_local_into(shard.clone().run_preparer(), bg).ok();
     let sem = Rc::new(glommio::sync::Semaphore::new(SHARD_INFLIGHT_MAX as u64));
     while let Ok(req) = rx.recv().await {
-        if let Req::Close { tx } = req {
-            let _ = sem.acquire(SHARD_INFLIGHT_MAX as u64).await;
-            let _ = tx.send(shard.close().await);
-            break;
-        }
+        let req = match req {
+            Req::Close { tx } => {
+                let _ = sem.acquire(SHARD_INFLIGHT_MAX as u64).await;
+                let _ = tx.send(shard.close().await);
+                break;
+            }
+            Req::Local { task } => {
+                // Long-lived by design (a listener, a load driver): it takes
+                // no in-flight permit.
+                let ops: Rc<dyn ShardOps> = shard.clone();
+                glommio::spawn_local(task(ops)).detach();
+                continue;
+            }
+            other => other,
+        };
         let Ok(permit) = sem.acquire_static_permit(1).await else {
             break;
         };
@@ -509,7 +581,7 @@ async fn shard_main<F: DeviceFactory>(
     drop(preparer);
 }
 
-async fn serve<D: Device>(shard: &Shard<D>, req: Req) {
+async fn serve<D: Device>(shard: &Rc<Shard<D>>, req: Req) {
     match req {
         Req::Put { id, payload, tx } => {
             let _ = tx.send(shard.put(&id, &payload).await);
@@ -544,6 +616,10 @@ async fn serve<D: Device>(shard: &Shard<D>, req: Req) {
         }
         Req::Close { tx } => {
             let _ = tx.send(shard.close().await);
+        }
+        Req::Local { task } => {
+            let ops: Rc<dyn ShardOps> = shard.clone();
+            task(ops).await;
         }
     }
 }

@@ -546,3 +546,48 @@ fn spare_segments_are_prepared_while_quiet_and_used_on_roll() {
     });
     e.close().unwrap();
 }
+
+#[test]
+fn tasks_on_a_shard_executor_see_the_same_store_as_the_handle() {
+    let dir = tmp();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    let shards = e.shards();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for s in 0..shards {
+        let tx = tx.clone();
+        e.spawn_on_shard(s, move |ops| {
+            Box::pin(async move {
+                assert_eq!(ops.index_no(), s);
+                let mut mine = Vec::new();
+                for i in 0..400u64 {
+                    let k = id(i);
+                    if tessera_engine::route(&k, shards) == s {
+                        ops.put(&k, &value(i, 700)).await.unwrap();
+                        assert_eq!(ops.get(&k).await.unwrap(), value(i, 700));
+                        mine.push(i);
+                    }
+                }
+                tx.send(mine).unwrap();
+            })
+        })
+        .unwrap();
+    }
+    drop(tx);
+    let mut all: Vec<u64> = rx.iter().flatten().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..400).collect::<Vec<_>>(),
+        "each id written by exactly its owner"
+    );
+    block_on(async {
+        for i in 0..400 {
+            assert_eq!(e.get(&id(i)).await.unwrap(), value(i, 700));
+        }
+    });
+    assert!(matches!(
+        e.spawn_on_shard(shards, |_| Box::pin(async {})),
+        Err(Error::Config(_))
+    ));
+    e.close().unwrap();
+}

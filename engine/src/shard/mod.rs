@@ -82,8 +82,8 @@ impl Default for ShardConfig {
             compaction_interval: Some(Duration::from_secs(10)),
             scrub_bytes_per_sec: 64 << 20,
             scrub_interval: Some(Duration::from_secs(24 * 3600)),
-            free_segments_keep: 4,
-            prepared_segments: 2,
+            free_segments_keep: 6,
+            prepared_segments: 4,
         }
     }
 }
