@@ -523,6 +523,10 @@ async fn shard_main<F: DeviceFactory>(
         Ok(s) => s,
         Err(e) => {
             let _ = ready.send(Err(e));
+            // Let the reactor close what the failed open had opened.
+            for _ in 0..FD_CLOSE_TURNS {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
             return;
         }
     };
@@ -579,7 +583,23 @@ async fn shard_main<F: DeviceFactory>(
     drop(compactor);
     drop(scrubber);
     drop(preparer);
+    // glommio closes a dropped file on the reactor's next I/O cycle: give it
+    // those cycles before the executor ends, or the descriptors leak.
+    let weak = Rc::downgrade(&shard);
+    drop(shard);
+    for _ in 0..FD_CLOSE_TURNS {
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    if weak.upgrade().is_some() {
+        tracing::warn!(
+            shard = i,
+            "a task on this shard's executor still holds it; its files close when the task ends"
+        );
+    }
 }
+
+/// Reactor turns given to pending file closes when a shard stops.
+const FD_CLOSE_TURNS: usize = 3;
 
 async fn serve<D: Device>(shard: &Rc<Shard<D>>, req: Req) {
     match req {

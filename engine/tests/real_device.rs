@@ -591,3 +591,111 @@ fn tasks_on_a_shard_executor_see_the_same_store_as_the_handle() {
     ));
     e.close().unwrap();
 }
+
+/// A real full file system: a 48 MiB ext4 image, loop-mounted (needs root;
+/// skipped with a note otherwise).
+#[test]
+fn a_really_full_file_system_fails_puts_clearly_and_keeps_everything() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: loop-mounting a small file system needs root");
+        return;
+    }
+    let work = tmp();
+    let img = work.path().join("fs.img");
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(48 << 20)
+        .unwrap();
+    let ok = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&img)
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "as root, mkfs.ext4 and mount -o loop must work for this test"
+    );
+    struct Unmount(std::path::PathBuf, bool);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if !self.1 {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+    }
+    let mut guard = Unmount(mnt.clone(), false);
+    // Ballast that an operator can delete to give room back.
+    std::fs::write(mnt.join("ballast"), vec![1u8; 8 << 20]).unwrap();
+    let dir = mnt.join("engine");
+    let mut c = EngineConfig { shards: 1, ..cfg() };
+    c.shard.segment_size_bytes = 4 << 20;
+    c.shard.checkpoint_interval_bytes = u64::MAX;
+    let e = Engine::open(&dir, c.clone()).unwrap();
+    let mut acked = Vec::new();
+    let err = block_on(async {
+        for i in 0..2000u64 {
+            match e.put(&id(i), value(i, 60_000)).await {
+                Ok(()) => acked.push(i),
+                Err(err) => return err,
+            }
+        }
+        panic!("a 48 MiB file system cannot hold 120 MB");
+    });
+    assert!(matches!(err, Error::DiskFull { .. }), "{err}");
+    assert!(!err.is_poisoned());
+    assert!(
+        acked.len() > 300,
+        "most of the disk was usable: {}",
+        acked.len()
+    );
+    block_on(async {
+        for &i in acked.iter().step_by(7) {
+            assert_eq!(e.get(&id(i)).await.unwrap(), value(i, 60_000));
+        }
+        // Still full: the next put fails the same way, nothing breaks.
+        assert!(matches!(
+            e.put(b"more", value(1, 60_000)).await,
+            Err(Error::DiskFull { .. })
+        ));
+    });
+    // The operator frees room; writes resume without a reopen.
+    std::fs::remove_file(mnt.join("ballast")).unwrap();
+    block_on(async {
+        e.put(b"after-room", value(5, 60_000)).await.unwrap();
+    });
+    e.close().unwrap();
+    let e = Engine::open(&dir, c).unwrap();
+    block_on(async {
+        for &i in &acked {
+            assert_eq!(
+                e.get(&id(i)).await.unwrap(),
+                value(i, 60_000),
+                "shard {i} after reopen"
+            );
+        }
+        assert_eq!(e.get(b"after-room").await.unwrap(), value(5, 60_000));
+    });
+    e.close().unwrap();
+    // A closed engine holds no file open: the file system unmounts.
+    let umounted = std::process::Command::new("umount")
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    guard.1 = umounted;
+    assert!(
+        umounted,
+        "the closed engine still holds files open on the file system"
+    );
+}
