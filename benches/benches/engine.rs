@@ -12,6 +12,23 @@ fn records(c: &mut Criterion) {
         let payload = vec![0xA5u8; len];
         let id = [7u8; 21];
         g.throughput(Throughput::Bytes(len as u64));
+        // The ceilings measured in the same run: checksum alone, and checksum
+        // plus one copy (the least that encoding a record must do).
+        g.bench_with_input(BenchmarkId::new("ceiling_crc32c", len), &payload, |b, p| {
+            b.iter(|| crc32c::crc32c(p))
+        });
+        g.bench_with_input(
+            BenchmarkId::new("ceiling_copy_and_crc32c", len),
+            &payload,
+            |b, p| {
+                let mut out = Vec::with_capacity(len);
+                b.iter(|| {
+                    out.clear();
+                    out.extend_from_slice(p);
+                    crc32c::crc32c(&out)
+                })
+            },
+        );
         g.bench_with_input(
             BenchmarkId::new("encode_with_crc", len),
             &payload,
