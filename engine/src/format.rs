@@ -1,11 +1,16 @@
 //! On-disk formats: segment header, batch header, record header.
 //!
 //! A segment file is `[segment header (4 KiB)][batch][batch]...`. A *batch*
-//! is one group-commit buffer: `[batch header][record]...[zero padding]`.
+//! is one group-commit buffer: `[batch header][body][zero padding]`, and its
+//! body is a table of record headers followed by the payloads:
+//! `[record header + id]...[payload]...`. A payload that is a whole number of
+//! 4 KiB blocks starts on a block boundary (zeros fill the gap before it), so
+//! reading a 4 KiB shard reads one block.
 //! One *flush* writes one or more batches of one segment and then issues one
 //! fdatasync; its batches share a flush id and carry FIRST/LAST flags, so the
 //! recovery scan can tell a flush that fully landed from a torn one.
-//! A *record* is `[record header][id][payload]`.
+//! A *record* is its header and id in the table, plus its payload, whose
+//! offset in the body the header gives.
 //!
 //! All integers are little-endian. Every header carries its own crc32c; the
 //! batch header carries the crc32c of its body (all its records), and each
@@ -23,9 +28,9 @@ pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"TSR1");
 pub const FORMAT_VERSION: u16 = 1;
 
 /// Size of a batch header.
-pub const BATCH_HEADER_BYTES: usize = 40;
+pub const BATCH_HEADER_BYTES: usize = 44;
 /// Size of the fixed part of a record header (the id follows it).
-pub const RECORD_HEADER_BYTES: usize = 28;
+pub const RECORD_HEADER_BYTES: usize = 32;
 /// Bytes of the segment header that are meaningful (rest is zero).
 pub const SEGMENT_HEADER_USED_BYTES: usize = 36;
 
@@ -98,6 +103,8 @@ pub struct BatchHeader {
     pub flush_id: u64,
     pub body_len: u32,
     pub pad_len: u32,
+    /// Bytes of the record-header table at the start of the body.
+    pub table_len: u32,
     pub body_crc: u32,
 }
 
@@ -111,9 +118,10 @@ impl BatchHeader {
         out[16..24].copy_from_slice(&self.flush_id.to_le_bytes());
         out[24..28].copy_from_slice(&self.body_len.to_le_bytes());
         out[28..32].copy_from_slice(&self.pad_len.to_le_bytes());
-        out[32..36].copy_from_slice(&self.body_crc.to_le_bytes());
-        let crc = crc32c::crc32c(&out[0..36]);
-        out[36..40].copy_from_slice(&crc.to_le_bytes());
+        out[32..36].copy_from_slice(&self.table_len.to_le_bytes());
+        out[36..40].copy_from_slice(&self.body_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&out[0..40]);
+        out[40..44].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Decodes a header whose magic, version and crc are right, or `None`.
@@ -124,7 +132,11 @@ impl BatchHeader {
         {
             return None;
         }
-        if crc32c::crc32c(&b[0..36]) != u32_at(b, 36) {
+        if crc32c::crc32c(&b[0..40]) != u32_at(b, 40) {
+            return None;
+        }
+        let table_len = u32_at(b, 32);
+        if table_len > u32_at(b, 24) {
             return None;
         }
         Some(BatchHeader {
@@ -133,7 +145,8 @@ impl BatchHeader {
             flush_id: u64_at(b, 16),
             body_len: u32_at(b, 24),
             pad_len: u32_at(b, 28),
-            body_crc: u32_at(b, 32),
+            table_len,
+            body_crc: u32_at(b, 36),
         })
     }
 
@@ -161,12 +174,18 @@ pub struct RecordHeader {
     pub payload_len: u32,
     pub payload_crc: u32,
     pub seq: u64,
+    /// Where the payload starts, from the start of the batch body.
+    pub payload_off: u32,
 }
 
 impl RecordHeader {
     /// Total bytes of the record (header, id, payload).
     pub fn record_len(&self) -> usize {
         RECORD_HEADER_BYTES + self.id_len as usize + self.payload_len as usize
+    }
+    /// Bytes of its entry in the header table.
+    pub fn table_len(&self) -> usize {
+        RECORD_HEADER_BYTES + self.id_len as usize
     }
 }
 
@@ -175,27 +194,33 @@ pub fn record_len(id_len: usize, payload_len: usize) -> usize {
     RECORD_HEADER_BYTES + id_len + payload_len
 }
 
-/// Appends a record to `out`.
-pub fn encode_record(
+/// True for a payload that is laid out on a block boundary.
+pub fn is_block_payload(len: usize) -> bool {
+    len > 0 && len % crate::limits::IO_ALIGN_BYTES as usize == 0
+}
+
+/// Appends a record header and id (one entry of a batch's header table).
+pub fn encode_record_header(
     out: &mut Vec<u8>,
     kind: RecordKind,
     id: &[u8],
-    payload: &[u8],
+    payload_len: u32,
     payload_crc: u32,
     seq: u64,
+    payload_off: u32,
 ) {
     let start = out.len();
     out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     out.push(kind as u8);
     out.push(0);
     out.extend_from_slice(&(id.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload_crc.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 24]), id);
+    out.extend_from_slice(&payload_off.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 28]), id);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(id);
-    out.extend_from_slice(payload);
 }
 
 /// Why a record could not be decoded.
@@ -207,8 +232,8 @@ pub enum RecordError {
     BadHeader,
 }
 
-/// Decodes the record at the start of `b`: its header and id. The payload
-/// follows at `RECORD_HEADER_BYTES + id_len` and is *not* verified here.
+/// Decodes the record header at the start of `b` and its id. The payload is
+/// elsewhere in the body (`payload_off`) and is *not* verified here.
 pub fn decode_record(b: &[u8]) -> Result<(RecordHeader, &[u8]), RecordError> {
     if b.len() < RECORD_HEADER_BYTES {
         return Err(RecordError::Truncated);
@@ -230,8 +255,8 @@ pub fn decode_record(b: &[u8]) -> Result<(RecordHeader, &[u8]), RecordError> {
         return Err(RecordError::Truncated);
     }
     let id = &b[RECORD_HEADER_BYTES..id_end];
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&b[0..24]), id);
-    if crc != u32_at(b, 24) {
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&b[0..28]), id);
+    if crc != u32_at(b, 28) {
         return Err(RecordError::BadHeader);
     }
     let h = RecordHeader {
@@ -240,6 +265,7 @@ pub fn decode_record(b: &[u8]) -> Result<(RecordHeader, &[u8]), RecordError> {
         payload_len: u32_at(b, 8),
         payload_crc: u32_at(b, 12),
         seq: u64_at(b, 16),
+        payload_off: u32_at(b, 24),
     };
     if kind == RecordKind::Tombstone && h.payload_len != 0 {
         return Err(RecordError::BadHeader);
@@ -254,18 +280,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn record_roundtrip(id in proptest::collection::vec(any::<u8>(), 1..=ID_LEN_MAX_BYTES),
-                            payload in proptest::collection::vec(any::<u8>(), 0..2000),
-                            seq in any::<u64>()) {
+        fn record_header_roundtrip(id in proptest::collection::vec(any::<u8>(), 1..=ID_LEN_MAX_BYTES),
+                                   len in any::<u32>(), crc in any::<u32>(), seq in any::<u64>(), off in any::<u32>()) {
             let mut out = Vec::new();
-            let crc = crc32c::crc32c(&payload);
-            encode_record(&mut out, RecordKind::Put, &id, &payload, crc, seq);
-            prop_assert_eq!(out.len(), record_len(id.len(), payload.len()));
+            encode_record_header(&mut out, RecordKind::Put, &id, len, crc, seq, off);
+            prop_assert_eq!(out.len(), RECORD_HEADER_BYTES + id.len());
             let (h, got_id) = decode_record(&out).unwrap();
             prop_assert_eq!(got_id, &id[..]);
-            prop_assert_eq!(h.seq, seq);
-            prop_assert_eq!(h.payload_crc, crc);
-            prop_assert_eq!(&out[RECORD_HEADER_BYTES + id.len()..], &payload[..]);
+            prop_assert_eq!((h.payload_len, h.payload_crc, h.seq, h.payload_off), (len, crc, seq, off));
+            prop_assert_eq!(h.table_len(), out.len());
         }
 
         /// Any single flipped bit in a record header or id is detected.
@@ -273,8 +296,8 @@ mod tests {
         fn record_header_bitflip_detected(id in proptest::collection::vec(any::<u8>(), 1..64),
                                           bit in 0usize..(RECORD_HEADER_BYTES + 64) * 8) {
             let mut out = Vec::new();
-            encode_record(&mut out, RecordKind::Put, &id, b"payload", crc32c::crc32c(b"payload"), 7);
-            let bit = bit % ((RECORD_HEADER_BYTES + id.len()) * 8);
+            encode_record_header(&mut out, RecordKind::Put, &id, 7, crc32c::crc32c(b"payload"), 7, 100);
+            let bit = bit % (out.len() * 8);
             out[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(decode_record(&out).is_err());
         }
@@ -289,7 +312,7 @@ mod tests {
 
         #[test]
         fn batch_header_bitflip_detected(bit in 0usize..BATCH_HEADER_BYTES * 8) {
-            let h = BatchHeader { flags: FLAG_FIRST, segment_id: 3, flush_id: 9, body_len: 100, pad_len: 12, body_crc: 5 };
+            let h = BatchHeader { flags: FLAG_FIRST, segment_id: 3, flush_id: 9, body_len: 100, pad_len: 12, table_len: 40, body_crc: 5 };
             let mut b = [0u8; BATCH_HEADER_BYTES];
             h.encode(&mut b);
             prop_assert_eq!(BatchHeader::decode(&b), Some(h));

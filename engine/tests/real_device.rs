@@ -269,11 +269,12 @@ fn torn_tail_garbage_is_cut_and_never_served() {
     let last_hdr = bytes.windows(4).rposition(|w| w == magic).unwrap();
     let body_len =
         u32::from_le_bytes(bytes[last_hdr + 24..last_hdr + 28].try_into().unwrap()) as usize;
-    let end = last_hdr + 40 + body_len;
-    let mut fake = bytes[last_hdr..last_hdr + 40].to_vec();
+    let hdr = tessera_engine::format::BATCH_HEADER_BYTES;
+    let end = last_hdr + hdr + body_len;
+    let mut fake = bytes[last_hdr..last_hdr + hdr].to_vec();
     fake[16] = fake[16].wrapping_add(1); // next flush id (header crc now wrong too)
-    bytes[end..end + 40].copy_from_slice(&fake);
-    for b in &mut bytes[end + 40..end + 3000] {
+    bytes[end..end + hdr].copy_from_slice(&fake);
+    for b in &mut bytes[end + hdr..end + 3000] {
         *b = 0xA5;
     }
     std::fs::write(last, &bytes).unwrap();

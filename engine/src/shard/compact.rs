@@ -12,7 +12,7 @@
 use super::{Entry, Shard};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::format::{RecordKind, RECORD_HEADER_BYTES};
+use crate::format::RecordKind;
 use crate::limits::{BACKGROUND_YIELD_MAX_MILLIS, COMPACT_STEP_BYTES, SEGMENT_HEADER_BYTES};
 use crate::reader::SegReader;
 use std::time::Duration;
@@ -207,23 +207,25 @@ impl<D: Device> Shard<D> {
                     continue;
                 }
             }
-            let Some(rec) = reader
-                .bytes(e.offset as u64, e.rec_len as usize)
-                .await
-                .map_err(super::io_err("reading for compaction"))?
-            else {
-                return Err(Error::Layout(format!(
-                    "record at {} lies past the end of segment {victim}",
-                    e.offset
-                )));
-            };
             // Copy the payload bytes with the crc they were stored with: a
             // record that rotted stays detectably rotten in its new place.
-            let p_at = RECORD_HEADER_BYTES + id.len();
-            let payload = rec.get(p_at..p_at + e.payload_len as usize).unwrap_or(&[]);
-            if payload.len() != e.payload_len as usize {
-                continue;
-            }
+            let payload: &[u8] = if e.tomb || e.payload_len == 0 {
+                &[]
+            } else {
+                match reader
+                    .bytes(e.offset as u64, e.payload_len as usize)
+                    .await
+                    .map_err(super::io_err("reading for compaction"))?
+                {
+                    Some(p) => p,
+                    None => {
+                        return Err(Error::Layout(format!(
+                            "record at {} lies past the end of segment {victim}",
+                            e.offset
+                        )))
+                    }
+                }
+            };
             let kind = if e.tomb {
                 RecordKind::Tombstone
             } else {

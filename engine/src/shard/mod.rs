@@ -15,8 +15,8 @@
 use crate::device::{Device, DeviceFile};
 use crate::error::{Error, Result};
 use crate::format::{
-    self, decode_record, encode_record, BatchHeader, RecordKind, SegmentHeader, BATCH_HEADER_BYTES,
-    FLAG_FIRST, FLAG_LAST, RECORD_HEADER_BYTES,
+    BatchHeader, RecordKind, SegmentHeader, BATCH_HEADER_BYTES, FLAG_FIRST, FLAG_LAST,
+    RECORD_HEADER_BYTES,
 };
 use crate::limits::*;
 use crate::reader::{align_down, align_up};
@@ -26,12 +26,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
+mod batch;
 mod checkpoint_io;
 mod compact;
 mod prepare;
 mod recover;
 mod scrub;
 
+use batch::PendingBatch;
 pub use compact::CompactReport;
 
 pub(crate) const CHECKPOINT_FILE: &str = "index.ckpt";
@@ -113,7 +115,11 @@ impl ShardConfig {
 
     /// Largest payload this configuration can store for an id of `id_len`.
     pub fn payload_max(&self, id_len: usize) -> usize {
-        let room = self.segment_size_bytes - SEGMENT_HEADER_BYTES - BATCH_HEADER_BYTES as u64;
+        // Room in an empty segment, less the largest gap before an aligned payload.
+        let room = self.segment_size_bytes
+            - SEGMENT_HEADER_BYTES
+            - BATCH_HEADER_BYTES as u64
+            - (IO_ALIGN_BYTES - 1);
         let room = room.saturating_sub((RECORD_HEADER_BYTES + id_len) as u64) as usize;
         room.min(SHARD_SIZE_MAX_BYTES)
     }
@@ -241,35 +247,6 @@ struct Segment<F> {
     live_bytes: u64,
     min_seq: u64,
     compacting: bool,
-}
-
-struct PendingRecord {
-    id: Box<[u8]>,
-    /// Offset of the record inside the batch body.
-    body_off: u32,
-    rec_len: u32,
-    payload_len: u32,
-    crc: u32,
-    seq: u64,
-    tomb: bool,
-    /// For compaction copies: only live if the index still points here.
-    cond: Option<(u64, u32)>,
-    waiter: Option<oneshot::Sender<Result<()>>>,
-}
-
-struct PendingBatch {
-    segment: u64,
-    start: u64,
-    body: Vec<u8>,
-    pad: u32,
-    closed: bool,
-    records: Vec<PendingRecord>,
-}
-
-impl PendingBatch {
-    fn end(&self) -> u64 {
-        self.start + BATCH_HEADER_BYTES as u64 + self.body.len() as u64 + self.pad as u64
-    }
 }
 
 struct State<F> {
@@ -471,7 +448,7 @@ impl<D: Device> Shard<D> {
                     _ => return Err(Error::NotFound),
                 }
             };
-            match read_record(&*file, id, &e).await {
+            match read_payload(&*file, &e).await {
                 Ok(Some(payload)) => return Ok(payload),
                 Ok(None) => {
                     // The record may have moved (compaction) between lookup
@@ -570,7 +547,6 @@ impl<D: Device> Shard<D> {
                 cause: cause.clone(),
             });
         }
-        let rec_len = format::record_len(id.len(), payload.len());
         let st = &mut *st;
         if let Some((seg, off)) = cond {
             // A compaction copy is only worth writing if the original is
@@ -589,30 +565,29 @@ impl<D: Device> Shard<D> {
             .segments
             .get(&st.cursor_segment)
             .map_or(self.cfg.segment_size_bytes, |s| s.size);
+        let hdr = BATCH_HEADER_BYTES as u64;
 
         // Reuse the open batch if the record fits in it and in the segment.
         let fits_open = st.pending.back().is_some_and(|b| {
+            let bound = b.bound_with(id.len(), payload.len());
             !b.closed
                 && b.segment == st.cursor_segment
-                && (b.body.is_empty() || b.body.len() + rec_len <= BATCH_BUFFER_BYTES)
-                && b.start + (BATCH_HEADER_BYTES + b.body.len() + rec_len) as u64 <= seg_size
+                && (b.is_empty() || bound <= BATCH_BUFFER_BYTES)
+                && b.start + hdr + bound as u64 <= seg_size
         });
         if !fits_open {
             if let Some(b) = st.pending.back_mut() {
                 if !b.closed {
-                    let end = b.start + BATCH_HEADER_BYTES as u64 + b.body.len() as u64;
-                    b.pad = (align_up(end) - end) as u32;
-                    b.closed = true;
+                    b.close(true);
                     st.cursor_pos = b.end();
                 }
             }
+            let single = PendingBatch::single_bound(id.len(), payload.len()) as u64;
             let mut start = st.cursor_pos;
-            if start + (BATCH_HEADER_BYTES + rec_len) as u64 > seg_size {
-                if rec_len as u64 + (BATCH_HEADER_BYTES as u64) + SEGMENT_HEADER_BYTES
-                    > self.cfg.segment_size_bytes
-                {
+            if start + hdr + single > seg_size {
+                if SEGMENT_HEADER_BYTES + hdr + single > self.cfg.segment_size_bytes {
                     return Err(Error::ShardTooLarge {
-                        len: rec_len,
+                        len: payload.len(),
                         max: self.cfg.payload_max(id.len()),
                     });
                 }
@@ -620,35 +595,15 @@ impl<D: Device> Shard<D> {
                 st.next_segment_id += 1;
                 start = SEGMENT_HEADER_BYTES;
             }
-            st.pending.push_back(PendingBatch {
-                segment: st.cursor_segment,
-                start,
-                body: Vec::with_capacity(
-                    rec_len.max(64 << 10).min(BATCH_BUFFER_BYTES.max(rec_len)),
-                ),
-                pad: 0,
-                closed: false,
-                records: Vec::new(),
-            });
+            st.pending
+                .push_back(PendingBatch::new(st.cursor_segment, start));
         }
         let seq = st.next_seq;
         st.next_seq += 1;
         let b = st.pending.back_mut().expect("a batch was just ensured");
-        let body_off = b.body.len() as u32;
-        encode_record(&mut b.body, kind, id, payload, crc, seq);
         let (tx, rx) = oneshot::channel();
-        b.records.push(PendingRecord {
-            id: id.into(),
-            body_off,
-            rec_len: rec_len as u32,
-            payload_len: payload.len() as u32,
-            crc,
-            seq,
-            tomb: kind == RecordKind::Tombstone,
-            cond,
-            waiter: Some(tx),
-        });
-        st.cursor_pos = b.start + (BATCH_HEADER_BYTES + b.body.len()) as u64;
+        b.push(kind, id, payload, crc, seq, cond, tx);
+        st.cursor_pos = b.start + hdr + b.bound() as u64;
         *st.pending_ids.entry(id.into()).or_insert(0) += 1;
         let _ = self.kick.try_send(());
         Ok(Some(rx))
@@ -696,15 +651,15 @@ impl<D: Device> Shard<D> {
             let mut taken = Vec::new();
             let mut bytes = 0usize;
             while let Some(b) = st.pending.front() {
-                if b.segment != seg_id || (bytes > 0 && bytes + b.body.len() > FLUSH_MAX_BYTES) {
+                if b.segment != seg_id || (bytes > 0 && bytes + b.bound() > FLUSH_MAX_BYTES) {
                     break;
                 }
-                bytes += b.body.len();
+                bytes += b.bound();
                 let mut b = st.pending.pop_front().expect("front exists");
                 if !b.closed {
                     // The open batch ends this flush unpadded; the next batch
                     // continues right after it.
-                    b.closed = true;
+                    b.close(false);
                     st.cursor_pos = b.end();
                 }
                 taken.push(b);
@@ -855,18 +810,20 @@ impl<D: Device> Shard<D> {
             if i + 1 == n {
                 flags |= FLAG_LAST;
             }
+            let hs = (b.start - at) as usize;
+            let body_at = hs + BATCH_HEADER_BYTES;
+            let body_end = body_at + b.body_len();
+            b.write_body(&mut dst[body_at..body_end]);
             let h = BatchHeader {
                 flags,
                 segment_id: seg_id,
                 flush_id,
-                body_len: b.body.len() as u32,
+                body_len: b.body_len() as u32,
                 pad_len: b.pad,
-                body_crc: crc32c::crc32c(&b.body),
+                table_len: b.table_len() as u32,
+                body_crc: crc32c::crc32c(&dst[body_at..body_end]),
             };
-            let hs = (b.start - at) as usize;
-            h.encode(&mut dst[hs..hs + BATCH_HEADER_BYTES]);
-            let body_end = hs + BATCH_HEADER_BYTES + b.body.len();
-            dst[hs + BATCH_HEADER_BYTES..body_end].copy_from_slice(&b.body);
+            h.encode(&mut dst[hs..body_at]);
             // Padding and the rest of the last block are zeros on disk.
             dst[body_end..].fill(0);
             if i + 1 == n {
@@ -921,15 +878,7 @@ impl<D: Device> Shard<D> {
             bytes += b.end() - b.start;
             let body_at = b.start + BATCH_HEADER_BYTES as u64;
             for r in b.records {
-                let e = Entry {
-                    segment: seg_id,
-                    offset: (body_at + r.body_off as u64) as u32,
-                    rec_len: r.rec_len,
-                    payload_len: r.payload_len,
-                    crc: r.crc,
-                    seq: r.seq,
-                    tomb: r.tomb,
-                };
+                let e = r.entry(seg_id, body_at);
                 if let Some(seg) = st.segments.get_mut(&seg_id) {
                     seg.min_seq = seg.min_seq.min(r.seq);
                 }
@@ -1003,33 +952,28 @@ impl<D: Device> Shard<D> {
     }
 }
 
-/// Reads the record of `e` and returns its payload if id, header and payload
-/// checksum all verify; `Ok(None)` if they do not.
-pub(crate) async fn read_record<F: DeviceFile>(
+/// Reads the payload of `e` and returns it if its crc32c matches the index;
+/// `Ok(None)` if it does not.
+pub(crate) async fn read_payload<F: DeviceFile>(
     file: &F,
-    id: &[u8],
     e: &Entry,
 ) -> std::io::Result<Option<Vec<u8>>> {
+    if e.payload_len == 0 {
+        return Ok((crc32c::crc32c(&[]) == e.crc).then(Vec::new));
+    }
     let at = align_down(e.offset as u64);
-    let end = align_up(e.offset as u64 + e.rec_len as u64);
+    let end = align_up(e.offset as u64 + e.payload_len as u64);
     let buf = file.read_at(at, (end - at) as usize).await?;
     let b = buf.as_ref();
     let off = (e.offset as u64 - at) as usize;
-    if b.len() < off + e.rec_len as usize {
-        return Ok(None);
-    }
-    Ok(verify_record(&b[off..off + e.rec_len as usize], id, e).map(<[u8]>::to_vec))
+    Ok(b.get(off..off + e.payload_len as usize)
+        .filter(|p| payload_ok(p, e))
+        .map(<[u8]>::to_vec))
 }
 
-/// The payload of `rec` if it is the record `e` describes and verifies.
-pub(crate) fn verify_record<'a>(rec: &'a [u8], id: &[u8], e: &Entry) -> Option<&'a [u8]> {
-    let (h, rid) = decode_record(rec).ok()?;
-    if rid != id || h.seq != e.seq || h.payload_len != e.payload_len || h.payload_crc != e.crc {
-        return None;
-    }
-    let p_at = RECORD_HEADER_BYTES + rid.len();
-    let payload = rec.get(p_at..p_at + h.payload_len as usize)?;
-    (crc32c::crc32c(payload) == e.crc).then_some(payload)
+/// True when `p` is the payload `e` describes.
+pub(crate) fn payload_ok(p: &[u8], e: &Entry) -> bool {
+    p.len() == e.payload_len as usize && crc32c::crc32c(p) == e.crc
 }
 
 fn unpend(pending_ids: &mut std::collections::HashMap<Box<[u8]>, u32>, id: &[u8]) {

@@ -15,7 +15,7 @@ use crate::format::{
     FLAG_SEAL,
 };
 use crate::limits::*;
-use crate::reader::{align_down, align_up, SegReader};
+use crate::reader::{align_down, SegReader};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -273,15 +273,8 @@ impl<D: Device> Shard<D> {
             Vec::new()
         };
         self.st.borrow_mut().tail = (id, tail);
-        let hdr_end = end + BATCH_HEADER_BYTES as u64;
-        let seal = PendingBatch {
-            segment: id,
-            start: end,
-            body: Vec::new(),
-            pad: (align_up(hdr_end) - hdr_end) as u32,
-            closed: true,
-            records: Vec::new(),
-        };
+        let mut seal = PendingBatch::new(id, end);
+        seal.close(true);
         let tail = self
             .write_flush(id, std::slice::from_ref(&seal), FLAG_SEAL)
             .await?;
@@ -473,7 +466,7 @@ impl<D: Device> Shard<D> {
             if crc32c::crc32c(body) != h.body_crc {
                 return Ok(None);
             }
-            if !parse_records(body, body_at, &mut records, true) {
+            if !parse_records(body, body_at, h.table_len as usize, &mut records, true) {
                 return Ok(None);
             }
             p += h.span();
@@ -573,7 +566,7 @@ impl<D: Device> Shard<D> {
                         .map_err(io_err("salvaging"))?
                     {
                         let mut recs = Vec::new();
-                        parse_records(body, body_at, &mut recs, false);
+                        parse_records(body, body_at, h.table_len as usize, &mut recs, false);
                         self.apply_scanned(seg_id, recs, out, max_seq);
                     }
                     at += h.span();
@@ -585,35 +578,49 @@ impl<D: Device> Shard<D> {
     }
 }
 
-/// Parses the records of a batch body. `strict` (a body whose crc
-/// verified): false if any record is malformed, which means a bug or a
-/// crafted body. Not strict (salvage of a body whose crc failed): keeps each
-/// record whose header verifies and stops at the first that does not.
+/// Parses the header table of a batch body (the first `table_len` bytes).
+/// `strict` (a body whose crc verified): false if any entry is malformed or
+/// points outside the body, which means a bug or a crafted body. Not strict
+/// (salvage of a body whose crc failed): keeps each entry whose header
+/// verifies and stops at the first that does not.
 fn parse_records(
     body: &[u8],
     body_at: u64,
+    table_len: usize,
     out: &mut Vec<(Box<[u8]>, Entry)>,
     strict: bool,
 ) -> bool {
+    let Some(table) = body.get(..table_len) else {
+        return false;
+    };
     let mut off = 0usize;
-    while off < body.len() {
-        let rec = decode_record(&body[off..])
-            .ok()
-            .filter(|(h, _)| off + h.record_len() <= body.len());
-        let Some((h, id)) = rec else { return !strict };
+    while off < table.len() {
+        let Ok((h, id)) = decode_record(&table[off..]) else {
+            return !strict;
+        };
+        let put = h.kind == RecordKind::Put;
+        let p_end = h.payload_off as usize + h.payload_len as usize;
+        if (put && (h.payload_off as usize) < table_len) || p_end > body.len() {
+            return !strict;
+        }
+        let at = if put {
+            h.payload_off as u64
+        } else {
+            off as u64
+        };
         out.push((
             id.into(),
             Entry {
                 segment: 0,
-                offset: (body_at + off as u64) as u32,
+                offset: (body_at + at) as u32,
                 rec_len: h.record_len() as u32,
                 payload_len: h.payload_len,
                 crc: h.payload_crc,
                 seq: h.seq,
-                tomb: h.kind == RecordKind::Tombstone,
+                tomb: !put,
             },
         ));
-        off += h.record_len();
+        off += h.table_len();
     }
     true
 }

@@ -2,7 +2,7 @@
 //! reports each bad shard. Throttled by a byte budget per second, and it
 //! steps aside while foreground requests are in flight.
 
-use super::{verify_record, Entry, ScrubProgress, Shard};
+use super::{payload_ok, Entry, ScrubProgress, Shard};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::reader::SegReader;
@@ -48,7 +48,7 @@ impl<D: Device> Shard<D> {
             for (id, e) in entries {
                 self.yield_to_foreground().await;
                 let before = reader.bytes_read;
-                let rec = match reader.bytes(e.offset as u64, e.rec_len as usize).await {
+                let rec = match reader.bytes(e.offset as u64, e.payload_len as usize).await {
                     Ok(r) => r.map(<[u8]>::to_vec),
                     Err(err) => {
                         self.st.borrow_mut().stats.io_errors += 1;
@@ -57,10 +57,7 @@ impl<D: Device> Shard<D> {
                     }
                 };
                 read += reader.bytes_read - before;
-                let ok = rec
-                    .as_deref()
-                    .and_then(|r| verify_record(r, &id, &e))
-                    .is_some();
+                let ok = rec.as_deref().is_some_and(|p| payload_ok(p, &e));
                 // Only report what is still the live version at that place.
                 let still = self.st.borrow().index.get(&id).is_some_and(|now| *now == e);
                 if !ok && still {

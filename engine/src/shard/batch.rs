@@ -1,0 +1,215 @@
+//! One group-commit batch being built: its records, its payload bytes, and
+//! the layout of its body on disk.
+//!
+//! Body layout: the table of record headers (each with its id) first, then
+//! the payloads in append order; a payload that is a whole number of 4 KiB
+//! blocks starts on a block boundary of the file, the gap before it is
+//! zeros. Until [`PendingBatch::close`] the exact layout is unknown (the
+//! table grows), so appends are checked against an upper bound
+//! ([`PendingBatch::bound_with`]).
+
+use super::{Entry, Result};
+use crate::format::{
+    encode_record_header, is_block_payload, RecordKind, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES,
+};
+use crate::limits::IO_ALIGN_BYTES;
+use crate::reader::align_up;
+use futures::channel::oneshot;
+
+/// Most bytes of zeros one block-aligned payload can need before it.
+const ALIGN_GAP_MAX: usize = IO_ALIGN_BYTES as usize - 1;
+
+pub(super) struct PendingRecord {
+    pub id: Box<[u8]>,
+    pub tomb: bool,
+    /// Where its payload is in [`PendingBatch::payloads`].
+    pub payload_at: usize,
+    pub payload_len: u32,
+    pub crc: u32,
+    pub seq: u64,
+    /// Offsets in the body, set by `close`.
+    pub hdr_off: u32,
+    pub payload_off: u32,
+    /// For compaction copies: only live if the index still points here.
+    pub cond: Option<(u64, u32)>,
+    pub waiter: Option<oneshot::Sender<Result<()>>>,
+}
+
+impl PendingRecord {
+    /// The index entry this record makes once durable in `segment`, with the
+    /// batch body starting at `body_at`.
+    pub fn entry(&self, segment: u64, body_at: u64) -> Entry {
+        let off = if self.tomb {
+            self.hdr_off
+        } else {
+            self.payload_off
+        };
+        Entry {
+            segment,
+            offset: (body_at + off as u64) as u32,
+            rec_len: (RECORD_HEADER_BYTES + self.id.len()) as u32 + self.payload_len,
+            payload_len: self.payload_len,
+            crc: self.crc,
+            seq: self.seq,
+            tomb: self.tomb,
+        }
+    }
+}
+
+pub(super) struct PendingBatch {
+    pub segment: u64,
+    /// File offset of the batch header.
+    pub start: u64,
+    pub records: Vec<PendingRecord>,
+    payloads: Vec<u8>,
+    table_len: usize,
+    aligned: usize,
+    body_len: usize,
+    pub pad: u32,
+    pub closed: bool,
+}
+
+impl PendingBatch {
+    pub fn new(segment: u64, start: u64) -> Self {
+        PendingBatch {
+            segment,
+            start,
+            records: Vec::new(),
+            payloads: Vec::new(),
+            table_len: 0,
+            aligned: 0,
+            body_len: 0,
+            pad: 0,
+            closed: false,
+        }
+    }
+
+    /// Upper bound of the body length if a record with an id of `id_len`
+    /// bytes and a payload of `payload_len` bytes were added.
+    pub fn bound_with(&self, id_len: usize, payload_len: usize) -> usize {
+        let aligned = self.aligned + is_block_payload(payload_len) as usize;
+        self.table_len
+            + RECORD_HEADER_BYTES
+            + id_len
+            + self.payloads.len()
+            + payload_len
+            + aligned * ALIGN_GAP_MAX
+    }
+
+    /// Upper bound of the body length as it is.
+    pub fn bound(&self) -> usize {
+        self.table_len + self.payloads.len() + self.aligned * ALIGN_GAP_MAX
+    }
+
+    /// Body bound of a batch holding just this one record.
+    pub fn single_bound(id_len: usize, payload_len: usize) -> usize {
+        RECORD_HEADER_BYTES
+            + id_len
+            + payload_len
+            + is_block_payload(payload_len) as usize * ALIGN_GAP_MAX
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        kind: RecordKind,
+        id: &[u8],
+        payload: &[u8],
+        crc: u32,
+        seq: u64,
+        cond: Option<(u64, u32)>,
+        waiter: oneshot::Sender<Result<()>>,
+    ) {
+        debug_assert!(!self.closed);
+        let payload_at = self.payloads.len();
+        self.payloads.extend_from_slice(payload);
+        self.table_len += RECORD_HEADER_BYTES + id.len();
+        self.aligned += is_block_payload(payload.len()) as usize;
+        self.records.push(PendingRecord {
+            id: id.into(),
+            tomb: kind == RecordKind::Tombstone,
+            payload_at,
+            payload_len: payload.len() as u32,
+            crc,
+            seq,
+            hdr_off: 0,
+            payload_off: 0,
+            cond,
+            waiter: Some(waiter),
+        });
+    }
+
+    /// Fixes the layout; with `pad`, the batch ends on a block boundary (it
+    /// is followed by another batch of the same flush).
+    pub fn close(&mut self, pad: bool) {
+        let body_at = self.start + BATCH_HEADER_BYTES as u64;
+        let mut hdr = 0u32;
+        let mut pos = self.table_len as u64;
+        for r in &mut self.records {
+            r.hdr_off = hdr;
+            hdr += (RECORD_HEADER_BYTES + r.id.len()) as u32;
+            if r.tomb {
+                continue;
+            }
+            if is_block_payload(r.payload_len as usize) {
+                pos = align_up(body_at + pos) - body_at;
+            }
+            r.payload_off = pos as u32;
+            pos += r.payload_len as u64;
+        }
+        self.body_len = pos as usize;
+        let end = body_at + pos;
+        self.pad = if pad { (align_up(end) - end) as u32 } else { 0 };
+        self.closed = true;
+    }
+
+    /// Body length (after `close`).
+    pub fn body_len(&self) -> usize {
+        self.body_len
+    }
+
+    /// Bytes of the header table.
+    pub fn table_len(&self) -> usize {
+        self.table_len
+    }
+
+    /// File offset just past the batch and its padding (after `close`).
+    pub fn end(&self) -> u64 {
+        self.start + BATCH_HEADER_BYTES as u64 + self.body_len as u64 + self.pad as u64
+    }
+
+    /// Writes the body (after `close`) into `dst`, exactly `body_len` long.
+    pub fn write_body(&self, dst: &mut [u8]) {
+        let mut table = Vec::with_capacity(self.table_len);
+        for r in &self.records {
+            let kind = if r.tomb {
+                RecordKind::Tombstone
+            } else {
+                RecordKind::Put
+            };
+            encode_record_header(
+                &mut table,
+                kind,
+                &r.id,
+                r.payload_len,
+                r.crc,
+                r.seq,
+                r.payload_off,
+            );
+        }
+        dst[..table.len()].copy_from_slice(&table);
+        let mut filled = table.len();
+        for r in self.records.iter().filter(|r| !r.tomb) {
+            let at = r.payload_off as usize;
+            dst[filled..at].fill(0);
+            let len = r.payload_len as usize;
+            dst[at..at + len].copy_from_slice(&self.payloads[r.payload_at..r.payload_at + len]);
+            filled = at + len;
+        }
+        dst[filled..].fill(0);
+    }
+}
