@@ -2,7 +2,8 @@
 //!
 //! Shards (opaque ids up to [`limits::ID_LEN_MAX_BYTES`], payloads up to
 //! [`limits::SHARD_SIZE_MAX_BYTES`]) are appended as checksummed records to
-//! preallocated segment files with O_DIRECT through io_uring (glommio).
+//! preallocated segment files with O_DIRECT through io_uring (glommio);
+//! whole-block payloads are block-aligned so a 4 KiB shard reads as one block.
 //! Many puts share one write and one fdatasync (group commit); a put is
 //! acknowledged only once durable. The index lives in memory, is rebuilt on
 //! open from a checkpoint plus the log written after it, and a torn tail is

@@ -55,8 +55,9 @@ pub const SHARDS_MAX: usize = 256;
 /// Largest checkpoint file the engine will read back (bounds memory on open).
 pub const CHECKPOINT_MAX_BYTES: u64 = 8 << 30;
 
-/// Reads in flight when scanning, compacting or scrubbing sequentially.
-pub const SCAN_READAHEAD: usize = 4;
+/// Reads in flight when scanning, compacting or scrubbing sequentially
+/// (the queue depth at which this disk reaches its sequential read speed).
+pub const SCAN_READAHEAD: usize = 8;
 
 /// Bytes of copies compaction queues before waiting for them to be durable.
 pub const COMPACT_STEP_BYTES: usize = 8 << 20;

@@ -48,8 +48,9 @@ impl<D: Device> Shard<D> {
             for (id, e) in entries {
                 self.yield_to_foreground().await;
                 let before = reader.bytes_read;
-                let rec = match reader.bytes(e.offset as u64, e.payload_len as usize).await {
-                    Ok(r) => r.map(<[u8]>::to_vec),
+                // Verified in place, in the read window: no copy.
+                let ok = match reader.bytes(e.offset as u64, e.payload_len as usize).await {
+                    Ok(r) => r.is_some_and(|p| payload_ok(p, &e)),
                     Err(err) => {
                         self.st.borrow_mut().stats.io_errors += 1;
                         self.update_scrub(|p| p.running = false);
@@ -57,7 +58,6 @@ impl<D: Device> Shard<D> {
                     }
                 };
                 read += reader.bytes_read - before;
-                let ok = rec.as_deref().is_some_and(|p| payload_ok(p, &e));
                 // Only report what is still the live version at that place.
                 let still = self.st.borrow().index.get(&id).is_some_and(|now| *now == e);
                 if !ok && still {
