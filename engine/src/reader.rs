@@ -2,8 +2,9 @@
 //! recovery scan, compaction and the scrubber.
 //!
 //! Invariant: the window holds file bytes `[start, start + buf.len())`, with
-//! `start` aligned; it grows only as far as one request needs (bounded by the
-//! largest record plus one read step).
+//! `start` aligned; it holds at most the unconsumed rest of the last read
+//! plus one request or one read-ahead (`SCAN_READ_BYTES * SCAN_READAHEAD`),
+//! whichever is larger.
 
 use crate::device::DeviceFile;
 use crate::limits::{IO_ALIGN_BYTES, SCAN_READAHEAD, SCAN_READ_BYTES};
@@ -55,8 +56,11 @@ impl<'a, F: DeviceFile> SegReader<'a, F> {
             // Jump: restart the window at pos.
             self.start = align_down(pos);
             self.buf.clear();
-        } else if pos - self.start > SCAN_READ_BYTES as u64 {
-            // Drop what lies before pos so the window stays small.
+        } else if end > have_end {
+            // About to read more: first drop what lies before pos. Done only
+            // now, when little is left unconsumed, so the shift is cheap
+            // (shifting on every call moved the whole read-ahead window per
+            // record and capped the scrubber near 1 GB/s).
             let drop = (align_down(pos) - self.start) as usize;
             self.buf.drain(..drop);
             self.start += drop as u64;
