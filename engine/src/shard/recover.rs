@@ -84,12 +84,14 @@ impl<D: Device> Shard<D> {
                     shard = self.index_no,
                     segment = id,
                     len = f.len(),
-                    "segment file too short to hold data; removing it"
+                    "segment file too short to be one of ours (created but never synced, or truncated); moving it aside as damaged-*"
                 );
+                // Never delete what might hold bytes: set it aside for an
+                // operator; nothing in it is served.
                 self.dev
-                    .remove(&segment_name(id))
+                    .rename(&segment_name(id), &format!("damaged-{}", segment_name(id)))
                     .await
-                    .map_err(io_err("removing a short segment"))?;
+                    .map_err(io_err("moving a short segment aside"))?;
                 continue;
             }
             files.insert(id, Rc::new(f));
@@ -223,15 +225,7 @@ impl<D: Device> Shard<D> {
                 st.cursor_pos = SEGMENT_HEADER_BYTES;
             }
             Some((id, end, file)) => {
-                let tail = if end % IO_ALIGN_BYTES != 0 {
-                    let b = file
-                        .read_at(align_down(end), IO_ALIGN_BYTES as usize)
-                        .await
-                        .map_err(io_err("reading the log tail"))?;
-                    b.as_ref()[..(end % IO_ALIGN_BYTES) as usize].to_vec()
-                } else {
-                    Vec::new()
-                };
+                let tail = read_tail(&*file, end).await?;
                 let mut st = self.st.borrow_mut();
                 st.cursor_segment = id;
                 st.cursor_pos = end;
@@ -263,15 +257,7 @@ impl<D: Device> Shard<D> {
 
     /// Writes a SEAL flush at `end` of segment `id` and syncs it.
     async fn seal_segment(&self, id: u64, end: u64, file: &D::File) -> Result<()> {
-        let tail = if end % IO_ALIGN_BYTES != 0 {
-            let b = file
-                .read_at(align_down(end), IO_ALIGN_BYTES as usize)
-                .await
-                .map_err(io_err("reading the log tail"))?;
-            b.as_ref()[..(end % IO_ALIGN_BYTES) as usize].to_vec()
-        } else {
-            Vec::new()
-        };
+        let tail = read_tail(file, end).await?;
         self.st.borrow_mut().tail = (id, tail);
         let mut seal = PendingBatch::new(id, end);
         seal.close(true);
@@ -575,6 +561,27 @@ impl<D: Device> Shard<D> {
             }
         }
         Ok(())
+    }
+}
+
+/// The bytes `[align_down(end), end)` of `file`: the durable part of the
+/// block the next flush rewrites.
+async fn read_tail<F: DeviceFile>(file: &F, end: u64) -> Result<Vec<u8>> {
+    let keep = (end % IO_ALIGN_BYTES) as usize;
+    if keep == 0 {
+        return Ok(Vec::new());
+    }
+    let b = file
+        .read_at(align_down(end), IO_ALIGN_BYTES as usize)
+        .await
+        .map_err(io_err("reading the log tail"))?;
+    match b.as_ref().get(..keep) {
+        Some(t) => Ok(t.to_vec()),
+        None => Err(crate::error::Error::Layout(format!(
+            "segment file ends inside its last block ({} bytes read at {}); the file was truncated outside the engine",
+            b.as_ref().len(),
+            align_down(end)
+        ))),
     }
 }
 
