@@ -164,6 +164,12 @@ impl Harness {
         let mut want: Vec<Vec<u8>> = self.model.keys().map(|&k| key(k)).collect();
         want.sort();
         prop_assert_eq!(listed, want, "inventory differs from the model");
+        let st = self.shard.stats();
+        prop_assert_eq!(
+            st.live_shards as usize,
+            self.model.len(),
+            "stats count differs from the model"
+        );
         Ok(())
     }
 
@@ -365,13 +371,13 @@ thread_local! {
 }
 
 fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    thread_local! {
-        static EX: glommio::LocalExecutor = {
-            tessera_engine::raise_memlock().expect("memlock");
-            LocalExecutorBuilder::new(Placement::Unbound).make().expect("glommio executor")
-        };
-    }
-    EX.with(|ex| {
+    // A fresh executor per case: a panic inside one (a bug under test)
+    // must fail the case, not leave a shared executor wedged for the rest.
+    tessera_engine::raise_memlock().expect("memlock");
+    let ex = LocalExecutorBuilder::new(Placement::Unbound)
+        .make()
+        .expect("glommio executor");
+    {
         ex.run(async move {
             let fs = SimFs::new();
             let (shard, flusher) = open(&fs).await;
@@ -395,7 +401,7 @@ fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
             h.flusher.cancel();
             Ok(())
         })
-    })
+    }
 }
 
 fn cases() -> u32 {

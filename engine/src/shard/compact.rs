@@ -136,6 +136,7 @@ impl<D: Device> Shard<D> {
                 if let Some(e) = st.index.get(&id[..]).copied() {
                     if e.segment == victim && e.tomb {
                         st.index.remove(&id[..]);
+                        st.tombs = st.tombs.saturating_sub(1);
                         if let Some(seg) = st.segments.get_mut(&victim) {
                             seg.live_bytes = seg.live_bytes.saturating_sub(e.rec_len as u64);
                         }

@@ -262,6 +262,8 @@ struct State<F> {
     /// Bytes `[align_down(end), end)` of the cursor segment's durable end.
     tail: (u64, Vec<u8>),
     pending: VecDeque<PendingBatch>,
+    /// Tombstones in the index (kept in step by `apply` and compaction).
+    tombs: u64,
     /// Records per id waiting in `pending`.
     pending_ids: std::collections::HashMap<Box<[u8]>, u32>,
     poisoned: Option<String>,
@@ -335,6 +337,7 @@ impl<D: Device> Shard<D> {
             cursor_pos: SEGMENT_HEADER_BYTES,
             tail: (0, Vec::new()),
             pending: VecDeque::new(),
+            tombs: 0,
             pending_ids: std::collections::HashMap::new(),
             poisoned: None,
             bytes_since_checkpoint: 0,
@@ -496,8 +499,8 @@ impl<D: Device> Shard<D> {
     pub fn stats(&self) -> Stats {
         let st = self.st.borrow();
         let mut s = st.stats;
-        s.live_shards = st.index.values().filter(|e| !e.tomb).count() as u64;
-        s.tombstones = st.index.len() as u64 - s.live_shards;
+        s.tombstones = st.tombs;
+        s.live_shards = st.index.len() as u64 - st.tombs;
         s.segments = st.segments.len() as u64;
         s.free_segments = st.free.len() as u64;
         s.live_bytes = st.segments.values().map(|g| g.live_bytes).sum();
@@ -883,7 +886,14 @@ impl<D: Device> Shard<D> {
                     seg.min_seq = seg.min_seq.min(r.seq);
                 }
                 unpend(&mut st.pending_ids, &r.id);
-                apply(&mut st.index, &mut st.segments, r.id, e, r.cond);
+                apply(
+                    &mut st.index,
+                    &mut st.segments,
+                    &mut st.tombs,
+                    r.id,
+                    e,
+                    r.cond,
+                );
                 if let Some(w) = r.waiter {
                     let _ = w.send(Ok(()));
                 }
@@ -991,6 +1001,7 @@ fn unpend(pending_ids: &mut std::collections::HashMap<Box<[u8]>, u32>, id: &[u8]
 fn apply<F>(
     index: &mut BTreeMap<Box<[u8]>, Entry>,
     segments: &mut BTreeMap<u64, Segment<F>>,
+    tombs: &mut u64,
     id: Box<[u8]>,
     e: Entry,
     cond: Option<(u64, u32)>,
@@ -1007,10 +1018,14 @@ fn apply<F>(
         if let Some(s) = segments.get_mut(&c.segment) {
             s.live_bytes = s.live_bytes.saturating_sub(c.rec_len as u64);
         }
+        // Saturating: while replaying over a checkpoint the count is rebuilt
+        // afterwards (checkpoint entries are not counted as they load).
+        *tombs = tombs.saturating_sub(c.tomb as u64);
     }
     if let Some(s) = segments.get_mut(&e.segment) {
         s.live_bytes += e.rec_len as u64;
     }
+    *tombs += e.tomb as u64;
     index.insert(id, e);
     true
 }

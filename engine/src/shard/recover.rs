@@ -181,17 +181,19 @@ impl<D: Device> Shard<D> {
             seg.min_seq = seg.min_seq.min(out.min_seq);
         }
 
-        // Recompute live bytes from the index.
+        // Recompute live bytes and the tombstone count from the index.
         {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
             for seg in st.segments.values_mut() {
                 seg.live_bytes = 0;
             }
+            st.tombs = 0;
             for e in st.index.values() {
                 if let Some(seg) = st.segments.get_mut(&e.segment) {
                     seg.live_bytes += e.rec_len as u64;
                 }
+                st.tombs += e.tomb as u64;
             }
             st.next_seq = max_seq + 1;
             st.next_flush_id = last_flush.max(self.seen_flush_max.get()) + 1;
@@ -400,7 +402,7 @@ impl<D: Device> Shard<D> {
             e.segment = seg_id;
             *max_seq = (*max_seq).max(e.seq);
             out.min_seq = out.min_seq.min(e.seq);
-            apply(&mut st.index, &mut st.segments, id, e, None);
+            apply(&mut st.index, &mut st.segments, &mut st.tombs, id, e, None);
         }
     }
 
