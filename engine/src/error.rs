@@ -47,7 +47,7 @@ pub enum Error {
     Config(String),
 
     /// The data directory holds something the engine cannot use.
-    #[error("data directory problem: {0}")]
+    #[error("data directory problem: {0} — the engine serves nothing it cannot verify; inspect the directory or restore this node from its replicas")]
     Layout(String),
 
     /// The engine is shutting down or its shard thread has stopped.
@@ -59,7 +59,7 @@ pub enum Error {
     Runtime(String),
 
     /// An I/O error from the device, with what the engine was doing.
-    #[error("I/O error while {op}: {source}")]
+    #[error("I/O error while {op}: {source} — check the device (kernel log, SMART); after a failed write or fsync the engine takes no writes until reopened, other shards keep serving")]
     Io { op: String, source: io::Error },
 }
 

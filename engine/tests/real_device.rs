@@ -318,6 +318,7 @@ fn eio_case(on_sync: bool) {
         }
         let err = e.put(b"doomed", value(1, 4000)).await.unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(err.to_string().contains("check the device"), "{err}");
         // Refuses writes from now on, with an error that says to reopen.
         let err = e.put(b"next", value(2, 10)).await.unwrap_err();
         assert!(err.is_poisoned(), "{err}");
