@@ -4,6 +4,7 @@
 //! | figure | engine | ceiling (fio, same run) |
 //! |---|---|---|
 //! | seq_put_1mib | 8 writers of 1 MiB durable puts | sequential 1 MiB writes, QD 8, fresh file |
+//! | runtime_rand_read_4kib | bare glommio reads, QD 32, one executor (no engine) | random 4 KiB reads, QD 32 |
 //! | rand_get_4kib | 32 readers of random 4 KiB shards | random 4 KiB reads, QD 32 |
 //! | durable_put_4kib_c32 | 32 writers of 4 KiB durable puts | 4 KiB write + fdatasync, QD 1 |
 //! | scrub | one unthrottled scrub pass | sequential 1 MiB reads, QD 8 |
@@ -117,6 +118,47 @@ fn settle(e: &Engine) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// IOPS of `qd` concurrent random 4 KiB `read_at_aligned` calls on one
+/// glommio executor over the first `span` bytes of `file`, for `dur`.
+fn raw_glommio_randread(file: &Path, span: u64, qd: usize, dur: Duration) -> Result<f64> {
+    let file = file.to_path_buf();
+    let blocks = (span / 4096).max(1);
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("raw-glommio-read")
+        .spawn(move || async move {
+            let f = std::rc::Rc::new(glommio::io::DmaFile::open(&file).await?);
+            let done = std::rc::Rc::new(std::cell::Cell::new(0u64));
+            let start = Instant::now();
+            let deadline = start + dur;
+            let tasks: Vec<_> = (0..qd as u64)
+                .map(|k| {
+                    let (f, done) = (f.clone(), done.clone());
+                    glommio::spawn_local(async move {
+                        let mut x = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(k + 1);
+                        while Instant::now() < deadline {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            f.read_at_aligned((x % blocks) * 4096, 4096).await?;
+                            done.set(done.get() + 1);
+                        }
+                        Ok::<(), glommio::GlommioError<()>>(())
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await?;
+            }
+            Ok::<f64, glommio::GlommioError<()>>(done.get() as f64 / start.elapsed().as_secs_f64())
+        })
+        .map_err(|e| anyhow::anyhow!("starting the raw glommio executor: {e}"))?;
+    let iops = handle
+        .join()
+        .map_err(|e| anyhow::anyhow!("raw glommio reader: {e:?}"))?
+        .map_err(|e| anyhow::anyhow!("raw glommio read: {e}"))?;
+    Ok(iops)
 }
 
 /// What one local operation does: get `id`, or put `payload` under it.
@@ -303,6 +345,17 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
             &format!("--runtime={}", plan.seconds),
         ],
     )?;
+    // The runtime's own ceiling: bare glommio reads of the same fio file at
+    // QD 32 on one executor, no engine. Separates what the engine costs from
+    // what the runtime's reactor costs on this machine.
+    let raw = raw_glommio_randread(&fio_file, plan.rand_set_bytes, 32, dur)?;
+    rep.add(
+        "runtime_rand_read_4kib",
+        raw,
+        "IOPS",
+        Some(rr.iops),
+        "bare glommio DmaFile reads, QD32, one executor, same fio file",
+    );
     // Readers on each shard's executor (how the chunk server serves), 32 in
     // flight in all, over the ids each shard owns.
     let shards = e.shards();
