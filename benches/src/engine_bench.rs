@@ -48,17 +48,17 @@ impl Plan {
     }
 }
 
-struct Load {
-    ops: u64,
-    elapsed: Duration,
-    lat_us: Vec<u32>,
+pub(crate) struct Load {
+    pub ops: u64,
+    pub elapsed: Duration,
+    pub lat_us: Vec<u32>,
 }
 
 impl Load {
-    fn per_sec(&self) -> f64 {
+    pub fn per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
-    fn pct(&mut self, p: f64) -> u32 {
+    pub fn pct(&mut self, p: f64) -> u32 {
         if self.lat_us.is_empty() {
             return 0;
         }
@@ -68,7 +68,7 @@ impl Load {
 }
 
 /// Runs `op(n)` from `conc` concurrent tasks until `max_ops` ops or `dur`.
-fn drive<F, Fut>(conc: usize, dur: Duration, max_ops: u64, op: F) -> Result<Load>
+pub(crate) fn drive<F, Fut>(conc: usize, dur: Duration, max_ops: u64, op: F) -> Result<Load>
 where
     F: Fn(u64) -> Fut,
     Fut: Future<Output = tessera_engine::Result<()>>,
@@ -104,7 +104,7 @@ where
 /// Waits (at most a minute) until the engine's background segment
 /// preparation is done, so it disturbs neither fio's ceiling nor the next
 /// figure.
-fn settle(e: &Engine) -> Result<()> {
+pub(crate) fn settle(e: &Engine) -> Result<()> {
     let t = Instant::now();
     std::thread::sleep(Duration::from_millis(200));
     loop {
@@ -243,7 +243,7 @@ fn owned_id(prefix: &str, shard: usize, shards: usize, n: u64) -> Vec<u8> {
     }
 }
 
-fn shard_id(prefix: &str, n: u64) -> Vec<u8> {
+pub(crate) fn shard_id(prefix: &str, n: u64) -> Vec<u8> {
     // Shaped like a gateway shard id: 16-byte version id, stripe, index.
     let mut id = Vec::with_capacity(21);
     id.extend_from_slice(prefix.as_bytes());
@@ -251,7 +251,7 @@ fn shard_id(prefix: &str, n: u64) -> Vec<u8> {
     id
 }
 
-fn payload(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn payload(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -263,11 +263,11 @@ fn payload(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-async fn put(e: &Engine, id: Vec<u8>, v: Vec<u8>) -> tessera_engine::Result<()> {
+pub(crate) async fn put(e: &Engine, id: Vec<u8>, v: Vec<u8>) -> tessera_engine::Result<()> {
     e.put(&id, v).await
 }
 
-fn open(dir: &Path, shards: usize) -> Result<Engine> {
+pub(crate) fn open(dir: &Path, shards: usize) -> Result<Engine> {
     Engine::open(
         dir,
         EngineConfig {

@@ -1,6 +1,8 @@
 //! `tessera-bench`: side-by-side benchmarks of Tessera against the ceiling
-//! or peer measured in the same run (fio for the disk today).
+//! or peer measured in the same run (fio for the disk, the engine itself
+//! for the chunk server).
 
+mod chunkd_bench;
 mod engine_bench;
 mod fio;
 mod report;
@@ -35,6 +37,8 @@ struct Cli {
 enum Cmd {
     /// The storage engine against fio on the same file system.
     Engine,
+    /// A chunkd process over loopback against the engine's own figures.
+    Chunkd,
 }
 
 fn main() -> Result<()> {
@@ -47,6 +51,14 @@ fn main() -> Result<()> {
                 engine_bench::Plan::full()
             };
             engine_bench::run(&cli.dir, &plan, cli.shards)?
+        }
+        Cmd::Chunkd => {
+            let plan = if cli.quick {
+                chunkd_bench::Plan::quick()
+            } else {
+                chunkd_bench::Plan::full()
+            };
+            chunkd_bench::run(&cli.dir, &plan, cli.shards)?
         }
     };
     if cli.json {

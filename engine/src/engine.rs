@@ -183,12 +183,28 @@ impl<D: Device> ShardOps for Shard<D> {
     }
 }
 
-/// A handle to a running engine. Cheap to share (`Arc` it or call from many
-/// threads); every method is async and runtime-agnostic.
+/// A running engine: owns its executor threads. Its request methods are
+/// those of [`EngineHandle`] (through `Deref`); [`Engine::handle`] gives
+/// cloneable handles for other threads and tasks.
 pub struct Engine {
-    txs: Vec<async_channel::Sender<Req>>,
+    handle: EngineHandle,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+/// A cloneable, `Send` handle to a running engine; every method is async and
+/// runtime-agnostic. Calls fail with [`Error::Closed`] once the engine is
+/// closed.
+#[derive(Clone)]
+pub struct EngineHandle {
+    txs: Arc<Vec<async_channel::Sender<Req>>>,
     bad_rx: async_channel::Receiver<BadShard>,
+}
+
+impl std::ops::Deref for Engine {
+    type Target = EngineHandle;
+    fn deref(&self) -> &EngineHandle {
+        &self.handle
+    }
 }
 
 const MANIFEST_FILE: &str = "ENGINE";
@@ -304,9 +320,11 @@ impl Engine {
             readies.push(ready_rx);
         }
         let engine = Engine {
-            txs,
+            handle: EngineHandle {
+                txs: Arc::new(txs),
+                bad_rx,
+            },
             threads,
-            bad_rx,
         };
         for (i, r) in readies.into_iter().enumerate() {
             match r.recv() {
@@ -322,6 +340,31 @@ impl Engine {
         Ok(engine)
     }
 
+    /// A cloneable handle for other threads and tasks.
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// Finishes in-flight requests, flushes, checkpoints and stops.
+    pub fn close(mut self) -> Result<()> {
+        let mut first_err = None;
+        for s in 0..self.txs.len() {
+            let r = futures::executor::block_on(self.call(s, |tx| Req::Close { tx }));
+            if let Err(e) = r.and_then(|r| r) {
+                first_err.get_or_insert(e);
+            }
+        }
+        for tx in self.handle.txs.iter() {
+            tx.close();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl EngineHandle {
     /// Number of shards (executor threads).
     pub fn shards(&self) -> usize {
         self.txs.len()
@@ -466,29 +509,13 @@ impl Engine {
     pub fn bad_shards(&self) -> async_channel::Receiver<BadShard> {
         self.bad_rx.clone()
     }
-
-    /// Finishes in-flight requests, flushes, checkpoints and stops.
-    pub fn close(mut self) -> Result<()> {
-        let mut first_err = None;
-        for s in 0..self.txs.len() {
-            let r = futures::executor::block_on(self.call(s, |tx| Req::Close { tx }));
-            if let Err(e) = r.and_then(|r| r) {
-                first_err.get_or_insert(e);
-            }
-        }
-        self.txs.clear();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        first_err.map_or(Ok(()), Err)
-    }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
         // Without close(): stop the threads; acknowledged writes are durable
         // already, queued ones are dropped like in a crash.
-        for tx in &self.txs {
+        for tx in self.handle.txs.iter() {
             tx.close();
         }
         for t in self.threads.drain(..) {

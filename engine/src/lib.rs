@@ -27,7 +27,8 @@ mod reader;
 mod shard;
 
 pub use engine::{
-    route, DeviceFactory, Engine, EngineConfig, FaultyFactory, SimFactory, UringFactory,
+    route, DeviceFactory, Engine, EngineConfig, EngineHandle, FaultyFactory, LocalTask, ShardOps,
+    SimFactory, UringFactory,
 };
 pub use error::{Error, Result};
 pub use memlock::{raise_memlock, MEMLOCK_MIN_BYTES};

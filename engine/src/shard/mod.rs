@@ -201,6 +201,8 @@ pub struct Stats {
     pub preparing: u64,
     pub torn_tails_cut: u64,
     pub corrupt_regions: u64,
+    /// Shards refusing writes after a failed write or fsync (until reopen).
+    pub poisoned_shards: u64,
     pub scrub: ScrubProgress,
 }
 
@@ -228,6 +230,7 @@ impl Stats {
         self.preparing += o.preparing;
         self.torn_tails_cut += o.torn_tails_cut;
         self.corrupt_regions += o.corrupt_regions;
+        self.poisoned_shards += o.poisoned_shards;
         let (a, b) = (&mut self.scrub, &o.scrub);
         a.passes_done += b.passes_done;
         a.running |= b.running;
@@ -512,6 +515,7 @@ impl<D: Device> Shard<D> {
         s.dead_bytes = used.saturating_sub(s.live_bytes);
         s.scrub = self.scrub.get();
         s.preparing = self.preparing.get() as u64;
+        s.poisoned_shards = st.poisoned.is_some() as u64;
         s
     }
 

@@ -1,0 +1,124 @@
+//! `chunkd`: the chunk server binary. See the crate docs of
+//! `tessera-chunkd` for what it does; `chunkd --help` for its flags.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use tessera_chunkd::service::NodeState;
+use tessera_chunkd::{Config, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "chunkd",
+    version,
+    about = "Tessera chunk server: stores shards on this node's disk"
+)]
+struct Cli {
+    /// TOML configuration file (flags override its values).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:7410 (port 0 picks one; it is printed).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Engine shards for a new data directory (0 = one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Log filter (else TESSERA_LOG, else "info").
+    #[arg(long)]
+    log: Option<String>,
+}
+
+/// File in the data directory holding this node's id.
+const NODE_ID_FILE: &str = "NODE_ID";
+
+fn node_id(dir: &std::path::Path) -> Result<String> {
+    let p = dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&p) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+    let id = format!("chunk-{:016x}", rand::random::<u64>());
+    let tmp = dir.join(format!("{NODE_ID_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{id}\n"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &p)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(id)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("TESSERA_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut cfg = match &cli.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(d) = cli.data {
+        cfg.data = d;
+    }
+    if let Some(l) = cli.listen {
+        cfg.listen = l;
+    }
+    if let Some(s) = cli.shards {
+        cfg.shards = s;
+    }
+    cfg.validate()?;
+
+    std::fs::create_dir_all(&cfg.data)
+        .with_context(|| format!("creating the data directory {}", cfg.data.display()))?;
+    let node = Arc::new(NodeState {
+        node_id: node_id(&cfg.data)?,
+        data_dir: cfg.data.clone(),
+        started: std::time::Instant::now(),
+        scrub_running: AtomicBool::new(false),
+        last_scrub_end_unix_millis: AtomicU64::new(0),
+        scrub_passes_started: AtomicU64::new(0),
+    });
+    // Signals are blocked before any thread starts so that only the wait
+    // below receives them.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+    let engine = tessera_engine::Engine::open(cfg.data.join("engine"), cfg.engine_config())
+        .context("opening the storage engine")?;
+    let server = Server::start(&engine, &cfg, node.clone())?;
+    println!(
+        "chunkd {} listening on {} ({} cores, data {})",
+        node.node_id,
+        server.local_addr(),
+        engine.shards(),
+        cfg.data.display()
+    );
+    std::io::stdout().flush()?;
+
+    let sig = signals.forever().next();
+    tracing::info!(?sig, "shutting down: draining requests");
+    let left = server.drain();
+    if left > 0 {
+        tracing::warn!(left, "grace period over with requests still running");
+    }
+    engine.close().context("closing the engine")?;
+    println!("chunkd stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! Listeners and connections on the engine's executors, and the graceful
+//! drain at shutdown.
+//!
+//! Each engine shard's executor binds the listen address with SO_REUSEPORT
+//! (glommio's default) and serves the connections the kernel gives it. A
+//! connection beyond the per-core limit is closed at once. Shutdown: stop
+//! accepting, refuse new requests with `unavailable`, wait (bounded by the
+//! grace period) for in-flight requests to finish; the caller then closes
+//! the engine, which flushes and checkpoints.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::service::{ChunkService, Local, NodeState};
+use futures::future::{select, Either};
+use futures::FutureExt;
+use glommio::net::TcpListener;
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_engine::Engine;
+use tessera_schema::chunk_capnp::chunk_server;
+
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop
+/// does not spin.
+const ACCEPT_RETRY_MILLIS: u64 = 20;
+
+/// How often the drain checks for in-flight requests.
+const DRAIN_POLL_MILLIS: u64 = 5;
+
+/// A running chunk server (its tasks live on the engine's executors).
+pub struct Server {
+    addr: SocketAddr,
+    stops: Vec<async_channel::Sender<()>>,
+    drained: std::sync::mpsc::Receiver<(usize, usize)>,
+}
+
+impl Server {
+    /// Starts listening on every executor of `engine`.
+    pub fn start(engine: &Engine, cfg: &Config, node: Arc<NodeState>) -> Result<Server> {
+        let mut addr = cfg.listen;
+        let mut stops = Vec::new();
+        let (drained_tx, drained) = std::sync::mpsc::channel();
+        for i in 0..engine.shards() {
+            let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let handle = engine.handle();
+            let node = node.clone();
+            let drained_tx = drained_tx.clone();
+            let conns_max = cfg.connections_per_core;
+            let stream_budget = cfg.stream_buffer_per_core_bytes;
+            let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+            let bind = addr;
+            engine.spawn_on_shard(i, move |ops| {
+                Box::pin(async move {
+                    let listener = match TcpListener::bind(bind) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(std::io::Error::from(e)));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(listener.local_addr().map_err(Into::into));
+                    let local = Rc::new(Local {
+                        shard: ops,
+                        engine: handle,
+                        node,
+                        inflight: Rc::new(Cell::new(0)),
+                        stream_budget: Rc::new(Cell::new(stream_budget)),
+                        draining: Rc::new(Cell::new(false)),
+                    });
+                    let service: chunk_server::Client =
+                        capnp_rpc::new_client(ChunkService::new(local.clone()));
+                    accept_loop(&listener, &service, conns_max, &stop_rx).await;
+                    drop(listener);
+                    local.draining.set(true);
+                    let deadline = Instant::now() + grace;
+                    while local.inflight.get() > 0 && Instant::now() < deadline {
+                        glommio::timer::sleep(Duration::from_millis(DRAIN_POLL_MILLIS)).await;
+                    }
+                    let _ = drained_tx.send((i, local.inflight.get()));
+                })
+            })?;
+            let bound = ready_rx
+                .recv()
+                .map_err(|_| Error::Config(format!("executor {i} stopped before listening")))?
+                .map_err(|source| Error::Listen { addr, source })?;
+            // Port 0: every other executor joins the port the first one got.
+            addr = bound;
+            stops.push(stop_tx);
+        }
+        Ok(Server {
+            addr,
+            stops,
+            drained,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, refuses new requests and waits for in-flight ones
+    /// (each executor gives up after the configured grace). Returns the
+    /// number of requests still running when the grace ran out.
+    pub fn drain(self) -> usize {
+        for s in &self.stops {
+            s.close();
+        }
+        let mut left = 0;
+        for _ in 0..self.stops.len() {
+            match self.drained.recv() {
+                Ok((_, n)) => left += n,
+                Err(_) => break,
+            }
+        }
+        left
+    }
+}
+
+async fn accept_loop(
+    listener: &TcpListener,
+    service: &chunk_server::Client,
+    conns_max: usize,
+    stop: &async_channel::Receiver<()>,
+) {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        let accept = Box::pin(listener.accept());
+        let stopped = Box::pin(stop.recv());
+        match select(accept, stopped).await {
+            Either::Left((Ok(stream), _)) => {
+                if open.get() >= conns_max {
+                    tracing::warn!(
+                        limit = conns_max,
+                        "connection limit reached on this core; closing a new connection"
+                    );
+                    drop(stream);
+                    continue;
+                }
+                open.set(open.get() + 1);
+                let peer = stream.peer_addr().ok();
+                let conn = tessera_rpc::conn::serve(stream, service.clone().client);
+                let open = open.clone();
+                glommio::spawn_local(async move {
+                    // A panic inside the protocol library (a bug reachable by
+                    // a hostile peer) must cost that connection only, never
+                    // the executor and the engine shard it runs.
+                    match std::panic::AssertUnwindSafe(conn).catch_unwind().await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(?peer, error = %e, "connection ended with an error")
+                        }
+                        Err(_) => tracing::error!(
+                            ?peer,
+                            "connection handler panicked on input from this peer; connection dropped"
+                        ),
+                    }
+                    open.set(open.get() - 1);
+                })
+                .detach();
+            }
+            Either::Left((Err(e), _)) => {
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_MILLIS)).await;
+            }
+            Either::Right(_) => return,
+        }
+    }
+}

@@ -1,0 +1,673 @@
+//! The chunk server as a real process on 127.0.0.1: round trips from many
+//! concurrent clients, typed errors for bad requests, garbage on the socket,
+//! kill -9 under heavy writes, graceful shutdown and scrub over RPC.
+
+mod harness;
+
+use harness::{content, on_glommio, Chunkd};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+use tessera_rpc::{chunk_capnp::chunk_server, ChunkClient, ClientOptions, RemoteKind};
+
+fn opts() -> ClientOptions {
+    ClientOptions {
+        call_timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
+    }
+}
+
+/// Sizes that cross every boundary: empty, sub-block, block, inline limit,
+/// streamed, the largest shard.
+const SIZES: &[usize] = &[
+    0,
+    1,
+    4095,
+    4096,
+    65_537,
+    (4 << 20),
+    (4 << 20) + 1,
+    (9 << 20) + 123,
+    16 << 20,
+];
+
+#[test]
+fn concurrent_clients_round_trip_every_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Chunkd::start(&dir.path().join("n1"));
+    let addr = srv.addr;
+    let model = on_glommio(move || async move {
+        // 8 clients, each its own connection, all at once.
+        let tasks: Vec<_> = (0..8u32)
+            .map(|c| {
+                glommio::spawn_local(async move {
+                    let cl = ChunkClient::connect(addr, opts()).await.unwrap();
+                    let mut mine = BTreeMap::new();
+                    for (k, &len) in SIZES.iter().enumerate() {
+                        for rep in 0..3u32 {
+                            let id = format!("c{c}-s{k}-r{rep}").into_bytes();
+                            let v = content(&id, len);
+                            cl.put(&id, &v).await.unwrap();
+                            let back = cl.get(&id).await.unwrap();
+                            assert!(back == v, "{} bytes came back different", len);
+                            let st = cl.stat(&id).await.unwrap();
+                            assert_eq!((st.len as usize, st.crc32c), (len, crc32c::crc32c(&v)));
+                            if len > 10 {
+                                let r = cl.get_range(&id, 3, (len / 2) as u32).await.unwrap();
+                                assert!(r == v[3..3 + len / 2]);
+                            }
+                            if rep == 2 {
+                                assert!(cl.delete(&id).await.unwrap());
+                                assert!(!cl.delete(&id).await.unwrap());
+                                assert!(cl.get(&id).await.unwrap_err().is_not_found());
+                            } else {
+                                mine.insert(id, (len as u32, crc32c::crc32c(&v)));
+                            }
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut all = BTreeMap::new();
+        for t in tasks {
+            all.extend(t.await);
+        }
+        // The inventory, paged by 7, is exactly the model.
+        let cl = ChunkClient::connect(addr, opts()).await.unwrap();
+        let mut seen = BTreeMap::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (page, more) = cl.inventory_page(after.as_deref(), 7).await.unwrap();
+            assert!(page.len() <= 7);
+            for i in &page {
+                seen.insert(i.id.clone(), (i.len, i.crc32c));
+            }
+            after = page.last().map(|i| i.id.clone());
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen, all);
+        let info = cl.node_info().await.unwrap();
+        assert_eq!(info.shards as usize, all.len());
+        assert!(info.writable && info.engine_shards == 2 && info.capacity_bytes > 0);
+        all
+    });
+    assert_eq!(model.len(), 8 * SIZES.len() * 2);
+}
+
+/// Sends requests the typed client would refuse, straight on the wire.
+#[test]
+fn bad_requests_get_typed_errors_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Chunkd::start(&dir.path().join("n1"));
+    let addr = srv.addr;
+    on_glommio(move || async move {
+        let cl = ChunkClient::connect(addr, opts()).await.unwrap();
+        cl.put(b"keep", b"precious").await.unwrap();
+        let stream = tessera_rpc::conn::connect_tcp(addr, Duration::from_secs(3))
+            .await
+            .unwrap();
+        let raw: chunk_server::Client = tessera_rpc::conn::client_side(stream);
+
+        async fn put_kind(
+            raw: &chunk_server::Client,
+            id: &[u8],
+            data: &[u8],
+            crc: u32,
+        ) -> Option<RemoteKind> {
+            let mut r = raw.put_shard_request();
+            r.get().set_id(id);
+            r.get().set_data(data);
+            r.get().set_crc32c(crc);
+            let resp = r.send().promise.await.unwrap();
+            let resp = resp.get().unwrap();
+            resp.has_error().then(|| kind(resp.get_error().unwrap()))
+        }
+        fn kind(e: tessera_rpc::chunk_capnp::error::Reader<'_>) -> RemoteKind {
+            let msg = e.get_message().unwrap().to_str().unwrap().to_string();
+            assert!(msg.len() > 10, "error message too terse: {msg}");
+            match e.get_kind().unwrap() {
+                tessera_rpc::chunk_capnp::error::Kind::NotFound => RemoteKind::NotFound,
+                tessera_rpc::chunk_capnp::error::Kind::TooLarge => RemoteKind::TooLarge,
+                tessera_rpc::chunk_capnp::error::Kind::InvalidArgument => {
+                    RemoteKind::InvalidArgument
+                }
+                other => panic!("unexpected kind {other:?}: {msg}"),
+            }
+        }
+        let ok = b"data";
+        let crc = crc32c::crc32c(ok);
+        assert_eq!(
+            put_kind(&raw, b"", ok, crc).await,
+            Some(RemoteKind::InvalidArgument)
+        );
+        assert_eq!(
+            put_kind(&raw, &[7u8; 129], ok, crc).await,
+            Some(RemoteKind::InvalidArgument)
+        );
+        assert_eq!(
+            put_kind(&raw, b"keep", b"other", crc).await,
+            Some(RemoteKind::InvalidArgument),
+            "crc mismatch must be refused"
+        );
+        let big = vec![1u8; (4 << 20) + 1];
+        assert_eq!(
+            put_kind(&raw, b"big", &big, crc32c::crc32c(&big)).await,
+            Some(RemoteKind::TooLarge)
+        );
+
+        // Streams: over the limit, and shorter than announced.
+        let mut r = raw.put_shard_stream_request();
+        r.get().set_id(b"huge");
+        r.get().set_length((16 << 20) + 1);
+        let resp = r.send().promise.await.unwrap();
+        assert_eq!(
+            kind(resp.get().unwrap().get_error().unwrap()),
+            RemoteKind::TooLarge
+        );
+        let mut r = raw.put_shard_stream_request();
+        r.get().set_id(b"short");
+        r.get().set_length(100);
+        r.get().set_crc32c(0);
+        let resp = r.send().promise.await.unwrap();
+        let sink = resp.get().unwrap().get_sink().unwrap();
+        let mut w = sink.write_request();
+        w.get().set_chunk(&[1u8; 50]);
+        w.send().await.unwrap();
+        let fin = sink.finish_request().send().promise.await.unwrap();
+        assert_eq!(
+            kind(fin.get().unwrap().get_error().unwrap()),
+            RemoteKind::InvalidArgument
+        );
+        // Writing more than announced breaks that stream only.
+        let mut r = raw.put_shard_stream_request();
+        r.get().set_id(b"long");
+        r.get().set_length(10);
+        let resp = r.send().promise.await.unwrap();
+        let sink = resp.get().unwrap().get_sink().unwrap();
+        let mut w = sink.write_request();
+        w.get().set_chunk(&[1u8; 50]);
+        let _ = w.send().await;
+        assert!(sink.finish_request().send().promise.await.is_err());
+
+        // Reads: unknown id, range beyond the end, too much inline.
+        for (id, off, len, want) in [
+            (&b"nope"[..], 0u32, 0u32, RemoteKind::NotFound),
+            (&b"keep"[..], 9, 0, RemoteKind::InvalidArgument),
+            (&b"keep"[..], 2, 7, RemoteKind::InvalidArgument),
+            (&b"keep"[..], 0, (4 << 20) + 1, RemoteKind::TooLarge),
+        ] {
+            let mut r = raw.get_shard_request();
+            r.get().set_id(id);
+            r.get().set_offset(off);
+            r.get().set_length(len);
+            let resp = r.send().promise.await.unwrap();
+            assert_eq!(
+                kind(resp.get().unwrap().get_error().unwrap()),
+                want,
+                "get {off}+{len}"
+            );
+        }
+        for limit in [0u32, 10_001] {
+            let mut r = raw.inventory_request();
+            r.get().set_limit(limit);
+            let resp = r.send().promise.await.unwrap();
+            assert_eq!(
+                kind(resp.get().unwrap().get_error().unwrap()),
+                RemoteKind::InvalidArgument
+            );
+        }
+        // The typed client refuses the same mistakes before sending.
+        assert!(matches!(
+            cl.put(b"", b"x").await,
+            Err(tessera_rpc::Error::Invalid(_))
+        ));
+        assert!(matches!(
+            cl.inventory_page(None, 0).await,
+            Err(tessera_rpc::Error::Invalid(_))
+        ));
+        // Nothing changed.
+        assert_eq!(cl.get(b"keep").await.unwrap(), b"precious");
+        let all = cl.inventory_all().await.unwrap();
+        assert_eq!(
+            all.iter().map(|i| i.id.as_slice()).collect::<Vec<_>>(),
+            vec![&b"keep"[..]]
+        );
+    });
+}
+
+/// Random bytes, truncated frames and absurd segment tables on fresh
+/// connections: each ends that connection only.
+#[test]
+fn garbage_on_the_socket_never_hurts_the_server_or_its_data() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = Chunkd::start(&dir.path().join("n1"));
+    let addr = srv.addr;
+    on_glommio(move || async move {
+        let cl = ChunkClient::connect(addr, opts()).await.unwrap();
+        cl.put(b"keep", &content(b"keep", 70_000)).await.unwrap();
+    });
+    let mut rng = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for case in 0..300u32 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let len = (next() % 4096) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        match case % 4 {
+            // A frame header claiming many segments / huge segments.
+            0 if len >= 8 => {
+                bytes[..8].copy_from_slice(&[0xff, 0xff, 0, 0, 0xff, 0xff, 0xff, 0x7f])
+            }
+            // One segment of plausible size, garbage words.
+            1 if len >= 8 => {
+                bytes[..4].copy_from_slice(&0u32.to_le_bytes());
+                bytes[4..8].copy_from_slice(&(((len - 8) / 8) as u32).to_le_bytes());
+            }
+            _ => {}
+        }
+        let _ = s.write_all(&bytes);
+        drop(s);
+    }
+    assert!(srv.is_running(), "chunkd died on garbage input");
+    on_glommio(move || async move {
+        let cl = ChunkClient::connect(addr, opts()).await.unwrap();
+        assert_eq!(cl.get(b"keep").await.unwrap(), content(b"keep", 70_000));
+        cl.put(b"after", b"still works").await.unwrap();
+    });
+}
+
+/// kill -9 in the middle of heavy concurrent writes, three times: every
+/// acknowledged shard reads back intact after restart; every other one is
+/// absent or intact, never corrupt.
+#[test]
+fn kill9_under_heavy_writes_keeps_every_acknowledged_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n1");
+    let mut acked_all: Vec<Vec<u8>> = Vec::new();
+    let mut attempted_all: Vec<Vec<u8>> = Vec::new();
+    for round in 0..3u32 {
+        let mut srv = Chunkd::start(&data);
+        let addr = srv.addr;
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let attempted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (a2, t2) = (acked.clone(), attempted.clone());
+        let writer = std::thread::spawn(move || {
+            on_glommio(move || async move {
+                let cl = Rc::new(
+                    ChunkClient::connect(
+                        addr,
+                        ClientOptions {
+                            attempts: 1,
+                            call_timeout: Duration::from_secs(5),
+                            ..ClientOptions::default()
+                        },
+                    )
+                    .await
+                    .unwrap(),
+                );
+                let tasks: Vec<_> = (0..24u32)
+                    .map(|w| {
+                        let (cl, a2, t2) = (cl.clone(), a2.clone(), t2.clone());
+                        glommio::spawn_local(async move {
+                            for n in 0..100_000u32 {
+                                let id = format!("r{round}-w{w}-n{n}").into_bytes();
+                                let len = [100, 4096, 20_000, 300_000, 5 << 20][(n % 5) as usize];
+                                t2.lock().unwrap().push(id.clone());
+                                match cl.put(&id, &content(&id, len)).await {
+                                    Ok(()) => a2.lock().unwrap().push(id),
+                                    Err(_) => return,
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await;
+                }
+            })
+        });
+        std::thread::sleep(Duration::from_millis(700 + 400 * round as u64));
+        srv.kill9();
+        writer.join().unwrap();
+        let acked = std::mem::take(&mut *acked.lock().unwrap());
+        assert!(
+            acked.len() > 20,
+            "round {round}: only {} puts acknowledged before the kill",
+            acked.len()
+        );
+        acked_all.extend(acked);
+        attempted_all.extend(std::mem::take(&mut *attempted.lock().unwrap()));
+    }
+    let srv = Chunkd::start(&data);
+    let addr = srv.addr;
+    let acked: std::collections::HashSet<Vec<u8>> = acked_all.into_iter().collect();
+    let (n_acked, n_present) = on_glommio(move || async move {
+        let cl = ChunkClient::connect(addr, opts()).await.unwrap();
+        let mut present = 0;
+        for id in &attempted_all {
+            match cl.get(id).await {
+                Ok(v) => {
+                    let len = v.len();
+                    assert!(
+                        v == content(id, len),
+                        "{} came back corrupt",
+                        String::from_utf8_lossy(id)
+                    );
+                    present += 1;
+                }
+                Err(e) if e.is_not_found() => {
+                    assert!(
+                        !acked.contains(id),
+                        "acknowledged {} is missing",
+                        String::from_utf8_lossy(id)
+                    );
+                }
+                Err(e) => panic!("{}: {e}", String::from_utf8_lossy(id)),
+            }
+        }
+        (acked.len(), present)
+    });
+    assert!(n_present >= n_acked);
+    eprintln!("kill -9 x3: {n_acked} acknowledged, {n_present} present after restart");
+}
+
+/// SIGTERM while writes run: the server refuses new requests, finishes the
+/// ones in flight, flushes, exits 0; after restart every acknowledged
+/// shard is there.
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n1");
+    let mut srv = Chunkd::start(&data);
+    let addr = srv.addr;
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let a2 = acked.clone();
+    let writer = std::thread::spawn(move || {
+        on_glommio(move || async move {
+            let cl = Rc::new(
+                ChunkClient::connect(
+                    addr,
+                    ClientOptions {
+                        attempts: 1,
+                        ..opts()
+                    },
+                )
+                .await
+                .unwrap(),
+            );
+            let tasks: Vec<_> = (0..8u32)
+                .map(|w| {
+                    let (cl, a2) = (cl.clone(), a2.clone());
+                    glommio::spawn_local(async move {
+                        for n in 0..100_000u32 {
+                            let id = format!("w{w}-n{n}").into_bytes();
+                            if cl.put(&id, &content(&id, 8192)).await.is_err() {
+                                return;
+                            }
+                            a2.lock().unwrap().push(id);
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await;
+            }
+        })
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let (status, lines) = srv.terminate();
+    writer.join().unwrap();
+    assert!(status.success(), "chunkd exited with {status}");
+    assert!(
+        lines.iter().any(|l| l.contains("stopped cleanly")),
+        "{lines:?}"
+    );
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(!acked.is_empty());
+    let srv = Chunkd::start(&data);
+    let addr = srv.addr;
+    on_glommio(move || async move {
+        let cl = ChunkClient::connect(addr, opts()).await.unwrap();
+        for id in &acked {
+            assert_eq!(cl.get(id).await.unwrap(), content(id, 8192));
+        }
+    });
+}
+
+/// A flipped bit in a stored shard: get answers `checksum` (never the
+/// bytes), and a scrub started over RPC reports exactly that shard.
+#[test]
+fn scrub_over_rpc_reports_a_flipped_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n1");
+    let mut srv = Chunkd::start(&data);
+    let addr = srv.addr;
+    let victim = b"victim-shard".to_vec();
+    let v2 = victim.clone();
+    on_glommio(move || async move {
+        let cl = ChunkClient::connect(addr, opts()).await.unwrap();
+        for k in 0..50u32 {
+            let id = format!("other-{k}").into_bytes();
+            cl.put(&id, &content(&id, 10_000)).await.unwrap();
+        }
+        cl.put(&v2, &content(&v2, 10_000)).await.unwrap();
+    });
+    assert!(srv.terminate().0.success());
+    // Find the victim's payload in the segment files and flip one bit.
+    let needle = content(&victim, 10_000);
+    let mut flipped = false;
+    for shard in std::fs::read_dir(data.join("engine")).unwrap() {
+        let shard = shard.unwrap().path();
+        if !shard.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&shard).unwrap() {
+            let f = f.unwrap().path();
+            if !f.file_name().unwrap().to_string_lossy().starts_with("seg-") {
+                continue;
+            }
+            let mut bytes = std::fs::read(&f).unwrap();
+            if let Some(at) = bytes.windows(64).position(|w| w == &needle[..64]) {
+                bytes[at + 5000] ^= 0x10;
+                std::fs::write(&f, &bytes).unwrap();
+                flipped = true;
+            }
+        }
+    }
+    assert!(flipped, "victim payload not found on disk");
+    let srv = Chunkd::start(&data);
+    let addr = srv.addr;
+    on_glommio(move || async move {
+        let cl = ChunkClient::connect(addr, opts()).await.unwrap();
+        let e = cl.get(&victim).await.unwrap_err();
+        assert_eq!(e.remote_kind(), Some(RemoteKind::Checksum), "{e}");
+        // Drain the report the read made, then scrub.
+        let _ = cl.bad_shards(100).await.unwrap();
+        assert!(cl.start_scrub(0).await.unwrap());
+        let mut status = cl.scrub_status().await.unwrap();
+        for _ in 0..2000 {
+            if !status.running {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            status = cl.scrub_status().await.unwrap();
+        }
+        assert!(!status.running && status.passes >= 1, "{status:?}");
+        let (bad, dropped) = cl.bad_shards(100).await.unwrap();
+        assert_eq!(dropped, 0);
+        let ids: Vec<_> = bad.iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(ids, vec![victim.clone()], "{bad:?}");
+        // Every other shard still reads.
+        for k in 0..50u32 {
+            let id = format!("other-{k}").into_bytes();
+            assert_eq!(cl.get(&id).await.unwrap(), content(&id, 10_000));
+        }
+    });
+}
+
+/// A proxy between a real client and the server flips random bytes of the
+/// client's messages: every corrupted request ends in a typed error or a
+/// closed connection, the server stays up, and nothing stored is wrong.
+#[test]
+fn mutated_client_messages_never_store_wrong_bytes() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = Chunkd::start(&dir.path().join("n1"));
+    let addr = srv.addr;
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let paddr = proxy.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for conn in proxy.incoming().take(60) {
+            let Ok(client) = conn else { break };
+            let Ok(server) = std::net::TcpStream::connect(addr) else {
+                break;
+            };
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let mut rng = seed;
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = c_in.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    // Flip one byte in about a third of the reads.
+                    if rng % 3 == 0 {
+                        let at = (rng >> 8) as usize % n;
+                        buf[at] ^= 1 << ((rng >> 40) % 8);
+                    }
+                    if s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_out.shutdown(std::net::Shutdown::Both);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    on_glommio(move || async move {
+        let direct = ChunkClient::connect(addr, opts()).await.unwrap();
+        direct.put(b"keep", &content(b"keep", 9000)).await.unwrap();
+        let fragile = ClientOptions {
+            attempts: 1,
+            call_timeout: Duration::from_secs(2),
+            ..ClientOptions::default()
+        };
+        let mut ids = Vec::new();
+        for c in 0..40u32 {
+            let Ok(cl) = ChunkClient::connect(paddr, fragile.clone()).await else {
+                continue;
+            };
+            for k in 0..5u32 {
+                let id = format!("m{c}-{k}").into_bytes();
+                let _ = cl.put(&id, &content(&id, 3000 + 997 * k as usize)).await;
+                let _ = cl.get(&id).await;
+                ids.push(id);
+            }
+        }
+        assert_eq!(direct.get(b"keep").await.unwrap(), content(b"keep", 9000));
+        // Whatever is stored under our ids is exactly what was sent.
+        let mut stored = 0;
+        for id in &ids {
+            match direct.get(id).await {
+                Ok(v) => {
+                    let len = v.len();
+                    assert!(
+                        v == content(id, len),
+                        "{} stored wrong bytes",
+                        String::from_utf8_lossy(id)
+                    );
+                    stored += 1;
+                }
+                Err(e) => assert!(e.is_not_found(), "{e}"),
+            }
+        }
+        // Shards stored under ids the mutation produced carry a valid crc.
+        for item in direct.inventory_all().await.unwrap() {
+            let v = direct.get(&item.id).await.unwrap();
+            assert_eq!(crc32c::crc32c(&v), item.crc32c);
+        }
+        eprintln!(
+            "mutating proxy: {stored} of {} shards stored intact, the rest refused",
+            ids.len()
+        );
+    });
+    assert!(srv.is_running(), "chunkd died on mutated messages");
+}
+
+/// One client across a server restart on the same address: calls made
+/// while it is down fail after their retries with a connection error; the
+/// first call after it is back reconnects by itself.
+#[test]
+fn client_reconnects_after_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n1");
+    let srv = std::sync::Arc::new(std::sync::Mutex::new(Some(Chunkd::start(&data))));
+    let addr = srv.lock().unwrap().as_ref().unwrap().addr;
+    let (to_test, from_test) = std::sync::mpsc::channel::<()>();
+    let (to_client, from_client) = std::sync::mpsc::channel::<u32>();
+    let s2 = srv.clone();
+    let data2 = data.clone();
+    let restarter = std::thread::spawn(move || {
+        // Step 1: the client has written; stop the server.
+        from_test.recv().unwrap();
+        let mut old = s2.lock().unwrap().take().unwrap();
+        assert!(old.terminate().0.success());
+        to_client.send(1).unwrap();
+        // Step 2: the client saw the failure; start again on the same port.
+        from_test.recv().unwrap();
+        *s2.lock().unwrap() = Some(Chunkd::start_at(&data2, &addr.to_string(), &[]));
+        to_client.send(2).unwrap();
+    });
+    on_glommio(move || async move {
+        let cl = ChunkClient::connect(
+            addr,
+            ClientOptions {
+                attempts: 3,
+                call_timeout: Duration::from_secs(5),
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        cl.put(b"a", b"before").await.unwrap();
+        to_test.send(()).unwrap();
+        while from_client.try_recv().is_err() {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let e = cl.get(b"a").await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                tessera_rpc::Error::Connect { .. } | tessera_rpc::Error::Transport { .. }
+            ),
+            "{e}"
+        );
+        to_test.send(()).unwrap();
+        while from_client.try_recv().is_err() {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(cl.get(b"a").await.unwrap(), b"before");
+        cl.put(b"b", b"after").await.unwrap();
+    });
+    restarter.join().unwrap();
+}

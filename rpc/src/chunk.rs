@@ -1,0 +1,593 @@
+//! The typed client of a chunk server.
+//!
+//! One [`ChunkClient`] per server and executor: it keeps one connection
+//! (Cap'n Proto multiplexes any number of concurrent calls over it), opens
+//! it lazily and again after it breaks. Every call has a timeout; calls are
+//! retried with exponential backoff on transport failures and timeouts —
+//! every `ChunkServer` method is idempotent (a put of the same bytes under
+//! the same id, as the gateway does, stores the same shard). Server errors
+//! (not found, checksum, limits…) are returned at once, typed.
+
+use crate::error::{Error, RemoteKind, Result};
+use crate::limits::*;
+use futures::future::{select, Either};
+use std::cell::RefCell;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+use tessera_schema::chunk_capnp::{byte_sink, chunk_server, error as wire_error};
+
+/// Returns the server's typed error from a results reader that carries one.
+macro_rules! server_error {
+    ($client:ident, $r:expr) => {
+        if $r.has_error() {
+            return Err($client.remote($r.get_error().map_err($client.transport())?));
+        }
+    };
+}
+
+/// Client tunables.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    pub call_timeout: Duration,
+    /// Attempts per call, the first included (1 = no retry).
+    pub attempts: u32,
+    /// Chunk size for streamed puts and gets.
+    pub stream_chunk_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_DEFAULT_MILLIS),
+            call_timeout: Duration::from_millis(CALL_TIMEOUT_DEFAULT_MILLIS),
+            attempts: ATTEMPTS_DEFAULT,
+            stream_chunk_bytes: STREAM_CHUNK_DEFAULT_BYTES,
+        }
+    }
+}
+
+/// One shard as the server describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    pub id: Vec<u8>,
+    pub len: u32,
+    pub crc32c: u32,
+}
+
+/// The server's scrubber.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubStatus {
+    pub passes: u64,
+    pub running: bool,
+    pub bytes_verified: u64,
+    pub bytes_total: u64,
+    pub bad_found: u64,
+    pub last_pass_ended_unix_millis: u64,
+}
+
+/// Health and capacity of a chunk server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub version: String,
+    pub capacity_bytes: u64,
+    pub available_bytes: u64,
+    pub live_bytes: u64,
+    pub dead_bytes: u64,
+    pub shards: u64,
+    pub engine_shards: u32,
+    pub uptime_secs: u64,
+    pub writable: bool,
+    pub io_errors: u64,
+}
+
+/// A client of one chunk server, for use on one glommio executor.
+pub struct ChunkClient {
+    addr: SocketAddr,
+    opts: ClientOptions,
+    conn: RefCell<Option<chunk_server::Client>>,
+}
+
+fn check_id(id: &[u8]) -> Result<()> {
+    if id.is_empty() || id.len() > ID_LEN_MAX_BYTES {
+        return Err(Error::Invalid(format!(
+            "shard id is {} bytes; ids must be 1..={ID_LEN_MAX_BYTES} bytes",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+impl ChunkClient {
+    /// A client of the server at `addr`; connects now so that a wrong
+    /// address is reported here.
+    pub async fn connect(addr: SocketAddr, opts: ClientOptions) -> Result<Self> {
+        let c = ChunkClient {
+            addr,
+            opts,
+            conn: RefCell::new(None),
+        };
+        c.client().await?;
+        Ok(c)
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn client(&self) -> Result<chunk_server::Client> {
+        if let Some(c) = self.conn.borrow().as_ref() {
+            return Ok(c.clone());
+        }
+        let stream = crate::conn::connect_tcp(self.addr, self.opts.connect_timeout)
+            .await
+            .map_err(|source| Error::Connect {
+                addr: self.addr,
+                source,
+            })?;
+        let c: chunk_server::Client = crate::conn::client_side(stream);
+        *self.conn.borrow_mut() = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs `call` with the timeout, retrying retryable failures with
+    /// backoff on a fresh connection.
+    async fn retried<T, F, Fut>(&self, what: &'static str, call: F) -> Result<T>
+    where
+        F: Fn(chunk_server::Client) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let r = match self.client().await {
+                Ok(c) => {
+                    let call = Box::pin(call(c));
+                    let timer = Box::pin(glommio::timer::sleep(self.opts.call_timeout));
+                    match select(call, timer).await {
+                        Either::Left((r, _)) => r,
+                        Either::Right(_) => Err(Error::Timeout {
+                            addr: self.addr,
+                            what,
+                            after: self.opts.call_timeout,
+                        }),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) if e.is_retryable() && attempt < self.opts.attempts.max(1) => {
+                    // A broken connection is replaced on the next attempt.
+                    self.conn.borrow_mut().take();
+                    let exp = BACKOFF_BASE_MILLIS.saturating_mul(1 << (attempt - 1).min(16));
+                    let cap = exp.min(BACKOFF_MAX_MILLIS);
+                    let wait = cap / 2 + rand::random::<u64>() % (cap / 2 + 1);
+                    tracing::debug!(addr = %self.addr, what, attempt, error = %e, wait_ms = wait, "retrying");
+                    glommio::timer::sleep(Duration::from_millis(wait)).await;
+                }
+                Err(e) => {
+                    if matches!(e, Error::Transport { .. } | Error::Timeout { .. }) {
+                        self.conn.borrow_mut().take();
+                    }
+                    return Err(e);
+                }
+                Ok(v) => return Ok(v),
+            }
+        }
+    }
+
+    fn transport(&self) -> impl Fn(capnp::Error) -> Error + '_ {
+        move |source| Error::Transport {
+            addr: self.addr,
+            source,
+        }
+    }
+
+    fn remote(&self, e: wire_error::Reader<'_>) -> Error {
+        let kind = e
+            .get_kind()
+            .map(RemoteKind::from_wire)
+            .unwrap_or(RemoteKind::Internal);
+        let message = e
+            .get_message()
+            .ok()
+            .and_then(|m| m.to_str().ok())
+            .unwrap_or("(no message)")
+            .to_string();
+        Error::Remote {
+            addr: self.addr,
+            kind,
+            message,
+        }
+    }
+
+    /// Stores `data` under `id`; durable on the server when this returns.
+    pub async fn put(&self, id: &[u8], data: &[u8]) -> Result<()> {
+        check_id(id)?;
+        if data.len() > SHARD_SIZE_MAX_BYTES {
+            return Err(Error::Invalid(format!(
+                "shard is {} bytes, over the limit of {SHARD_SIZE_MAX_BYTES}",
+                data.len()
+            )));
+        }
+        let crc = crc32c::crc32c(data);
+        if data.len() <= INLINE_DATA_MAX_BYTES {
+            self.retried("putShard", |c| async move {
+                let mut req = c.put_shard_request();
+                {
+                    let mut p = req.get();
+                    p.set_id(id);
+                    p.set_data(data);
+                    p.set_crc32c(crc);
+                }
+                let resp = req.send().promise.await.map_err(self.transport())?;
+                let r = resp.get().map_err(self.transport())?;
+                server_error!(self, r);
+                Ok(())
+            })
+            .await
+        } else {
+            self.retried("putShardStream", |c| self.put_stream(c, id, data, crc))
+                .await
+        }
+    }
+
+    async fn put_stream(
+        &self,
+        c: chunk_server::Client,
+        id: &[u8],
+        data: &[u8],
+        crc: u32,
+    ) -> Result<()> {
+        let mut req = c.put_shard_stream_request();
+        {
+            let mut p = req.get();
+            p.set_id(id);
+            p.set_length(data.len() as u32);
+            p.set_crc32c(crc);
+        }
+        let resp = req.send().promise.await.map_err(self.transport())?;
+        let r = resp.get().map_err(self.transport())?;
+        server_error!(self, r);
+        let sink = r.get_sink().map_err(self.transport())?;
+        let chunk = self
+            .opts
+            .stream_chunk_bytes
+            .clamp(4096, STREAM_CHUNK_MAX_BYTES);
+        let mut writes = Vec::new();
+        for part in data.chunks(chunk) {
+            let mut w = sink.write_request();
+            w.get().set_chunk(part);
+            // Streaming calls are flow-controlled by capnp-rpc: `send`
+            // resolves when the window has room.
+            writes.push(w.send());
+        }
+        for w in writes {
+            w.await.map_err(self.transport())?;
+        }
+        let resp = sink
+            .finish_request()
+            .send()
+            .promise
+            .await
+            .map_err(self.transport())?;
+        let r = resp.get().map_err(self.transport())?;
+        server_error!(self, r);
+        Ok(())
+    }
+
+    /// The whole shard, checked against the server's crc32c after transit.
+    pub async fn get(&self, id: &[u8]) -> Result<Vec<u8>> {
+        check_id(id)?;
+        self.retried("getShard", |c| async move {
+            let (mut data, total, crc) = self.get_inline(&c, id, 0, 0).await?;
+            if (total as usize) > data.len() {
+                let rest = self
+                    .get_stream(&c, id, data.len() as u32, total - data.len() as u32)
+                    .await?;
+                data.extend_from_slice(&rest.0);
+            }
+            let got = crc32c::crc32c(&data);
+            if got != crc || data.len() != total as usize {
+                return Err(Error::TransitChecksum {
+                    addr: self.addr,
+                    expected: crc,
+                    got,
+                });
+            }
+            Ok(data)
+        })
+        .await
+    }
+
+    /// `len` bytes at `offset` of the shard (`len` 0: to its end). The server
+    /// verifies the whole shard before sending any of it.
+    pub async fn get_range(&self, id: &[u8], offset: u32, len: u32) -> Result<Vec<u8>> {
+        check_id(id)?;
+        self.retried("getShard", |c| async move {
+            if (len as usize) <= INLINE_DATA_MAX_BYTES && len != 0 {
+                return Ok(self.get_inline(&c, id, offset, len).await?.0);
+            }
+            let (data, _, _) = self.get_stream(&c, id, offset, len).await?;
+            Ok(data)
+        })
+        .await
+    }
+
+    async fn get_inline(
+        &self,
+        c: &chunk_server::Client,
+        id: &[u8],
+        offset: u32,
+        len: u32,
+    ) -> Result<(Vec<u8>, u32, u32)> {
+        let mut req = c.get_shard_request();
+        {
+            let mut p = req.get();
+            p.set_id(id);
+            p.set_offset(offset);
+            p.set_length(len);
+        }
+        let resp = req.send().promise.await.map_err(self.transport())?;
+        let r = resp.get().map_err(self.transport())?;
+        server_error!(self, r);
+        let data = r.get_data().map_err(self.transport())?.to_vec();
+        Ok((data, r.get_shard_length(), r.get_crc32c()))
+    }
+
+    async fn get_stream(
+        &self,
+        c: &chunk_server::Client,
+        id: &[u8],
+        offset: u32,
+        len: u32,
+    ) -> Result<(Vec<u8>, u32, u32)> {
+        let buf = Rc::new(RefCell::new(Vec::new()));
+        let sink: byte_sink::Client = capnp_rpc::new_client(Collector {
+            buf: buf.clone(),
+            limit: SHARD_SIZE_MAX_BYTES,
+        });
+        let mut req = c.get_shard_stream_request();
+        {
+            let mut p = req.get();
+            p.set_id(id);
+            p.set_offset(offset);
+            p.set_length(len);
+            p.set_sink(sink);
+            p.set_chunk_bytes(self.opts.stream_chunk_bytes as u32);
+        }
+        let resp = req.send().promise.await.map_err(self.transport())?;
+        let r = resp.get().map_err(self.transport())?;
+        server_error!(self, r);
+        let data = std::mem::take(&mut *buf.borrow_mut());
+        if data.len() != r.get_sent() as usize {
+            return Err(Error::Transport {
+                addr: self.addr,
+                source: capnp::Error::failed(format!(
+                    "server says it sent {} bytes, {} arrived",
+                    r.get_sent(),
+                    data.len()
+                )),
+            });
+        }
+        Ok((data, r.get_shard_length(), r.get_crc32c()))
+    }
+
+    /// Deletes `id`; true if it existed. Durable when it returns.
+    pub async fn delete(&self, id: &[u8]) -> Result<bool> {
+        check_id(id)?;
+        self.retried("deleteShard", |c| async move {
+            let mut req = c.delete_shard_request();
+            req.get().set_id(id);
+            let resp = req.send().promise.await.map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            server_error!(self, r);
+            Ok(r.get_existed())
+        })
+        .await
+    }
+
+    /// Length and crc32c of `id`.
+    pub async fn stat(&self, id: &[u8]) -> Result<ShardInfo> {
+        check_id(id)?;
+        self.retried("statShard", |c| async move {
+            let mut req = c.stat_shard_request();
+            req.get().set_id(id);
+            let resp = req.send().promise.await.map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            server_error!(self, r);
+            let i = r.get_info().map_err(self.transport())?;
+            Ok(ShardInfo {
+                id: i.get_id().map_err(self.transport())?.to_vec(),
+                len: i.get_length(),
+                crc32c: i.get_crc32c(),
+            })
+        })
+        .await
+    }
+
+    /// One page of the inventory after `start_after`; the flag says whether
+    /// more follow.
+    pub async fn inventory_page(
+        &self,
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<ShardInfo>, bool)> {
+        if limit == 0 || limit > INVENTORY_PAGE_MAX {
+            return Err(Error::Invalid(format!(
+                "inventory page of {limit}; pages hold 1..={INVENTORY_PAGE_MAX} items"
+            )));
+        }
+        self.retried("inventory", |c| async move {
+            let mut req = c.inventory_request();
+            {
+                let mut p = req.get();
+                p.set_start_after(start_after.unwrap_or(&[]));
+                p.set_limit(limit as u32);
+            }
+            let resp = req.send().promise.await.map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            server_error!(self, r);
+            let items = r.get_items().map_err(self.transport())?;
+            let mut out = Vec::with_capacity(items.len() as usize);
+            for i in items.iter() {
+                out.push(ShardInfo {
+                    id: i.get_id().map_err(self.transport())?.to_vec(),
+                    len: i.get_length(),
+                    crc32c: i.get_crc32c(),
+                });
+            }
+            Ok((out, r.get_more()))
+        })
+        .await
+    }
+
+    /// The whole inventory, page by page.
+    pub async fn inventory_all(&self) -> Result<Vec<ShardInfo>> {
+        let mut all: Vec<ShardInfo> = Vec::new();
+        loop {
+            let after = all.last().map(|i| i.id.clone());
+            let (page, more) = self
+                .inventory_page(after.as_deref(), INVENTORY_PAGE_MAX)
+                .await?;
+            all.extend(page);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Health and capacity.
+    pub async fn node_info(&self) -> Result<NodeInfo> {
+        self.retried("nodeInfo", |c| async move {
+            let resp = c
+                .node_info_request()
+                .send()
+                .promise
+                .await
+                .map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            let i = r.get_info().map_err(self.transport())?;
+            let text = |t: capnp::Result<capnp::text::Reader<'_>>| {
+                t.ok()
+                    .and_then(|t| t.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            Ok(NodeInfo {
+                node_id: text(i.get_node_id()),
+                version: text(i.get_version()),
+                capacity_bytes: i.get_capacity_bytes(),
+                available_bytes: i.get_available_bytes(),
+                live_bytes: i.get_live_bytes(),
+                dead_bytes: i.get_dead_bytes(),
+                shards: i.get_shards(),
+                engine_shards: i.get_engine_shards(),
+                uptime_secs: i.get_uptime_secs(),
+                writable: i.get_writable(),
+                io_errors: i.get_io_errors(),
+            })
+        })
+        .await
+    }
+
+    /// The scrubber's progress.
+    pub async fn scrub_status(&self) -> Result<ScrubStatus> {
+        self.retried("scrubStatus", |c| async move {
+            let resp = c
+                .scrub_status_request()
+                .send()
+                .promise
+                .await
+                .map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            let s = r.get_status().map_err(self.transport())?;
+            Ok(ScrubStatus {
+                passes: s.get_passes(),
+                running: s.get_running(),
+                bytes_verified: s.get_bytes_verified(),
+                bytes_total: s.get_bytes_total(),
+                bad_found: s.get_bad_found(),
+                last_pass_ended_unix_millis: s.get_last_pass_ended_unix_millis(),
+            })
+        })
+        .await
+    }
+
+    /// Starts a scrub pass (false if one is running already).
+    pub async fn start_scrub(&self, bytes_per_sec: u64) -> Result<bool> {
+        self.retried("startScrub", |c| async move {
+            let mut req = c.start_scrub_request();
+            req.get().set_bytes_per_sec(bytes_per_sec);
+            let resp = req.send().promise.await.map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            server_error!(self, r);
+            Ok(r.get_started())
+        })
+        .await
+    }
+
+    /// Takes up to `limit` bad-shard reports (id, reason) and the count of
+    /// reports dropped by the server's full queue.
+    pub async fn bad_shards(&self, limit: usize) -> Result<(Vec<(Vec<u8>, String)>, u64)> {
+        let limit = limit.clamp(1, BAD_SHARDS_PAGE_MAX);
+        // Not retried: the reports taken by a lost answer would be lost.
+        let c = self.client().await?;
+        let mut req = c.bad_shards_request();
+        req.get().set_limit(limit as u32);
+        let resp = req.send().promise.await.map_err(self.transport())?;
+        let r = resp.get().map_err(self.transport())?;
+        let mut out = Vec::new();
+        for b in r.get_reports().map_err(self.transport())?.iter() {
+            out.push((
+                b.get_id().map_err(self.transport())?.to_vec(),
+                b.get_reason()
+                    .ok()
+                    .and_then(|t| t.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
+            ));
+        }
+        Ok((out, r.get_dropped()))
+    }
+}
+
+/// Client side of a streamed get: collects the chunks, refusing more than
+/// `limit` bytes.
+struct Collector {
+    buf: Rc<RefCell<Vec<u8>>>,
+    limit: usize,
+}
+
+impl byte_sink::Server for Collector {
+    fn write(
+        self: Rc<Self>,
+        params: byte_sink::WriteParams,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let r = (|| {
+            let chunk = params.get()?.get_chunk()?;
+            let mut b = self.buf.borrow_mut();
+            if b.len() + chunk.len() > self.limit {
+                return Err(capnp::Error::failed(format!(
+                    "stream exceeds {} bytes",
+                    self.limit
+                )));
+            }
+            b.extend_from_slice(chunk);
+            Ok(())
+        })();
+        std::future::ready(r)
+    }
+
+    fn done(
+        self: Rc<Self>,
+        _: byte_sink::DoneParams,
+        _: byte_sink::DoneResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        std::future::ready(Ok(()))
+    }
+}

@@ -1,0 +1,122 @@
+//! The one error type of the RPC layer: what the server said (typed), or
+//! what went wrong on the way.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tessera_schema::chunk_capnp;
+
+/// Result alias for the RPC layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The kinds of error a Tessera server reports (mirrors `Error.Kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RemoteKind {
+    NotFound,
+    Checksum,
+    TooLarge,
+    InvalidArgument,
+    DiskFull,
+    Unavailable,
+    Io,
+    Internal,
+}
+
+impl RemoteKind {
+    pub(crate) fn from_wire(k: chunk_capnp::error::Kind) -> Self {
+        use chunk_capnp::error::Kind as K;
+        match k {
+            K::NotFound => RemoteKind::NotFound,
+            K::Checksum => RemoteKind::Checksum,
+            K::TooLarge => RemoteKind::TooLarge,
+            K::InvalidArgument => RemoteKind::InvalidArgument,
+            K::DiskFull => RemoteKind::DiskFull,
+            K::Unavailable => RemoteKind::Unavailable,
+            K::Io => RemoteKind::Io,
+            K::Internal => RemoteKind::Internal,
+        }
+    }
+
+    /// The wire value of this kind.
+    pub fn to_wire(self) -> chunk_capnp::error::Kind {
+        use chunk_capnp::error::Kind as K;
+        match self {
+            RemoteKind::NotFound => K::NotFound,
+            RemoteKind::Checksum => K::Checksum,
+            RemoteKind::TooLarge => K::TooLarge,
+            RemoteKind::InvalidArgument => K::InvalidArgument,
+            RemoteKind::DiskFull => K::DiskFull,
+            RemoteKind::Unavailable => K::Unavailable,
+            RemoteKind::Io => K::Io,
+            RemoteKind::Internal => K::Internal,
+        }
+    }
+}
+
+/// Everything a call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server refused or failed the request and said why.
+    #[error("{kind:?} from {addr}: {message}")]
+    Remote {
+        addr: SocketAddr,
+        kind: RemoteKind,
+        message: String,
+    },
+    /// The request breaks a limit of the contract; nothing was sent.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// No TCP connection could be made.
+    #[error("cannot connect to {addr}: {source} — is the server running and listening there?")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The call took longer than its timeout (after all attempts).
+    #[error("{what} to {addr} timed out after {after:?}")]
+    Timeout {
+        addr: SocketAddr,
+        what: &'static str,
+        after: Duration,
+    },
+    /// The connection failed or the peer sent something that is not our
+    /// protocol (after all attempts, for retried calls).
+    #[error("transport error talking to {addr}: {source}")]
+    Transport {
+        addr: SocketAddr,
+        source: capnp::Error,
+    },
+    /// The bytes received do not match the checksum the server sent.
+    #[error("data from {addr} failed its crc32c in transit (expected {expected:08x}, got {got:08x}); retry or read another replica")]
+    TransitChecksum {
+        addr: SocketAddr,
+        expected: u32,
+        got: u32,
+    },
+}
+
+impl Error {
+    /// The server's error kind, if the server answered with one.
+    pub fn remote_kind(&self) -> Option<RemoteKind> {
+        match self {
+            Error::Remote { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// True if the shard does not exist on that server.
+    pub fn is_not_found(&self) -> bool {
+        self.remote_kind() == Some(RemoteKind::NotFound)
+    }
+
+    /// Worth another attempt (on a fresh connection) for an idempotent call.
+    pub(crate) fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::Timeout { .. } | Error::TransitChecksum { .. } => true,
+            Error::Transport { source, .. } => matches!(
+                source.kind,
+                capnp::ErrorKind::Disconnected | capnp::ErrorKind::Overloaded
+            ),
+            Error::Remote { .. } | Error::Invalid(_) => false,
+        }
+    }
+}
