@@ -154,10 +154,12 @@ fn start_chunkd(dir: &Path, shards: usize) -> Result<(ChunkdProcess, SocketAddr)
         .context("starting chunkd")?;
     let out = child.stdout.take().expect("piped stdout");
     let proc = ChunkdProcess(child);
+    let mut out = BufReader::new(out);
     let mut line = String::new();
-    BufReader::new(out)
-        .read_line(&mut line)
+    out.read_line(&mut line)
         .context("reading chunkd's first line")?;
+    // Keep reading what it prints, so its stdout never fills or breaks.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let addr = line
         .split("listening on ")
         .nth(1)

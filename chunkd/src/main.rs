@@ -103,14 +103,17 @@ fn main() -> Result<()> {
     let engine = tessera_engine::Engine::open(cfg.data.join("engine"), cfg.engine_config())
         .context("opening the storage engine")?;
     let server = Server::start(&engine, &cfg, node.clone())?;
-    println!(
+    // stdout may be a pipe nobody reads any more: never fail on it.
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
         "chunkd {} listening on {} ({} cores, data {})",
         node.node_id,
         server.local_addr(),
         engine.shards(),
         cfg.data.display()
     );
-    std::io::stdout().flush()?;
+    let _ = out.flush();
 
     let sig = signals.forever().next();
     tracing::info!(?sig, "shutting down: draining requests");
@@ -119,6 +122,6 @@ fn main() -> Result<()> {
         tracing::warn!(left, "grace period over with requests still running");
     }
     engine.close().context("closing the engine")?;
-    println!("chunkd stopped cleanly");
+    let _ = writeln!(std::io::stdout(), "chunkd stopped cleanly");
     Ok(())
 }

@@ -14,7 +14,8 @@ use crate::service::{ChunkService, Local, NodeState};
 use futures::future::{select, Either};
 use futures::FutureExt;
 use glommio::net::TcpListener;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -72,14 +73,23 @@ impl Server {
                     });
                     let service: chunk_server::Client =
                         capnp_rpc::new_client(ChunkService::new(local.clone()));
-                    accept_loop(&listener, &service, conns_max, &stop_rx).await;
+                    let conns = Conns::default();
+                    accept_loop(&listener, &service, conns_max, &stop_rx, &conns).await;
                     drop(listener);
                     local.draining.set(true);
                     let deadline = Instant::now() + grace;
                     while local.inflight.get() > 0 && Instant::now() < deadline {
                         glommio::timer::sleep(Duration::from_millis(DRAIN_POLL_MILLIS)).await;
                     }
-                    let _ = drained_tx.send((i, local.inflight.get()));
+                    let left = local.inflight.get();
+                    // Close the remaining (idle) connections, so nothing on
+                    // this executor holds the engine shard when it closes.
+                    for (_, task) in conns.tasks.borrow_mut().drain() {
+                        task.cancel();
+                    }
+                    drop(service);
+                    drop(local);
+                    let _ = drained_tx.send((i, left));
                 })
             })?;
             let bound = ready_rx
@@ -120,19 +130,27 @@ impl Server {
     }
 }
 
+/// The connection tasks of one executor, by number; each removes itself
+/// when it ends.
+#[derive(Default)]
+struct Conns {
+    tasks: Rc<RefCell<HashMap<u64, glommio::task::JoinHandle<()>>>>,
+    next: Cell<u64>,
+}
+
 async fn accept_loop(
     listener: &TcpListener,
     service: &chunk_server::Client,
     conns_max: usize,
     stop: &async_channel::Receiver<()>,
+    conns: &Conns,
 ) {
-    let open = Rc::new(Cell::new(0usize));
     loop {
         let accept = Box::pin(listener.accept());
         let stopped = Box::pin(stop.recv());
         match select(accept, stopped).await {
             Either::Left((Ok(stream), _)) => {
-                if open.get() >= conns_max {
+                if conns.tasks.borrow().len() >= conns_max {
                     tracing::warn!(
                         limit = conns_max,
                         "connection limit reached on this core; closing a new connection"
@@ -140,11 +158,12 @@ async fn accept_loop(
                     drop(stream);
                     continue;
                 }
-                open.set(open.get() + 1);
                 let peer = stream.peer_addr().ok();
                 let conn = tessera_rpc::conn::serve(stream, service.clone().client);
-                let open = open.clone();
-                glommio::spawn_local(async move {
+                let n = conns.next.get();
+                conns.next.set(n + 1);
+                let tasks = conns.tasks.clone();
+                let handle = glommio::spawn_local(async move {
                     // A panic inside the protocol library (a bug reachable by
                     // a hostile peer) must cost that connection only, never
                     // the executor and the engine shard it runs.
@@ -158,9 +177,10 @@ async fn accept_loop(
                             "connection handler panicked on input from this peer; connection dropped"
                         ),
                     }
-                    open.set(open.get() - 1);
+                    tasks.borrow_mut().remove(&n);
                 })
                 .detach();
+                conns.tasks.borrow_mut().insert(n, handle);
             }
             Either::Left((Err(e), _)) => {
                 tracing::warn!(error = %e, "accept failed");

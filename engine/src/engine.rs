@@ -109,7 +109,7 @@ enum Req {
     },
     Get {
         id: Vec<u8>,
-        tx: oneshot::Sender<Result<Vec<u8>>>,
+        tx: oneshot::Sender<Result<(Vec<u8>, u32)>>,
     },
     Delete {
         id: Vec<u8>,
@@ -159,6 +159,13 @@ pub trait ShardOps {
     fn put<'a>(&'a self, id: &'a [u8], payload: &'a [u8]) -> LocalBoxFuture<'a, Result<()>>;
     /// See [`Shard::get`].
     fn get<'a>(&'a self, id: &'a [u8]) -> LocalBoxFuture<'a, Result<Vec<u8>>>;
+    /// See [`Shard::get_with`]: `f` sees the verified payload and its
+    /// crc32c in the read buffer, without a copy.
+    fn get_with<'a>(
+        &'a self,
+        id: &'a [u8],
+        f: &'a mut dyn FnMut(&[u8], u32),
+    ) -> LocalBoxFuture<'a, Result<()>>;
     /// See [`Shard::delete`].
     fn delete<'a>(&'a self, id: &'a [u8]) -> LocalBoxFuture<'a, Result<bool>>;
     /// See [`Shard::stat`].
@@ -174,6 +181,13 @@ impl<D: Device> ShardOps for Shard<D> {
     }
     fn get<'a>(&'a self, id: &'a [u8]) -> LocalBoxFuture<'a, Result<Vec<u8>>> {
         Box::pin(Shard::get(self, id))
+    }
+    fn get_with<'a>(
+        &'a self,
+        id: &'a [u8],
+        f: &'a mut dyn FnMut(&[u8], u32),
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(Shard::get_with(self, id, f))
     }
     fn delete<'a>(&'a self, id: &'a [u8]) -> LocalBoxFuture<'a, Result<bool>> {
         Box::pin(Shard::delete(self, id))
@@ -396,6 +410,11 @@ impl EngineHandle {
 
     /// Reads `id`; bytes come back only after their crc32c verifies.
     pub async fn get(&self, id: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.get_checked(id).await?.0)
+    }
+
+    /// Reads `id` and returns it with the crc32c it was verified against.
+    pub async fn get_checked(&self, id: &[u8]) -> Result<(Vec<u8>, u32)> {
         let id = id.to_vec();
         self.call(self.owner(&id), |tx| Req::Get { id, tx }).await?
     }
@@ -634,7 +653,7 @@ async fn serve<D: Device>(shard: &Rc<Shard<D>>, req: Req) {
             let _ = tx.send(shard.put(&id, &payload).await);
         }
         Req::Get { id, tx } => {
-            let _ = tx.send(shard.get(&id).await);
+            let _ = tx.send(shard.get_with(&id, |p, crc| (p.to_vec(), crc)).await);
         }
         Req::Delete { id, tx } => {
             let _ = tx.send(shard.delete(&id).await);

@@ -437,10 +437,17 @@ impl<D: Device> Shard<D> {
 
     /// Reads `id`; the bytes are returned only after their crc32c verifies.
     pub async fn get(&self, id: &[u8]) -> Result<Vec<u8>> {
+        self.get_with(id, |p, _| p.to_vec()).await
+    }
+
+    /// Reads `id` and hands its verified payload and crc32c to `f` (no copy
+    /// out of the read buffer); `f` runs only if the payload verifies.
+    pub async fn get_with<R>(&self, id: &[u8], f: impl FnOnce(&[u8], u32) -> R) -> Result<R> {
         Self::check_id(id)?;
         let _fg = Fg::new(&self.fg_inflight, &self.last_fg);
         self.st.borrow_mut().stats.gets += 1;
         let mut attempt = 0;
+        let mut f = Some(f);
         loop {
             let (e, file) = {
                 let st = self.st.borrow();
@@ -454,8 +461,8 @@ impl<D: Device> Shard<D> {
                     _ => return Err(Error::NotFound),
                 }
             };
-            match read_payload(&*file, &e).await {
-                Ok(Some(payload)) => return Ok(payload),
+            match read_payload_with(&*file, &e, &mut f).await {
+                Ok(Some(r)) => return Ok(r),
                 Ok(None) => {
                     // The record may have moved (compaction) between lookup
                     // and read; only a second failure at the same place is rot.
@@ -966,23 +973,29 @@ impl<D: Device> Shard<D> {
     }
 }
 
-/// Reads the payload of `e` and returns it if its crc32c matches the index;
-/// `Ok(None)` if it does not.
-pub(crate) async fn read_payload<F: DeviceFile>(
+/// Reads the payload of `e` and, if its crc32c matches the index, gives it
+/// (and the crc) to `f` — taken from the option, so it runs at most once.
+/// `Ok(None)` if it does not match.
+pub(crate) async fn read_payload_with<F: DeviceFile, R>(
     file: &F,
     e: &Entry,
-) -> std::io::Result<Option<Vec<u8>>> {
+    f: &mut Option<impl FnOnce(&[u8], u32) -> R>,
+) -> std::io::Result<Option<R>> {
     if e.payload_len == 0 {
-        return Ok((crc32c::crc32c(&[]) == e.crc).then(Vec::new));
+        if crc32c::crc32c(&[]) != e.crc {
+            return Ok(None);
+        }
+        return Ok(f.take().map(|f| f(&[], e.crc)));
     }
     let at = align_down(e.offset as u64);
     let end = align_up(e.offset as u64 + e.payload_len as u64);
     let buf = file.read_at(at, (end - at) as usize).await?;
     let b = buf.as_ref();
     let off = (e.offset as u64 - at) as usize;
-    Ok(b.get(off..off + e.payload_len as usize)
-        .filter(|p| payload_ok(p, e))
-        .map(<[u8]>::to_vec))
+    match b.get(off..off + e.payload_len as usize) {
+        Some(p) if payload_ok(p, e) => Ok(f.take().map(|f| f(p, e.crc))),
+        _ => Ok(None),
+    }
 }
 
 /// True when `p` is the payload `e` describes.
