@@ -419,8 +419,9 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
     let after = block_on(e.stats())?;
     let flushes = (after.flushes - before.flushes).max(1);
     eprintln!(
-        "  ({} flushes, {:.1} puts each; per flush: write {} µs, fdatasync {} µs)",
+        "  ({} flushes, {} of them pipelined, {:.1} puts each; per flush: write {} µs, fdatasync {} µs)",
         flushes,
+        after.pipelined_flushes - before.pipelined_flushes,
         load.ops as f64 / flushes as f64,
         (after.flush_write_micros - before.flush_write_micros) / flushes,
         (after.flush_sync_micros - before.flush_sync_micros) / flushes

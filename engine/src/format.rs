@@ -41,6 +41,10 @@ pub const FLAG_LAST: u16 = 2;
 /// Batch flag: nothing after this batch in the segment belongs to the log
 /// (written after a torn tail was cut, so its remnants are never read again).
 pub const FLAG_SEAL: u16 = 4;
+/// Batch flag: this flush went to disk while the flush before it was still
+/// in flight (it started on a block boundary after it). Recovery uses it to
+/// tell a crash that tore both (cut) from rot (salvaged).
+pub const FLAG_PIPELINED: u16 = 8;
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])

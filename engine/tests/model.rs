@@ -180,6 +180,7 @@ impl Harness {
             c.0 += s.torn_tails_cut;
             c.1 += s.compactions;
             c.2 += s.checkpoints;
+            c.4 += s.pipelined_flushes;
         });
     }
 
@@ -209,6 +210,12 @@ impl Harness {
             let shard = self.shard.clone();
             let acks = acks.clone();
             tasks.push(glommio::spawn_local(async move {
+                // Later writes start a little later (never earlier than an
+                // earlier one, so their order is kept), so some arrive while
+                // a flush is in flight and go out pipelined behind it.
+                for _ in 0..i / 3 {
+                    yield_now().await;
+                }
                 let ok = match value {
                     Some(v) => shard.put(&key(k), &v).await.is_ok(),
                     None => shard.delete(&key(k)).await.is_ok(),
@@ -367,16 +374,36 @@ impl Harness {
 thread_local! {
     /// (torn tails cut, segments compacted, checkpoints, cases) — to see
     /// that the generated cases reach the interesting paths.
-    static COVERAGE: RefCell<(u64, u64, u64, u64)> = const { RefCell::new((0, 0, 0, 0)) };
+    static COVERAGE: RefCell<(u64, u64, u64, u64, u64)> = const { RefCell::new((0, 0, 0, 0, 0)) };
+}
+
+thread_local! {
+    /// The executor cases run on, kept while cases pass (each new glommio
+    /// executor holds file descriptors it never gives back, so a fresh one
+    /// per case runs out of them after ~20,000 cases).
+    static EXECUTOR: RefCell<Option<glommio::LocalExecutor>> = const { RefCell::new(None) };
 }
 
 fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    // A fresh executor per case: a panic inside one (a bug under test)
-    // must fail the case, not leave a shared executor wedged for the rest.
     tessera_engine::raise_memlock().expect("memlock");
-    let ex = LocalExecutorBuilder::new(Placement::Unbound)
-        .make()
-        .expect("glommio executor");
+    let ex = EXECUTOR.with(|e| e.borrow_mut().take()).unwrap_or_else(|| {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .make()
+            .expect("glommio executor")
+    });
+    // A panic inside a case (a bug under test) fails the case and the
+    // executor is replaced, so no wedged executor runs the next case.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_on(&ex, ops)));
+    match r {
+        Ok(v) => {
+            EXECUTOR.with(|e| *e.borrow_mut() = Some(ex));
+            v
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn run_on(ex: &glommio::LocalExecutor, ops: Vec<Op>) -> Result<(), TestCaseError> {
     {
         ex.run(async move {
             let fs = SimFs::new();
@@ -408,7 +435,7 @@ fn cases() -> u32 {
     std::env::var("TESSERA_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3000)
+        .unwrap_or(20_000)
 }
 
 proptest! {
@@ -435,10 +462,10 @@ fn generated_cases_reach_crash_compaction_and_checkpoint_paths() {
     runner
         .run(&proptest::collection::vec(op(), 1..40), run_case)
         .unwrap();
-    let (torn, compacted, ckpts, cases) = COVERAGE.with(|c| *c.borrow());
-    println!("coverage: {cases} cases, {torn} torn tails cut, {compacted} segments compacted, {ckpts} checkpoints (counted since last open)");
+    let (torn, compacted, ckpts, cases, pipelined) = COVERAGE.with(|c| *c.borrow());
+    println!("coverage: {cases} cases, {torn} torn tails cut, {compacted} segments compacted, {ckpts} checkpoints, {pipelined} pipelined flushes (counted since last open)");
     assert!(
-        torn > 0 && compacted > 0 && ckpts > 0,
-        "the generator no longer reaches the crash, compaction or checkpoint paths"
+        torn > 0 && compacted > 0 && ckpts > 0 && pipelined > 0,
+        "the generator no longer reaches the crash, compaction, checkpoint or pipelined-flush paths"
     );
 }

@@ -703,3 +703,79 @@ fn a_really_full_file_system_fails_puts_clearly_and_keeps_everything() {
         "the closed engine still holds files open on the file system"
     );
 }
+
+/// Builds a log of six single-record flushes, then makes its last two look
+/// like a crash with two flushes in flight (the older one's body torn) or
+/// like rot of the older one; returns the reopened engine.
+fn log_with_torn_second_to_last(pipelined_flag_on_last: bool) -> (tempfile::TempDir, Engine) {
+    let dir = tmp();
+    let e = Engine::open(dir.path(), EngineConfig { shards: 1, ..cfg() }).unwrap();
+    block_on(async {
+        for i in 0..6 {
+            e.put(&id(i), value(i, 2000)).await.unwrap();
+        }
+    });
+    drop(e);
+    let _ = std::fs::remove_file(dir.path().join("shard-0/index.ckpt"));
+    let files = segment_files(dir.path());
+    let seg = &files[0];
+    let mut bytes = std::fs::read(seg).unwrap();
+    let hdrs: Vec<usize> = bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| w == b"TSB1")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(hdrs.len(), 6, "one batch per put");
+    let flush_id = |b: &[u8], h: usize| u64::from_le_bytes(b[h + 16..h + 24].try_into().unwrap());
+    assert_eq!(flush_id(&bytes, hdrs[5]), flush_id(&bytes, hdrs[4]) + 1);
+    if pipelined_flag_on_last {
+        let h = hdrs[5];
+        let flags = u16::from_le_bytes([bytes[h + 6], bytes[h + 7]])
+            | tessera_engine::format::FLAG_PIPELINED;
+        bytes[h + 6..h + 8].copy_from_slice(&flags.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[h..h + 40]);
+        bytes[h + 40..h + 44].copy_from_slice(&crc.to_le_bytes());
+    }
+    // Tear the body of the fifth flush: its payload no longer matches.
+    let v4 = value(4, 2000);
+    let at = bytes.windows(64).position(|w| w == &v4[..64]).unwrap();
+    bytes[at + 100] ^= 0x5A;
+    std::fs::write(seg, &bytes).unwrap();
+    let e = Engine::open(dir.path(), EngineConfig { shards: 1, ..cfg() }).unwrap();
+    (dir, e)
+}
+
+#[test]
+fn a_crash_with_two_flushes_in_flight_cuts_both() {
+    let (_dir, e) = log_with_torn_second_to_last(true);
+    let s = block_on(e.stats()).unwrap();
+    assert_eq!((s.torn_tails_cut, s.corrupt_regions), (1, 0), "{s:?}");
+    block_on(async {
+        for i in 0..4 {
+            assert_eq!(e.get(&id(i)).await.unwrap(), value(i, 2000));
+        }
+        // Neither flush of the two in flight was acknowledged: both gone.
+        for i in 4..6 {
+            assert!(matches!(e.get(&id(i)).await, Err(Error::NotFound)), "{i}");
+        }
+        // The store goes on writing after the cut (in a new segment).
+        e.put(&id(9), value(9, 3000)).await.unwrap();
+    });
+    e.close().unwrap();
+}
+
+#[test]
+fn rot_before_an_ordinary_last_flush_is_salvaged_not_cut() {
+    let (_dir, e) = log_with_torn_second_to_last(false);
+    let s = block_on(e.stats()).unwrap();
+    assert_eq!((s.torn_tails_cut, s.corrupt_regions), (0, 1), "{s:?}");
+    block_on(async {
+        for i in [0, 1, 2, 3, 5] {
+            assert_eq!(e.get(&id(i)).await.unwrap(), value(i, 2000));
+        }
+        // The rotten record is indexed and refused, never served.
+        assert!(matches!(e.get(&id(4)).await, Err(Error::Checksum { .. })));
+    });
+    e.close().unwrap();
+}

@@ -54,7 +54,9 @@ impl<D: Device> Shard<D> {
             let head = CheckpointHead {
                 shard: self.index_no as u32,
                 next_seq: st.next_seq,
-                next_flush_id: st.next_flush_id,
+                // Not `next_flush_id`: flushes in flight have ids already but
+                // lie beyond the watermark; replay must accept them.
+                next_flush_id: st.last_committed_flush + 1,
                 next_segment_id: st.next_segment_id,
                 watermark_segment: wm_seg,
                 watermark_offset: wm_off,

@@ -16,11 +16,13 @@ use crate::device::{Device, DeviceFile};
 use crate::error::{Error, Result};
 use crate::format::{
     BatchHeader, RecordKind, SegmentHeader, BATCH_HEADER_BYTES, FLAG_FIRST, FLAG_LAST,
-    RECORD_HEADER_BYTES,
+    FLAG_PIPELINED, RECORD_HEADER_BYTES,
 };
 use crate::limits::*;
 use crate::reader::{align_down, align_up};
 use futures::channel::oneshot;
+use futures::future::{select, Either};
+use futures::StreamExt;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
@@ -190,6 +192,8 @@ pub struct Stats {
     pub checksum_errors: u64,
     pub io_errors: u64,
     pub flushes: u64,
+    /// Flushes that went to disk while the one before was still in flight.
+    pub pipelined_flushes: u64,
     pub flushed_bytes: u64,
     /// Time spent in flush writes and in their fdatasync (microseconds).
     pub flush_write_micros: u64,
@@ -221,6 +225,7 @@ impl Stats {
         self.checksum_errors += o.checksum_errors;
         self.io_errors += o.io_errors;
         self.flushes += o.flushes;
+        self.pipelined_flushes += o.pipelined_flushes;
         self.flushed_bytes += o.flushed_bytes;
         self.flush_write_micros += o.flush_write_micros;
         self.flush_sync_micros += o.flush_sync_micros;
@@ -264,6 +269,10 @@ struct State<F> {
     cursor_pos: u64,
     /// Bytes `[align_down(end), end)` of the cursor segment's durable end.
     tail: (u64, Vec<u8>),
+    /// Segment and end of the newest flush issued and not yet committed.
+    issued: Option<(u64, u64)>,
+    /// Id of the newest committed flush (what a checkpoint may claim).
+    last_committed_flush: u64,
     pending: VecDeque<PendingBatch>,
     /// Tombstones in the index (kept in step by `apply` and compaction).
     tombs: u64,
@@ -282,7 +291,8 @@ pub struct Shard<D: Device> {
     st: RefCell<State<D::File>>,
     kick: async_channel::Sender<()>,
     kick_rx: async_channel::Receiver<()>,
-    flushing: Cell<bool>,
+    /// Flushes on their way to disk.
+    flushing: Cell<usize>,
     checkpointing: Cell<bool>,
     compacting: Cell<bool>,
     /// Highest flush id seen in any header during recovery (even in a torn
@@ -339,6 +349,8 @@ impl<D: Device> Shard<D> {
             cursor_segment: 0,
             cursor_pos: SEGMENT_HEADER_BYTES,
             tail: (0, Vec::new()),
+            issued: None,
+            last_committed_flush: 0,
             pending: VecDeque::new(),
             tombs: 0,
             pending_ids: std::collections::HashMap::new(),
@@ -353,7 +365,7 @@ impl<D: Device> Shard<D> {
             st: RefCell::new(st),
             kick,
             kick_rx,
-            flushing: Cell::new(false),
+            flushing: Cell::new(0),
             checkpointing: Cell::new(false),
             compacting: Cell::new(false),
             seen_flush_max: Cell::new(0),
@@ -624,24 +636,76 @@ impl<D: Device> Shard<D> {
     }
 
     /// The group-commit loop: run it as a task on the shard's executor.
+    ///
+    /// Up to [`FLUSHES_INFLIGHT_MAX`] flushes are on their way to disk at
+    /// once. A second one starts only while the first is in the same,
+    /// existing segment and ended on a block boundary (so the two never
+    /// write the same block), and carries [`FLAG_PIPELINED`]. Flushes
+    /// complete in issue order: a flush is acknowledged only after every
+    /// flush before it, so a crash can tear at most the two newest, neither
+    /// acknowledged (recovery cuts both; see `recover.rs`).
     pub async fn run_flusher(self: Rc<Self>) {
         let mut last_batch = 0usize;
-        while self.kick_rx.recv().await.is_ok() {
-            while !self.st.borrow().pending.is_empty() {
+        let mut inflight = futures::stream::FuturesOrdered::new();
+        loop {
+            let mut gathered = false;
+            while inflight.len() < FLUSHES_INFLIGHT_MAX {
+                let pipelined = !inflight.is_empty();
+                if !self.may_start_flush(pipelined) {
+                    break;
+                }
                 // Writers acknowledged by the last flush are about to send
                 // their next record; if fewer than last time are queued, give
                 // them a moment so one flush carries them all.
-                if self.pending_records() < last_batch
-                    && self.fg_inflight.get() > self.pending_records()
-                {
-                    glommio::timer::sleep(Duration::from_micros(FLUSH_GATHER_MICROS)).await;
+                let pending = self.pending_records();
+                if !gathered && pending < last_batch && self.fg_inflight.get() > pending {
+                    gathered = true;
+                    let timer = Box::pin(glommio::timer::sleep(Duration::from_micros(
+                        FLUSH_GATHER_MICROS,
+                    )));
+                    if pipelined {
+                        if let Either::Left((Some((job, r)), _)) =
+                            select(inflight.next(), timer).await
+                        {
+                            self.finish_flush(job, r);
+                        }
+                    } else {
+                        timer.await;
+                    }
+                    continue;
                 }
+                gathered = false;
                 last_batch = self.pending_records();
-                self.flushing.set(true);
-                self.flush_once().await;
-                self.flushing.set(false);
+                let Some(job) = self.take_flush(pipelined) else {
+                    break;
+                };
+                self.flushing.set(self.flushing.get() + 1);
+                let me = self.clone();
+                inflight.push_back(async move {
+                    let r = me
+                        .write_flush(job.seg_id, &job.batches, job.flags, &job.plan)
+                        .await;
+                    (job, r)
+                });
             }
-            self.maybe_checkpoint().await;
+            if inflight.is_empty() {
+                self.maybe_checkpoint().await;
+                if self.kick_rx.recv().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let kick = Box::pin(self.kick_rx.recv());
+            match select(inflight.next(), kick).await {
+                Either::Left((Some((job, r)), _)) => self.finish_flush(job, r),
+                Either::Left((None, _)) | Either::Right((Ok(()), _)) => {}
+                Either::Right((Err(_), _)) => {
+                    while let Some((job, r)) = inflight.next().await {
+                        self.finish_flush(job, r);
+                    }
+                    return;
+                }
+            }
         }
     }
 
@@ -654,35 +718,120 @@ impl<D: Device> Shard<D> {
             .sum()
     }
 
-    async fn flush_once(&self) {
-        // Take the batches of the first pending segment, up to the limit.
-        let (batches, seg_id) = {
-            let mut st = self.st.borrow_mut();
-            let Some(first) = st.pending.front() else {
-                return;
-            };
-            let seg_id = first.segment;
-            let mut taken = Vec::new();
-            let mut bytes = 0usize;
-            while let Some(b) = st.pending.front() {
-                if b.segment != seg_id || (bytes > 0 && bytes + b.bound() > FLUSH_MAX_BYTES) {
-                    break;
-                }
-                bytes += b.bound();
-                let mut b = st.pending.pop_front().expect("front exists");
-                if !b.closed {
-                    // The open batch ends this flush unpadded; the next batch
-                    // continues right after it.
-                    b.close(false);
-                    st.cursor_pos = b.end();
-                }
-                taken.push(b);
-            }
-            (taken, seg_id)
+    /// Whether a flush may start now (`pipelined`: while another is in
+    /// flight).
+    fn may_start_flush(&self, pipelined: bool) -> bool {
+        let st = self.st.borrow();
+        let Some(first) = st.pending.front() else {
+            return false;
         };
-        match self.write_flush(seg_id, &batches, 0).await {
-            Ok(tail) => self.commit_batches(seg_id, batches, tail),
-            Err(err) => self.fail_batches(batches, err),
+        if !pipelined {
+            return true;
+        }
+        match st.issued {
+            Some((seg, end)) => {
+                st.poisoned.is_none()
+                    && first.segment == seg
+                    && first.start == end
+                    && end % IO_ALIGN_BYTES == 0
+                    && st.segments.contains_key(&seg)
+            }
+            None => false,
+        }
+    }
+
+    /// Takes the batches of the first pending segment (up to the limit) as
+    /// one flush and fixes its place, id and flags.
+    fn take_flush(&self, pipelined: bool) -> Option<FlushJob> {
+        let mut st = self.st.borrow_mut();
+        let seg_id = st.pending.front()?.segment;
+        let mut taken: Vec<PendingBatch> = Vec::new();
+        let mut bytes = 0usize;
+        let mut records = 0usize;
+        while let Some(b) = st.pending.front() {
+            if b.segment != seg_id || (bytes > 0 && bytes + b.bound() > FLUSH_MAX_BYTES) {
+                break;
+            }
+            bytes += b.bound();
+            records += b.records.len();
+            taken.push(st.pending.pop_front().expect("front exists"));
+        }
+        let start = taken.first()?.start;
+        let last = taken.last_mut()?;
+        if !last.closed {
+            // The open batch ends this flush. Padded to a block boundary, the
+            // next flush may go to disk while this one is still on its way;
+            // unpadded, the next flush rewrites this one's last block and
+            // must wait. Pad when several writers share the flush (more will
+            // follow) and the padding costs at most a quarter of it.
+            last.close(false);
+            let end = last.end();
+            let pad = align_up(end) - end;
+            if pad > 0 && records >= 2 && pad * 4 <= end - start {
+                last.close(true);
+            }
+            st.cursor_pos = last.end();
+        }
+        let end = taken.last()?.end();
+        let plan = self.plan_flush(&mut st, seg_id);
+        st.issued = Some((seg_id, end));
+        Some(FlushJob {
+            seg_id,
+            batches: taken,
+            flags: if pipelined { FLAG_PIPELINED } else { 0 },
+            plan,
+        })
+    }
+
+    /// The id of the next flush in `seg_id`, where it must start, and the
+    /// durable bytes of its first block it rewrites.
+    fn plan_flush(&self, st: &mut State<D::File>, seg_id: u64) -> FlushPlan {
+        let flush_id = st.next_flush_id;
+        st.next_flush_id += 1;
+        match st.issued {
+            // Behind a flush in flight: it ended on a block boundary.
+            Some((seg, end)) if seg == seg_id => FlushPlan {
+                flush_id,
+                start: end,
+                tail: Vec::new(),
+            },
+            _ => FlushPlan {
+                flush_id,
+                start: st
+                    .segments
+                    .get(&seg_id)
+                    .map_or(SEGMENT_HEADER_BYTES, |s| s.end),
+                tail: if st.tail.0 == seg_id {
+                    st.tail.1.clone()
+                } else {
+                    Vec::new()
+                },
+            },
+        }
+    }
+
+    /// Acknowledges (or fails) a flush that came back from the disk; flushes
+    /// come back in issue order.
+    fn finish_flush(&self, job: FlushJob, r: Result<Vec<u8>>) {
+        self.flushing.set(self.flushing.get() - 1);
+        if self.flushing.get() == 0 {
+            self.st.borrow_mut().issued = None;
+        }
+        let poisoned = self.st.borrow().poisoned.clone();
+        match (r, poisoned) {
+            (Ok(tail), None) => {
+                if job.flags & FLAG_PIPELINED != 0 {
+                    self.st.borrow_mut().stats.pipelined_flushes += 1;
+                }
+                self.commit_batches(job.seg_id, job.plan.flush_id, job.batches, tail)
+            }
+            // Written, but a flush before it failed: never acknowledge what
+            // follows a failure.
+            (Ok(_), Some(cause)) => self.fail_batches(job.batches, Error::Poisoned { cause }),
+            (Err(err), _) => {
+                self.st.borrow_mut().issued = None;
+                self.fail_batches(job.batches, err)
+            }
         }
     }
 
@@ -765,6 +914,7 @@ impl<D: Device> Shard<D> {
         seg_id: u64,
         batches: &[PendingBatch],
         extra_flags: u16,
+        plan: &FlushPlan,
     ) -> Result<Vec<u8>> {
         let file = match self.ensure_segment(seg_id).await {
             Ok(f) => f,
@@ -777,21 +927,7 @@ impl<D: Device> Shard<D> {
                 return Err(e);
             }
         };
-        let (flush_id, tail, seg_end) = {
-            let mut st = self.st.borrow_mut();
-            let id = st.next_flush_id;
-            st.next_flush_id += 1;
-            let end = st
-                .segments
-                .get(&seg_id)
-                .map_or(SEGMENT_HEADER_BYTES, |s| s.end);
-            let tail = if st.tail.0 == seg_id {
-                st.tail.1.clone()
-            } else {
-                Vec::new()
-            };
-            (id, tail, end)
-        };
+        let (flush_id, tail, seg_end) = (plan.flush_id, &plan.tail, plan.start);
         let mut new_tail = Vec::new();
         let n = batches.len();
         let mut writes = Vec::with_capacity(n);
@@ -808,7 +944,7 @@ impl<D: Device> Shard<D> {
                         self.poison_layout(format!("log tail of segment {seg_id} out of step"))
                     );
                 }
-                &tail
+                &tail[..]
             } else {
                 &[]
             };
@@ -883,9 +1019,16 @@ impl<D: Device> Shard<D> {
         }
     }
 
-    fn commit_batches(&self, seg_id: u64, batches: Vec<PendingBatch>, new_tail: Vec<u8>) {
+    fn commit_batches(
+        &self,
+        seg_id: u64,
+        flush_id: u64,
+        batches: Vec<PendingBatch>,
+        new_tail: Vec<u8>,
+    ) {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
+        st.last_committed_flush = st.last_committed_flush.max(flush_id);
         let mut bytes = 0u64;
         let last_end = batches.last().map_or(SEGMENT_HEADER_BYTES, |b| b.end());
         for b in batches {
@@ -1051,7 +1194,7 @@ impl<D: Device> Shard<D> {
     /// Waits until every queued write has been flushed (or failed).
     pub async fn drain(&self) {
         let mut waited = 0u64;
-        while !self.st.borrow().pending.is_empty() || self.flushing.get() {
+        while !self.st.borrow().pending.is_empty() || self.flushing.get() > 0 {
             glommio::timer::sleep(Duration::from_micros(200)).await;
             waited += 1;
             if waited % 50_000 == 0 {
@@ -1077,4 +1220,22 @@ impl<D: Device> Shard<D> {
     pub fn index_no(&self) -> usize {
         self.index_no
     }
+}
+
+/// Where a flush goes and what it rewrites (fixed when it is taken from the
+/// queue, so ids and places follow issue order).
+pub(crate) struct FlushPlan {
+    pub flush_id: u64,
+    /// File offset of its first batch header.
+    pub start: u64,
+    /// Durable bytes before `start` in its first block.
+    pub tail: Vec<u8>,
+}
+
+/// A flush on its way to disk.
+struct FlushJob {
+    seg_id: u64,
+    batches: Vec<PendingBatch>,
+    flags: u16,
+    plan: FlushPlan,
 }

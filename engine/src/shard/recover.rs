@@ -12,7 +12,7 @@ use crate::device::{Device, DeviceFile};
 use crate::error::Result;
 use crate::format::{
     decode_record, BatchHeader, RecordKind, BATCH_HEADER_BYTES, BATCH_MAGIC, FLAG_FIRST, FLAG_LAST,
-    FLAG_SEAL,
+    FLAG_PIPELINED, FLAG_SEAL,
 };
 use crate::limits::*;
 use crate::reader::{align_down, SegReader};
@@ -197,6 +197,7 @@ impl<D: Device> Shard<D> {
             }
             st.next_seq = max_seq + 1;
             st.next_flush_id = last_flush.max(self.seen_flush_max.get()) + 1;
+            st.last_committed_flush = last_flush;
             st.next_segment_id = max_id.max(
                 ckpt.as_ref()
                     .map_or(0, |c| c.next_segment_id.saturating_sub(1)),
@@ -263,10 +264,14 @@ impl<D: Device> Shard<D> {
         self.st.borrow_mut().tail = (id, tail);
         let mut seal = PendingBatch::new(id, end);
         seal.close(true);
+        let plan = {
+            let mut st = self.st.borrow_mut();
+            self.plan_flush(&mut st, id)
+        };
         let tail = self
-            .write_flush(id, std::slice::from_ref(&seal), FLAG_SEAL)
+            .write_flush(id, std::slice::from_ref(&seal), FLAG_SEAL, &plan)
             .await?;
-        self.commit_batches(id, vec![seal], tail);
+        self.commit_batches(id, plan.flush_id, vec![seal], tail);
         Ok(())
     }
 
@@ -347,6 +352,24 @@ impl<D: Device> Shard<D> {
             let later = self
                 .find_later_flush(&mut r, seg_id, pos, *last_flush)
                 .await?;
+            // A crash with two flushes in flight: the older torn, the newer
+            // (issued alongside it) intact. Neither was acknowledged.
+            if let Some(p2) = later {
+                if is_tail
+                    && self
+                        .torn_with_pipelined(&mut r, seg_id, p2, *last_flush)
+                        .await?
+                {
+                    out.torn = true;
+                    tracing::warn!(
+                        shard = self.index_no,
+                        segment = seg_id,
+                        at = pos,
+                        "torn tail cut (two unacknowledged flushes in flight at the crash)"
+                    );
+                    break;
+                }
+            }
             match later {
                 Some(p2) => {
                     out.corrupt_regions += 1;
@@ -467,6 +490,47 @@ impl<D: Device> Shard<D> {
                 }));
             }
         }
+    }
+
+    /// True if the intact flush at `p2` is the newest of the segment, was
+    /// issued while the flush before it was in flight (FLAG_PIPELINED), and
+    /// exactly that one flush (`last_flush + 1`) is missing before it: the
+    /// picture a crash leaves with two flushes in flight. (Rot of the older
+    /// one followed by the newer one as the very last flush looks the same;
+    /// like rot in the very last flush, it is cut — see ARCHITECTURE.md.)
+    async fn torn_with_pipelined(
+        &self,
+        r: &mut SegReader<'_, D::File>,
+        seg_id: u64,
+        p2: u64,
+        last_flush: u64,
+    ) -> Result<bool> {
+        let Some(hb) = r
+            .bytes(p2, BATCH_HEADER_BYTES)
+            .await
+            .map_err(io_err("scanning a segment"))?
+        else {
+            return Ok(false);
+        };
+        let Some(h) = BatchHeader::decode(hb) else {
+            return Ok(false);
+        };
+        if h.flags & FLAG_PIPELINED == 0 || h.flush_id != last_flush + 2 {
+            return Ok(false);
+        }
+        let Some(f) = self.parse_flush(r, seg_id, p2, last_flush).await? else {
+            return Ok(false);
+        };
+        // A flush issued after it would mean the missing one had completed.
+        if self.parse_flush(r, seg_id, f.end, f.id).await?.is_some()
+            || self
+                .find_later_flush(r, seg_id, f.end, f.id)
+                .await?
+                .is_some()
+        {
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     async fn find_later_flush(
