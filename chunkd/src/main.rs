@@ -92,6 +92,8 @@ fn main() -> Result<()> {
         scrub_running: AtomicBool::new(false),
         last_scrub_end_unix_millis: AtomicU64::new(0),
         scrub_passes_started: AtomicU64::new(0),
+        local_requests: AtomicU64::new(0),
+        forwarded_requests: AtomicU64::new(0),
     });
     // Signals are blocked before any thread starts so that only the wait
     // below receives them.

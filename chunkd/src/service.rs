@@ -27,6 +27,10 @@ pub struct NodeState {
     pub scrub_running: AtomicBool,
     pub last_scrub_end_unix_millis: AtomicU64,
     pub scrub_passes_started: AtomicU64,
+    /// Shard requests served on the core that owns the id.
+    pub local_requests: AtomicU64,
+    /// Shard requests passed to the owning core from another one.
+    pub forwarded_requests: AtomicU64,
 }
 
 /// What one executor's connections share.
@@ -156,7 +160,14 @@ impl ChunkService {
     }
 
     fn is_local(&self, id: &[u8]) -> bool {
-        route(id, self.local.engine.shards()) == self.local.shard.index_no()
+        let local = route(id, self.local.engine.shards()) == self.local.shard.index_no();
+        let n = &self.local.node;
+        if local {
+            n.local_requests.fetch_add(1, Ordering::Relaxed);
+        } else {
+            n.forwarded_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        local
     }
 
     async fn put(&self, id: &[u8], data: &[u8]) -> Result<(), Failure> {
@@ -684,6 +695,9 @@ impl chunk_server::Server for ChunkService {
             i.set_uptime_secs(node.started.elapsed().as_secs());
             i.set_writable(stats.poisoned_shards == 0 && !this.local.draining.get());
             i.set_io_errors(stats.io_errors);
+            i.set_serving_shard(this.local.shard.index_no() as u32);
+            i.set_local_requests(node.local_requests.load(Ordering::Relaxed));
+            i.set_forwarded_requests(node.forwarded_requests.load(Ordering::Relaxed));
             Ok(())
         }
     }

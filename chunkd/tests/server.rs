@@ -91,6 +91,13 @@ fn concurrent_clients_round_trip_every_size() {
         assert_eq!(seen, all);
         let info = cl.node_info().await.unwrap();
         assert_eq!(info.shards as usize, all.len());
+        // Clients send each request to the core that owns its id.
+        assert!(
+            info.forwarded_requests * 4 < info.local_requests,
+            "{} requests forwarded between cores, {} served locally",
+            info.forwarded_requests,
+            info.local_requests
+        );
         assert!(info.writable && info.engine_shards == 2 && info.capacity_bytes > 0);
         all
     });
@@ -670,4 +677,12 @@ fn client_reconnects_after_a_server_restart() {
         cl.put(b"b", b"after").await.unwrap();
     });
     restarter.join().unwrap();
+}
+
+proptest::proptest! {
+    /// The client's routing rule is the engine's, for any id and shard count.
+    #[test]
+    fn client_routing_matches_the_engine(id in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..128), shards in 1usize..64) {
+        proptest::prop_assert_eq!(tessera_rpc::chunk::owner_shard(&id, shards), tessera_engine::route(&id, shards));
+    }
 }

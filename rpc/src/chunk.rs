@@ -82,13 +82,44 @@ pub struct NodeInfo {
     pub uptime_secs: u64,
     pub writable: bool,
     pub io_errors: u64,
+    pub local_requests: u64,
+    pub forwarded_requests: u64,
 }
 
 /// A client of one chunk server, for use on one glommio executor.
+///
+/// It keeps one connection per engine shard (core) of the server — the
+/// kernel assigns each new connection to a core, and `nodeInfo` says which
+/// — and sends a request for an id over the connection of the shard that
+/// owns it, so the server never passes it between threads. Until a core's
+/// connection exists (or if the kernel keeps placing new ones elsewhere),
+/// any connection serves any id.
 pub struct ChunkClient {
     addr: SocketAddr,
     opts: ClientOptions,
-    conn: RefCell<Option<chunk_server::Client>>,
+    /// By serving shard; `shards` slots once known (one before).
+    conns: RefCell<Vec<Option<chunk_server::Client>>>,
+    /// Engine shards of the server (0 until learned).
+    shards: std::cell::Cell<usize>,
+}
+
+/// Closes a connection that is not kept (dropping a client capability alone
+/// leaves the connection open).
+struct Disconnect(capnp_rpc::Disconnector<capnp_rpc::rpc_twoparty_capnp::Side>);
+
+impl Disconnect {
+    fn close(self) {
+        glommio::spawn_local(async move {
+            let _ = self.0.await;
+        })
+        .detach();
+    }
+}
+
+/// The engine shard that owns `id` on a server with `shards` shards (the
+/// contract's routing rule: crc32c of the id, modulo the shard count).
+pub fn owner_shard(id: &[u8], shards: usize) -> usize {
+    (crc32c::crc32c(id) as usize) % shards.max(1)
 }
 
 fn check_id(id: &[u8]) -> Result<()> {
@@ -108,9 +139,10 @@ impl ChunkClient {
         let c = ChunkClient {
             addr,
             opts,
-            conn: RefCell::new(None),
+            conns: RefCell::new(Vec::new()),
+            shards: std::cell::Cell::new(0),
         };
-        c.client().await?;
+        c.client(None).await?;
         Ok(c)
     }
 
@@ -119,24 +151,112 @@ impl ChunkClient {
         self.addr
     }
 
-    async fn client(&self) -> Result<chunk_server::Client> {
-        if let Some(c) = self.conn.borrow().as_ref() {
-            return Ok(c.clone());
-        }
+    /// Opens a connection and asks which engine shard serves it (and how
+    /// many the server has).
+    async fn open_conn(&self) -> Result<(chunk_server::Client, Disconnect, usize, usize)> {
         let stream = crate::conn::connect_tcp(self.addr, self.opts.connect_timeout)
             .await
             .map_err(|source| Error::Connect {
                 addr: self.addr,
                 source,
             })?;
-        let c: chunk_server::Client = crate::conn::client_side(stream);
-        *self.conn.borrow_mut() = Some(c.clone());
-        Ok(c)
+        let (c, disconnector) = crate::conn::client_side_with_disconnector(stream);
+        let c: chunk_server::Client = c;
+        let asked = {
+            let ask = Box::pin(async {
+                let resp = c
+                    .node_info_request()
+                    .send()
+                    .promise
+                    .await
+                    .map_err(self.transport())?;
+                let r = resp.get().map_err(self.transport())?;
+                let i = r.get_info().map_err(self.transport())?;
+                Ok::<_, Error>((
+                    i.get_serving_shard() as usize,
+                    i.get_engine_shards() as usize,
+                ))
+            });
+            let timer = Box::pin(glommio::timer::sleep(self.opts.connect_timeout));
+            match select(ask, timer).await {
+                Either::Left((r, _)) => r,
+                Either::Right(_) => Err(Error::Timeout {
+                    addr: self.addr,
+                    what: "nodeInfo on a new connection",
+                    after: self.opts.connect_timeout,
+                }),
+            }
+        };
+        match asked {
+            Ok((serving, shards)) => Ok((c, Disconnect(disconnector), serving, shards)),
+            Err(e) => {
+                Disconnect(disconnector).close();
+                Err(e)
+            }
+        }
+    }
+
+    /// The connection for engine shard `want` (any connection if `None`),
+    /// opening connections as needed: at most `4 × shards` tries to land
+    /// one on `want` (the kernel places each at random: with 2 cores, 8
+    /// tries all miss one core with probability 1/128), then any open
+    /// connection serves it.
+    async fn client(&self, want: Option<usize>) -> Result<chunk_server::Client> {
+        if let Some(c) = self.existing(want) {
+            return Ok(c);
+        }
+        let tries = 4 * self.shards.get().max(1);
+        for _ in 0..tries {
+            let (c, disconnect, serving, shards) = self.open_conn().await?;
+            if self.shards.get() != shards {
+                // First contact, or the server restarted with another count.
+                self.shards.set(shards);
+                *self.conns.borrow_mut() = vec![None; shards.max(1)];
+            }
+            let kept = {
+                let mut conns = self.conns.borrow_mut();
+                match conns.get_mut(serving) {
+                    Some(slot @ None) => {
+                        *slot = Some(c.clone());
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if !kept {
+                // A second connection on a core that has one: close it.
+                disconnect.close();
+            }
+            let want = want.filter(|w| *w < self.shards.get());
+            if let Some(c) = self.existing(want) {
+                return Ok(c);
+            }
+        }
+        // The kernel kept placing connections elsewhere: any one will do.
+        self.existing(None)
+            .ok_or_else(|| Error::Invalid("no connection could be kept".into()))
+    }
+
+    /// The open connection of shard `want`, or any open one for `None`.
+    fn existing(&self, want: Option<usize>) -> Option<chunk_server::Client> {
+        let conns = self.conns.borrow();
+        match want {
+            Some(w) => conns.get(w).cloned().flatten(),
+            None => conns.iter().flatten().next().cloned(),
+        }
+    }
+
+    /// Forgets the connections after a transport failure; they are opened
+    /// again by the next call.
+    fn drop_conns(&self) {
+        for c in self.conns.borrow_mut().iter_mut() {
+            c.take();
+        }
     }
 
     /// Runs `call` with the timeout, retrying retryable failures with
     /// backoff on a fresh connection.
-    async fn retried<T, F, Fut>(&self, what: &'static str, call: F) -> Result<T>
+    async fn retried<T, F, Fut>(&self, what: &'static str, key: Option<&[u8]>, call: F) -> Result<T>
     where
         F: Fn(chunk_server::Client) -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -144,7 +264,10 @@ impl ChunkClient {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let r = match self.client().await {
+            let want = key
+                .filter(|_| self.shards.get() > 0)
+                .map(|k| owner_shard(k, self.shards.get()));
+            let r = match self.client(want).await {
                 Ok(c) => {
                     let call = Box::pin(call(c));
                     let timer = Box::pin(glommio::timer::sleep(self.opts.call_timeout));
@@ -162,7 +285,7 @@ impl ChunkClient {
             match r {
                 Err(e) if e.is_retryable() && attempt < self.opts.attempts.max(1) => {
                     // A broken connection is replaced on the next attempt.
-                    self.conn.borrow_mut().take();
+                    self.drop_conns();
                     let exp = BACKOFF_BASE_MILLIS.saturating_mul(1 << (attempt - 1).min(16));
                     let cap = exp.min(BACKOFF_MAX_MILLIS);
                     let wait = cap / 2 + rand::random::<u64>() % (cap / 2 + 1);
@@ -171,7 +294,7 @@ impl ChunkClient {
                 }
                 Err(e) => {
                     if matches!(e, Error::Transport { .. } | Error::Timeout { .. }) {
-                        self.conn.borrow_mut().take();
+                        self.drop_conns();
                     }
                     return Err(e);
                 }
@@ -216,7 +339,7 @@ impl ChunkClient {
         }
         let crc = crc32c::crc32c(data);
         if data.len() <= INLINE_DATA_MAX_BYTES {
-            self.retried("putShard", |c| async move {
+            self.retried("putShard", Some(id), |c| async move {
                 let mut req = c.put_shard_request();
                 {
                     let mut p = req.get();
@@ -231,8 +354,10 @@ impl ChunkClient {
             })
             .await
         } else {
-            self.retried("putShardStream", |c| self.put_stream(c, id, data, crc))
-                .await
+            self.retried("putShardStream", Some(id), |c| {
+                self.put_stream(c, id, data, crc)
+            })
+            .await
         }
     }
 
@@ -283,7 +408,7 @@ impl ChunkClient {
     /// The whole shard, checked against the server's crc32c after transit.
     pub async fn get(&self, id: &[u8]) -> Result<Vec<u8>> {
         check_id(id)?;
-        self.retried("getShard", |c| async move {
+        self.retried("getShard", Some(id), |c| async move {
             let (mut data, total, crc) = self.get_inline(&c, id, 0, 0).await?;
             if (total as usize) > data.len() {
                 let rest = self
@@ -308,7 +433,7 @@ impl ChunkClient {
     /// verifies the whole shard before sending any of it.
     pub async fn get_range(&self, id: &[u8], offset: u32, len: u32) -> Result<Vec<u8>> {
         check_id(id)?;
-        self.retried("getShard", |c| async move {
+        self.retried("getShard", Some(id), |c| async move {
             if (len as usize) <= INLINE_DATA_MAX_BYTES && len != 0 {
                 return Ok(self.get_inline(&c, id, offset, len).await?.0);
             }
@@ -380,7 +505,7 @@ impl ChunkClient {
     /// Deletes `id`; true if it existed. Durable when it returns.
     pub async fn delete(&self, id: &[u8]) -> Result<bool> {
         check_id(id)?;
-        self.retried("deleteShard", |c| async move {
+        self.retried("deleteShard", Some(id), |c| async move {
             let mut req = c.delete_shard_request();
             req.get().set_id(id);
             let resp = req.send().promise.await.map_err(self.transport())?;
@@ -394,7 +519,7 @@ impl ChunkClient {
     /// Length and crc32c of `id`.
     pub async fn stat(&self, id: &[u8]) -> Result<ShardInfo> {
         check_id(id)?;
-        self.retried("statShard", |c| async move {
+        self.retried("statShard", Some(id), |c| async move {
             let mut req = c.stat_shard_request();
             req.get().set_id(id);
             let resp = req.send().promise.await.map_err(self.transport())?;
@@ -422,7 +547,7 @@ impl ChunkClient {
                 "inventory page of {limit}; pages hold 1..={INVENTORY_PAGE_MAX} items"
             )));
         }
-        self.retried("inventory", |c| async move {
+        self.retried("inventory", None, |c| async move {
             let mut req = c.inventory_request();
             {
                 let mut p = req.get();
@@ -463,7 +588,7 @@ impl ChunkClient {
 
     /// Health and capacity.
     pub async fn node_info(&self) -> Result<NodeInfo> {
-        self.retried("nodeInfo", |c| async move {
+        self.retried("nodeInfo", None, |c| async move {
             let resp = c
                 .node_info_request()
                 .send()
@@ -490,6 +615,8 @@ impl ChunkClient {
                 uptime_secs: i.get_uptime_secs(),
                 writable: i.get_writable(),
                 io_errors: i.get_io_errors(),
+                local_requests: i.get_local_requests(),
+                forwarded_requests: i.get_forwarded_requests(),
             })
         })
         .await
@@ -497,7 +624,7 @@ impl ChunkClient {
 
     /// The scrubber's progress.
     pub async fn scrub_status(&self) -> Result<ScrubStatus> {
-        self.retried("scrubStatus", |c| async move {
+        self.retried("scrubStatus", None, |c| async move {
             let resp = c
                 .scrub_status_request()
                 .send()
@@ -520,7 +647,7 @@ impl ChunkClient {
 
     /// Starts a scrub pass (false if one is running already).
     pub async fn start_scrub(&self, bytes_per_sec: u64) -> Result<bool> {
-        self.retried("startScrub", |c| async move {
+        self.retried("startScrub", None, |c| async move {
             let mut req = c.start_scrub_request();
             req.get().set_bytes_per_sec(bytes_per_sec);
             let resp = req.send().promise.await.map_err(self.transport())?;
@@ -536,7 +663,7 @@ impl ChunkClient {
     pub async fn bad_shards(&self, limit: usize) -> Result<(Vec<(Vec<u8>, String)>, u64)> {
         let limit = limit.clamp(1, BAD_SHARDS_PAGE_MAX);
         // Not retried: the reports taken by a lost answer would be lost.
-        let c = self.client().await?;
+        let c = self.client(None).await?;
         let mut req = c.bad_shards_request();
         req.get().set_limit(limit as u32);
         let resp = req.send().promise.await.map_err(self.transport())?;

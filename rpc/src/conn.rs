@@ -55,10 +55,18 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> std::io::Result
 /// executor; it ends when every capability from it is dropped or the peer
 /// goes away (calls then fail with a `Disconnected` error).
 pub fn client_side<C: capnp::capability::FromClientHook>(stream: TcpStream) -> C {
+    client_side_with_disconnector(stream).0
+}
+
+/// Like [`client_side`], also returning what closes the connection.
+pub fn client_side_with_disconnector<C: capnp::capability::FromClientHook>(
+    stream: TcpStream,
+) -> (C, capnp_rpc::Disconnector<Side>) {
     let (reader, writer) = halves(stream);
     let network = twoparty::VatNetwork::new(reader, writer, Side::Client, reader_options());
     let mut rpc = RpcSystem::new(Box::new(network), None);
     let client: C = rpc.bootstrap(Side::Server);
+    let disconnector = rpc.get_disconnector();
     glommio::spawn_local(async move {
         // A protocol-library panic on a hostile server's input ends this
         // connection (its calls fail as disconnected), not the executor.
@@ -69,7 +77,7 @@ pub fn client_side<C: capnp::capability::FromClientHook>(stream: TcpStream) -> C
         }
     })
     .detach();
-    client
+    (client, disconnector)
 }
 
 /// Serves `bootstrap` to the peer of `stream` until it disconnects. A

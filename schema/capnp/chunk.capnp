@@ -66,6 +66,9 @@ struct NodeInfo {
   uptimeSecs @8 :UInt64;
   writable @9 :Bool;           # false after a failed fsync or while draining
   ioErrors @10 :UInt64;
+  servingShard @11 :UInt32;    # the engine shard (core) serving this connection
+  localRequests @12 :UInt64;   # shard requests served on the owning core
+  forwardedRequests @13 :UInt64; # shard requests passed to another core
 }
 
 # A byte stream the receiver implements; writes are flow-controlled.
@@ -82,6 +85,12 @@ interface ShardSink {
   finish @1 () -> (error :Error);
 }
 
+# Routing: an id belongs to engine shard crc32c(id) mod engineShards (the
+# Castagnoli crc of the id bytes). Every connection is served by one engine
+# shard's core (nodeInfo.servingShard); a request for an id of another shard
+# costs a hop between threads on the server, so a client that keeps one
+# connection per serving shard and sends each request over the owner's saves
+# it. Any connection serves any id.
 interface ChunkServer {
   # Stores a whole shard sent in one message (<= 4 MiB). `crc32c` is the
   # sender's checksum of `data`; a mismatch is refused (corrupted in transit).
