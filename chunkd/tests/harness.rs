@@ -33,10 +33,17 @@ impl Chunkd {
 
     /// Starts chunkd listening on `listen`.
     pub fn start_at(data: &Path, listen: &str, extra: &[&str]) -> Chunkd {
+        Self::start_configured(data, listen, extra, "")
+    }
+
+    /// Starts chunkd with `toml` added to the test configuration.
+    pub fn start_configured(data: &Path, listen: &str, extra: &[&str], toml: &str) -> Chunkd {
         let cfg = data.with_extension("toml");
         std::fs::write(
             &cfg,
-            "segment_size_bytes = 33554432\nshutdown_grace_secs = 5\npin_to_cores = false\n",
+            format!(
+                "segment_size_bytes = 33554432\nshutdown_grace_secs = 5\npin_to_cores = false\n{toml}"
+            ),
         )
         .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_chunkd"))

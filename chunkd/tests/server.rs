@@ -686,3 +686,26 @@ proptest::proptest! {
         proptest::prop_assert_eq!(tessera_rpc::chunk::owner_shard(&id, shards), tessera_engine::route(&id, shards));
     }
 }
+
+/// With one connection allowed per core, the client cannot open one on
+/// every core; requests for the other core go over the connection it has
+/// (the server forwards them) and all succeed.
+#[test]
+fn client_works_when_the_server_refuses_more_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Chunkd::start_configured(
+        &dir.path().join("n1"),
+        "127.0.0.1:0",
+        &[],
+        "connections_per_core = 1\n",
+    );
+    let addr = srv.addr;
+    on_glommio(move || async move {
+        let cl = ChunkClient::connect(addr, opts()).await.unwrap();
+        for k in 0..64u32 {
+            let id = format!("limited-{k}").into_bytes();
+            cl.put(&id, &content(&id, 5000)).await.unwrap();
+            assert_eq!(cl.get(&id).await.unwrap(), content(&id, 5000));
+        }
+    });
+}

@@ -207,7 +207,12 @@ impl ChunkClient {
         }
         let tries = 4 * self.shards.get().max(1);
         for _ in 0..tries {
-            let (c, disconnect, serving, shards) = self.open_conn().await?;
+            let (c, disconnect, serving, shards) = match self.open_conn().await {
+                Ok(v) => v,
+                // No new connection (e.g. the server's per-core limit): an
+                // open one serves the request, one thread hop away.
+                Err(e) => return self.existing(None).ok_or(e),
+            };
             if self.shards.get() != shards {
                 // First contact, or the server restarted with another count.
                 self.shards.set(shards);
