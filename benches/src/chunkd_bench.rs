@@ -30,6 +30,8 @@ pub struct Plan {
     pub seq_bytes: u64,
     pub small_shards: u64,
     pub seconds: u64,
+    /// Client executors (threads) driving chunkd.
+    pub client_executors: usize,
 }
 
 impl Plan {
@@ -38,6 +40,7 @@ impl Plan {
             seq_bytes: 2 << 30,
             small_shards: 131_072,
             seconds: 10,
+            client_executors: 1,
         }
     }
     pub fn quick() -> Self {
@@ -45,6 +48,7 @@ impl Plan {
             seq_bytes: 256 << 20,
             small_shards: 16_384,
             seconds: 2,
+            client_executors: 1,
         }
     }
 }
@@ -171,7 +175,50 @@ fn start_chunkd(dir: &Path, shards: usize) -> Result<(ChunkdProcess, SocketAddr)
 
 /// Runs `op(n)` from `conc` tasks on one glommio executor with a client
 /// connected to `addr`, until `max_ops` or `dur`.
+/// Like [`drive_client1`] from `n` client executors (threads, each with its
+/// own client and connections), `conc / n` in flight on each.
 fn drive_client<F, Fut>(
+    addr: SocketAddr,
+    n: usize,
+    conc: usize,
+    dur: Duration,
+    max_ops: u64,
+    op: F,
+) -> Result<Load>
+where
+    F: Fn(Rc<ChunkClient>, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = tessera_rpc::Result<()>> + 'static,
+{
+    if n <= 1 || conc < n {
+        return drive_client1(addr, conc, dur, max_ops, op);
+    }
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..n as u64)
+        .map(|k| {
+            let op = op.clone();
+            std::thread::spawn(move || {
+                drive_client1(addr, conc / n, dur, max_ops / n as u64, move |c, i| {
+                    op(c, i * n as u64 + k)
+                })
+            })
+        })
+        .collect();
+    let mut lat_us = Vec::new();
+    for t in threads {
+        let load = t
+            .join()
+            .map_err(|_| anyhow!("a client executor thread panicked"))??;
+        lat_us.extend(load.lat_us);
+    }
+    Ok(Load {
+        ops: lat_us.len() as u64,
+        elapsed: start.elapsed(),
+        lat_us,
+    })
+}
+
+fn drive_client1<F, Fut>(
     addr: SocketAddr,
     conc: usize,
     dur: Duration,
@@ -231,19 +278,32 @@ fn chunkd_phase(dir: &Path, plan: &Plan, shards: usize) -> Result<Figures> {
     std::thread::sleep(Duration::from_secs(3));
     let dur = Duration::from_secs(plan.seconds);
     let one_mib = Arc::new(payload(1 << 20, 7));
-    let load = drive_client(addr, 8, dur, plan.seq_bytes >> 20, move |c, i| {
-        let v = one_mib.clone();
-        async move { c.put(&shard_id("big-", i), &v).await }
-    })?;
+    let load = drive_client(
+        addr,
+        plan.client_executors,
+        8,
+        dur,
+        plan.seq_bytes >> 20,
+        move |c, i| {
+            let v = one_mib.clone();
+            async move { c.put(&shard_id("big-", i), &v).await }
+        },
+    )?;
     let stored = load.ops.max(1);
     let put = mbps(&load);
-    let load = drive_client(addr, 8, dur, u64::MAX, move |c, i| async move {
-        c.get(&shard_id("big-", mix(i) % stored)).await.map(|_| ())
-    })?;
+    let load = drive_client(
+        addr,
+        plan.client_executors,
+        8,
+        dur,
+        u64::MAX,
+        move |c, i| async move { c.get(&shard_id("big-", mix(i) % stored)).await.map(|_| ()) },
+    )?;
     let get = mbps(&load);
     let four_k = Arc::new(payload(4096, 9));
     drive_client(
         addr,
+        plan.client_executors,
         64,
         Duration::from_secs(600),
         plan.small_shards,
@@ -256,11 +316,18 @@ fn chunkd_phase(dir: &Path, plan: &Plan, shards: usize) -> Result<Figures> {
     let mut small = Vec::new();
     let n_small = plan.small_shards;
     for &depth in GET_4K_DEPTHS {
-        let mut load = drive_client(addr, depth, dur, u64::MAX, move |c, i| async move {
-            c.get(&shard_id("small-", mix(i) % n_small))
-                .await
-                .map(|_| ())
-        })?;
+        let mut load = drive_client(
+            addr,
+            plan.client_executors,
+            depth,
+            dur,
+            u64::MAX,
+            move |c, i| async move {
+                c.get(&shard_id("small-", mix(i) % n_small))
+                    .await
+                    .map(|_| ())
+            },
+        )?;
         small.push((depth, load.per_sec(), load.pct(0.5), load.pct(0.99)));
     }
     Ok(Figures {

@@ -26,6 +26,10 @@ struct Cli {
     /// Engine shards (executor threads); 0 = one per core.
     #[arg(long, global = true, default_value_t = 0)]
     shards: usize,
+    /// Client executors (threads) driving chunkd in `chunkd` (the load is
+    /// split between them; each has its own connections).
+    #[arg(long, global = true, default_value_t = 1)]
+    client_executors: usize,
     /// Directory for the data files (engine and fio share its file system).
     #[arg(long, global = true, default_value = "/tmp/tessera-bench")]
     dir: PathBuf,
@@ -53,11 +57,12 @@ fn main() -> Result<()> {
             engine_bench::run(&cli.dir, &plan, cli.shards)?
         }
         Cmd::Chunkd => {
-            let plan = if cli.quick {
+            let mut plan = if cli.quick {
                 chunkd_bench::Plan::quick()
             } else {
                 chunkd_bench::Plan::full()
             };
+            plan.client_executors = cli.client_executors.max(1);
             chunkd_bench::run(&cli.dir, &plan, cli.shards)?
         }
     };
