@@ -1,4 +1,31 @@
-//! The control plane: openraft metadata groups sharded by key hash, the node
-//! registry and its leases, and the replicated WAL.
+//! The control plane: metadata in G openraft groups sharded by key hash,
+//! the node registry and leases, served over Cap'n Proto.
 //!
-//! Filled by the metad and WAL issues; empty until then.
+//! One replica process hosts every group on one thread (a tokio current-
+//! thread runtime with a `LocalSet`; see ARCHITECTURE.md for why tokio and
+//! not glommio here). Modules:
+//! - [`types`]: raft type configuration and the commands groups apply;
+//! - [`keys`]: key -> group;
+//! - [`log_store`]: the raft log of all groups, one group-committed file set;
+//! - [`state_machine`]: a group's keys, leases, node registry, snapshots;
+//! - [`net`]: Cap'n Proto connections and the replica-to-replica transport;
+//! - [`replica`]: a replica's data directory and groups;
+//! - [`service`]: the `Metad` interface;
+//! - [`server`]: the listener, connection limits and graceful shutdown;
+//! - [`client`]: the client library (leader discovery, retries);
+//! - [`config`]: TOML config and flags.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod limits;
+pub mod log_store;
+pub mod net;
+pub mod replica;
+pub mod server;
+pub mod service;
+pub mod state_machine;
+pub mod types;
+
+pub use error::{Error, Result};

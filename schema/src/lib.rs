@@ -16,3 +16,8 @@
 pub mod chunk_capnp {
     include!("generated/chunk_capnp.rs");
 }
+
+/// The `Metad` interface (see `capnp/metad.capnp`).
+pub mod metad_capnp {
+    include!("generated/metad_capnp.rs");
+}

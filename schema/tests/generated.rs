@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-const SCHEMAS: &[&str] = &["chunk"];
+const SCHEMAS: &[&str] = &["chunk", "metad"];
 
 fn capnp_available() -> bool {
     std::process::Command::new("capnp")

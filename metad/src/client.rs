@@ -1,0 +1,811 @@
+//! The metad client library: finds each group's leader, retries on
+//! `notLeader`, `unavailable` and broken connections until a deadline, and
+//! tags every write with a request id so a retry applies once.
+//!
+//! Runs on a tokio `LocalSet` (Cap'n Proto clients are not `Send`).
+//! Invariants: a write is retried only with the same (client, seq), so a
+//! write the cluster applied before the reply was lost is not applied
+//! again; a typed error other than notLeader/unavailable/stale is returned
+//! at once, never retried.
+
+use crate::error::{Error, RemoteKind, Result};
+use crate::keys::{group_of, SYSTEM_GROUP};
+use crate::net::connect;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tessera_schema::metad_capnp::{error as wire_error, metad, write_op, ReadMode};
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// By the leader after it confirms its leadership with a quorum.
+    Linearizable,
+    /// By any replica that heard from the leader within this bound.
+    Follower { max_staleness: Duration },
+}
+
+/// Client tuning.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// One attempt's limit.
+    pub call_timeout: Duration,
+    /// Retries stop after this long.
+    pub retry_deadline: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            call_timeout: Duration::from_secs(3),
+            retry_deadline: Duration::from_secs(15),
+        }
+    }
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone)]
+pub struct WriteSpec {
+    pub key: Vec<u8>,
+    /// `Some(v)`: the key's version must be `v` (0 = absent).
+    pub expected: Option<u64>,
+    /// `None` deletes.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A key's value and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+/// A lease as a replica reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: Vec<u8>,
+    pub epoch: u64,
+    pub ttl_ms: u32,
+    pub expires_in_ms: u32,
+}
+
+/// A registered node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    pub node_id: String,
+    pub addr: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub live: bool,
+    pub last_heartbeat_ago_ms: u64,
+    pub zone: String,
+}
+
+/// One group as a replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub group: u32,
+    pub leader: u64,
+    pub is_leader: bool,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+/// A replica's status.
+#[derive(Debug, Clone)]
+pub struct ReplicaStatus {
+    pub replica_id: u64,
+    pub addr: String,
+    pub groups: Vec<GroupInfo>,
+    pub peers: Vec<(u64, String)>,
+    pub uptime_secs: u64,
+}
+
+enum Attempt {
+    Remote {
+        kind: RemoteKind,
+        message: String,
+        leader: String,
+    },
+    Transport(String),
+}
+
+impl From<capnp::Error> for Attempt {
+    fn from(e: capnp::Error) -> Self {
+        Attempt::Transport(e.to_string())
+    }
+}
+
+impl From<capnp::NotInSchema> for Attempt {
+    fn from(e: capnp::NotInSchema) -> Self {
+        Attempt::Transport(e.to_string())
+    }
+}
+
+fn remote_kind(k: wire_error::Kind) -> RemoteKind {
+    match k {
+        wire_error::Kind::InvalidArgument => RemoteKind::InvalidArgument,
+        wire_error::Kind::NotLeader => RemoteKind::NotLeader,
+        wire_error::Kind::Unavailable => RemoteKind::Unavailable,
+        wire_error::Kind::Conflict => RemoteKind::Conflict,
+        wire_error::Kind::TooLarge => RemoteKind::TooLarge,
+        wire_error::Kind::Internal => RemoteKind::Internal,
+        wire_error::Kind::Stale => RemoteKind::Stale,
+    }
+}
+
+fn check(has: bool, e: capnp::Result<wire_error::Reader<'_>>) -> std::result::Result<(), Attempt> {
+    if !has {
+        return Ok(());
+    }
+    let e = e?;
+    Err(Attempt::Remote {
+        kind: remote_kind(e.get_kind()?),
+        message: e.get_message()?.to_string().unwrap_or_default(),
+        leader: e.get_leader_addr()?.to_string().unwrap_or_default(),
+    })
+}
+
+fn fill_op(mut b: write_op::Builder<'_>, w: &WriteSpec) {
+    b.set_key(&w.key);
+    match w.expected {
+        Some(v) => {
+            b.set_condition(write_op::Condition::Version);
+            b.set_expected_version(v);
+        }
+        None => b.set_condition(write_op::Condition::Any),
+    }
+    match &w.value {
+        Some(v) => b.set_put(v),
+        None => b.set_delete(()),
+    }
+}
+
+/// A client of a metad cluster.
+pub struct MetaClient {
+    seeds: RefCell<Vec<String>>,
+    conns: RefCell<HashMap<String, metad::Client>>,
+    leaders: RefCell<Vec<Option<String>>>,
+    groups: u32,
+    client_id: u64,
+    seq: Cell<u64>,
+    next_seed: Cell<usize>,
+    opts: ClientOptions,
+}
+
+impl MetaClient {
+    /// Connects to a cluster through any of `seeds` (replica addresses),
+    /// learning the group count and the other replicas.
+    pub async fn connect(seeds: &[String], opts: ClientOptions) -> Result<Rc<Self>> {
+        if seeds.is_empty() {
+            return Err(Error::Config("no metad address given".into()));
+        }
+        let c = MetaClient {
+            seeds: RefCell::new(seeds.to_vec()),
+            conns: RefCell::new(HashMap::new()),
+            leaders: RefCell::new(Vec::new()),
+            groups: 0,
+            client_id: rand::random::<u64>() | 1,
+            seq: Cell::new(0),
+            next_seed: Cell::new(0),
+            opts,
+        };
+        let start = Instant::now();
+        let mut last = String::new();
+        let mut attempts = 0;
+        while start.elapsed() < c.opts.retry_deadline {
+            for addr in seeds {
+                attempts += 1;
+                match c.status_of(addr).await {
+                    Ok(s) => {
+                        let mut c = c;
+                        c.groups = s.groups.len() as u32;
+                        *c.leaders.borrow_mut() = vec![None; s.groups.len()];
+                        for (_, a) in &s.peers {
+                            if !c.seeds.borrow().contains(a) {
+                                c.seeds.borrow_mut().push(a.clone());
+                            }
+                        }
+                        return Ok(Rc::new(c));
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::GaveUp {
+            attempts,
+            waited_ms: start.elapsed().as_millis() as u64,
+            last,
+        })
+    }
+
+    /// The number of groups the cluster has.
+    pub fn groups(&self) -> u32 {
+        self.groups
+    }
+
+    /// The group `key` belongs to.
+    pub fn group_of(&self, key: &[u8]) -> u32 {
+        group_of(key, self.groups)
+    }
+
+    async fn conn(&self, addr: &str) -> std::result::Result<metad::Client, Attempt> {
+        if let Some(c) = self.conns.borrow().get(addr) {
+            return Ok(c.clone());
+        }
+        let c = connect(addr)
+            .await
+            .map_err(|e| Attempt::Transport(format!("{addr}: {e}")))?;
+        self.conns.borrow_mut().insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn pick(&self, group: u32) -> String {
+        if let Some(Some(a)) = self.leaders.borrow().get(group as usize) {
+            return a.clone();
+        }
+        let seeds = self.seeds.borrow();
+        let i = self.next_seed.get();
+        self.next_seed.set(i.wrapping_add(1));
+        seeds[i % seeds.len()].clone()
+    }
+
+    fn set_leader(&self, group: u32, addr: Option<String>) {
+        if let Some(slot) = self.leaders.borrow_mut().get_mut(group as usize) {
+            *slot = addr;
+        }
+    }
+
+    /// Runs `f` against the replica that should serve `group`, following
+    /// redirects and retrying transient failures until the deadline.
+    async fn call<T, F, Fut>(&self, group: u32, f: F) -> Result<T>
+    where
+        F: Fn(metad::Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Attempt>>,
+    {
+        let start = Instant::now();
+        let mut attempts = 0u32;
+        let mut backoff = Duration::from_millis(20);
+        let last;
+        loop {
+            attempts += 1;
+            let addr = self.pick(group);
+            let r = match self.conn(&addr).await {
+                Ok(c) => match tokio::time::timeout(self.opts.call_timeout, f(c)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Attempt::Transport(format!(
+                        "{addr} did not answer within {:?}",
+                        self.opts.call_timeout
+                    ))),
+                },
+                Err(e) => Err(e),
+            };
+            let why = match r {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Remote {
+                    kind: RemoteKind::NotLeader,
+                    message,
+                    leader,
+                }) if !leader.is_empty() && leader != addr => {
+                    self.set_leader(group, Some(leader));
+                    if start.elapsed() < self.opts.retry_deadline {
+                        continue;
+                    }
+                    message
+                }
+                Err(Attempt::Remote {
+                    kind: RemoteKind::NotLeader | RemoteKind::Unavailable | RemoteKind::Stale,
+                    message,
+                    ..
+                }) => {
+                    self.set_leader(group, None);
+                    message
+                }
+                Err(Attempt::Remote { kind, message, .. }) => {
+                    return Err(Error::Remote { kind, message })
+                }
+                Err(Attempt::Transport(m)) => {
+                    self.conns.borrow_mut().remove(&addr);
+                    self.set_leader(group, None);
+                    format!("{addr}: {m}")
+                }
+            };
+            if start.elapsed() + backoff >= self.opts.retry_deadline {
+                last = why;
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+        Err(Error::GaveUp {
+            attempts,
+            waited_ms: start.elapsed().as_millis() as u64,
+            last,
+        })
+    }
+
+    fn next_rid(&self) -> (u64, u64) {
+        let s = self.seq.get() + 1;
+        self.seq.set(s);
+        (self.client_id, s)
+    }
+
+    /// Reads `key`.
+    pub async fn get(&self, key: &[u8], consistency: Consistency) -> Result<Option<Versioned>> {
+        let g = self.group_of(key);
+        self.call(g, |c| async move {
+            let mut req = c.get_request();
+            {
+                let mut p = req.get();
+                p.set_key(key);
+                match consistency {
+                    Consistency::Linearizable => p.set_mode(ReadMode::Linearizable),
+                    Consistency::Follower { max_staleness } => {
+                        p.set_mode(ReadMode::Follower);
+                        p.set_max_staleness_ms(
+                            max_staleness.as_millis().min(u32::MAX as u128) as u32
+                        );
+                    }
+                }
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            if !r.get_found() {
+                return Ok(None);
+            }
+            let kv = r.get_kv()?;
+            Ok(Some(Versioned {
+                value: kv.get_value()?.to_vec(),
+                version: kv.get_version(),
+            }))
+        })
+        .await
+    }
+
+    async fn batch_inner(&self, ops: &[WriteSpec]) -> Result<Vec<(u64, u64)>> {
+        let Some(first) = ops.first() else {
+            return Err(Error::Config("an empty batch".into()));
+        };
+        let g = self.group_of(&first.key);
+        let (client, seq) = self.next_rid();
+        self.call(g, |c| async move {
+            let mut req = c.batch_request();
+            {
+                let mut p = req.get();
+                let mut rid = p.reborrow().init_rid();
+                rid.set_client(client);
+                rid.set_seq(seq);
+                let mut l = p.init_ops(ops.len() as u32);
+                for (i, w) in ops.iter().enumerate() {
+                    fill_op(l.reborrow().get(i as u32), w);
+                }
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            Ok(r.get_results()?
+                .iter()
+                .map(|w| (w.get_version(), w.get_previous_version()))
+                .collect())
+        })
+        .await
+    }
+
+    /// Applies `ops` atomically (all keys must share a group: use one hash
+    /// tag). Returns each op's (new version, previous version).
+    pub async fn batch(&self, ops: &[WriteSpec]) -> Result<Vec<(u64, u64)>> {
+        self.batch_inner(ops).await
+    }
+
+    /// Writes `key` unconditionally; returns its new version.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
+        self.write(WriteSpec {
+            key: key.to_vec(),
+            expected: None,
+            value: Some(value.to_vec()),
+        })
+        .await
+        .map(|w| w.0)
+    }
+
+    /// Writes `key` if its version is `expected` (0 = absent); a mismatch is
+    /// `Error::Remote { kind: Conflict, .. }`.
+    pub async fn put_if(&self, key: &[u8], value: &[u8], expected: u64) -> Result<u64> {
+        self.write(WriteSpec {
+            key: key.to_vec(),
+            expected: Some(expected),
+            value: Some(value.to_vec()),
+        })
+        .await
+        .map(|w| w.0)
+    }
+
+    /// Deletes `key`; returns the version it had (0 if absent).
+    pub async fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<u64> {
+        self.write(WriteSpec {
+            key: key.to_vec(),
+            expected,
+            value: None,
+        })
+        .await
+        .map(|w| w.1)
+    }
+
+    /// One write; returns (new version, previous version).
+    pub async fn write(&self, w: WriteSpec) -> Result<(u64, u64)> {
+        let g = self.group_of(&w.key);
+        let (client, seq) = self.next_rid();
+        let w = &w;
+        self.call(g, |c| async move {
+            let mut req = c.write_request();
+            {
+                let mut p = req.get();
+                let mut rid = p.reborrow().init_rid();
+                rid.set_client(client);
+                rid.set_seq(seq);
+                fill_op(p.init_op(), w);
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            let w = r.get_result()?;
+            Ok((w.get_version(), w.get_previous_version()))
+        })
+        .await
+    }
+
+    /// Keys starting with `prefix` after `start_after`, in key order across
+    /// all groups, at most `limit`. Returns the items and whether more exist.
+    pub async fn list(
+        &self,
+        prefix: &[u8],
+        start_after: &[u8],
+        limit: u32,
+    ) -> Result<(Vec<(Vec<u8>, Versioned)>, bool)> {
+        let mut all = Vec::new();
+        let mut more = false;
+        for g in 0..self.groups {
+            let (items, m) = self
+                .call(g, |c| async move {
+                    let mut req = c.list_request();
+                    {
+                        let mut p = req.get();
+                        p.set_group(g);
+                        p.set_prefix(prefix);
+                        p.set_start_after(start_after);
+                        p.set_limit(limit);
+                        p.set_mode(ReadMode::Linearizable);
+                    }
+                    let resp = req.send().promise.await?;
+                    let r = resp.get()?;
+                    check(r.has_error(), r.get_error())?;
+                    let mut items = Vec::new();
+                    for kv in r.get_items()?.iter() {
+                        items.push((
+                            kv.get_key()?.to_vec(),
+                            Versioned {
+                                value: kv.get_value()?.to_vec(),
+                                version: kv.get_version(),
+                            },
+                        ));
+                    }
+                    Ok((items, r.get_more()))
+                })
+                .await?;
+            more |= m;
+            all.extend(items);
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        if all.len() > limit as usize {
+            all.truncate(limit as usize);
+            more = true;
+        }
+        Ok((all, more))
+    }
+
+    /// Registers (or re-registers) a node in the registry.
+    pub async fn register_node(
+        &self,
+        node_id: &str,
+        addr: &str,
+        capacity: u64,
+        zone: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.call(SYSTEM_GROUP, |c| async move {
+            let mut req = c.register_node_request();
+            {
+                let mut p = req.get();
+                p.set_node_id(node_id);
+                p.set_addr(addr);
+                p.set_capacity_bytes(capacity);
+                p.set_zone(zone);
+                p.set_ttl_millis(ttl.as_millis().min(u32::MAX as u128) as u32);
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())
+        })
+        .await
+    }
+
+    /// Renews a node's registry lease.
+    pub async fn heartbeat(&self, node_id: &str, used: u64, capacity: u64) -> Result<()> {
+        self.call(SYSTEM_GROUP, |c| async move {
+            let mut req = c.heartbeat_request();
+            {
+                let mut p = req.get();
+                p.set_node_id(node_id);
+                p.set_used_bytes(used);
+                p.set_capacity_bytes(capacity);
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())
+        })
+        .await
+    }
+
+    /// Every registered node, live or dead.
+    pub async fn list_nodes(&self) -> Result<Vec<NodeEntry>> {
+        self.call(SYSTEM_GROUP, |c| async move {
+            let resp = c.list_nodes_request().send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            let mut out = Vec::new();
+            for n in r.get_nodes()?.iter() {
+                out.push(NodeEntry {
+                    node_id: n.get_node_id()?.to_string().unwrap_or_default(),
+                    addr: n.get_addr()?.to_string().unwrap_or_default(),
+                    capacity: n.get_capacity_bytes(),
+                    used: n.get_used_bytes(),
+                    live: n.get_live(),
+                    last_heartbeat_ago_ms: n.get_last_heartbeat_ago_millis(),
+                    zone: n.get_zone()?.to_string().unwrap_or_default(),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    fn read_lease(
+        l: tessera_schema::metad_capnp::lease::Reader<'_>,
+    ) -> std::result::Result<Lease, Attempt> {
+        Ok(Lease {
+            holder: l.get_holder()?.to_vec(),
+            epoch: l.get_epoch(),
+            ttl_ms: l.get_ttl_millis(),
+            expires_in_ms: l.get_expires_in_millis(),
+        })
+    }
+
+    /// Tries to take lease `name` for `holder`. Returns whether it was
+    /// granted and the lease as it now stands. The holder must treat the
+    /// lease as lost `ttl` after it *sent* this call (its own clock), and
+    /// pass the epoch as a fencing token to whatever the lease guards.
+    pub async fn acquire_lease(
+        &self,
+        name: &[u8],
+        holder: &[u8],
+        ttl: Duration,
+    ) -> Result<(bool, Lease)> {
+        let (client, seq) = self.next_rid();
+        self.call(SYSTEM_GROUP, |c| async move {
+            let mut req = c.acquire_lease_request();
+            {
+                let mut p = req.get();
+                p.set_name(name);
+                p.set_holder(holder);
+                p.set_ttl_millis(ttl.as_millis().min(u32::MAX as u128) as u32);
+                let mut rid = p.init_rid();
+                rid.set_client(client);
+                rid.set_seq(seq);
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            Ok((r.get_granted(), Self::read_lease(r.get_lease()?)?))
+        })
+        .await
+    }
+
+    /// Extends a held lease; `false` if it was lost (expired or taken).
+    pub async fn renew_lease(
+        &self,
+        name: &[u8],
+        holder: &[u8],
+        epoch: u64,
+        ttl: Duration,
+    ) -> Result<(bool, Lease)> {
+        let (client, seq) = self.next_rid();
+        self.call(SYSTEM_GROUP, |c| async move {
+            let mut req = c.renew_lease_request();
+            {
+                let mut p = req.get();
+                p.set_name(name);
+                p.set_holder(holder);
+                p.set_epoch(epoch);
+                p.set_ttl_millis(ttl.as_millis().min(u32::MAX as u128) as u32);
+                let mut rid = p.init_rid();
+                rid.set_client(client);
+                rid.set_seq(seq);
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            Ok((r.get_renewed(), Self::read_lease(r.get_lease()?)?))
+        })
+        .await
+    }
+
+    /// Gives a lease up (no-op if `epoch` is no longer held by `holder`).
+    pub async fn release_lease(&self, name: &[u8], holder: &[u8], epoch: u64) -> Result<()> {
+        let (client, seq) = self.next_rid();
+        self.call(SYSTEM_GROUP, |c| async move {
+            let mut req = c.release_lease_request();
+            {
+                let mut p = req.get();
+                p.set_name(name);
+                p.set_holder(holder);
+                p.set_epoch(epoch);
+                let mut rid = p.init_rid();
+                rid.set_client(client);
+                rid.set_seq(seq);
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())
+        })
+        .await
+    }
+
+    /// The status of the replica at `addr` (no retries).
+    pub async fn status_of(&self, addr: &str) -> Result<ReplicaStatus> {
+        let r = async {
+            let c = self.conn(addr).await?;
+            let fut = async {
+                let resp = c.status_request().send().promise.await?;
+                let r = resp.get()?;
+                check(r.has_error(), r.get_error())?;
+                let rep = r.get_replica()?;
+                let mut groups = Vec::new();
+                for g in r.get_groups()?.iter() {
+                    groups.push(GroupInfo {
+                        group: g.get_group(),
+                        leader: g.get_leader_id(),
+                        is_leader: g.get_is_leader(),
+                        term: g.get_term(),
+                        last_log_index: g.get_last_log_index(),
+                        applied_index: g.get_applied_index(),
+                        snapshot_index: g.get_snapshot_index(),
+                        voters: g.get_voters()?.iter().collect(),
+                        learners: g.get_learners()?.iter().collect(),
+                    });
+                }
+                let mut peers = Vec::new();
+                for p in rep.get_peers()?.iter() {
+                    peers.push((p.get_id(), p.get_addr()?.to_string().unwrap_or_default()));
+                }
+                Ok::<_, Attempt>(ReplicaStatus {
+                    replica_id: rep.get_replica_id(),
+                    addr: rep.get_client_addr()?.to_string().unwrap_or_default(),
+                    groups,
+                    peers,
+                    uptime_secs: rep.get_uptime_secs(),
+                })
+            };
+            match tokio::time::timeout(self.opts.call_timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(Attempt::Transport(format!(
+                    "{addr} did not answer within {:?}",
+                    self.opts.call_timeout
+                ))),
+            }
+        }
+        .await;
+        r.map_err(|a| match a {
+            Attempt::Remote { kind, message, .. } => Error::Remote { kind, message },
+            Attempt::Transport(m) => {
+                self.conns.borrow_mut().remove(addr);
+                Error::GaveUp {
+                    attempts: 1,
+                    waited_ms: 0,
+                    last: m,
+                }
+            }
+        })
+    }
+
+    /// Adds replica `id` at `addr` as a voter of every group (each group's
+    /// leader copies its state to it first).
+    pub async fn add_voter(&self, id: u64, addr: &str) -> Result<()> {
+        for g in 0..self.groups {
+            self.call(g, |c| async move {
+                let mut req = c.add_voter_request();
+                {
+                    let mut p = req.get();
+                    p.set_group(g);
+                    p.set_replica_id(id);
+                    p.set_addr(addr);
+                }
+                let resp = req.send().promise.await?;
+                let r = resp.get()?;
+                check(r.has_error(), r.get_error())
+            })
+            .await?;
+        }
+        if !self.seeds.borrow().iter().any(|a| a == addr) {
+            self.seeds.borrow_mut().push(addr.to_string());
+        }
+        Ok(())
+    }
+
+    /// Removes replica `id` from every group's voters.
+    pub async fn remove_voter(&self, id: u64) -> Result<()> {
+        for g in 0..self.groups {
+            let r = self
+                .call(g, |c| async move {
+                    let mut req = c.remove_voter_request();
+                    {
+                        let mut p = req.get();
+                        p.set_group(g);
+                        p.set_replica_id(id);
+                    }
+                    let resp = req.send().promise.await?;
+                    let r = resp.get()?;
+                    check(r.has_error(), r.get_error())
+                })
+                .await;
+            match r {
+                // Already removed from this group (a retry of an earlier call).
+                Err(Error::Remote {
+                    kind: RemoteKind::InvalidArgument,
+                    message,
+                }) if message.contains("is not a voter") => {}
+                r => r?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the replica at `addr` to snapshot every group now.
+    pub async fn snapshot(&self, addr: &str) -> Result<()> {
+        let c = self.conn(addr).await.map_err(|_| Error::GaveUp {
+            attempts: 1,
+            waited_ms: 0,
+            last: format!("cannot reach {addr}"),
+        })?;
+        let resp = c
+            .snapshot_request()
+            .send()
+            .promise
+            .await
+            .map_err(|e| Error::GaveUp {
+                attempts: 1,
+                waited_ms: 0,
+                last: e.to_string(),
+            })?;
+        let r = resp.get().map_err(|e| Error::GaveUp {
+            attempts: 1,
+            waited_ms: 0,
+            last: e.to_string(),
+        })?;
+        check(r.has_error(), r.get_error()).map_err(|a| match a {
+            Attempt::Remote { kind, message, .. } => Error::Remote { kind, message },
+            Attempt::Transport(m) => Error::GaveUp {
+                attempts: 1,
+                waited_ms: 0,
+                last: m,
+            },
+        })
+    }
+}

@@ -1,0 +1,41 @@
+//! Every limit metad enforces, with its unit. The schema's header comment
+//! mirrors the client-visible ones.
+
+/// Longest key, in bytes (keys are 1..=this).
+pub const KEY_LEN_MAX_BYTES: usize = 1024;
+/// Longest value, in bytes.
+pub const VALUE_LEN_MAX_BYTES: usize = 256 << 10;
+/// Most operations in one batch.
+pub const BATCH_OPS_MAX: usize = 128;
+/// Most key and value bytes in one batch.
+pub const BATCH_BYTES_MAX: usize = 1 << 20;
+/// Most items in one list page.
+pub const LIST_LIMIT_MAX: u32 = 10_000;
+/// Longest lease name and holder, in bytes.
+pub const LEASE_NAME_LEN_MAX_BYTES: usize = 256;
+/// Shortest and longest lease (and node heartbeat) TTL, in milliseconds.
+pub const LEASE_TTL_MIN_MILLIS: u32 = 100;
+pub const LEASE_TTL_MAX_MILLIS: u32 = 600_000;
+/// Longest node id and address, in bytes.
+pub const NODE_FIELD_LEN_MAX_BYTES: usize = 256;
+/// Most raft groups one replica hosts.
+pub const GROUPS_MAX: u32 = 256;
+/// Most replicas in a group (openraft has no hard limit; past seven a
+/// write waits on too many fsyncs to be worth it).
+pub const REPLICAS_MAX: usize = 7;
+/// Largest raft message accepted from a peer, in bytes (append batches are
+/// bounded by `max_payload_entries` times the value limit; snapshot chunks
+/// by `snapshot_max_chunk_size`).
+pub const RAFT_MESSAGE_MAX_BYTES: usize = 64 << 20;
+/// Remembered (client, seq) results per group for retried writes: enough
+/// for every write of the last several seconds at full rate.
+pub const DEDUP_ENTRIES_MAX: usize = 100_000;
+/// A log segment is rewritten (its live records into a new one) past this.
+pub const LOG_SEGMENT_ROTATE_BYTES: u64 = 64 << 20;
+/// Largest record in the log, in bytes (a torn or hostile length is
+/// rejected before allocating).
+pub const LOG_RECORD_MAX_BYTES: usize = 256 << 20;
+/// Cap'n Proto traversal limit for one message, in 8-byte words.
+pub const MESSAGE_TRAVERSAL_LIMIT_WORDS: usize = (RAFT_MESSAGE_MAX_BYTES / 8) * 2;
+/// Most client connections one replica serves at once.
+pub const CONNECTIONS_MAX: usize = 4096;

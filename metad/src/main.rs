@@ -1,0 +1,113 @@
+//! `metad`: one metadata replica.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use std::path::PathBuf;
+use tessera_metad::config::{parse_peers, peers_from_table, FileConfig};
+use tessera_metad::replica::{Replica, ReplicaConfig};
+
+/// Default number of raft groups the metadata is split into.
+const GROUPS_DEFAULT: u32 = 8;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "metad",
+    version,
+    about = "Tessera metadata replica (openraft groups, node registry, leases)"
+)]
+struct Args {
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This replica's id (1, 2, ...), unique in the cluster.
+    #[arg(long)]
+    id: Option<u64>,
+    /// Data directory (created if missing).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:7101.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address others reach this replica at (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// The initial replicas: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT.
+    #[arg(long)]
+    peers: Option<String>,
+    /// Raft groups (fixed when the data directory is created).
+    #[arg(long)]
+    groups: Option<u32>,
+    /// Start empty and wait to be added with addVoter.
+    #[arg(long)]
+    join: bool,
+    /// Log filter (RUST_LOG syntax).
+    #[arg(long, default_value = "info,openraft=off")]
+    log: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let Some(id) = args.id.or(file.id) else {
+        bail!("--id is required (this replica's id, 1, 2, ...)")
+    };
+    let Some(data) = args.data.clone().or(file.data.clone()) else {
+        bail!("--data DIR is required")
+    };
+    let Some(listen) = args.listen.clone().or(file.listen.clone()) else {
+        bail!("--listen HOST:PORT is required")
+    };
+    let advertise = args
+        .advertise
+        .clone()
+        .or(file.advertise.clone())
+        .unwrap_or_else(|| listen.clone());
+    let peers = match (&args.peers, &file.peers) {
+        (Some(p), _) => parse_peers(p)?,
+        (None, Some(t)) => peers_from_table(t)?,
+        (None, None) => [(id, advertise.clone())].into_iter().collect(),
+    };
+    let cfg = ReplicaConfig {
+        id,
+        data_dir: data,
+        advertise: advertise.clone(),
+        peers,
+        groups: args.groups.or(file.groups).unwrap_or(GROUPS_DEFAULT),
+        join: args.join || file.join.unwrap_or(false),
+        raft: file.raft,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let groups = cfg.groups;
+        let replica = Replica::start(cfg).await?;
+        println!(
+            "metad {id} listening on {} ({groups} groups)",
+            listener.local_addr()?
+        );
+        let stop = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        };
+        tessera_metad::server::run(listener, replica, stop).await;
+        println!("metad {id} stopped cleanly");
+        Ok::<_, anyhow::Error>(())
+    })
+}

@@ -1,0 +1,282 @@
+//! Cap'n Proto connections on tokio, for both sides, and the replica-to-
+//! replica transport of every group.
+//!
+//! Owns: one connection per peer replica, shared by all G groups (the
+//! multi-raft router pattern: G groups do not mean G times the sockets or
+//! heartbeats' connection setups), and the encoding of raft messages.
+//!
+//! Invariants: a failed call drops the cached connection so the next call
+//! reconnects; a peer's answer is decoded with a size bound and never
+//! trusted to be well-formed (a bad one is a network error, not a panic).
+
+use crate::limits::{MESSAGE_TRAVERSAL_LIMIT_WORDS, RAFT_MESSAGE_MAX_BYTES};
+use crate::types::{NodeId, TypeConfig};
+use capnp::message::ReaderOptions;
+use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
+use futures::FutureExt;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+use tessera_schema::metad_capnp::metad;
+use tokio::net::TcpStream;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+/// Buffer sizes of a connection's halves (a small message leaves in one send).
+const CONN_BUFFER_BYTES: usize = 64 << 10;
+/// How long opening a connection to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Raft message kinds on the `raft` method.
+pub const KIND_APPEND: u8 = 0;
+pub const KIND_VOTE: u8 = 1;
+pub const KIND_SNAPSHOT: u8 = 2;
+
+pub fn reader_options() -> ReaderOptions {
+    let mut o = ReaderOptions::new();
+    o.traversal_limit_in_words(Some(MESSAGE_TRAVERSAL_LIMIT_WORDS));
+    o
+}
+
+/// Makes `stream` the client side of a connection; its driver runs as a
+/// local task until the returned client and everything from it is dropped.
+pub fn client_side(stream: TcpStream) -> metad::Client {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let r = futures::io::BufReader::with_capacity(CONN_BUFFER_BYTES, r.compat());
+    let w = futures::io::BufWriter::with_capacity(CONN_BUFFER_BYTES, w.compat_write());
+    let network = twoparty::VatNetwork::new(r, w, Side::Client, reader_options());
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let client: metad::Client = rpc.bootstrap(Side::Server);
+    tokio::task::spawn_local(async move {
+        match std::panic::AssertUnwindSafe(rpc).catch_unwind().await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "connection ended"),
+            Err(_) => tracing::error!("a connection panicked on its peer's input; dropped"),
+        }
+    });
+    client
+}
+
+/// Serves `server` on an accepted `stream` until the peer goes away.
+pub fn serve(stream: TcpStream, server: metad::Client) -> impl std::future::Future<Output = ()> {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let r = futures::io::BufReader::with_capacity(CONN_BUFFER_BYTES, r.compat());
+    let w = futures::io::BufWriter::with_capacity(CONN_BUFFER_BYTES, w.compat_write());
+    let network = twoparty::VatNetwork::new(r, w, Side::Server, reader_options());
+    let rpc = RpcSystem::new(Box::new(network), Some(server.client));
+    async move {
+        match std::panic::AssertUnwindSafe(rpc).catch_unwind().await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "client connection ended"),
+            Err(_) => tracing::error!("a client connection panicked on its input; dropped"),
+        }
+    }
+}
+
+/// Opens a connection to `addr` within [`CONNECT_TIMEOUT`].
+pub async fn connect(addr: &str) -> std::io::Result<metad::Client> {
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting to {addr} timed out"),
+            )
+        })??;
+    Ok(client_side(s))
+}
+
+/// The connections to peer replicas, one each, shared by all groups.
+#[derive(Default)]
+pub struct Peers {
+    conns: RefCell<HashMap<NodeId, (String, metad::Client)>>,
+}
+
+/// Why a peer call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {0} unreachable: {1}")]
+    Unreachable(NodeId, String),
+    #[error("peer {0}: {1}")]
+    Call(NodeId, String),
+    #[error("peer {0} timed out after {1:?}")]
+    Timeout(NodeId, Duration),
+}
+
+impl Peers {
+    async fn client(&self, target: NodeId, addr: &str) -> Result<metad::Client, PeerError> {
+        if let Some((a, c)) = self.conns.borrow().get(&target) {
+            if a == addr {
+                return Ok(c.clone());
+            }
+        }
+        let c = connect(addr)
+            .await
+            .map_err(|e| PeerError::Unreachable(target, e.to_string()))?;
+        self.conns
+            .borrow_mut()
+            .insert(target, (addr.to_string(), c.clone()));
+        Ok(c)
+    }
+
+    fn forget(&self, target: NodeId) {
+        self.conns.borrow_mut().remove(&target);
+    }
+
+    /// Sends one raft message and returns the answer's bytes.
+    pub async fn call(
+        &self,
+        target: NodeId,
+        addr: &str,
+        group: u32,
+        kind: u8,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, PeerError> {
+        let client = self.client(target, addr).await?;
+        let fut = async {
+            let mut req = client.raft_request();
+            {
+                let mut p = req.get();
+                p.set_group(group);
+                p.set_kind(kind);
+                p.set_payload(&payload);
+            }
+            let resp = req.send().promise.await?;
+            let bytes = resp.get()?.get_payload()?;
+            Ok::<_, capnp::Error>(bytes.to_vec())
+        };
+        let r = match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => Err(PeerError::Call(target, e.to_string())),
+            Err(_) => Err(PeerError::Timeout(target, timeout)),
+        };
+        if r.is_err() {
+            self.forget(target);
+        }
+        r
+    }
+}
+
+/// Encodes a raft message or answer.
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).expect("bincode into a Vec")
+}
+
+/// Decodes a raft message or answer from a peer, bounded in size.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    use bincode::Options;
+    if bytes.len() > RAFT_MESSAGE_MAX_BYTES {
+        return Err(format!(
+            "a raft message of {} bytes is over the {RAFT_MESSAGE_MAX_BYTES}-byte limit",
+            bytes.len()
+        ));
+    }
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(RAFT_MESSAGE_MAX_BYTES as u64)
+        .deserialize(bytes)
+        .map_err(|e| format!("a raft message does not decode: {e}"))
+}
+
+/// Makes a group's network clients.
+#[derive(Clone)]
+pub struct GroupNetworkFactory {
+    pub peers: Rc<Peers>,
+    pub group: u32,
+}
+
+pub struct GroupNetwork {
+    peers: Rc<Peers>,
+    group: u32,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
+    type Network = GroupNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        GroupNetwork {
+            peers: self.peers.clone(),
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+impl GroupNetwork {
+    async fn roundtrip<Req, Resp, E>(
+        &self,
+        kind: u8,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let bytes = self
+            .peers
+            .call(
+                self.target,
+                &self.addr,
+                self.group,
+                kind,
+                encode(req),
+                option.hard_ttl(),
+            )
+            .await
+            .map_err(|e| match e {
+                PeerError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
+                _ => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        let answer: Result<Resp, RaftError<NodeId, E>> = decode(&bytes)
+            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GroupNetwork {
+    async fn append_entries(
+        &mut self,
+        req: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.roundtrip(KIND_APPEND, &req, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        req: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        self.roundtrip(KIND_SNAPSHOT, &req, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        req: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.roundtrip(KIND_VOTE, &req, &option).await
+    }
+}

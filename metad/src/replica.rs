@@ -1,0 +1,306 @@
+//! One metad replica: its identity, its shared log, and a raft instance
+//! per group, all on one thread (a tokio `LocalSet`).
+//!
+//! Owns: the data directory layout
+//! ```text
+//! <data>/identity.toml    replica id and group count (fixed at creation)
+//! <data>/log/seg-*.log    the raft log of every group (see log_store)
+//! <data>/groups/<g>/      group g's snapshot
+//! ```
+//! Invariants: a replica never starts with an id or group count other than
+//! the ones its directory was created with; a group is initialised (given
+//! its first membership) only on a replica that has never seen it and was
+//! not started with `join`.
+
+use crate::error::{Error, Result};
+use crate::log_store::SharedLog;
+use crate::net::{GroupNetworkFactory, Peers};
+use crate::state_machine::{GroupSm, SmStore};
+use crate::types::{NodeId, Raft};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// Raft timing and compaction, settable in the TOML config.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A snapshot is built after this many applied entries.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot (a briefly lagging replica
+    /// catches up from them instead of from a snapshot).
+    pub entries_kept_after_snapshot: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            snapshot_after_entries: 20_000,
+            entries_kept_after_snapshot: 1000,
+        }
+    }
+}
+
+/// What a replica needs to start.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    /// The address peers and clients reach this replica at.
+    pub advertise: String,
+    /// The initial voters (id -> address), this replica included. Ignored
+    /// once the groups exist.
+    pub peers: BTreeMap<NodeId, String>,
+    pub groups: u32,
+    /// Start empty and wait to be added (do not initialise groups).
+    pub join: bool,
+    pub raft: RaftTuning,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Identity {
+    replica_id: NodeId,
+    groups: u32,
+}
+
+/// Coalesces linearizable reads: one leadership confirmation at a time per
+/// group; reads arriving while one runs wait for the next, which serves
+/// them all.
+#[derive(Default)]
+pub struct ReadBarrier {
+    running: bool,
+    waiting: Vec<oneshot::Sender<std::result::Result<(), String>>>,
+}
+
+/// One group on this replica.
+pub struct Group {
+    pub id: u32,
+    pub raft: Raft,
+    pub sm: Rc<GroupSm>,
+    /// When this replica last accepted an append from its leader (follower
+    /// reads use it to bound staleness).
+    pub last_leader_contact: Cell<Option<Instant>>,
+    pub reads: RefCell<ReadBarrier>,
+}
+
+pub struct Replica {
+    pub id: NodeId,
+    pub advertise: String,
+    pub groups: Vec<Rc<Group>>,
+    pub peers: Rc<Peers>,
+    pub log: Rc<SharedLog>,
+    pub started: Instant,
+    /// The client id this replica uses for requests it makes itself.
+    pub seq: Cell<u64>,
+}
+
+fn check_identity(dir: &Path, id: NodeId, groups: u32) -> Result<()> {
+    let path = dir.join("identity.toml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let ident: Identity = toml::from_str(&text).map_err(|e| Error::Identity {
+                path: path.clone(),
+                reason: format!("unreadable: {e}"),
+            })?;
+            if ident.replica_id != id {
+                return Err(Error::Identity {
+                    path,
+                    reason: format!(
+                        "it belongs to replica {}, not {id}: start with --id {} or use another --data",
+                        ident.replica_id, ident.replica_id
+                    ),
+                });
+            }
+            if ident.groups != groups {
+                return Err(Error::Identity {
+                    path,
+                    reason: format!(
+                        "it was created with {} groups and cannot change to {groups}: start with --groups {}",
+                        ident.groups, ident.groups
+                    ),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let text = toml::to_string(&Identity {
+                replica_id: id,
+                groups,
+            })
+            .expect("toml of two integers");
+            let tmp = dir.join("identity.toml.tmp");
+            std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+            std::fs::File::open(dir)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(dir, e))?;
+            Ok(())
+        }
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+fn raft_config(t: &RaftTuning) -> Result<Arc<Config>> {
+    let c = Config {
+        cluster_name: "tessera-metad".into(),
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: t.election_timeout_min_ms,
+        election_timeout_max: t.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: t.entries_kept_after_snapshot,
+        install_snapshot_timeout: 2000,
+        ..Default::default()
+    };
+    Ok(Arc::new(c.validate().map_err(|e| {
+        Error::Config(format!("raft settings: {e}"))
+    })?))
+}
+
+impl Replica {
+    /// Opens the data directory and starts every group. Must run inside a
+    /// tokio `LocalSet`.
+    pub async fn start(cfg: ReplicaConfig) -> Result<Rc<Replica>> {
+        if cfg.groups == 0 || cfg.groups > crate::limits::GROUPS_MAX {
+            return Err(Error::Config(format!(
+                "groups must be 1..={}, got {}",
+                crate::limits::GROUPS_MAX,
+                cfg.groups
+            )));
+        }
+        if cfg.id == 0 {
+            return Err(Error::Config(
+                "replica ids start at 1 (0 means \"unknown\" on the wire)".into(),
+            ));
+        }
+        check_identity(&cfg.data_dir, cfg.id, cfg.groups)?;
+        let (log, report) = SharedLog::open(&cfg.data_dir.join("log"), cfg.groups)?;
+        tracing::info!(
+            segments = report.segments,
+            records = report.records,
+            torn = report.torn_tail_bytes,
+            "log replayed"
+        );
+        let config = raft_config(&cfg.raft)?;
+        let peers = Rc::new(Peers::default());
+        let members: BTreeMap<NodeId, BasicNode> = cfg
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        if !cfg.join && !members.contains_key(&cfg.id) {
+            return Err(Error::Config(format!(
+                "--peers must list this replica ({}) too, or start it with --join to be added later",
+                cfg.id
+            )));
+        }
+        let mut groups = Vec::with_capacity(cfg.groups as usize);
+        for g in 0..cfg.groups {
+            let sm = GroupSm::open(&cfg.data_dir.join("groups").join(g.to_string()))?;
+            let fresh = log.group_is_empty(g) && !sm.has_snapshot();
+            let raft = Raft::new(
+                cfg.id,
+                config.clone(),
+                GroupNetworkFactory {
+                    peers: peers.clone(),
+                    group: g,
+                },
+                log.group(g),
+                SmStore(sm.clone()),
+            )
+            .await
+            .map_err(|e| Error::Raft(format!("group {g} failed to start: {e}")))?;
+            if fresh && !cfg.join {
+                // Every initial replica proposes the same first membership
+                // (log id 0), so it is safe that all of them do.
+                if let Err(e) = raft.initialize(members.clone()).await {
+                    tracing::debug!(group = g, error = %e, "initialize skipped");
+                }
+            }
+            groups.push(Rc::new(Group {
+                id: g,
+                raft,
+                sm,
+                last_leader_contact: Cell::new(None),
+                reads: RefCell::new(ReadBarrier::default()),
+            }));
+        }
+        Ok(Rc::new(Replica {
+            id: cfg.id,
+            advertise: cfg.advertise,
+            groups,
+            peers,
+            log,
+            started: Instant::now(),
+            seq: Cell::new(0),
+        }))
+    }
+
+    pub fn group_count(&self) -> u32 {
+        self.groups.len() as u32
+    }
+
+    /// Confirms this replica leads `group` with a quorum and that its state
+    /// machine has applied everything committed before the call.
+    pub async fn read_barrier(&self, group: &Rc<Group>) -> std::result::Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut b = group.reads.borrow_mut();
+            b.waiting.push(tx);
+            !std::mem::replace(&mut b.running, true)
+        };
+        if start {
+            let g = group.clone();
+            tokio::task::spawn_local(async move {
+                loop {
+                    let batch = {
+                        let mut b = g.reads.borrow_mut();
+                        if b.waiting.is_empty() {
+                            b.running = false;
+                            break;
+                        }
+                        std::mem::take(&mut b.waiting)
+                    };
+                    let r = g
+                        .raft
+                        .ensure_linearizable()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    for w in batch {
+                        let _ = w.send(r.clone());
+                    }
+                }
+            });
+        }
+        rx.await
+            .map_err(|_| "the read was dropped while shutting down".to_string())?
+    }
+
+    /// Stops every group and waits for the log to be durable.
+    pub async fn shutdown(&self) {
+        for g in &self.groups {
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(group = g.id, error = %e, "group did not stop cleanly");
+            }
+        }
+        if let Err(e) = self.log.sync().await {
+            tracing::error!(error = %e, "final log sync failed");
+        }
+    }
+}

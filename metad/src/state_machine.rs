@@ -1,0 +1,645 @@
+//! One group's state machine: keys with versions, leases, the node
+//! registry, and the results of recent writes (so a retried write applies
+//! once). Also its snapshots, on disk at `<data>/groups/<g>/snapshot.bin`.
+//!
+//! Invariants:
+//! - `apply` is deterministic: it reads no clock but the command's
+//!   `now_ms`, folded into a state-machine clock that never goes back.
+//! - A key's version is the log index that last wrote it, so versions grow
+//!   and a compare-and-set names exactly one state.
+//! - A lease is held by at most one holder at any state-machine time, and
+//!   every new grant of a name has a larger epoch than the last.
+//! - The snapshot file is replaced atomically (write, fsync, rename, fsync
+//!   directory) and carries a crc32c; a damaged one refuses to load.
+
+use crate::error::{Error, Result};
+use crate::limits::DEDUP_ENTRIES_MAX;
+use crate::types::{
+    Command, CommandResult, Entry, KeyWrite, LeaseState, LogId, Op, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig, WriteOutcome,
+};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"TSRSNAP1";
+const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 8;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeState {
+    pub addr: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub zone: String,
+    pub ttl_ms: u32,
+    /// State-machine time of the last register or heartbeat.
+    pub last_heartbeat_ms: u64,
+    pub registered_version: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+struct Dedup {
+    results: HashMap<(u64, u64), CommandResult>,
+    order: VecDeque<(u64, u64)>,
+}
+
+/// Everything a group's state machine holds (the snapshot's contents).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct SmData {
+    pub last_applied: Option<LogId>,
+    pub last_membership: StoredMembership,
+    pub kv: BTreeMap<Vec<u8>, Versioned>,
+    pub leases: BTreeMap<Vec<u8>, LeaseState>,
+    pub nodes: BTreeMap<String, NodeState>,
+    pub clock_ms: u64,
+    dedup: Dedup,
+}
+
+impl SmData {
+    fn version_of(&self, key: &[u8]) -> u64 {
+        self.kv.get(key).map_or(0, |v| v.version)
+    }
+
+    fn apply_writes(&mut self, index: u64, ops: &[KeyWrite]) -> CommandResult {
+        for (i, op) in ops.iter().enumerate() {
+            if let Some(expected) = op.expected {
+                let current = self.version_of(&op.key);
+                if current != expected {
+                    return CommandResult::Conflict { index: i, current };
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let previous_version = self.version_of(&op.key);
+            match &op.value {
+                Some(v) => {
+                    self.kv.insert(
+                        op.key.clone(),
+                        Versioned {
+                            value: v.clone(),
+                            version: index,
+                        },
+                    );
+                    out.push(WriteOutcome {
+                        version: index,
+                        previous_version,
+                    });
+                }
+                None => {
+                    self.kv.remove(&op.key);
+                    out.push(WriteOutcome {
+                        version: 0,
+                        previous_version,
+                    });
+                }
+            }
+        }
+        CommandResult::Written(out)
+    }
+
+    fn apply_op(&mut self, index: u64, op: &Op) -> CommandResult {
+        let now = self.clock_ms;
+        match op {
+            Op::Write(ops) => self.apply_writes(index, ops),
+            Op::AcquireLease {
+                name,
+                holder,
+                ttl_ms,
+            } => {
+                let cur = self.leases.get(name).cloned();
+                match cur {
+                    Some(l)
+                        if !l.holder.is_empty() && l.expires_at_ms > now && &l.holder != holder =>
+                    {
+                        CommandResult::Lease {
+                            ok: false,
+                            lease: l,
+                        }
+                    }
+                    Some(l) if !l.holder.is_empty() && l.expires_at_ms > now => {
+                        // The holder asking again: a renewal, same epoch.
+                        let lease = LeaseState {
+                            ttl_ms: *ttl_ms,
+                            expires_at_ms: now + *ttl_ms as u64,
+                            ..l
+                        };
+                        self.leases.insert(name.clone(), lease.clone());
+                        CommandResult::Lease { ok: true, lease }
+                    }
+                    other => {
+                        let epoch = other.map_or(0, |l| l.epoch) + 1;
+                        let lease = LeaseState {
+                            holder: holder.clone(),
+                            epoch,
+                            ttl_ms: *ttl_ms,
+                            expires_at_ms: now + *ttl_ms as u64,
+                        };
+                        self.leases.insert(name.clone(), lease.clone());
+                        CommandResult::Lease { ok: true, lease }
+                    }
+                }
+            }
+            Op::RenewLease {
+                name,
+                holder,
+                epoch,
+                ttl_ms,
+            } => match self.leases.get(name).cloned() {
+                Some(l) if &l.holder == holder && l.epoch == *epoch && l.expires_at_ms > now => {
+                    let lease = LeaseState {
+                        ttl_ms: *ttl_ms,
+                        expires_at_ms: now + *ttl_ms as u64,
+                        ..l
+                    };
+                    self.leases.insert(name.clone(), lease.clone());
+                    CommandResult::Lease { ok: true, lease }
+                }
+                Some(l) => CommandResult::Lease {
+                    ok: false,
+                    lease: l,
+                },
+                None => CommandResult::Lease {
+                    ok: false,
+                    lease: LeaseState {
+                        holder: Vec::new(),
+                        epoch: 0,
+                        ttl_ms: 0,
+                        expires_at_ms: 0,
+                    },
+                },
+            },
+            Op::ReleaseLease {
+                name,
+                holder,
+                epoch,
+            } => {
+                if let Some(l) = self.leases.get_mut(name) {
+                    if &l.holder == holder && l.epoch == *epoch {
+                        l.holder.clear();
+                        l.expires_at_ms = now;
+                    }
+                }
+                CommandResult::Done
+            }
+            Op::RegisterNode {
+                node_id,
+                addr,
+                capacity,
+                zone,
+                ttl_ms,
+            } => {
+                let used = self.nodes.get(node_id).map_or(0, |n| n.used);
+                self.nodes.insert(
+                    node_id.clone(),
+                    NodeState {
+                        addr: addr.clone(),
+                        capacity: *capacity,
+                        used,
+                        zone: zone.clone(),
+                        ttl_ms: *ttl_ms,
+                        last_heartbeat_ms: now,
+                        registered_version: index,
+                    },
+                );
+                CommandResult::Done
+            }
+            Op::Heartbeat {
+                node_id,
+                used,
+                capacity,
+            } => match self.nodes.get_mut(node_id) {
+                Some(n) => {
+                    n.used = *used;
+                    n.capacity = *capacity;
+                    n.last_heartbeat_ms = now;
+                    CommandResult::Done
+                }
+                None => CommandResult::Refused(format!(
+                    "node {node_id:?} is not registered: call registerNode first (or again, if the \
+                     registry was reset)"
+                )),
+            },
+        }
+    }
+
+    /// Applies one command at log `index`.
+    pub fn apply_command(&mut self, index: u64, cmd: &Command) -> CommandResult {
+        self.clock_ms = self.clock_ms.max(cmd.now_ms);
+        let rid = (cmd.client, cmd.seq);
+        if cmd.client != 0 {
+            if let Some(r) = self.dedup.results.get(&rid) {
+                return r.clone();
+            }
+        }
+        let result = self.apply_op(index, &cmd.op);
+        if cmd.client != 0 {
+            self.dedup.results.insert(rid, result.clone());
+            self.dedup.order.push_back(rid);
+            while self.dedup.order.len() > DEDUP_ENTRIES_MAX {
+                if let Some(old) = self.dedup.order.pop_front() {
+                    self.dedup.results.remove(&old);
+                }
+            }
+        }
+        result
+    }
+}
+
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// One group's state machine and its snapshot.
+pub struct GroupSm {
+    dir: PathBuf,
+    data: RefCell<SmData>,
+    current: RefCell<Option<StoredSnapshot>>,
+}
+
+fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
+    let body = bincode::serialize(&(meta, data)).expect("bincode into a Vec");
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn decode_snapshot(bytes: &[u8]) -> std::result::Result<(SnapshotMeta, Vec<u8>), String> {
+    if bytes.len() < SNAPSHOT_HEADER_BYTES || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err("it does not start with a snapshot header".into());
+    }
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default());
+    let len = u64::from_le_bytes(bytes[12..20].try_into().unwrap_or_default());
+    let body = &bytes[SNAPSHOT_HEADER_BYTES..];
+    if body.len() as u64 != len {
+        return Err(format!(
+            "the header says {len} bytes, the file has {}",
+            body.len()
+        ));
+    }
+    if crc32c::crc32c(body) != crc {
+        return Err("its crc32c does not match".into());
+    }
+    bincode::deserialize(body).map_err(|e| format!("it does not decode: {e}"))
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl GroupSm {
+    /// Opens the group's state machine in `dir`, loading its snapshot.
+    pub fn open(dir: &Path) -> Result<Rc<Self>> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join("snapshot.bin");
+        let (data, current) = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let (meta, raw) =
+                    decode_snapshot(&bytes).map_err(|reason| Error::SnapshotCorrupt {
+                        path: path.clone(),
+                        reason,
+                    })?;
+                let data: SmData =
+                    bincode::deserialize(&raw).map_err(|e| Error::SnapshotCorrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                (data, Some(StoredSnapshot { meta, data: raw }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (SmData::default(), None),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        Ok(Rc::new(GroupSm {
+            dir: dir.to_path_buf(),
+            data: RefCell::new(data),
+            current: RefCell::new(current),
+        }))
+    }
+
+    /// Reads the state (callers check leadership or staleness first).
+    pub fn with<R>(&self, f: impl FnOnce(&SmData) -> R) -> R {
+        f(&self.data.borrow())
+    }
+
+    pub fn has_snapshot(&self) -> bool {
+        self.current.borrow().is_some()
+    }
+
+    async fn persist(
+        &self,
+        meta: &SnapshotMeta,
+        raw: &[u8],
+    ) -> std::result::Result<(), StorageError> {
+        let bytes = encode_snapshot(meta, raw);
+        let path = self.dir.join("snapshot.bin");
+        let sig = meta.signature();
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| {
+                StorageIOError::write_snapshot(
+                    Some(sig.clone()),
+                    &std::io::Error::other(e.to_string()),
+                )
+            })?
+            .map_err(|e| StorageIOError::write_snapshot(Some(sig), &e))?;
+        Ok(())
+    }
+}
+
+/// The state machine handle openraft drives.
+#[derive(Clone)]
+pub struct SmStore(pub Rc<GroupSm>);
+
+impl RaftSnapshotBuilder<TypeConfig> for SmStore {
+    async fn build_snapshot(&mut self) -> std::result::Result<Snapshot<TypeConfig>, StorageError> {
+        let (raw, meta) = {
+            let d = self.0.data.borrow();
+            let raw =
+                bincode::serialize(&*d).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            let id = match d.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, d.clock_ms),
+                None => format!("empty-{}", d.clock_ms),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: d.last_applied,
+                last_membership: d.last_membership.clone(),
+                snapshot_id: id,
+            };
+            (raw, meta)
+        };
+        self.0.persist(&meta, &raw).await?;
+        *self.0.current.borrow_mut() = Some(StoredSnapshot {
+            meta: meta.clone(),
+            data: raw.clone(),
+        });
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(raw)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for SmStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> std::result::Result<(Option<LogId>, StoredMembership), StorageError> {
+        let d = self.0.data.borrow();
+        Ok((d.last_applied, d.last_membership.clone()))
+    }
+
+    async fn apply<I>(
+        &mut self,
+        entries: I,
+    ) -> std::result::Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry>,
+    {
+        let mut d = self.0.data.borrow_mut();
+        let mut out = Vec::new();
+        for e in entries {
+            d.last_applied = Some(e.log_id);
+            out.push(match e.payload {
+                EntryPayload::Blank => CommandResult::None,
+                EntryPayload::Normal(ref cmd) => d.apply_command(e.log_id.index, cmd),
+                EntryPayload::Membership(ref m) => {
+                    d.last_membership = StoredMembership::new(Some(e.log_id), m.clone());
+                    CommandResult::None
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> std::result::Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> std::result::Result<(), StorageError> {
+        let raw = snapshot.into_inner();
+        let data: SmData = bincode::deserialize(&raw)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        self.0.persist(meta, &raw).await?;
+        *self.0.data.borrow_mut() = data;
+        *self.0.current.borrow_mut() = Some(StoredSnapshot {
+            meta: meta.clone(),
+            data: raw,
+        });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> std::result::Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self.0.current.borrow().as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.data.clone())),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cmd(now_ms: u64, op: Op) -> Command {
+        Command {
+            client: 0,
+            seq: 0,
+            now_ms,
+            op,
+        }
+    }
+
+    fn acquire(holder: &str, ttl_ms: u32) -> Op {
+        Op::AcquireLease {
+            name: b"l".to_vec(),
+            holder: holder.as_bytes().to_vec(),
+            ttl_ms,
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum LeaseStep {
+        Acquire(u8, u32),
+        Renew(u8, u32),
+        Release(u8),
+        Advance(u64),
+    }
+
+    fn step() -> impl Strategy<Value = LeaseStep> {
+        prop_oneof![
+            (0u8..3, 100u32..2000).prop_map(|(h, t)| LeaseStep::Acquire(h, t)),
+            (0u8..3, 100u32..2000).prop_map(|(h, t)| LeaseStep::Renew(h, t)),
+            (0u8..3).prop_map(LeaseStep::Release),
+            (0u64..3000).prop_map(LeaseStep::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the sequence of lease calls and clock jumps: at any
+        /// time one holder at most, and a new holder always gets a larger
+        /// epoch than every earlier grant.
+        #[test]
+        fn one_holder_and_growing_epochs(steps in proptest::collection::vec(step(), 1..200)) {
+            let mut d = SmData::default();
+            let mut now = 1_000u64;
+            let mut last_grant: Option<(Vec<u8>, u64, u64)> = None; // holder, epoch, expires
+            let mut max_epoch = 0u64;
+            for (i, s) in steps.into_iter().enumerate() {
+                let idx = i as u64 + 1;
+                let holder = |h: u8| format!("h{h}").into_bytes();
+                let r = match s {
+                    LeaseStep::Advance(ms) => { now += ms; continue; }
+                    LeaseStep::Acquire(h, t) => d.apply_command(idx, &cmd(now, Op::AcquireLease { name: b"l".to_vec(), holder: holder(h), ttl_ms: t })),
+                    LeaseStep::Renew(h, t) => {
+                        let epoch = d.leases.get(&b"l"[..]).map_or(0, |l| l.epoch);
+                        d.apply_command(idx, &cmd(now, Op::RenewLease { name: b"l".to_vec(), holder: holder(h), epoch, ttl_ms: t }))
+                    }
+                    LeaseStep::Release(h) => {
+                        let epoch = d.leases.get(&b"l"[..]).map_or(0, |l| l.epoch);
+                        d.apply_command(idx, &cmd(now, Op::ReleaseLease { name: b"l".to_vec(), holder: holder(h), epoch }))
+                    }
+                };
+                if let CommandResult::Lease { ok: true, lease } = r {
+                    if let Some((h, e, exp)) = &last_grant {
+                        if *h != lease.holder {
+                            // A different holder only after the last one expired or released.
+                            let l = d.leases.get(&b"l"[..]).unwrap();
+                            prop_assert!(now >= *exp || l.epoch > *e);
+                            prop_assert!(lease.epoch > *e, "new holder must get a larger epoch");
+                        }
+                    }
+                    prop_assert!(lease.epoch >= max_epoch);
+                    max_epoch = lease.epoch;
+                    last_grant = Some((lease.holder.clone(), lease.epoch, lease.expires_at_ms));
+                }
+                if let Some(l) = d.leases.get(&b"l"[..]) {
+                    if l.holder.is_empty() { last_grant = None; }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn held_lease_refuses_another_holder_until_expiry() {
+        let mut d = SmData::default();
+        let r = d.apply_command(1, &cmd(1000, acquire("a", 500)));
+        assert!(matches!(r, CommandResult::Lease { ok: true, ref lease } if lease.epoch == 1));
+        let r = d.apply_command(2, &cmd(1400, acquire("b", 500)));
+        assert!(matches!(r, CommandResult::Lease { ok: false, .. }));
+        // A clock going back (a new leader behind the old one) does not
+        // shorten the lease.
+        let r = d.apply_command(3, &cmd(900, acquire("b", 500)));
+        assert!(matches!(r, CommandResult::Lease { ok: false, .. }));
+        let r = d.apply_command(4, &cmd(1501, acquire("b", 500)));
+        assert!(matches!(r, CommandResult::Lease { ok: true, ref lease } if lease.epoch == 2));
+    }
+
+    #[test]
+    fn batch_applies_all_or_nothing_and_retries_apply_once() {
+        let mut d = SmData::default();
+        let put = |k: &str, exp: Option<u64>| KeyWrite {
+            key: k.into(),
+            expected: exp,
+            value: Some(b"v".to_vec()),
+        };
+        let c = Command {
+            client: 7,
+            seq: 1,
+            now_ms: 1,
+            op: Op::Write(vec![put("a", Some(0)), put("b", None)]),
+        };
+        assert_eq!(
+            d.apply_command(5, &c),
+            CommandResult::Written(vec![
+                WriteOutcome {
+                    version: 5,
+                    previous_version: 0
+                },
+                WriteOutcome {
+                    version: 5,
+                    previous_version: 0
+                },
+            ])
+        );
+        // The same request again (a client retry): same answer, no new write.
+        assert_eq!(
+            d.apply_command(6, &c),
+            CommandResult::Written(vec![
+                WriteOutcome {
+                    version: 5,
+                    previous_version: 0
+                },
+                WriteOutcome {
+                    version: 5,
+                    previous_version: 0
+                },
+            ])
+        );
+        let c2 = Command {
+            client: 7,
+            seq: 2,
+            now_ms: 1,
+            op: Op::Write(vec![put("b", None), put("a", Some(0))]),
+        };
+        assert_eq!(
+            d.apply_command(7, &c2),
+            CommandResult::Conflict {
+                index: 1,
+                current: 5
+            }
+        );
+        assert_eq!(d.kv[&b"b"[..]].version, 5, "a failed batch writes nothing");
+    }
+
+    #[test]
+    fn damaged_snapshot_refuses_to_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SnapshotMeta::default();
+        let raw = bincode::serialize(&SmData::default()).unwrap();
+        let mut bytes = encode_snapshot(&meta, &raw);
+        write_atomic(&dir.path().join("snapshot.bin"), &bytes).unwrap();
+        assert!(GroupSm::open(dir.path()).is_ok());
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        write_atomic(&dir.path().join("snapshot.bin"), &bytes).unwrap();
+        let err = GroupSm::open(dir.path()).err().expect("must refuse");
+        assert!(err.to_string().contains("crc32c"), "{err}");
+    }
+}

@@ -1,0 +1,119 @@
+//! The raft type configuration and the commands the state machine applies.
+//!
+//! A [`Command`] is what a leader proposes: the operation, the leader's
+//! wall-clock time (the state machine's only clock, so every replica decides
+//! lease expiry the same way) and an optional request id for retries.
+
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+/// A replica's id; also its raft node id in every group.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Metad's raft types: commands in, results out, nodes are addresses.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+
+/// A proposal. `client == 0` means no retry protection.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub client: u64,
+    pub seq: u64,
+    /// The proposing leader's wall clock, milliseconds since the Unix epoch.
+    pub now_ms: u64,
+    pub op: Op,
+}
+
+/// One key write; `value == None` deletes.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct KeyWrite {
+    pub key: Vec<u8>,
+    /// Required current version (0 = absent), or any.
+    pub expected: Option<u64>,
+    pub value: Option<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// All preconditions hold and all writes apply, or nothing does.
+    Write(Vec<KeyWrite>),
+    AcquireLease {
+        name: Vec<u8>,
+        holder: Vec<u8>,
+        ttl_ms: u32,
+    },
+    RenewLease {
+        name: Vec<u8>,
+        holder: Vec<u8>,
+        epoch: u64,
+        ttl_ms: u32,
+    },
+    ReleaseLease {
+        name: Vec<u8>,
+        holder: Vec<u8>,
+        epoch: u64,
+    },
+    RegisterNode {
+        node_id: String,
+        addr: String,
+        capacity: u64,
+        zone: String,
+        ttl_ms: u32,
+    },
+    Heartbeat {
+        node_id: String,
+        used: u64,
+        capacity: u64,
+    },
+}
+
+/// What a key write did.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub version: u64,
+    pub previous_version: u64,
+}
+
+/// A lease as the state machine holds it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    /// Empty when released or never granted.
+    pub holder: Vec<u8>,
+    pub epoch: u64,
+    pub ttl_ms: u32,
+    /// State-machine time the lease runs out.
+    pub expires_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum CommandResult {
+    /// Raft's own entries (blank, membership).
+    None,
+    Written(Vec<WriteOutcome>),
+    /// Op `index` of the batch failed its precondition: the key's version
+    /// is `current`.
+    Conflict {
+        index: usize,
+        current: u64,
+    },
+    Lease {
+        ok: bool,
+        lease: LeaseState,
+    },
+    /// The operation was refused; the text says why.
+    Refused(String),
+    Done,
+}

@@ -1,0 +1,204 @@
+//! The Metad API end to end on three real replicas.
+
+mod harness;
+
+use harness::{run_local, Cluster};
+use std::time::Duration;
+use tessera_metad::client::{ClientOptions, Consistency, MetaClient, WriteSpec};
+use tessera_metad::error::{Error, RemoteKind};
+
+#[test]
+fn keys_versions_cas_batches_lists_and_errors() {
+    let cluster = Cluster::start(3, 4);
+    run_local(async {
+        let c = MetaClient::connect(&cluster.addrs, ClientOptions::default())
+            .await
+            .expect("connect");
+        assert_eq!(c.groups(), 4);
+        let v1 = c.put(b"a", b"1").await.expect("put");
+        assert!(v1 > 0);
+        let got = c
+            .get(b"a", Consistency::Linearizable)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((got.value.as_slice(), got.version), (&b"1"[..], v1));
+        // Compare-and-set: the right version wins, a stale one conflicts.
+        let v2 = c.put_if(b"a", b"2", v1).await.expect("cas");
+        assert!(v2 > v1);
+        match c.put_if(b"a", b"3", v1).await {
+            Err(Error::Remote {
+                kind: RemoteKind::Conflict,
+                message,
+            }) => assert!(message.contains("version"), "{message}"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        // Create-only.
+        assert!(c.put_if(b"fresh", b"x", 0).await.is_ok());
+        assert!(matches!(
+            c.put_if(b"fresh", b"x", 0).await,
+            Err(Error::Remote {
+                kind: RemoteKind::Conflict,
+                ..
+            })
+        ));
+        // Batches are atomic within a hash tag.
+        let ops = vec![
+            WriteSpec {
+                key: b"u/{al}/1".to_vec(),
+                expected: Some(0),
+                value: Some(b"x".to_vec()),
+            },
+            WriteSpec {
+                key: b"u/{al}/2".to_vec(),
+                expected: Some(0),
+                value: Some(b"y".to_vec()),
+            },
+        ];
+        c.batch(&ops).await.expect("batch");
+        match c.batch(&ops).await {
+            Err(Error::Remote {
+                kind: RemoteKind::Conflict,
+                ..
+            }) => {}
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        let spanning: Vec<WriteSpec> = (0..16)
+            .map(|i| WriteSpec {
+                key: format!("k{i}").into_bytes(),
+                expected: None,
+                value: Some(b"v".to_vec()),
+            })
+            .collect();
+        match c.batch(&spanning).await {
+            Err(Error::Remote {
+                kind: RemoteKind::InvalidArgument,
+                message,
+            }) => assert!(message.contains("hash tag"), "{message}"),
+            other => panic!("expected invalid argument, got {other:?}"),
+        }
+        // List merges every group in key order, with paging.
+        for i in 0..50u32 {
+            c.put(format!("list/{i:03}").as_bytes(), b"v")
+                .await
+                .unwrap();
+        }
+        let (page, more) = c.list(b"list/", b"", 20).await.unwrap();
+        assert!(more);
+        let keys: Vec<String> = page
+            .iter()
+            .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
+            .collect();
+        let want: Vec<String> = (0..20).map(|i| format!("list/{i:03}")).collect();
+        assert_eq!(keys, want);
+        let (page2, more2) = c
+            .list(b"list/", page.last().unwrap().0.as_slice(), 100)
+            .await
+            .unwrap();
+        assert_eq!(page2.len(), 30);
+        assert!(!more2);
+        // Delete.
+        assert_eq!(c.delete(b"a", None).await.unwrap(), v2);
+        assert_eq!(c.get(b"a", Consistency::Linearizable).await.unwrap(), None);
+        // Follower reads (bounded staleness) see a write acknowledged a moment ago.
+        c.put(b"f", b"1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let f = c
+            .get(
+                b"f",
+                Consistency::Follower {
+                    max_staleness: Duration::from_secs(2),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(f.map(|v| v.value), Some(b"1".to_vec()));
+        // Limits are refused with what to do.
+        let big = vec![0u8; tessera_metad::limits::VALUE_LEN_MAX_BYTES + 1];
+        match c.put(b"big", &big).await {
+            Err(Error::Remote {
+                kind: RemoteKind::TooLarge,
+                message,
+            }) => assert!(message.contains("at most"), "{message}"),
+            other => panic!("expected too large, got {other:?}"),
+        }
+        match c.put(b"", b"v").await {
+            Err(Error::Remote {
+                kind: RemoteKind::InvalidArgument,
+                message,
+            }) => assert!(message.contains("empty"), "{message}"),
+            other => panic!("expected invalid argument, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn node_registry_and_leases() {
+    let cluster = Cluster::start(3, 2);
+    run_local(async {
+        let c = MetaClient::connect(&cluster.addrs, ClientOptions::default())
+            .await
+            .expect("connect");
+        // Heartbeat before registering is refused clearly.
+        match c.heartbeat("n1", 0, 100).await {
+            Err(Error::Remote {
+                kind: RemoteKind::InvalidArgument,
+                message,
+            }) => assert!(message.contains("registerNode"), "{message}"),
+            other => panic!("expected invalid argument, got {other:?}"),
+        }
+        c.register_node(
+            "n1",
+            "127.0.0.1:9001",
+            1 << 40,
+            "z1",
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap();
+        c.register_node(
+            "n2",
+            "127.0.0.1:9002",
+            1 << 40,
+            "z2",
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap();
+        let nodes = c.list_nodes().await.unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert!(nodes.iter().all(|n| n.live));
+        // n1 keeps heartbeating, n2 goes quiet: n2 turns dead.
+        for _ in 0..8 {
+            c.heartbeat("n1", 5, 1 << 40).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let nodes = c.list_nodes().await.unwrap();
+        let n1 = nodes.iter().find(|n| n.node_id == "n1").unwrap();
+        let n2 = nodes.iter().find(|n| n.node_id == "n2").unwrap();
+        assert!(n1.live && n1.used == 5);
+        assert!(!n2.live, "{n2:?}");
+
+        // Leases: one holder, epochs grow, expiry lets another take over.
+        let ttl = Duration::from_millis(400);
+        let (ok, a) = c.acquire_lease(b"healer", b"A", ttl).await.unwrap();
+        assert!(ok);
+        let (ok, seen) = c.acquire_lease(b"healer", b"B", ttl).await.unwrap();
+        assert!(!ok);
+        assert_eq!(seen.holder, b"A");
+        let (ok, r) = c.renew_lease(b"healer", b"A", a.epoch, ttl).await.unwrap();
+        assert!(ok && r.epoch == a.epoch);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (ok, b) = c.acquire_lease(b"healer", b"B", ttl).await.unwrap();
+        assert!(ok, "expired lease must be takeable");
+        assert!(
+            b.epoch > a.epoch,
+            "a new holder gets a larger epoch (fencing)"
+        );
+        let (ok, _) = c.renew_lease(b"healer", b"A", a.epoch, ttl).await.unwrap();
+        assert!(!ok, "the old holder cannot renew");
+        c.release_lease(b"healer", b"B", b.epoch).await.unwrap();
+        let (ok, c2) = c.acquire_lease(b"healer", b"A", ttl).await.unwrap();
+        assert!(ok && c2.epoch > b.epoch);
+    });
+}

@@ -1,0 +1,164 @@
+# The Metad interface: one metadata replica (metad) seen from the network.
+# Metadata is split into G raft groups by a hash of the key; a call about a
+# key goes to the leader of that key's group. A replica that is not the
+# leader answers `notLeader` with the leader's id and address (when known),
+# and the client retries there.
+#
+# Errors: every call that can fail returns `error :Error`; a null `error`
+# means success. Transport failures surface as Cap'n Proto exceptions.
+#
+# Limits (mirrored as constants in tessera-metad::limits):
+#   key length         1..=1024 bytes
+#   value length       <= 256 KiB
+#   batch              <= 128 operations and <= 1 MiB of keys and values
+#   list page          <= 10000 items
+#   lease name         1..=256 bytes; holder 1..=256 bytes; ttl 100 ms..=10 min
+#   raft message       <= 64 MiB (snapshot chunks are smaller)
+
+@0xd4c1f0a6e0b3a27d;
+
+struct Error {
+  kind @0 :Kind;
+  message @1 :Text;
+  leaderId @2 :UInt64;      # notLeader: the leader's replica id, 0 if unknown
+  leaderAddr @3 :Text;      # notLeader: the leader's client address, empty if unknown
+
+  enum Kind {
+    invalidArgument @0;  # a malformed or oversized request; the message names the limit
+    notLeader @1;        # retry at leaderAddr (or any replica if it is empty)
+    unavailable @2;      # no quorum, shutting down, or the group is electing; retry later
+    conflict @3;         # a compare-and-set precondition failed; nothing was written
+    tooLarge @4;         # over a limit named in the message
+    internal @5;         # a bug: please report it
+    stale @6;            # a follower read could not meet the staleness bound
+  }
+}
+
+struct KeyValue {
+  key @0 :Data;
+  value @1 :Data;
+  version @2 :UInt64;   # the group's log index that last wrote this key (> 0)
+}
+
+# How a read may be served.
+enum ReadMode {
+  linearizable @0;   # by the leader, after confirming leadership with a quorum
+  follower @1;       # by any replica whose state is at most maxStalenessMs old
+}
+
+# Makes a retried write apply once: the replica remembers the result of
+# recent (client, seq) pairs and answers a retry with it. client 0 = none.
+struct RequestId {
+  client @0 :UInt64;
+  seq @1 :UInt64;
+}
+
+# A write inside a batch, or alone.
+struct WriteOp {
+  key @0 :Data;
+  # The precondition: `any` writes unconditionally; `version` requires the
+  # key's current version to equal `expectedVersion` (0 = must not exist).
+  condition @1 :Condition;
+  expectedVersion @2 :UInt64;
+  union {
+    put @3 :Data;      # the new value
+    delete @4 :Void;
+  }
+  enum Condition {
+    any @0;
+    version @1;
+  }
+}
+
+struct WriteResult {
+  version @0 :UInt64;        # the version the key now has (0 after a delete)
+  previousVersion @1 :UInt64; # its version before (0 if it did not exist)
+}
+
+struct Lease {
+  name @0 :Data;
+  holder @1 :Data;
+  epoch @2 :UInt64;          # fencing token: grows with every new grant of this name
+  ttlMillis @3 :UInt32;
+  expiresInMillis @4 :UInt32; # from the leader's clock when this answer was made
+}
+
+struct NodeRecord {
+  nodeId @0 :Text;
+  addr @1 :Text;
+  capacityBytes @2 :UInt64;
+  usedBytes @3 :UInt64;
+  live @4 :Bool;             # its heartbeat lease has not expired
+  lastHeartbeatAgoMillis @5 :UInt64;
+  registeredVersion @6 :UInt64;
+  zone @7 :Text;
+}
+
+struct GroupStatus {
+  group @0 :UInt32;
+  leaderId @1 :UInt64;       # 0 if unknown
+  term @2 :UInt64;
+  lastLogIndex @3 :UInt64;
+  appliedIndex @4 :UInt64;
+  snapshotIndex @5 :UInt64;
+  voters @6 :List(UInt64);
+  learners @7 :List(UInt64);
+  isLeader @8 :Bool;
+}
+
+struct ReplicaInfo {
+  replicaId @0 :UInt64;
+  clientAddr @1 :Text;
+  groups @2 :UInt32;
+  version @3 :Text;
+  uptimeSecs @4 :UInt64;
+  peers @5 :List(Peer);
+  struct Peer {
+    id @0 :UInt64;
+    addr @1 :Text;
+  }
+}
+
+interface Metad {
+  # Keys and values.
+  get @0 (key :Data, mode :ReadMode, maxStalenessMs :UInt32)
+      -> (error :Error, found :Bool, kv :KeyValue);
+  # One write (put or delete, optionally compare-and-set).
+  write @1 (op :WriteOp, rid :RequestId) -> (error :Error, result :WriteResult);
+  # Writes applied atomically: all preconditions hold and all writes apply,
+  # or nothing does. Every key must be in the same group: use the same hash
+  # tag (the part between the first `{` and the next `}`) in each key.
+  batch @2 (ops :List(WriteOp), rid :RequestId) -> (error :Error, results :List(WriteResult));
+  # Keys with `prefix`, after `startAfter`, in key order, from this call's
+  # group (the client merges groups). `more` says the page was cut at limit.
+  list @3 (group :UInt32, prefix :Data, startAfter :Data, limit :UInt32, mode :ReadMode)
+      -> (error :Error, items :List(KeyValue), more :Bool);
+
+  # Node registry: a node registers, then heartbeats before ttlMillis runs out.
+  registerNode @4 (nodeId :Text, addr :Text, capacityBytes :UInt64, zone :Text, ttlMillis :UInt32)
+      -> (error :Error);
+  heartbeat @5 (nodeId :Text, usedBytes :UInt64, capacityBytes :UInt64)
+      -> (error :Error);
+  listNodes @6 () -> (error :Error, nodes :List(NodeRecord));
+
+  # Leases with fencing epochs.
+  acquireLease @7 (name :Data, holder :Data, ttlMillis :UInt32, rid :RequestId)
+      -> (error :Error, granted :Bool, lease :Lease);
+  renewLease @8 (name :Data, holder :Data, epoch :UInt64, ttlMillis :UInt32, rid :RequestId)
+      -> (error :Error, renewed :Bool, lease :Lease);
+  releaseLease @9 (name :Data, holder :Data, epoch :UInt64, rid :RequestId) -> (error :Error);
+  getLease @10 (name :Data) -> (error :Error, held :Bool, lease :Lease);
+
+  # Operators.
+  status @11 () -> (error :Error, replica :ReplicaInfo, groups :List(GroupStatus));
+  # Adds a replica to `group` as a learner, waits for it to catch up, then
+  # makes it a voter; or removes it. Sent to the group's leader.
+  addVoter @12 (group :UInt32, replicaId :UInt64, addr :Text) -> (error :Error);
+  removeVoter @13 (group :UInt32, replicaId :UInt64) -> (error :Error);
+  # Takes a snapshot of every group this replica hosts and purges the log.
+  snapshot @14 () -> (error :Error);
+
+  # Replica to replica: one raft message of `group`, bincode-encoded by
+  # tessera-metad (kind: 0 append, 1 vote, 2 install snapshot chunk).
+  raft @15 (group :UInt32, kind :UInt8, payload :Data) -> (payload :Data);
+}
