@@ -5,6 +5,7 @@
 mod chunkd_bench;
 mod engine_bench;
 mod fio;
+mod metad_bench;
 mod report;
 
 use anyhow::Result;
@@ -30,6 +31,12 @@ struct Cli {
     /// split between them; each has its own connections).
     #[arg(long, global = true, default_value_t = 1)]
     client_executors: usize,
+    /// Raft groups metad splits its keys into in `metad`.
+    #[arg(long, global = true, default_value_t = 8)]
+    metad_groups: u32,
+    /// Skip the etcd side of `metad` (Tessera's figures only).
+    #[arg(long, global = true)]
+    no_etcd: bool,
     /// Directory for the data files (engine and fio share its file system).
     #[arg(long, global = true, default_value = "/tmp/tessera-bench")]
     dir: PathBuf,
@@ -43,6 +50,8 @@ enum Cmd {
     Engine,
     /// A chunkd process over loopback against the engine's own figures.
     Chunkd,
+    /// Three metad replicas against three etcd members, one after the other.
+    Metad,
 }
 
 fn main() -> Result<()> {
@@ -64,6 +73,16 @@ fn main() -> Result<()> {
             };
             plan.client_executors = cli.client_executors.max(1);
             chunkd_bench::run(&cli.dir, &plan, cli.shards)?
+        }
+        Cmd::Metad => {
+            let mut plan = if cli.quick {
+                metad_bench::Plan::quick()
+            } else {
+                metad_bench::Plan::full()
+            };
+            plan.groups = cli.metad_groups;
+            plan.with_etcd = !cli.no_etcd;
+            metad_bench::run(&cli.dir, &plan)?
         }
     };
     if cli.json {

@@ -39,3 +39,11 @@ pub const LOG_RECORD_MAX_BYTES: usize = 256 << 20;
 pub const MESSAGE_TRAVERSAL_LIMIT_WORDS: usize = (RAFT_MESSAGE_MAX_BYTES / 8) * 2;
 /// Most client connections one replica serves at once.
 pub const CONNECTIONS_MAX: usize = 4096;
+/// Most commands one raft entry carries (below `VERSIONS_PER_ENTRY`).
+pub const PROPOSAL_COMMANDS_MAX: usize = 1024;
+/// A raft entry stops taking commands past this many key and value bytes
+/// (one command always fits).
+pub const PROPOSAL_BYTES_MAX: usize = 1 << 20;
+/// Entries of one group submitted to raft and not yet applied. While they
+/// are in flight new commands gather into the next entry.
+pub const PROPOSALS_INFLIGHT_MAX: usize = 2;

@@ -492,11 +492,13 @@ impl SharedLog {
             )));
         }
         encode_record(&mut inner.pending, rec);
+        // A record nobody waits for (committed id, truncation, purge) rides
+        // with the next flush instead of costing an fdatasync of its own.
         if let Some(w) = waiter {
             inner.waiters.push(w);
+            drop(inner);
+            self.wake.notify_one();
         }
-        drop(inner);
-        self.wake.notify_one();
         Ok(())
     }
 
@@ -610,7 +612,20 @@ fn writer_thread(dir: PathBuf, mut file: File, jobs: std::sync::mpsc::Receiver<J
             Job::Append { bytes, done } => {
                 let res = match &failed {
                     Some(why) => Err(io::Error::other(why.clone())),
-                    None => file.write_all(&bytes).and_then(|_| file.sync_data()),
+                    None => {
+                        let t = std::time::Instant::now();
+                        let r = file.write_all(&bytes).and_then(|_| file.sync_data());
+                        if let Some(d) = std::env::var_os("TESSERA_TRACE_FSYNC") {
+                            use std::io::Write as _;
+                            let p = std::path::Path::new(&d)
+                                .join(format!("fsync-{}.log", std::process::id()));
+                            if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(p)
+                            {
+                                let _ = writeln!(f, "{} {}", bytes.len(), t.elapsed().as_micros());
+                            }
+                        }
+                        r
+                    }
                 };
                 (done, res)
             }
@@ -771,7 +786,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Command, KeyWrite, Op};
+    use crate::types::{Command, KeyWrite, Op, Proposal};
     use openraft::{CommittedLeaderId, EntryPayload};
     use proptest::prelude::*;
 
@@ -783,7 +798,7 @@ mod tests {
         let value = vec![index as u8; (index % 97) as usize * 13];
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Command {
+            payload: EntryPayload::Normal(Proposal(vec![Command {
                 client: 0,
                 seq: 0,
                 now_ms: 0,
@@ -792,7 +807,7 @@ mod tests {
                     expected: None,
                     value: Some(value),
                 }]),
-            }),
+            }])),
         }
     }
 

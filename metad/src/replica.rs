@@ -13,14 +13,16 @@
 //! not started with `join`.
 
 use crate::error::{Error, Result};
+use crate::limits::{PROPOSALS_INFLIGHT_MAX, PROPOSAL_BYTES_MAX, PROPOSAL_COMMANDS_MAX};
 use crate::log_store::SharedLog;
 use crate::net::{GroupNetworkFactory, Peers};
 use crate::state_machine::{GroupSm, SmStore};
-use crate::types::{NodeId, Raft};
+use crate::types::{Command, CommandResult, NodeId, Op, Proposal, Raft};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -84,6 +86,39 @@ pub struct ReadBarrier {
     waiting: Vec<oneshot::Sender<std::result::Result<(), String>>>,
 }
 
+/// Why a proposal failed.
+#[derive(Debug, Clone)]
+pub enum ProposeError {
+    /// This replica stopped leading the group.
+    NotLeader,
+    /// The group stopped (shutdown or a storage failure).
+    Stopped(String),
+    /// Anything else (a bug).
+    Other(String),
+}
+
+type Pending = (
+    Command,
+    oneshot::Sender<std::result::Result<CommandResult, ProposeError>>,
+);
+
+/// Commands waiting to be proposed, and how many proposals are in flight.
+#[derive(Default)]
+pub struct Proposals {
+    queue: VecDeque<(Pending, usize)>,
+    inflight: usize,
+}
+
+fn command_bytes(c: &Command) -> usize {
+    match &c.op {
+        Op::Write(ws) => ws
+            .iter()
+            .map(|w| w.key.len() + w.value.as_ref().map_or(0, |v| v.len()))
+            .sum(),
+        _ => 64,
+    }
+}
+
 /// One group on this replica.
 pub struct Group {
     pub id: u32,
@@ -93,6 +128,91 @@ pub struct Group {
     /// reads use it to bound staleness).
     pub last_leader_contact: Cell<Option<Instant>>,
     pub reads: RefCell<ReadBarrier>,
+    pub proposals: RefCell<Proposals>,
+}
+
+impl Group {
+    /// Proposes `cmd` and returns its result once applied. Commands that
+    /// arrive while [`PROPOSALS_INFLIGHT_MAX`] entries are in flight are
+    /// gathered into one entry (group commit).
+    pub async fn propose(
+        self: &Rc<Self>,
+        cmd: Command,
+    ) -> std::result::Result<CommandResult, ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        let bytes = command_bytes(&cmd);
+        let start = {
+            let mut p = self.proposals.borrow_mut();
+            p.queue.push_back(((cmd, tx), bytes));
+            if p.inflight < PROPOSALS_INFLIGHT_MAX {
+                p.inflight += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if start {
+            let g = self.clone();
+            tokio::task::spawn_local(async move { g.proposer().await });
+        }
+        rx.await
+            .map_err(|_| ProposeError::Stopped("the group stopped while proposing".into()))?
+    }
+
+    async fn proposer(self: Rc<Self>) {
+        loop {
+            let batch: Vec<Pending> = {
+                let mut p = self.proposals.borrow_mut();
+                let mut out = Vec::new();
+                let mut bytes = 0usize;
+                while let Some((_, b)) = p.queue.front() {
+                    if !out.is_empty()
+                        && (out.len() >= PROPOSAL_COMMANDS_MAX || bytes + b > PROPOSAL_BYTES_MAX)
+                    {
+                        break;
+                    }
+                    bytes += b;
+                    let (pending, _) = p.queue.pop_front().expect("front exists");
+                    out.push(pending);
+                }
+                if out.is_empty() {
+                    p.inflight -= 1;
+                    return;
+                }
+                out
+            };
+            let (cmds, txs): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            match self.raft.client_write(Proposal(cmds)).await {
+                Ok(resp) if resp.data.len() == txs.len() => {
+                    for (tx, r) in txs.into_iter().zip(resp.data) {
+                        let _ = tx.send(Ok(r));
+                    }
+                }
+                Ok(resp) => {
+                    let e = ProposeError::Other(format!(
+                        "{} results for {} commands",
+                        resp.data.len(),
+                        txs.len()
+                    ));
+                    for tx in txs {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    let e = match e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+                            ProposeError::NotLeader
+                        }
+                        RaftError::APIError(e) => ProposeError::Other(e.to_string()),
+                        RaftError::Fatal(e) => ProposeError::Stopped(e.to_string()),
+                    };
+                    for tx in txs {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
 }
 
 pub struct Replica {
@@ -238,6 +358,7 @@ impl Replica {
                 sm,
                 last_leader_contact: Cell::new(None),
                 reads: RefCell::new(ReadBarrier::default()),
+                proposals: RefCell::new(Proposals::default()),
             }));
         }
         Ok(Rc::new(Replica {

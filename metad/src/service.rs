@@ -10,7 +10,7 @@
 use crate::keys::{group_of, SYSTEM_GROUP};
 use crate::limits::*;
 use crate::net::{decode, encode, KIND_APPEND, KIND_SNAPSHOT, KIND_VOTE};
-use crate::replica::{Group, Replica};
+use crate::replica::{Group, ProposeError, Replica};
 use crate::types::{Command, CommandResult, KeyWrite, LeaseState, NodeId, Op, TypeConfig};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{
@@ -303,15 +303,13 @@ impl MetadService {
             now_ms: wall_ms(),
             op,
         };
-        match g.raft.client_write(cmd).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(self.not_leader(g))
-            }
-            Err(RaftError::APIError(e)) => {
+        match g.propose(cmd).await {
+            Ok(r) => Ok(r),
+            Err(ProposeError::NotLeader) => Err(self.not_leader(g)),
+            Err(ProposeError::Other(e)) => {
                 Err(fail(ErrorKind::Internal, format!("unexpected: {e}")))
             }
-            Err(RaftError::Fatal(e)) => Err(fail(
+            Err(ProposeError::Stopped(e)) => Err(fail(
                 ErrorKind::Unavailable,
                 format!(
                     "group {} on replica {} stopped: {e}; retry on another replica",

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::limits::DEDUP_ENTRIES_MAX;
 use crate::types::{
     Command, CommandResult, Entry, KeyWrite, LeaseState, LogId, Op, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig, WriteOutcome,
+    StoredMembership, TypeConfig, WriteOutcome, VERSIONS_PER_ENTRY,
 };
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
@@ -234,8 +234,9 @@ impl SmData {
         }
     }
 
-    /// Applies one command at log `index`.
-    pub fn apply_command(&mut self, index: u64, cmd: &Command) -> CommandResult {
+    /// Applies one command; a key it writes gets `version`.
+    pub fn apply_command(&mut self, version: u64, cmd: &Command) -> CommandResult {
+        let index = version;
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
         let rid = (cmd.client, cmd.seq);
         if cmd.client != 0 {
@@ -415,7 +416,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
     async fn apply<I>(
         &mut self,
         entries: I,
-    ) -> std::result::Result<Vec<CommandResult>, StorageError>
+    ) -> std::result::Result<Vec<Vec<CommandResult>>, StorageError>
     where
         I: IntoIterator<Item = Entry>,
     {
@@ -424,11 +425,17 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         for e in entries {
             d.last_applied = Some(e.log_id);
             out.push(match e.payload {
-                EntryPayload::Blank => CommandResult::None,
-                EntryPayload::Normal(ref cmd) => d.apply_command(e.log_id.index, cmd),
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(ref p) => {
+                    let base = e.log_id.index.saturating_mul(VERSIONS_PER_ENTRY);
+                    p.0.iter()
+                        .enumerate()
+                        .map(|(i, cmd)| d.apply_command(base + i as u64, cmd))
+                        .collect()
+                }
                 EntryPayload::Membership(ref m) => {
                     d.last_membership = StoredMembership::new(Some(e.log_id), m.clone());
-                    CommandResult::None
+                    Vec::new()
                 }
             });
         }

@@ -13,8 +13,8 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// Metad's raft types: commands in, results out, nodes are addresses.
     pub TypeConfig:
-        D = Command,
-        R = CommandResult,
+        D = Proposal,
+        R = Vec<CommandResult>,
         NodeId = NodeId,
         Node = openraft::BasicNode,
 );
@@ -27,7 +27,18 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 
-/// A proposal. `client == 0` means no retry protection.
+/// What one raft entry carries: the commands a leader gathered while its
+/// previous entries were being written (openraft 0.9 writes one entry's
+/// log IO at a time, so batching here is what makes group commit work).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Proposal(pub Vec<Command>);
+
+/// Versions per log entry: the command at position `p` of the entry at
+/// log index `i` writes version `i * VERSIONS_PER_ENTRY + p`, so versions
+/// are unique and grow even when one entry holds many commands.
+pub const VERSIONS_PER_ENTRY: u64 = 4096;
+
+/// One command. `client == 0` means no retry protection.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Command {
     pub client: u64,

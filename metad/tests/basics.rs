@@ -1,5 +1,6 @@
 //! The Metad API end to end on three real replicas.
 
+#[path = "support/harness.rs"]
 mod harness;
 
 use harness::{run_local, Cluster};

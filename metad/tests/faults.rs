@@ -3,7 +3,9 @@
 //! a replica that catches up by snapshot, membership changes under load,
 //! and leases across leader changes.
 
+#[path = "support/checker.rs"]
 mod checker;
+#[path = "support/harness.rs"]
 mod harness;
 
 use checker::{Call, Op, Ret};
