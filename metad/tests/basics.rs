@@ -203,3 +203,41 @@ fn node_registry_and_leases() {
         assert!(ok && c2.epoch > b.epoch);
     });
 }
+
+#[test]
+fn five_replicas_serve_with_two_down() {
+    let mut cluster = Cluster::start(5, 2);
+    run_local(async {
+        let c = MetaClient::connect(&cluster.addrs, ClientOptions::default())
+            .await
+            .expect("connect");
+        for i in 0..20u32 {
+            c.put(format!("five/{i}").as_bytes(), b"v").await.unwrap();
+        }
+        let s = c.status_of(&cluster.addrs[0]).await.unwrap();
+        assert!(
+            s.groups.iter().all(|g| g.voters.len() == 5),
+            "{:?}",
+            s.groups
+        );
+        // Any two down: a quorum of three remains.
+        cluster.kill(0);
+        cluster.kill(3);
+        let c = MetaClient::connect(&cluster.addrs, ClientOptions::default())
+            .await
+            .expect("connect");
+        for i in 0..20u32 {
+            let k = format!("five/{i}");
+            assert!(
+                c.get(k.as_bytes(), Consistency::Linearizable)
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "{k}"
+            );
+        }
+        c.put(b"five/after", b"v")
+            .await
+            .expect("writes go on with 3 of 5");
+    });
+}
