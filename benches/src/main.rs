@@ -52,6 +52,8 @@ enum Cmd {
     Chunkd,
     /// Three metad replicas against three etcd members, one after the other.
     Metad,
+    /// WAL appends on three metad replicas against fio's fdatasync rate.
+    Wal,
 }
 
 fn main() -> Result<()> {
@@ -83,6 +85,15 @@ fn main() -> Result<()> {
             plan.groups = cli.metad_groups;
             plan.with_etcd = !cli.no_etcd;
             metad_bench::run(&cli.dir, &plan)?
+        }
+        Cmd::Wal => {
+            let mut plan = if cli.quick {
+                metad_bench::Plan::quick()
+            } else {
+                metad_bench::Plan::full()
+            };
+            plan.groups = cli.metad_groups;
+            metad_bench::run_wal(&cli.dir, &plan)?
         }
     };
     if cli.json {

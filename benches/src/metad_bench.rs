@@ -177,8 +177,8 @@ fn metad_binary() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// The four phases against Tessera's metad.
-fn run_metad(dir: &Path, plan: &Plan) -> Result<[Phase; 4]> {
+/// Starts `plan.replicas` metad processes with fresh data directories.
+fn start_metad(dir: &Path, plan: &Plan) -> Result<(Vec<Proc>, Vec<u64>, Vec<String>)> {
     let bin = metad_binary()?;
     let ids: Vec<u64> = (1..=plan.replicas as u64).collect();
     let addrs: Vec<String> = ids
@@ -223,6 +223,12 @@ fn run_metad(dir: &Path, plan: &Plan) -> Result<[Phase; 4]> {
         std::thread::spawn(move || for _ in lines {});
         procs.push(Proc(child));
     }
+    Ok((procs, ids, addrs))
+}
+
+/// The four phases against Tessera's metad.
+fn run_metad(dir: &Path, plan: &Plan) -> Result<[Phase; 4]> {
+    let (procs, ids, addrs) = start_metad(dir, plan)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -465,6 +471,108 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<Report> {
             peer.map(|p| p.p99_ms),
             "etcd p99, same run (lower is better)",
         );
+    }
+    Ok(r)
+}
+
+/// `tessera-bench wal`: appends of 4 KiB and 64 KiB at 1, 16 and 64 in
+/// flight against three metad replicas (4 WAL partitions), next to fio's
+/// 4 KiB write + fdatasync at queue depth 1 on the same file system, same
+/// run. A background consumer finishes appended entries every 20 ms (as
+/// gateways would), so the partitions never reach their byte limit.
+pub fn run_wal(dir: &Path, plan: &Plan) -> Result<Report> {
+    std::fs::create_dir_all(dir)?;
+    crate::fio::ensure_fio()?;
+    let fio_file = dir.join("wal-fio.dat");
+    let fio = crate::fio::run(
+        "fsync4k",
+        &fio_file,
+        &[
+            "--rw=write",
+            "--bs=4k",
+            "--iodepth=1",
+            "--fdatasync=1",
+            "--size=256m",
+            "--time_based",
+            &format!("--runtime={}", plan.duration.as_secs().max(2)),
+        ],
+    )?;
+    let _ = std::fs::remove_file(&fio_file);
+    eprintln!("fio 4 KiB write+fdatasync QD1: {:.0} IOPS", fio.iops);
+    let (procs, ids, addrs) = start_metad(dir, plan)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let phases = tokio::task::LocalSet::new().block_on(&rt, async {
+        use tessera_metad::client::{ClientOptions, MetaClient};
+        let c = MetaClient::connect(&addrs, ClientOptions::default()).await?;
+        let parts = c.wal_partitions().max(1);
+        for p in 0..parts {
+            c.wal_append(p, "bench", b"warm", false).await?;
+        }
+        let done: Rc<RefCell<Vec<(u32, u64)>>> = Rc::default();
+        let stop = Rc::new(std::cell::Cell::new(false));
+        let finisher = {
+            let (c, done, stop) = (c.clone(), done.clone(), stop.clone());
+            tokio::task::spawn_local(async move {
+                while !stop.get() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let batch = std::mem::take(&mut *done.borrow_mut());
+                    for p in 0..parts {
+                        let offs: Vec<u64> =
+                            batch.iter().filter(|x| x.0 == p).map(|x| x.1).collect();
+                        for chunk in offs.chunks(5000) {
+                            let _ = c.wal_finish(p, chunk).await;
+                        }
+                    }
+                }
+            })
+        };
+        let mut out = Vec::new();
+        for size in [4usize << 10, 64 << 10] {
+            for conc in [1usize, 16, 64] {
+                let (c, done) = (c.clone(), done.clone());
+                let payload = Rc::new(vec![0xA5u8; size]);
+                let ph = closed_loop(plan, conc, move |seed| {
+                    let (c, done, payload) = (c.clone(), done.clone(), payload.clone());
+                    async move {
+                        let p = (seed as u32).wrapping_add((seed >> 40) as u32) % parts;
+                        match c.wal_append(p, "bench", &payload, false).await {
+                            Ok(off) => {
+                                done.borrow_mut().push((p, off));
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                })
+                .await;
+                eprintln!("  wal append {} KiB c{conc}: {ph:?}", size >> 10);
+                out.push((size, conc, ph));
+            }
+        }
+        stop.set(true);
+        let _ = finisher.await;
+        Ok::<_, anyhow::Error>(out)
+    })?;
+    drop(procs);
+    for id in &ids {
+        let _ = std::fs::remove_dir_all(dir.join(format!("metad-{id}")));
+    }
+    let mut r = Report::default();
+    for (size, conc, ph) in phases {
+        let name = format!("append_{}kib_c{conc}", size >> 10);
+        r.add(
+            &name,
+            ph.ops_per_sec,
+            "ops/s",
+            Some(fio.iops),
+            format!(
+                "fio 4 KiB write+fdatasync QD1, same run; p50 {:.1} ms; errors {}",
+                ph.p50_ms, ph.errors
+            ),
+        );
+        r.add(&format!("{name}_p99"), ph.p99_ms, "ms", None, "");
     }
     Ok(r)
 }

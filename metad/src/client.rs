@@ -101,6 +101,9 @@ pub struct GroupInfo {
 #[derive(Debug, Clone)]
 pub struct ReplicaStatus {
     pub replica_id: u64,
+    /// Metadata groups (the first `meta_groups` entries of `groups`).
+    pub meta_groups: u32,
+    pub wal_partitions: u32,
     pub addr: String,
     pub groups: Vec<GroupInfo>,
     pub peers: Vec<(u64, String)>,
@@ -137,6 +140,7 @@ fn remote_kind(k: wire_error::Kind) -> RemoteKind {
         wire_error::Kind::TooLarge => RemoteKind::TooLarge,
         wire_error::Kind::Internal => RemoteKind::Internal,
         wire_error::Kind::Stale => RemoteKind::Stale,
+        wire_error::Kind::Full => RemoteKind::Full,
     }
 }
 
@@ -173,6 +177,7 @@ pub struct MetaClient {
     conns: RefCell<HashMap<String, metad::Client>>,
     leaders: RefCell<Vec<Option<String>>>,
     groups: u32,
+    wal_partitions: u32,
     client_id: u64,
     seq: Cell<u64>,
     next_seed: Cell<usize>,
@@ -191,6 +196,7 @@ impl MetaClient {
             conns: RefCell::new(HashMap::new()),
             leaders: RefCell::new(Vec::new()),
             groups: 0,
+            wal_partitions: 0,
             client_id: rand::random::<u64>() | 1,
             seq: Cell::new(0),
             next_seed: Cell::new(0),
@@ -205,7 +211,8 @@ impl MetaClient {
                 match c.status_of(addr).await {
                     Ok(s) => {
                         let mut c = c;
-                        c.groups = s.groups.len() as u32;
+                        c.groups = s.meta_groups;
+                        c.wal_partitions = s.wal_partitions;
                         *c.leaders.borrow_mut() = vec![None; s.groups.len()];
                         for (_, a) in &s.peers {
                             if !c.seeds.borrow().contains(a) {
@@ -697,6 +704,8 @@ impl MetaClient {
                 }
                 Ok::<_, Attempt>(ReplicaStatus {
                     replica_id: rep.get_replica_id(),
+                    meta_groups: rep.get_groups(),
+                    wal_partitions: rep.get_wal_partitions(),
                     addr: rep.get_client_addr()?.to_string().unwrap_or_default(),
                     groups,
                     peers,
@@ -728,7 +737,7 @@ impl MetaClient {
     /// Adds replica `id` at `addr` as a voter of every group (each group's
     /// leader copies its state to it first).
     pub async fn add_voter(&self, id: u64, addr: &str) -> Result<()> {
-        for g in 0..self.groups {
+        for g in 0..self.groups + self.wal_partitions {
             self.call(g, |c| async move {
                 let mut req = c.add_voter_request();
                 {
@@ -751,7 +760,7 @@ impl MetaClient {
 
     /// Removes replica `id` from every group's voters.
     pub async fn remove_voter(&self, id: u64) -> Result<()> {
-        for g in 0..self.groups {
+        for g in 0..self.groups + self.wal_partitions {
             let r = self
                 .call(g, |c| async move {
                     let mut req = c.remove_voter_request();
@@ -808,4 +817,203 @@ impl MetaClient {
             },
         })
     }
+
+    /// The number of WAL partitions.
+    pub fn wal_partitions(&self) -> u32 {
+        self.wal_partitions
+    }
+
+    fn wal_group(&self, partition: u32) -> Result<u32> {
+        if partition >= self.wal_partitions {
+            return Err(Error::Config(format!(
+                "WAL partition {partition} does not exist (the cluster has {})",
+                self.wal_partitions
+            )));
+        }
+        Ok(self.groups + partition)
+    }
+
+    /// Appends `data` to WAL `partition` for `gateway`; returns its offset
+    /// once a quorum holds it durably. A retry after a lost reply returns
+    /// the same offset (it is not appended twice).
+    pub async fn wal_append(
+        &self,
+        partition: u32,
+        gateway: &str,
+        data: &[u8],
+        is_intent: bool,
+    ) -> Result<u64> {
+        let g = self.wal_group(partition)?;
+        let (client, seq) = self.next_rid();
+        self.call(g, |c| async move {
+            let mut req = c.wal_append_request();
+            {
+                let mut p = req.get();
+                p.set_partition(partition);
+                p.set_gateway(gateway);
+                p.set_data(data);
+                p.set_is_intent(is_intent);
+                let mut rid = p.init_rid();
+                rid.set_client(client);
+                rid.set_seq(seq);
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            Ok(r.get_offset())
+        })
+        .await
+    }
+
+    /// Reads entries of `partition` from offset `from`. Returns the entries,
+    /// the offset to continue from, and the first offset not yet truncated.
+    pub async fn wal_read(
+        &self,
+        partition: u32,
+        from: u64,
+        limit: u32,
+        unfinished_only: bool,
+    ) -> Result<(Vec<WalEntry>, u64, u64)> {
+        let g = self.wal_group(partition)?;
+        self.call(g, |c| async move {
+            let mut req = c.wal_read_request();
+            {
+                let mut p = req.get();
+                p.set_partition(partition);
+                p.set_from(from);
+                p.set_limit(limit);
+                p.set_max_bytes(crate::limits::WAL_READ_BYTES_MAX);
+                p.set_unfinished_only(unfinished_only);
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            let mut out = Vec::new();
+            for e in r.get_entries()?.iter() {
+                out.push(WalEntry {
+                    offset: e.get_offset(),
+                    gateway: e.get_gateway()?.to_string().unwrap_or_default(),
+                    data: e.get_data()?.to_vec(),
+                    is_intent: e.get_is_intent(),
+                    finished: e.get_finished(),
+                });
+            }
+            Ok((out, r.get_next(), r.get_truncated_before()))
+        })
+        .await
+    }
+
+    /// Marks entries finished; returns the first offset not truncated.
+    pub async fn wal_finish(&self, partition: u32, offsets: &[u64]) -> Result<u64> {
+        let g = self.wal_group(partition)?;
+        let (client, seq) = self.next_rid();
+        self.call(g, |c| async move {
+            let mut req = c.wal_finish_request();
+            {
+                let mut p = req.get();
+                p.set_partition(partition);
+                let mut l = p.reborrow().init_offsets(offsets.len() as u32);
+                for (i, o) in offsets.iter().enumerate() {
+                    l.set(i as u32, *o);
+                }
+                let mut rid = p.init_rid();
+                rid.set_client(client);
+                rid.set_seq(seq);
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            Ok(r.get_truncated_before())
+        })
+        .await
+    }
+
+    /// Moves `from`'s unfinished entries of `partition` to `to`.
+    pub async fn wal_claim(&self, partition: u32, from: &str, to: &str) -> Result<u64> {
+        let g = self.wal_group(partition)?;
+        let (client, seq) = self.next_rid();
+        self.call(g, |c| async move {
+            let mut req = c.wal_claim_request();
+            {
+                let mut p = req.get();
+                p.set_partition(partition);
+                p.set_from_gateway(from);
+                p.set_to_gateway(to);
+                let mut rid = p.init_rid();
+                rid.set_client(client);
+                rid.set_seq(seq);
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            Ok(r.get_claimed())
+        })
+        .await
+    }
+
+    /// Records `gateway`'s consumer position in `partition`.
+    pub async fn wal_set_position(&self, partition: u32, gateway: &str, offset: u64) -> Result<()> {
+        let g = self.wal_group(partition)?;
+        self.call(g, |c| async move {
+            let mut req = c.wal_set_position_request();
+            {
+                let mut p = req.get();
+                p.set_partition(partition);
+                p.set_gateway(gateway);
+                p.set_offset(offset);
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())
+        })
+        .await
+    }
+
+    /// A partition's (next offset, first untruncated offset, unfinished
+    /// entries, unfinished bytes, consumer positions).
+    pub async fn wal_status(&self, partition: u32) -> Result<WalStatus> {
+        let g = self.wal_group(partition)?;
+        self.call(g, |c| async move {
+            let mut req = c.wal_status_request();
+            req.get().set_partition(partition);
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            let mut positions = Vec::new();
+            for p in r.get_positions()?.iter() {
+                positions.push((
+                    p.get_gateway()?.to_string().unwrap_or_default(),
+                    p.get_offset(),
+                ));
+            }
+            Ok(WalStatus {
+                next_offset: r.get_next_offset(),
+                truncated_before: r.get_truncated_before(),
+                unfinished: r.get_unfinished(),
+                unfinished_bytes: r.get_unfinished_bytes(),
+                positions,
+            })
+        })
+        .await
+    }
+}
+
+/// One WAL entry as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalEntry {
+    pub offset: u64,
+    pub gateway: String,
+    pub data: Vec<u8>,
+    pub is_intent: bool,
+    pub finished: bool,
+}
+
+/// A WAL partition's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalStatus {
+    pub next_offset: u64,
+    pub truncated_before: u64,
+    pub unfinished: u64,
+    pub unfinished_bytes: u64,
+    pub positions: Vec<(String, u64)>,
 }

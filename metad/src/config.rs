@@ -19,6 +19,7 @@ pub struct FileConfig {
     /// "1=127.0.0.1:7101,2=..." or a table.
     pub peers: Option<BTreeMap<String, String>>,
     pub groups: Option<u32>,
+    pub wal_partitions: Option<u32>,
     pub join: Option<bool>,
     #[serde(default)]
     pub raft: RaftTuning,

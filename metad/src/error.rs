@@ -59,6 +59,8 @@ pub enum RemoteKind {
     TooLarge,
     Internal,
     Stale,
+    /// A WAL partition is at its limit of unfinished bytes.
+    Full,
 }
 
 impl Error {

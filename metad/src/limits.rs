@@ -47,3 +47,17 @@ pub const PROPOSAL_BYTES_MAX: usize = 1 << 20;
 /// Entries of one group submitted to raft and not yet applied. While they
 /// are in flight new commands gather into the next entry.
 pub const PROPOSALS_INFLIGHT_MAX: usize = 2;
+/// Largest WAL entry (request or intent), in bytes; larger objects log
+/// their intent and rely on their shards.
+pub const WAL_DATA_MAX_BYTES: usize = 1 << 20;
+/// Unfinished bytes one WAL partition holds before appends get `full`
+/// (back-pressure instead of unbounded memory: the state machine keeps
+/// unfinished entries in memory and in its snapshots).
+pub const WAL_PARTITION_UNFINISHED_BYTES_MAX: u64 = 256 << 20;
+/// Most entries and bytes one WAL read returns.
+pub const WAL_READ_ENTRIES_MAX: u32 = 10_000;
+pub const WAL_READ_BYTES_MAX: u32 = 16 << 20;
+/// Most WAL partitions.
+pub const WAL_PARTITIONS_MAX: u32 = 64;
+/// Most offsets one finish call names.
+pub const WAL_FINISH_OFFSETS_MAX: usize = 10_000;

@@ -464,6 +464,18 @@ impl SharedLog {
         )
     }
 
+    /// The index of `group`'s last entry (0 if none).
+    pub fn last_index(&self, group: u32) -> u64 {
+        let inner = self.inner.borrow();
+        let g = &inner.groups[group as usize];
+        g.entries
+            .keys()
+            .next_back()
+            .copied()
+            .or(g.purged.map(|p| p.index))
+            .unwrap_or(0)
+    }
+
     /// The store raft uses for `group`.
     pub fn group(self: &Rc<Self>, group: u32) -> GroupLogStore {
         GroupLogStore {

@@ -43,6 +43,9 @@ struct Args {
     /// Raft groups (fixed when the data directory is created).
     #[arg(long)]
     groups: Option<u32>,
+    /// WAL partitions (fixed when the data directory is created).
+    #[arg(long)]
+    wal_partitions: Option<u32>,
     /// Start empty and wait to be added with addVoter.
     #[arg(long)]
     join: bool,
@@ -86,6 +89,10 @@ fn main() -> anyhow::Result<()> {
         advertise: advertise.clone(),
         peers,
         groups: args.groups.or(file.groups).unwrap_or(GROUPS_DEFAULT),
+        wal_partitions: args
+            .wal_partitions
+            .or(file.wal_partitions)
+            .unwrap_or(tessera_metad::replica::WAL_PARTITIONS_DEFAULT),
         join: args.join || file.join.unwrap_or(false),
         raft: file.raft,
     };

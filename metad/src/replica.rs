@@ -6,6 +6,13 @@
 //! <data>/identity.toml    replica id and group count (fixed at creation)
 //! <data>/log/seg-*.log    the raft log of every group (see log_store)
 //! <data>/groups/<g>/      group g's snapshot
+//! <data>/wal-log/seg-*.log the raft log of every WAL partition (its own
+//!                         file set and writer thread: WAL appends never
+//!                         queue behind metadata flushes, nor the reverse)
+//! <data>/groups/wal-<p>/  WAL partition p's snapshot
+//! ```
+//! Raft group ids: metadata groups are 0..G, WAL partition p is G + p.
+//! ```text
 //! ```
 //! Invariants: a replica never starts with an id or group count other than
 //! the ones its directory was created with; a group is initialised (given
@@ -66,6 +73,8 @@ pub struct ReplicaConfig {
     /// once the groups exist.
     pub peers: BTreeMap<NodeId, String>,
     pub groups: u32,
+    /// WAL partitions (raft groups of their own, after the metadata groups).
+    pub wal_partitions: u32,
     /// Start empty and wait to be added (do not initialise groups).
     pub join: bool,
     pub raft: RaftTuning,
@@ -75,7 +84,19 @@ pub struct ReplicaConfig {
 struct Identity {
     replica_id: NodeId,
     groups: u32,
+    #[serde(default = "default_wal_partitions")]
+    wal_partitions: u32,
 }
+
+/// WAL partitions unless configured.
+pub const WAL_PARTITIONS_DEFAULT: u32 = 4;
+
+fn default_wal_partitions() -> u32 {
+    WAL_PARTITIONS_DEFAULT
+}
+
+/// How long a read waits for a restarted replica to apply its old log.
+const RESTART_CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Coalesces linearizable reads: one leadership confirmation at a time per
 /// group; reads arriving while one runs wait for the next, which serves
@@ -129,6 +150,13 @@ pub struct Group {
     pub last_leader_contact: Cell<Option<Instant>>,
     pub reads: RefCell<ReadBarrier>,
     pub proposals: RefCell<Proposals>,
+    /// The last log index this replica had when it started. Until its state
+    /// machine has applied that far it serves no linearizable read: openraft
+    /// 0.9 restores a restarted leader as leader at once, and its committed
+    /// id (written lazily) may be behind what was committed before the
+    /// crash; reading before re-committing its tail would be stale.
+    pub startup_last_index: u64,
+    pub caught_up: Cell<bool>,
 }
 
 impl Group {
@@ -218,15 +246,19 @@ impl Group {
 pub struct Replica {
     pub id: NodeId,
     pub advertise: String,
+    /// Metadata groups, then WAL partitions.
     pub groups: Vec<Rc<Group>>,
+    pub meta_groups: u32,
+    pub wal_partitions: u32,
     pub peers: Rc<Peers>,
     pub log: Rc<SharedLog>,
+    pub wal_log: Rc<SharedLog>,
     pub started: Instant,
     /// The client id this replica uses for requests it makes itself.
     pub seq: Cell<u64>,
 }
 
-fn check_identity(dir: &Path, id: NodeId, groups: u32) -> Result<()> {
+fn check_identity(dir: &Path, id: NodeId, groups: u32, wal_partitions: u32) -> Result<()> {
     let path = dir.join("identity.toml");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -252,6 +284,16 @@ fn check_identity(dir: &Path, id: NodeId, groups: u32) -> Result<()> {
                     ),
                 });
             }
+            if ident.wal_partitions != wal_partitions {
+                return Err(Error::Identity {
+                    path,
+                    reason: format!(
+                        "it was created with {} WAL partitions and cannot change to {wal_partitions}: start \
+                         with --wal-partitions {}",
+                        ident.wal_partitions, ident.wal_partitions
+                    ),
+                });
+            }
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -259,8 +301,9 @@ fn check_identity(dir: &Path, id: NodeId, groups: u32) -> Result<()> {
             let text = toml::to_string(&Identity {
                 replica_id: id,
                 groups,
+                wal_partitions,
             })
-            .expect("toml of two integers");
+            .expect("toml of three integers");
             let tmp = dir.join("identity.toml.tmp");
             std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
             std::fs::File::open(&tmp)
@@ -276,15 +319,26 @@ fn check_identity(dir: &Path, id: NodeId, groups: u32) -> Result<()> {
     }
 }
 
-fn raft_config(t: &RaftTuning) -> Result<Arc<Config>> {
+fn raft_config(t: &RaftTuning, wal: bool) -> Result<Arc<Config>> {
+    // A WAL entry can be a megabyte: its groups snapshot (and so purge
+    // their in-memory log) ten times as often.
+    let div = if wal { 10 } else { 1 };
     let c = Config {
-        cluster_name: "tessera-metad".into(),
+        cluster_name: if wal {
+            "tessera-wal".into()
+        } else {
+            "tessera-metad".into()
+        },
         heartbeat_interval: t.heartbeat_ms,
         election_timeout_min: t.election_timeout_min_ms,
         election_timeout_max: t.election_timeout_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_after_entries),
-        max_in_snapshot_log_to_keep: t.entries_kept_after_snapshot,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast((t.snapshot_after_entries / div).max(1)),
+        max_in_snapshot_log_to_keep: t.entries_kept_after_snapshot / div,
         install_snapshot_timeout: 2000,
+        // One append RPC carries at most this many entries; a WAL entry can
+        // hold 1 MiB of commands, and a message over the 64 MiB raft
+        // message limit would be refused by the follower.
+        max_payload_entries: if wal { 16 } else { 300 },
         ..Default::default()
     };
     Ok(Arc::new(c.validate().map_err(|e| {
@@ -308,15 +362,31 @@ impl Replica {
                 "replica ids start at 1 (0 means \"unknown\" on the wire)".into(),
             ));
         }
-        check_identity(&cfg.data_dir, cfg.id, cfg.groups)?;
+        if cfg.wal_partitions > crate::limits::WAL_PARTITIONS_MAX {
+            return Err(Error::Config(format!(
+                "WAL partitions must be 0..={}, got {}",
+                crate::limits::WAL_PARTITIONS_MAX,
+                cfg.wal_partitions
+            )));
+        }
+        check_identity(&cfg.data_dir, cfg.id, cfg.groups, cfg.wal_partitions)?;
         let (log, report) = SharedLog::open(&cfg.data_dir.join("log"), cfg.groups)?;
+        let (wal_log, wal_report) =
+            SharedLog::open(&cfg.data_dir.join("wal-log"), cfg.wal_partitions.max(1))?;
+        tracing::info!(
+            segments = wal_report.segments,
+            records = wal_report.records,
+            torn = wal_report.torn_tail_bytes,
+            "WAL log replayed"
+        );
         tracing::info!(
             segments = report.segments,
             records = report.records,
             torn = report.torn_tail_bytes,
             "log replayed"
         );
-        let config = raft_config(&cfg.raft)?;
+        let config = raft_config(&cfg.raft, false)?;
+        let wal_config = raft_config(&cfg.raft, true)?;
         let peers = Rc::new(Peers::default());
         let members: BTreeMap<NodeId, BasicNode> = cfg
             .peers
@@ -329,18 +399,26 @@ impl Replica {
                 cfg.id
             )));
         }
-        let mut groups = Vec::with_capacity(cfg.groups as usize);
-        for g in 0..cfg.groups {
-            let sm = GroupSm::open(&cfg.data_dir.join("groups").join(g.to_string()))?;
-            let fresh = log.group_is_empty(g) && !sm.has_snapshot();
+        let total = cfg.groups + cfg.wal_partitions;
+        let mut groups = Vec::with_capacity(total as usize);
+        for g in 0..total {
+            let is_wal = g >= cfg.groups;
+            let (glog, local, dir, conf) = if is_wal {
+                let p = g - cfg.groups;
+                (&wal_log, p, format!("wal-{p}"), &wal_config)
+            } else {
+                (&log, g, g.to_string(), &config)
+            };
+            let sm = GroupSm::open(&cfg.data_dir.join("groups").join(dir))?;
+            let fresh = glog.group_is_empty(local) && !sm.has_snapshot();
             let raft = Raft::new(
                 cfg.id,
-                config.clone(),
+                conf.clone(),
                 GroupNetworkFactory {
                     peers: peers.clone(),
                     group: g,
                 },
-                log.group(g),
+                glog.group(local),
                 SmStore(sm.clone()),
             )
             .await
@@ -359,21 +437,36 @@ impl Replica {
                 last_leader_contact: Cell::new(None),
                 reads: RefCell::new(ReadBarrier::default()),
                 proposals: RefCell::new(Proposals::default()),
+                startup_last_index: glog.last_index(local),
+                caught_up: Cell::new(false),
             }));
         }
         Ok(Rc::new(Replica {
             id: cfg.id,
             advertise: cfg.advertise,
             groups,
+            meta_groups: cfg.groups,
+            wal_partitions: cfg.wal_partitions,
             peers,
             log,
+            wal_log,
             started: Instant::now(),
             seq: Cell::new(0),
         }))
     }
 
+    /// The number of metadata groups (keys hash over these).
     pub fn group_count(&self) -> u32 {
-        self.groups.len() as u32
+        self.meta_groups
+    }
+
+    /// The raft group of WAL partition `p`, if it exists.
+    pub fn wal_group(&self, p: u32) -> Option<&Rc<Group>> {
+        if p < self.wal_partitions {
+            self.groups.get((self.meta_groups + p) as usize)
+        } else {
+            None
+        }
     }
 
     /// Confirms this replica leads `group` with a quorum and that its state
@@ -397,12 +490,26 @@ impl Replica {
                         }
                         std::mem::take(&mut b.waiting)
                     };
-                    let r = g
+                    let mut r = g
                         .raft
                         .ensure_linearizable()
                         .await
                         .map(|_| ())
                         .map_err(|e| e.to_string());
+                    if r.is_ok() && !g.caught_up.get() {
+                        r = g
+                            .raft
+                            .wait(Some(RESTART_CATCH_UP_WAIT))
+                            .applied_index_at_least(
+                                Some(g.startup_last_index),
+                                "entries from before the restart",
+                            )
+                            .await
+                            .map(|_| g.caught_up.set(true))
+                            .map_err(|e| {
+                                format!("still applying the log from before the restart: {e}")
+                            });
+                    }
                     for w in batch {
                         let _ = w.send(r.clone());
                     }
@@ -420,8 +527,10 @@ impl Replica {
                 tracing::warn!(group = g.id, error = %e, "group did not stop cleanly");
             }
         }
-        if let Err(e) = self.log.sync().await {
-            tracing::error!(error = %e, "final log sync failed");
+        for log in [&self.log, &self.wal_log] {
+            if let Err(e) = log.sync().await {
+                tracing::error!(error = %e, "final log sync failed");
+            }
         }
     }
 }

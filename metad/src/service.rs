@@ -180,6 +180,25 @@ impl MetadService {
         MetadService { replica }
     }
 
+    fn meta_group(&self, g: u32) -> Result<&Rc<Group>, Failure> {
+        if g >= self.replica.group_count() {
+            return Err(invalid(format!(
+                "group {g} does not exist: this cluster has {} metadata groups",
+                self.replica.group_count()
+            )));
+        }
+        self.group(g)
+    }
+
+    fn wal(&self, p: u32) -> Result<&Rc<Group>, Failure> {
+        self.replica.wal_group(p).ok_or_else(|| {
+            invalid(format!(
+                "WAL partition {p} does not exist: this cluster has {} (0..{})",
+                self.replica.wal_partitions, self.replica.wal_partitions
+            ))
+        })
+    }
+
     fn group(&self, g: u32) -> Result<&Rc<Group>, Failure> {
         self.replica.groups.get(g as usize).ok_or_else(|| {
             invalid(format!(
@@ -502,7 +521,7 @@ impl metad::Server for MetadService {
         async move {
             let r = async {
                 let p = params.get()?;
-                let g = self.group(p.get_group())?.clone();
+                let g = self.meta_group(p.get_group())?.clone();
                 let prefix = p.get_prefix()?.to_vec();
                 let after = p.get_start_after()?.to_vec();
                 let limit = p.get_limit();
@@ -803,6 +822,7 @@ impl metad::Server for MetadService {
                 r.set_replica_id(rep.id);
                 r.set_client_addr(&rep.advertise);
                 r.set_groups(rep.group_count());
+                r.set_wal_partitions(rep.wal_partitions);
                 r.set_version(env!("CARGO_PKG_VERSION"));
                 r.set_uptime_secs(rep.started.elapsed().as_secs());
                 let m = rep.groups[0]
@@ -819,7 +839,7 @@ impl metad::Server for MetadService {
                     p.set_addr(addr);
                 }
             }
-            let mut l = b.init_groups(rep.group_count());
+            let mut l = b.init_groups(rep.groups.len() as u32);
             for (i, g) in rep.groups.iter().enumerate() {
                 let m = g.raft.metrics().borrow().clone();
                 let mut s = l.reborrow().get(i as u32);
@@ -976,6 +996,234 @@ impl metad::Server for MetadService {
                 }
             }
             respond!(results, r, |()| ())
+        }
+    }
+
+    fn wal_append(
+        self: Rc<Self>,
+        params: metad::WalAppendParams,
+        mut results: metad::WalAppendResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        async move {
+            let r = async {
+                let p = params.get()?;
+                let g = self.wal(p.get_partition())?.clone();
+                let gateway = p.get_gateway()?.to_str()?.to_string();
+                check_node_field("gateway", &gateway, false)?;
+                let data = p.get_data()?;
+                if data.len() > WAL_DATA_MAX_BYTES {
+                    return Err(fail(
+                        ErrorKind::TooLarge,
+                        format!(
+                            "a WAL entry of {} bytes is over the {WAL_DATA_MAX_BYTES}-byte limit: log the \
+                             object's intent (key, version id, size, hash, stripe plan) instead",
+                            data.len()
+                        ),
+                    ));
+                }
+                let (client, seq) = Self::rid(p.get_rid());
+                let op = Op::WalAppend { gateway, data: data.to_vec(), is_intent: p.get_is_intent() };
+                match self.propose(&g, client, seq, op).await? {
+                    CommandResult::WalAppended { offset } => Ok(offset),
+                    CommandResult::WalFull(why) => Err(fail(ErrorKind::Full, why)),
+                    other => Err(fail(ErrorKind::Internal, format!("unexpected result {other:?}"))),
+                }
+            }
+            .await;
+            respond!(results, r, |offset| results.get().set_offset(offset))
+        }
+    }
+
+    fn wal_read(
+        self: Rc<Self>,
+        params: metad::WalReadParams,
+        mut results: metad::WalReadResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        async move {
+            let r = async {
+                let p = params.get()?;
+                let g = self.wal(p.get_partition())?.clone();
+                let limit = p.get_limit();
+                if limit == 0 || limit > WAL_READ_ENTRIES_MAX {
+                    return Err(invalid(format!(
+                        "limit must be 1..={WAL_READ_ENTRIES_MAX}, got {limit}"
+                    )));
+                }
+                let max_bytes = p.get_max_bytes().clamp(1, WAL_READ_BYTES_MAX) as usize;
+                let from = p.get_from();
+                let unfinished_only = p.get_unfinished_only();
+                self.read_gate(&g, ReadMode::Linearizable, 0).await?;
+                Ok(g.sm.with(|d| {
+                    let w = &d.wal;
+                    let mut out = Vec::new();
+                    let mut bytes = 0usize;
+                    let mut next = from.max(w.truncated_before);
+                    let mut cut = false;
+                    for (o, rec) in w.entries.range(from..) {
+                        if out.len() as u32 >= limit
+                            || (!out.is_empty() && bytes + rec.data.len() > max_bytes)
+                        {
+                            cut = true;
+                            break;
+                        }
+                        next = o + 1;
+                        if unfinished_only && rec.finished {
+                            continue;
+                        }
+                        bytes += rec.data.len();
+                        out.push((*o, rec.clone()));
+                    }
+                    if !cut {
+                        next = w.next_offset.max(from);
+                    }
+                    (out, next, w.truncated_before)
+                }))
+            }
+            .await;
+            respond!(results, r, |(entries, next, truncated)| {
+                let mut b = results.get();
+                b.set_next(next);
+                b.set_truncated_before(truncated);
+                let mut l = b.init_entries(entries.len() as u32);
+                for (i, (o, rec)) in entries.iter().enumerate() {
+                    let mut e = l.reborrow().get(i as u32);
+                    e.set_offset(*o);
+                    e.set_gateway(&rec.gateway);
+                    e.set_data(&rec.data);
+                    e.set_is_intent(rec.is_intent);
+                    e.set_finished(rec.finished);
+                }
+            })
+        }
+    }
+
+    fn wal_finish(
+        self: Rc<Self>,
+        params: metad::WalFinishParams,
+        mut results: metad::WalFinishResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        async move {
+            let r = async {
+                let p = params.get()?;
+                let g = self.wal(p.get_partition())?.clone();
+                let list = p.get_offsets()?;
+                if list.len() as usize > WAL_FINISH_OFFSETS_MAX {
+                    return Err(fail(
+                        ErrorKind::TooLarge,
+                        format!(
+                            "{} offsets; at most {WAL_FINISH_OFFSETS_MAX} per call",
+                            list.len()
+                        ),
+                    ));
+                }
+                let offsets: Vec<u64> = list.iter().collect();
+                let (client, seq) = Self::rid(p.get_rid());
+                match self
+                    .propose(&g, client, seq, Op::WalFinish { offsets })
+                    .await?
+                {
+                    CommandResult::WalFinished { truncated_before } => Ok(truncated_before),
+                    other => Err(fail(
+                        ErrorKind::Internal,
+                        format!("unexpected result {other:?}"),
+                    )),
+                }
+            }
+            .await;
+            respond!(results, r, |t| results.get().set_truncated_before(t))
+        }
+    }
+
+    fn wal_claim(
+        self: Rc<Self>,
+        params: metad::WalClaimParams,
+        mut results: metad::WalClaimResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        async move {
+            let r = async {
+                let p = params.get()?;
+                let g = self.wal(p.get_partition())?.clone();
+                let from = p.get_from_gateway()?.to_str()?.to_string();
+                let to = p.get_to_gateway()?.to_str()?.to_string();
+                check_node_field("fromGateway", &from, false)?;
+                check_node_field("toGateway", &to, false)?;
+                let (client, seq) = Self::rid(p.get_rid());
+                match self
+                    .propose(&g, client, seq, Op::WalClaim { from, to })
+                    .await?
+                {
+                    CommandResult::WalClaimed { count } => Ok(count),
+                    other => Err(fail(
+                        ErrorKind::Internal,
+                        format!("unexpected result {other:?}"),
+                    )),
+                }
+            }
+            .await;
+            respond!(results, r, |n| results.get().set_claimed(n))
+        }
+    }
+
+    fn wal_set_position(
+        self: Rc<Self>,
+        params: metad::WalSetPositionParams,
+        mut results: metad::WalSetPositionResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        async move {
+            let r = async {
+                let p = params.get()?;
+                let g = self.wal(p.get_partition())?.clone();
+                let gateway = p.get_gateway()?.to_str()?.to_string();
+                check_node_field("gateway", &gateway, false)?;
+                let op = Op::WalSetPosition {
+                    gateway,
+                    offset: p.get_offset(),
+                };
+                self.propose(&g, 0, 0, op).await.map(|_| ())
+            }
+            .await;
+            respond!(results, r, |()| ())
+        }
+    }
+
+    fn wal_status(
+        self: Rc<Self>,
+        params: metad::WalStatusParams,
+        mut results: metad::WalStatusResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        async move {
+            let r = async {
+                let p = params.get()?;
+                let g = self.wal(p.get_partition())?.clone();
+                self.read_gate(&g, ReadMode::Linearizable, 0).await?;
+                Ok::<_, Failure>(g.sm.with(|d| {
+                    let w = &d.wal;
+                    let unfinished = w.entries.values().filter(|r| !r.finished).count() as u64;
+                    (
+                        w.next_offset,
+                        w.truncated_before,
+                        unfinished,
+                        w.unfinished_bytes,
+                        w.positions.clone(),
+                    )
+                }))
+            }
+            .await;
+            let parts = self.replica.wal_partitions;
+            respond!(results, r, |(next, trunc, unf, unf_bytes, positions)| {
+                let mut b = results.get();
+                b.set_next_offset(next);
+                b.set_truncated_before(trunc);
+                b.set_unfinished(unf);
+                b.set_unfinished_bytes(unf_bytes);
+                b.set_partitions(parts);
+                let mut l = b.init_positions(positions.len() as u32);
+                for (i, (gw, off)) in positions.iter().enumerate() {
+                    let mut e = l.reborrow().get(i as u32);
+                    e.set_gateway(gw);
+                    e.set_offset(*off);
+                }
+            })
         }
     }
 

@@ -13,7 +13,7 @@
 //!   directory) and carries a crc32c; a damaged one refuses to load.
 
 use crate::error::{Error, Result};
-use crate::limits::DEDUP_ENTRIES_MAX;
+use crate::limits::{DEDUP_ENTRIES_MAX, WAL_PARTITION_UNFINISHED_BYTES_MAX};
 use crate::types::{
     Command, CommandResult, Entry, KeyWrite, LeaseState, LogId, Op, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig, WriteOutcome, VERSIONS_PER_ENTRY,
@@ -54,6 +54,103 @@ struct Dedup {
     order: VecDeque<(u64, u64)>,
 }
 
+/// One WAL entry as the state machine holds it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WalRecord {
+    pub gateway: String,
+    pub data: Vec<u8>,
+    pub is_intent: bool,
+    pub finished: bool,
+}
+
+/// A WAL partition's state (empty in metadata groups).
+///
+/// Invariants: offsets are assigned from 1 without gaps; `entries` holds
+/// every offset in `truncated_before..next_offset`; only a finished prefix
+/// is ever removed; `unfinished_bytes` is the data of unfinished entries.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct WalState {
+    pub entries: BTreeMap<u64, WalRecord>,
+    pub next_offset: u64,
+    pub truncated_before: u64,
+    pub unfinished_bytes: u64,
+    pub positions: BTreeMap<String, u64>,
+}
+
+impl Default for WalState {
+    fn default() -> Self {
+        WalState {
+            entries: BTreeMap::new(),
+            next_offset: 1,
+            truncated_before: 1,
+            unfinished_bytes: 0,
+            positions: BTreeMap::new(),
+        }
+    }
+}
+
+impl WalState {
+    fn append(&mut self, gateway: &str, data: &[u8], is_intent: bool) -> CommandResult {
+        if self.unfinished_bytes + data.len() as u64 > WAL_PARTITION_UNFINISHED_BYTES_MAX {
+            return CommandResult::WalFull(format!(
+                "the partition holds {} unfinished bytes (limit {WAL_PARTITION_UNFINISHED_BYTES_MAX}); finish \
+                 entries or retry later",
+                self.unfinished_bytes
+            ));
+        }
+        let offset = self.next_offset;
+        self.next_offset += 1;
+        self.unfinished_bytes += data.len() as u64;
+        self.entries.insert(
+            offset,
+            WalRecord {
+                gateway: gateway.to_string(),
+                data: data.to_vec(),
+                is_intent,
+                finished: false,
+            },
+        );
+        CommandResult::WalAppended { offset }
+    }
+
+    fn finish(&mut self, offsets: &[u64]) -> CommandResult {
+        for o in offsets {
+            if let Some(r) = self.entries.get_mut(o) {
+                if !r.finished {
+                    r.finished = true;
+                    self.unfinished_bytes -= r.data.len() as u64;
+                }
+            }
+        }
+        // Truncate the finished prefix, never past an unfinished entry.
+        while let Some(e) = self.entries.first_entry() {
+            if !e.get().finished {
+                break;
+            }
+            let off = *e.key();
+            e.remove();
+            self.truncated_before = off + 1;
+        }
+        if self.entries.is_empty() {
+            self.truncated_before = self.next_offset;
+        }
+        CommandResult::WalFinished {
+            truncated_before: self.truncated_before,
+        }
+    }
+
+    fn claim(&mut self, from: &str, to: &str) -> CommandResult {
+        let mut count = 0;
+        for r in self.entries.values_mut() {
+            if !r.finished && r.gateway == from {
+                r.gateway = to.to_string();
+                count += 1;
+            }
+        }
+        CommandResult::WalClaimed { count }
+    }
+}
+
 /// Everything a group's state machine holds (the snapshot's contents).
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct SmData {
@@ -64,6 +161,8 @@ pub struct SmData {
     pub nodes: BTreeMap<String, NodeState>,
     pub clock_ms: u64,
     dedup: Dedup,
+    #[serde(default)]
+    pub wal: WalState,
 }
 
 impl SmData {
@@ -213,6 +312,17 @@ impl SmData {
                         registered_version: index,
                     },
                 );
+                CommandResult::Done
+            }
+            Op::WalAppend {
+                gateway,
+                data,
+                is_intent,
+            } => self.wal.append(gateway, data, *is_intent),
+            Op::WalFinish { offsets } => self.wal.finish(offsets),
+            Op::WalClaim { from, to } => self.wal.claim(from, to),
+            Op::WalSetPosition { gateway, offset } => {
+                self.wal.positions.insert(gateway.clone(), *offset);
                 CommandResult::Done
             }
             Op::Heartbeat {
@@ -559,6 +669,63 @@ mod tests {
                 if let Some(l) = d.leases.get(&b"l"[..]) {
                     if l.holder.is_empty() { last_grant = None; }
                 }
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum WalStep {
+        Append(u8, usize),
+        Finish(Vec<u64>),
+        Claim(u8, u8),
+    }
+
+    fn wal_step() -> impl Strategy<Value = WalStep> {
+        prop_oneof![
+            3 => (0u8..3, 0usize..64).prop_map(|(g, n)| WalStep::Append(g, n)),
+            2 => proptest::collection::vec(1u64..80, 0..8).prop_map(WalStep::Finish),
+            1 => (0u8..3, 0u8..3).prop_map(|(a, b)| WalStep::Claim(a, b)),
+        ]
+    }
+
+    proptest! {
+        /// Truncation never drops an unfinished entry; offsets are gap-free;
+        /// the unfinished byte count is exact; a retried append applies once.
+        #[test]
+        fn wal_never_drops_unfinished_entries(steps in proptest::collection::vec(wal_step(), 1..120)) {
+            let mut d = SmData::default();
+            let mut unfinished: BTreeMap<u64, (String, usize)> = BTreeMap::new();
+            let mut seq = 0u64;
+            for s in steps {
+                seq += 1;
+                match s {
+                    WalStep::Append(g, n) => {
+                        let c = Command { client: 9, seq, now_ms: 0, op: Op::WalAppend { gateway: format!("g{g}"), data: vec![7; n], is_intent: false } };
+                        let r = d.apply_command(seq, &c);
+                        let again = d.apply_command(seq + 1_000_000, &c);
+                        prop_assert_eq!(&r, &again, "a retried append must return the same offset");
+                        if let CommandResult::WalAppended { offset } = r {
+                            unfinished.insert(offset, (format!("g{g}"), n));
+                        }
+                    }
+                    WalStep::Finish(offs) => {
+                        d.apply_command(seq, &cmd(0, Op::WalFinish { offsets: offs.clone() }));
+                        for o in offs { unfinished.remove(&o); }
+                    }
+                    WalStep::Claim(a, b) => {
+                        d.apply_command(seq, &cmd(0, Op::WalClaim { from: format!("g{a}"), to: format!("g{b}") }));
+                        for v in unfinished.values_mut() { if v.0 == format!("g{a}") { v.0 = format!("g{b}"); } }
+                    }
+                }
+                for (o, (gw, n)) in &unfinished {
+                    let r = d.wal.entries.get(o);
+                    prop_assert!(r.is_some_and(|r| !r.finished && &r.gateway == gw && r.data.len() == *n), "unfinished entry {} lost or changed", o);
+                }
+                let total: u64 = unfinished.values().map(|v| v.1 as u64).sum();
+                prop_assert_eq!(d.wal.unfinished_bytes, total);
+                prop_assert!(d.wal.entries.keys().next().is_none_or(|k| *k == d.wal.truncated_before));
+                let keys: Vec<u64> = d.wal.entries.keys().copied().collect();
+                prop_assert!(keys.windows(2).all(|w| w[1] == w[0] + 1), "gap-free");
             }
         }
     }

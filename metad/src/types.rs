@@ -89,6 +89,25 @@ pub enum Op {
         used: u64,
         capacity: u64,
     },
+    /// Appends to this WAL partition.
+    WalAppend {
+        gateway: String,
+        data: Vec<u8>,
+        is_intent: bool,
+    },
+    /// Marks entries finished (unknown or truncated offsets are ignored).
+    WalFinish {
+        offsets: Vec<u64>,
+    },
+    /// Moves `from`'s unfinished entries to `to`.
+    WalClaim {
+        from: String,
+        to: String,
+    },
+    WalSetPosition {
+        gateway: String,
+        offset: u64,
+    },
 }
 
 /// What a key write did.
@@ -126,5 +145,16 @@ pub enum CommandResult {
     },
     /// The operation was refused; the text says why.
     Refused(String),
+    WalAppended {
+        offset: u64,
+    },
+    WalFinished {
+        truncated_before: u64,
+    },
+    WalClaimed {
+        count: u64,
+    },
+    /// The partition is at its limit of unfinished bytes.
+    WalFull(String),
     Done,
 }

@@ -14,6 +14,9 @@
 #   list page          <= 10000 items
 #   lease name         1..=256 bytes; holder 1..=256 bytes; ttl 100 ms..=10 min
 #   raft message       <= 64 MiB (snapshot chunks are smaller)
+#   WAL entry          data <= 1 MiB (a larger object logs its intent instead)
+#   WAL partition      <= 256 MiB of unfinished data, then appends get `full`
+#   WAL read           <= 10000 entries, <= 16 MiB
 
 @0xd4c1f0a6e0b3a27d;
 
@@ -31,6 +34,7 @@ struct Error {
     tooLarge @4;         # over a limit named in the message
     internal @5;         # a bug: please report it
     stale @6;            # a follower read could not meet the staleness bound
+    full @7;             # the WAL partition holds its limit of unfinished bytes; finish entries or retry later
   }
 }
 
@@ -117,6 +121,21 @@ struct ReplicaInfo {
     id @0 :UInt64;
     addr @1 :Text;
   }
+  walPartitions @6 :UInt32;   # WAL partitions; their raft groups follow the metadata groups
+}
+
+# One entry of a WAL partition.
+struct WalEntry {
+  offset @0 :UInt64;       # position in the partition, from 1, gap-free
+  gateway @1 :Text;        # the gateway that owns it (changes on a claim)
+  data @2 :Data;           # the request itself, or its intent for a large object
+  isIntent @3 :Bool;       # data is an intent (key, version id, size, hash, stripe plan)
+  finished @4 :Bool;
+}
+
+struct WalPosition {
+  gateway @0 :Text;
+  offset @1 :UInt64;       # the gateway's consumer position
 }
 
 interface Metad {
@@ -161,4 +180,25 @@ interface Metad {
   # Replica to replica: one raft message of `group`, bincode-encoded by
   # tessera-metad (kind: 0 append, 1 vote, 2 install snapshot chunk).
   raft @15 (group :UInt32, kind :UInt8, payload :Data) -> (payload :Data);
+
+  # The write-ahead log: P partitions (raft groups of their own). An append
+  # is acknowledged once a quorum of replicas has it durably.
+  walAppend @16 (partition :UInt32, gateway :Text, data :Data, isIntent :Bool, rid :RequestId)
+      -> (error :Error, offset :UInt64);
+  # Entries from offset `from` (at most `limit` entries and about `maxBytes`),
+  # optionally only the unfinished ones. `next` is where to continue.
+  walRead @17 (partition :UInt32, from :UInt64, limit :UInt32, maxBytes :UInt32, unfinishedOnly :Bool)
+      -> (error :Error, entries :List(WalEntry), next :UInt64, truncatedBefore :UInt64);
+  # Marks entries finished; the finished prefix is truncated.
+  walFinish @18 (partition :UInt32, offsets :List(UInt64), rid :RequestId)
+      -> (error :Error, truncatedBefore :UInt64);
+  # Moves every unfinished entry of `fromGateway` to `toGateway` (a gateway
+  # that is gone); returns how many moved.
+  walClaim @19 (partition :UInt32, fromGateway :Text, toGateway :Text, rid :RequestId)
+      -> (error :Error, claimed :UInt64);
+  # Records a gateway's consumer position.
+  walSetPosition @20 (partition :UInt32, gateway :Text, offset :UInt64) -> (error :Error);
+  walStatus @21 (partition :UInt32)
+      -> (error :Error, nextOffset :UInt64, truncatedBefore :UInt64, unfinished :UInt64,
+          unfinishedBytes :UInt64, positions :List(WalPosition), partitions :UInt32);
 }
