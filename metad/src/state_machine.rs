@@ -32,6 +32,7 @@ const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 8;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub version: u64,
 }
@@ -58,6 +59,7 @@ struct Dedup {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct WalRecord {
     pub gateway: String,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     pub is_intent: bool,
     pub finished: bool,

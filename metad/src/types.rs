@@ -51,9 +51,11 @@ pub struct Command {
 /// One key write; `value == None` deletes.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct KeyWrite {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Required current version (0 = absent), or any.
     pub expected: Option<u64>,
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
 }
 
