@@ -61,3 +61,8 @@ pub const WAL_READ_BYTES_MAX: u32 = 16 << 20;
 pub const WAL_PARTITIONS_MAX: u32 = 64;
 /// Most offsets one finish call names.
 pub const WAL_FINISH_OFFSETS_MAX: usize = 10_000;
+/// Commands of one group waiting for a proposal slot; past this a write
+/// gets `unavailable` (bounded memory under a flood of clients).
+pub const PROPOSALS_QUEUED_MAX: usize = 16_384;
+/// Reads of one group waiting for a leadership confirmation.
+pub const READS_WAITING_MAX: usize = 16_384;

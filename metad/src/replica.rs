@@ -20,7 +20,10 @@
 //! not started with `join`.
 
 use crate::error::{Error, Result};
-use crate::limits::{PROPOSALS_INFLIGHT_MAX, PROPOSAL_BYTES_MAX, PROPOSAL_COMMANDS_MAX};
+use crate::limits::{
+    PROPOSALS_INFLIGHT_MAX, PROPOSALS_QUEUED_MAX, PROPOSAL_BYTES_MAX, PROPOSAL_COMMANDS_MAX,
+    READS_WAITING_MAX,
+};
 use crate::log_store::SharedLog;
 use crate::net::{GroupNetworkFactory, Peers};
 use crate::state_machine::{GroupSm, SmStore};
@@ -114,6 +117,8 @@ pub enum ProposeError {
     NotLeader,
     /// The group stopped (shutdown or a storage failure).
     Stopped(String),
+    /// Too many commands are waiting; the caller should back off.
+    Overloaded(String),
     /// Anything else (a bug).
     Other(String),
 }
@@ -171,6 +176,12 @@ impl Group {
         let bytes = command_bytes(&cmd);
         let start = {
             let mut p = self.proposals.borrow_mut();
+            if p.queue.len() >= PROPOSALS_QUEUED_MAX {
+                return Err(ProposeError::Overloaded(format!(
+                    "group {} has {PROPOSALS_QUEUED_MAX} commands waiting to be proposed; retry shortly",
+                    self.id
+                )));
+            }
             p.queue.push_back(((cmd, tx), bytes));
             if p.inflight < PROPOSALS_INFLIGHT_MAX {
                 p.inflight += 1;
@@ -193,14 +204,14 @@ impl Group {
                 let mut p = self.proposals.borrow_mut();
                 let mut out = Vec::new();
                 let mut bytes = 0usize;
-                while let Some((_, b)) = p.queue.front() {
+                while let Some((pending, b)) = p.queue.pop_front() {
                     if !out.is_empty()
                         && (out.len() >= PROPOSAL_COMMANDS_MAX || bytes + b > PROPOSAL_BYTES_MAX)
                     {
+                        p.queue.push_front((pending, b));
                         break;
                     }
                     bytes += b;
-                    let (pending, _) = p.queue.pop_front().expect("front exists");
                     out.push(pending);
                 }
                 if out.is_empty() {
@@ -254,8 +265,6 @@ pub struct Replica {
     pub log: Rc<SharedLog>,
     pub wal_log: Rc<SharedLog>,
     pub started: Instant,
-    /// The client id this replica uses for requests it makes itself.
-    pub seq: Cell<u64>,
 }
 
 fn check_identity(dir: &Path, id: NodeId, groups: u32, wal_partitions: u32) -> Result<()> {
@@ -451,7 +460,6 @@ impl Replica {
             log,
             wal_log,
             started: Instant::now(),
-            seq: Cell::new(0),
         }))
     }
 
@@ -475,6 +483,12 @@ impl Replica {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut b = group.reads.borrow_mut();
+            if b.waiting.len() >= READS_WAITING_MAX {
+                return Err(format!(
+                    "{READS_WAITING_MAX} reads of group {} are already waiting for a leadership check; retry shortly",
+                    group.id
+                ));
+            }
             b.waiting.push(tx);
             !std::mem::replace(&mut b.running, true)
         };

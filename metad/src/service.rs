@@ -325,6 +325,7 @@ impl MetadService {
         match g.propose(cmd).await {
             Ok(r) => Ok(r),
             Err(ProposeError::NotLeader) => Err(self.not_leader(g)),
+            Err(ProposeError::Overloaded(e)) => Err(fail(ErrorKind::Unavailable, e)),
             Err(ProposeError::Other(e)) => {
                 Err(fail(ErrorKind::Internal, format!("unexpected: {e}")))
             }
