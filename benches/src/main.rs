@@ -37,6 +37,9 @@ struct Cli {
     /// Skip the etcd side of `metad` (Tessera's figures only).
     #[arg(long, global = true)]
     no_etcd: bool,
+    /// Only these WAL phases, as SIZE_KIB:IN_FLIGHT (e.g. `4:64`); all when empty.
+    #[arg(long, global = true, value_delimiter = ',')]
+    wal_phases: Vec<String>,
     /// Directory for the data files (engine and fio share its file system).
     #[arg(long, global = true, default_value = "/tmp/tessera-bench")]
     dir: PathBuf,
@@ -93,6 +96,11 @@ fn main() -> Result<()> {
                 metad_bench::Plan::full()
             };
             plan.groups = cli.metad_groups;
+            plan.wal_phases = cli
+                .wal_phases
+                .iter()
+                .map(|p| metad_bench::parse_wal_phase(p))
+                .collect::<Result<_>>()?;
             metad_bench::run_wal(&cli.dir, &plan)?
         }
     };

@@ -33,6 +33,25 @@ pub struct Plan {
     pub replicas: usize,
     pub groups: u32,
     pub with_etcd: bool,
+    /// WAL phases to run as (entry bytes, in flight); empty = all six.
+    pub wal_phases: Vec<(usize, usize)>,
+}
+
+/// Parses `SIZE_KIB:IN_FLIGHT` (`4:64`).
+pub fn parse_wal_phase(s: &str) -> Result<(usize, usize)> {
+    let (a, b) = s
+        .split_once(':')
+        .with_context(|| format!("WAL phase {s:?}: expected SIZE_KIB:IN_FLIGHT, e.g. 4:64"))?;
+    let kib: usize = a
+        .parse()
+        .with_context(|| format!("WAL phase {s:?}: size"))?;
+    let conc: usize = b
+        .parse()
+        .with_context(|| format!("WAL phase {s:?}: in flight"))?;
+    if !(1..=1024).contains(&kib) || !(1..=1024).contains(&conc) {
+        bail!("WAL phase {s:?}: size must be 1..=1024 KiB and in flight 1..=1024");
+    }
+    Ok((kib << 10, conc))
 }
 
 impl Plan {
@@ -43,6 +62,7 @@ impl Plan {
             replicas: 3,
             groups: 8,
             with_etcd: true,
+            wal_phases: Vec::new(),
         }
     }
     pub fn quick() -> Self {
@@ -52,6 +72,7 @@ impl Plan {
             replicas: 3,
             groups: 8,
             with_etcd: true,
+            wal_phases: Vec::new(),
         }
     }
 }
@@ -208,7 +229,8 @@ fn start_metad(dir: &Path, plan: &Plan) -> Result<(Vec<Proc>, Vec<u64>, Vec<Stri
                 "--groups",
                 &plan.groups.to_string(),
                 "--log",
-                "warn,openraft=off",
+                &std::env::var("TESSERA_BENCH_METAD_LOG")
+                    .unwrap_or_else(|_| "warn,openraft=off".into()),
             ])
             .arg("--data")
             .arg(&data)
@@ -507,6 +529,13 @@ pub fn run_wal(dir: &Path, plan: &Plan) -> Result<Report> {
         use tessera_metad::client::{ClientOptions, MetaClient};
         let c = MetaClient::connect(&addrs, ClientOptions::default()).await?;
         let parts = c.wal_partitions().max(1);
+        // Replicas start together, so some groups' first elections fail
+        // (peers not yet listening) and a second round follows up to one
+        // election timeout (2 s) later: let it settle before measuring.
+        for p in 0..parts {
+            c.wal_append(p, "bench", b"warm", false).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         for p in 0..parts {
             c.wal_append(p, "bench", b"warm", false).await?;
         }
@@ -529,8 +558,16 @@ pub fn run_wal(dir: &Path, plan: &Plan) -> Result<Report> {
             })
         };
         let mut out = Vec::new();
-        for size in [4usize << 10, 64 << 10] {
-            for conc in [1usize, 16, 64] {
+        let phases: Vec<(usize, usize)> = if plan.wal_phases.is_empty() {
+            [4usize << 10, 64 << 10]
+                .into_iter()
+                .flat_map(|s| [1usize, 16, 64].map(|c| (s, c)))
+                .collect()
+        } else {
+            plan.wal_phases.clone()
+        };
+        for (size, conc) in phases {
+            {
                 let (c, done) = (c.clone(), done.clone());
                 let payload = Rc::new(vec![0xA5u8; size]);
                 let ph = closed_loop(plan, conc, move |seed| {

@@ -103,7 +103,14 @@ pub async fn connect(addr: &str) -> std::io::Result<metad::Client> {
 #[derive(Default)]
 pub struct Peers {
     conns: RefCell<HashMap<NodeId, (String, metad::Client)>>,
+    /// Calls to each peer that timed out in a row since its last answer.
+    timeouts_in_a_row: RefCell<HashMap<NodeId, u32>>,
 }
+
+/// A peer connection whose calls time out this many times in a row (and
+/// never answer) is dropped and made anew: the peer may be gone without the
+/// socket saying so.
+const PEER_TIMEOUTS_BEFORE_RECONNECT: u32 = 16;
 
 /// Why a peer call failed.
 #[derive(Debug, thiserror::Error)]
@@ -159,15 +166,34 @@ impl Peers {
             let bytes = resp.get()?.get_payload()?;
             Ok::<_, capnp::Error>(bytes.to_vec())
         };
-        let r = match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(b)) => Ok(b),
-            Ok(Err(e)) => Err(PeerError::Call(target, e.to_string())),
-            Err(_) => Err(PeerError::Timeout(target, timeout)),
-        };
-        if r.is_err() {
-            self.forget(target);
+        // Only a broken connection is dropped: every group shares it, and a
+        // timed-out call (a slow flush on the peer) says nothing about the
+        // connection; reconnecting would fail every other group's calls.
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(b)) => {
+                self.timeouts_in_a_row.borrow_mut().remove(&target);
+                Ok(b)
+            }
+            Ok(Err(e)) => {
+                if e.kind == capnp::ErrorKind::Disconnected {
+                    self.forget(target);
+                }
+                Err(PeerError::Call(target, e.to_string()))
+            }
+            Err(_) => {
+                let n = {
+                    let mut t = self.timeouts_in_a_row.borrow_mut();
+                    let n = t.entry(target).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                if n >= PEER_TIMEOUTS_BEFORE_RECONNECT {
+                    self.timeouts_in_a_row.borrow_mut().remove(&target);
+                    self.forget(target);
+                }
+                Err(PeerError::Timeout(target, timeout))
+            }
         }
-        r
     }
 }
 

@@ -56,7 +56,9 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
-            heartbeat_ms: 100,
+            // openraft 0.9 also uses this as the append RPC timeout; at
+            // 100 ms, appends of a few MiB behind a busy flush timed out.
+            heartbeat_ms: 250,
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
             snapshot_after_entries: 20_000,
@@ -344,10 +346,11 @@ fn raft_config(t: &RaftTuning, wal: bool) -> Result<Arc<Config>> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast((t.snapshot_after_entries / div).max(1)),
         max_in_snapshot_log_to_keep: t.entries_kept_after_snapshot / div,
         install_snapshot_timeout: 2000,
-        // One append RPC carries at most this many entries; a WAL entry can
-        // hold 1 MiB of commands, and a message over the 64 MiB raft
-        // message limit would be refused by the follower.
-        max_payload_entries: if wal { 16 } else { 300 },
+        // One append RPC carries at most this many entries. A WAL entry can
+        // hold 1 MiB of commands; openraft 0.9 gives an append RPC one
+        // heartbeat interval to answer, and 16 MiB appends (tried) missed
+        // it under load and were sent again and again.
+        max_payload_entries: if wal { 4 } else { 300 },
         ..Default::default()
     };
     Ok(Arc::new(c.validate().map_err(|e| {
