@@ -45,6 +45,13 @@ pub struct Config {
     pub connections_per_core: usize,
     /// Bytes of streamed puts buffered per core.
     pub stream_buffer_per_core_bytes: u64,
+    /// metad replicas (host:port) to register with; empty = stand alone.
+    pub metad: Vec<String>,
+    /// Failure zone reported to the registry (placement spreads shards
+    /// over zones when nodes have them).
+    pub zone: String,
+    /// Address gateways reach this node at (default: the listen address).
+    pub advertise: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -61,6 +68,9 @@ impl Default for Config {
             shutdown_grace_secs: SHUTDOWN_GRACE_DEFAULT_SECS,
             connections_per_core: CONNECTIONS_PER_CORE_DEFAULT,
             stream_buffer_per_core_bytes: STREAM_BUFFER_PER_CORE_DEFAULT_BYTES,
+            metad: Vec::new(),
+            zone: String::new(),
+            advertise: None,
         }
     }
 }

@@ -30,6 +30,19 @@ struct Cli {
     /// Engine shards for a new data directory (0 = one per core).
     #[arg(long)]
     shards: Option<usize>,
+    /// metad replicas to register with, comma separated host:port.
+    #[arg(long, value_delimiter = ',')]
+    metad: Vec<String>,
+    /// Failure zone to report to the registry.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Address gateways reach this node at (default: the listen address).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// Do not pin engine threads to cores (several chunk servers on one
+    /// machine, as `tessera dev` runs them).
+    #[arg(long)]
+    no_pin: bool,
     /// Log filter (else TESSERA_LOG, else "info").
     #[arg(long)]
     log: Option<String>,
@@ -81,6 +94,18 @@ fn main() -> Result<()> {
     if let Some(s) = cli.shards {
         cfg.shards = s;
     }
+    if !cli.metad.is_empty() {
+        cfg.metad = cli.metad.clone();
+    }
+    if let Some(z) = cli.zone {
+        cfg.zone = z;
+    }
+    if cli.advertise.is_some() {
+        cfg.advertise = cli.advertise;
+    }
+    if cli.no_pin {
+        cfg.pin_to_cores = false;
+    }
     cfg.validate()?;
 
     std::fs::create_dir_all(&cfg.data)
@@ -116,8 +141,20 @@ fn main() -> Result<()> {
         cfg.data.display()
     );
     let _ = out.flush();
+    let registration = if cfg.metad.is_empty() {
+        None
+    } else {
+        Some(tessera_chunkd::registration::start(
+            cfg.metad.clone(),
+            node.node_id.clone(),
+            cfg.advertise.unwrap_or(server.local_addr()).to_string(),
+            cfg.zone.clone(),
+            cfg.data.clone(),
+        )?)
+    };
 
     let sig = signals.forever().next();
+    drop(registration);
     tracing::info!(?sig, "shutting down: draining requests");
     let left = server.drain();
     if left > 0 {

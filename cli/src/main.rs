@@ -1,35 +1,167 @@
-//! The `tessera` command.
-//!
-//! Today it only reports its version and what exists; `tessera dev`, the
-//! object commands and the operator commands (`status`, `scrub`, `repair`)
-//! arrive with the gateway and healer issues.
+//! `tessera`: Tessera's command line — a local cluster (`tessera dev`),
+//! object commands and cluster status. `tessera --help` lists them.
 
+mod cluster;
+mod dev;
+mod ops;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "tessera — Tessera's command line
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera: a distributed object store",
+    after_help = "Exit codes: 0 done, 1 failed, 2 bad usage, 3 not found, 4 cluster unreachable or unavailable, 5 data loss."
+)]
+struct Cli {
+    /// Cluster file (else $TESSERA_CLUSTER, else ~/.config/tessera/cluster.toml).
+    #[arg(long, global = true)]
+    cluster: Option<PathBuf>,
+    /// Gateway address, instead of the cluster file's.
+    #[arg(long, global = true)]
+    gateway: Option<SocketAddr>,
+    /// One JSON value on stdout, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
 
-USAGE:
-    tessera --version
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a whole cluster on this machine (separate processes); Ctrl-C stops it.
+    Dev {
+        /// Data directory (a second run on it brings the same data back).
+        #[arg(long, default_value = "tessera-dev")]
+        data: PathBuf,
+        /// Chunk servers to run.
+        #[arg(long, default_value_t = 6)]
+        chunk_servers: usize,
+        /// metad replicas to run (odd).
+        #[arg(long, default_value_t = 3)]
+        metad: usize,
+        /// Data shards of the erasure code for large objects.
+        #[arg(long, default_value_t = 4)]
+        k: u8,
+        /// Parity shards of the erasure code.
+        #[arg(long, default_value_t = 2)]
+        m: u8,
+        /// Segment size of each chunk server, MiB (tests use small ones).
+        #[arg(long, default_value_t = dev::DEV_SEGMENT_MIB_DEFAULT, hide = true)]
+        segment_mib: u64,
+    },
+    /// Store FILE (or stdin with `-` or nothing) under KEY.
+    Put { key: String, file: Option<String> },
+    /// Write the object under KEY to stdout, or to FILE with -o.
+    Get {
+        key: String,
+        #[arg(short = 'o', long = "output")]
+        output: Option<String>,
+    },
+    /// Describe the object under KEY.
+    Stat { key: String },
+    /// Delete the object under KEY.
+    Rm { key: String },
+    /// List objects whose key starts with PREFIX.
+    Ls {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Show at most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Each chunk server (id, address, pid, state, capacity, used) and object counts.
+    Status,
+}
 
-Built so far: the storage engine (crate tessera-engine). Its side-by-side
-benchmark against fio runs with:
-    cargo run --release -p tessera-bench -- engine
-";
+fn gateway_addr(cli: &Cli) -> Result<(SocketAddr, Option<cluster::ClusterFile>)> {
+    if let Some(g) = cli.gateway {
+        return Ok((g, None));
+    }
+    let path = cluster::path(cli.cluster.as_deref());
+    let c = cluster::read(&path)?;
+    let g = c.gateway.parse().with_context(|| {
+        format!(
+            "{}: gateway {:?} is not host:port",
+            path.display(),
+            c.gateway
+        )
+    })?;
+    Ok((g, Some(c)))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let json = cli.json;
+    match &cli.cmd {
+        Cmd::Dev {
+            data,
+            chunk_servers,
+            metad,
+            k,
+            m,
+            segment_mib,
+        } => dev::run(dev::DevArgs {
+            data: data.clone(),
+            chunk_servers: *chunk_servers,
+            metad: *metad,
+            cluster: cluster::path(cli.cluster.as_deref()),
+            k: *k,
+            m: *m,
+            segment_mib: *segment_mib,
+        }),
+        Cmd::Put { key, file } => {
+            let (gw, _) = gateway_addr(&cli)?;
+            let (key, file) = (key.clone(), file.clone());
+            ops::on_executor(move || async move { ops::put(gw, key, file, json).await })
+        }
+        Cmd::Get { key, output } => {
+            let (gw, _) = gateway_addr(&cli)?;
+            let (key, output) = (key.clone(), output.clone());
+            ops::on_executor(move || async move { ops::get(gw, key, output, json).await })
+        }
+        Cmd::Stat { key } => {
+            let (gw, _) = gateway_addr(&cli)?;
+            let key = key.clone();
+            ops::on_executor(move || async move { ops::stat(gw, key, json).await })
+        }
+        Cmd::Rm { key } => {
+            let (gw, _) = gateway_addr(&cli)?;
+            let key = key.clone();
+            ops::on_executor(move || async move { ops::rm(gw, key, json).await })
+        }
+        Cmd::Ls { prefix, limit } => {
+            let (gw, _) = gateway_addr(&cli)?;
+            let (prefix, limit) = (prefix.clone(), *limit);
+            ops::on_executor(move || async move { ops::ls(gw, prefix, limit, json).await })
+        }
+        Cmd::Status => {
+            let (gw, c) = gateway_addr(&cli)?;
+            ops::on_executor(move || async move { ops::status(gw, c, json).await })
+        }
+    }
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version") | Some("-V") => {
-            println!("tessera {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        None | Some("--help") | Some("-h") | Some("help") => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("tessera: unknown command `{other}`; run `tessera --help` for what exists.");
-            ExitCode::from(2)
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = ops::exit_code(&e);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"error": format!("{e:#}"), "exit_code": code})
+                );
+            } else {
+                eprintln!("tessera: {e:#}");
+            }
+            ExitCode::from(code)
         }
     }
 }

@@ -1,4 +1,25 @@
-//! The object API: placement, Reed-Solomon coding, hot/cold JSON split,
-//! WAL-first writes and degraded reads. It knows no disk.
+//! The gateway: Tessera's object API. It turns a key and its bytes into
+//! shards on chunk servers and a metadata record in metad, and back.
 //!
-//! Filled by the gateway issue; empty until then.
+//! - [`meta`] is the object record stored in metad and the WAL intent;
+//! - [`placement`] chooses the chunk servers of each stripe (weighted
+//!   rendezvous hashing over the live nodes of the registry);
+//! - [`codec`] is the erasure code behind a trait (Reed-Solomon);
+//! - [`bridge`] carries metad calls from the glommio executor to the tokio
+//!   thread the metad client runs on;
+//! - [`nodes`] keeps the node table and a chunk client per node;
+//! - [`objects`] is the write and read paths (WAL first, parallel shard
+//!   writes, compare-and-set commit, degraded reads) and WAL replay;
+//! - [`service`] serves the Cap'n Proto `Gateway` interface.
+
+pub mod bridge;
+pub mod codec;
+pub mod error;
+pub mod limits;
+pub mod meta;
+pub mod nodes;
+pub mod objects;
+pub mod placement;
+pub mod service;
+
+pub use error::{Error, Result};

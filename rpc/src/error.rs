@@ -52,6 +52,35 @@ impl RemoteKind {
     }
 }
 
+/// The kinds of error a gateway answers with (the schema's `Error.Kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GatewayErrorKind {
+    NotFound,
+    InvalidArgument,
+    TooLarge,
+    Unavailable,
+    Conflict,
+    InsufficientNodes,
+    DataLoss,
+    Internal,
+}
+
+impl GatewayErrorKind {
+    pub(crate) fn from_wire(k: tessera_schema::gateway_capnp::error::Kind) -> Self {
+        use tessera_schema::gateway_capnp::error::Kind as K;
+        match k {
+            K::NotFound => Self::NotFound,
+            K::InvalidArgument => Self::InvalidArgument,
+            K::TooLarge => Self::TooLarge,
+            K::Unavailable => Self::Unavailable,
+            K::Conflict => Self::Conflict,
+            K::InsufficientNodes => Self::InsufficientNodes,
+            K::DataLoss => Self::DataLoss,
+            K::Internal => Self::Internal,
+        }
+    }
+}
+
 /// Everything a call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -85,6 +114,14 @@ pub enum Error {
         addr: SocketAddr,
         source: capnp::Error,
     },
+    /// A gateway refused or failed the request and said why (the message
+    /// says what to do).
+    #[error("{message}")]
+    Gateway {
+        addr: SocketAddr,
+        kind: GatewayErrorKind,
+        message: String,
+    },
     /// The bytes received do not match the checksum the server sent.
     #[error("data from {addr} failed its crc32c in transit (expected {expected:08x}, got {got:08x}); retry or read another replica")]
     TransitChecksum {
@@ -116,7 +153,7 @@ impl Error {
                 source.kind,
                 capnp::ErrorKind::Disconnected | capnp::ErrorKind::Overloaded
             ),
-            Error::Remote { .. } | Error::Invalid(_) => false,
+            Error::Remote { .. } | Error::Invalid(_) | Error::Gateway { .. } => false,
         }
     }
 }

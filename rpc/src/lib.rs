@@ -1,5 +1,6 @@
 //! Connection setup and the typed async clients of Tessera's Cap'n Proto
-//! services (today: [`ChunkClient`] for chunk servers).
+//! services: [`ChunkClient`] for chunk servers, [`GatewayClient`] for the
+//! object API (the client library applications use).
 //!
 //! Everything here runs on a glommio executor, the runtime of every Tessera
 //! data-plane process: a Cap'n Proto connection is single-threaded, so each
@@ -9,8 +10,10 @@
 pub mod chunk;
 pub mod conn;
 pub mod error;
+pub mod gateway;
 pub mod limits;
 
 pub use chunk::{ChunkClient, ClientOptions, NodeInfo, ScrubStatus, ShardInfo};
-pub use error::{Error, RemoteKind, Result};
+pub use error::{Error, GatewayErrorKind, RemoteKind, Result};
+pub use gateway::{GatewayClient, ObjectInfo, PutOutcome};
 pub use tessera_schema::chunk_capnp;

@@ -21,3 +21,8 @@ pub mod chunk_capnp {
 pub mod metad_capnp {
     include!("generated/metad_capnp.rs");
 }
+
+/// The `Gateway` interface (see `capnp/gateway.capnp`).
+pub mod gateway_capnp {
+    include!("generated/gateway_capnp.rs");
+}

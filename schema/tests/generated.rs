@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-const SCHEMAS: &[&str] = &["chunk", "metad"];
+const SCHEMAS: &[&str] = &["chunk", "metad", "gateway"];
 
 fn capnp_available() -> bool {
     std::process::Command::new("capnp")

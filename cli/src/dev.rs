@@ -1,0 +1,379 @@
+//! `tessera dev`: a whole cluster on this machine as separate processes —
+//! metad replicas, chunk servers and a gateway — on embedded defaults.
+//!
+//! The data directory holds each process's data, their logs (`logs/`) and
+//! `dev.toml`, the ports chosen on the first run: a second run on the same
+//! directory reuses them (metad replicas know each other by address), so
+//! the same cluster and data come back. Ctrl-C (or SIGTERM) stops the
+//! gateway, then the chunk servers, then metad, each with SIGTERM and a
+//! grace period.
+
+use crate::cluster::{self, ClusterFile, Process};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Time a process gets to print that it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time the chunk servers get to appear live in the registry.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Grace period of each role at shutdown before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Default segment size of a dev chunk server in MiB (small: six share
+/// one disk; each keeps a few free segments preallocated).
+pub const DEV_SEGMENT_MIB_DEFAULT: u64 = 64;
+/// Most processes of each role a dev cluster runs.
+const DEV_CHUNK_SERVERS_MAX: usize = 32;
+const DEV_METAD_MAX: usize = 7;
+
+pub struct DevArgs {
+    pub data: PathBuf,
+    pub chunk_servers: usize,
+    pub metad: usize,
+    pub cluster: PathBuf,
+    pub k: u8,
+    pub m: u8,
+    pub segment_mib: u64,
+}
+
+/// Ports chosen on the first run, kept in `DIR/dev.toml`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Layout {
+    metad_ports: Vec<u16>,
+    chunk_ports: Vec<u16>,
+    gateway_port: u16,
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the tessera binary")?;
+    let dir = exe
+        .parent()
+        .context("the tessera binary has no directory")?;
+    // Tests run from target/debug/deps; the binaries are one level up.
+    for d in [dir.to_path_buf(), dir.join("..")] {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "`{name}` is not next to {}: build the whole workspace first (`cargo build --release`), \
+         which builds metad, chunkd and tessera-gateway beside tessera",
+        exe.display()
+    )
+}
+
+fn layout(data: &Path, args: &DevArgs) -> Result<Layout> {
+    let p = data.join("dev.toml");
+    let mut l = match std::fs::read_to_string(&p) {
+        Ok(t) => toml::from_str::<Layout>(&t)
+            .with_context(|| format!("{} is damaged; move the directory away", p.display()))?,
+        Err(_) => Layout {
+            metad_ports: (0..args.metad)
+                .map(|_| free_port())
+                .collect::<Result<_>>()?,
+            chunk_ports: Vec::new(),
+            gateway_port: free_port()?,
+        },
+    };
+    if l.metad_ports.len() != args.metad {
+        bail!(
+            "{} was made with {} metad replicas; run with --metad {} or use a new --data directory",
+            data.display(),
+            l.metad_ports.len(),
+            l.metad_ports.len()
+        );
+    }
+    if args.chunk_servers < l.chunk_ports.len() {
+        bail!(
+            "{} has {} chunk servers holding data; run with --chunk-servers {} or more (removing \
+             servers is the healer's job)",
+            data.display(),
+            l.chunk_ports.len(),
+            l.chunk_ports.len()
+        );
+    }
+    while l.chunk_ports.len() < args.chunk_servers {
+        l.chunk_ports.push(free_port()?);
+    }
+    std::fs::write(&p, toml::to_string_pretty(&l)?)
+        .with_context(|| format!("writing {}", p.display()))?;
+    Ok(l)
+}
+
+struct Running {
+    name: String,
+    addr: String,
+    child: Child,
+}
+
+/// Starts `cmd` with stderr into `logs/NAME.log` and waits for the stdout
+/// line saying it listens.
+fn spawn(data: &Path, name: &str, addr: &str, mut cmd: Command) -> Result<Running> {
+    let logs = data.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let log_path = logs.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut sent = false;
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            if !sent && line.contains("listening") {
+                let _ = tx.send(line);
+                sent = true;
+            }
+        }
+    });
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(_) => Ok(Running {
+            name: name.into(),
+            addr: addr.into(),
+            child,
+        }),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{name} did not start within {START_TIMEOUT:?}; see {}",
+                log_path.display()
+            )
+        }
+    }
+}
+
+fn stop_all(procs: &mut Vec<Running>) {
+    // Gateway first, then chunk servers, then metad: nothing is left
+    // writing to a service that is already gone.
+    for role in ["gateway", "chunkd", "metad"] {
+        let group: Vec<&mut Running> = procs
+            .iter_mut()
+            .filter(|p| p.name.starts_with(role))
+            .collect();
+        for p in &group {
+            // SAFETY: kill(2) on a pid we started; a gone process gives ESRCH.
+            unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for p in group {
+            loop {
+                match p.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        eprintln!("{} did not stop within {STOP_GRACE:?}; killing it", p.name);
+                        let _ = p.child.kill();
+                        let _ = p.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+    procs.clear();
+}
+
+/// Waits until the gateway sees `want` live chunk servers.
+fn wait_registry(gateway: &str, want: usize) -> Result<()> {
+    let addr = gateway.parse()?;
+    let deadline = Instant::now() + REGISTRY_TIMEOUT;
+    crate::ops::on_executor(move || async move {
+        let c = tessera_rpc::GatewayClient::connect(addr).await?;
+        loop {
+            let live = match c.status().await {
+                Ok(s) => s.nodes.iter().filter(|n| n.live).count(),
+                Err(_) => 0,
+            };
+            if live >= want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("only {live} of {want} chunk servers registered within {REGISTRY_TIMEOUT:?}; see the logs");
+            }
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+pub fn run(args: DevArgs) -> Result<()> {
+    if args.metad == 0 || args.metad > DEV_METAD_MAX || args.metad % 2 == 0 {
+        bail!(
+            "--metad must be an odd number from 1 to {DEV_METAD_MAX} (a raft majority); got {}",
+            args.metad
+        );
+    }
+    if args.chunk_servers == 0 || args.chunk_servers > DEV_CHUNK_SERVERS_MAX {
+        bail!(
+            "--chunk-servers must be 1..={DEV_CHUNK_SERVERS_MAX}; got {}",
+            args.chunk_servers
+        );
+    }
+    let (metad_bin, chunkd_bin, gateway_bin) = (
+        sibling("metad")?,
+        sibling("chunkd")?,
+        sibling("tessera-gateway")?,
+    );
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
+    let data = args
+        .data
+        .canonicalize()
+        .with_context(|| format!("resolving {}", args.data.display()))?;
+    let l = layout(&data, &args)?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+    let metad_addrs: Vec<String> = l
+        .metad_ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let peers = metad_addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut procs: Vec<Running> = Vec::new();
+    let started = (|| -> Result<()> {
+        for (i, a) in metad_addrs.iter().enumerate() {
+            let mut c = Command::new(&metad_bin);
+            c.args([
+                "--id",
+                &(i + 1).to_string(),
+                "--listen",
+                a,
+                "--peers",
+                &peers,
+            ])
+            .arg("--data")
+            .arg(data.join(format!("metad-{}", i + 1)));
+            procs.push(spawn(&data, &format!("metad-{}", i + 1), a, c)?);
+        }
+        let metad_list = metad_addrs.join(",");
+        for (i, port) in l.chunk_ports.iter().enumerate() {
+            let name = format!("chunkd-{}", i + 1);
+            let addr = format!("127.0.0.1:{port}");
+            let cfg = data.join(format!("{name}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "shards = 1\npin_to_cores = false\nsegment_size_bytes = {}\n",
+                    args.segment_mib << 20
+                ),
+            )?;
+            let mut c = Command::new(&chunkd_bin);
+            c.arg("--config")
+                .arg(&cfg)
+                .arg("--data")
+                .arg(data.join(&name))
+                .args(["--listen", &addr, "--metad", &metad_list]);
+            procs.push(spawn(&data, &name, &addr, c)?);
+        }
+        let gw = format!("127.0.0.1:{}", l.gateway_port);
+        let mut c = Command::new(&gateway_bin);
+        c.args([
+            "--listen",
+            &gw,
+            "--metad",
+            &metad_list,
+            "--id",
+            "dev-gateway-1",
+            "--k",
+            &args.k.to_string(),
+            "--m",
+            &args.m.to_string(),
+        ]);
+        procs.push(spawn(&data, "gateway", &gw, c)?);
+        wait_registry(&gw, l.chunk_ports.len())?;
+        Ok(())
+    })();
+    if let Err(e) = started {
+        stop_all(&mut procs);
+        return Err(e);
+    }
+    let file = ClusterFile {
+        gateway: format!("127.0.0.1:{}", l.gateway_port),
+        metad: metad_addrs.clone(),
+        data: Some(data.clone()),
+        processes: procs
+            .iter()
+            .map(|p| Process {
+                name: p.name.clone(),
+                addr: p.addr.clone(),
+                pid: p.child.id(),
+            })
+            .collect(),
+    };
+    cluster::write(&args.cluster, &file)?;
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "tessera dev: {} metad, {} chunk servers, 1 gateway (data {})",
+        args.metad,
+        l.chunk_ports.len(),
+        data.display()
+    );
+    for p in &procs {
+        let _ = writeln!(out, "  {:<10} {:<21} pid {}", p.name, p.addr, p.child.id());
+    }
+    let _ = writeln!(out, "gateway listening on {}", file.gateway);
+    let _ = writeln!(
+        out,
+        "cluster file {} (other tessera commands use it); Ctrl-C stops the cluster",
+        args.cluster.display()
+    );
+    let _ = out.flush();
+
+    let mut reported: Vec<bool> = vec![false; procs.len()];
+    loop {
+        if signals.pending().next().is_some() {
+            break;
+        }
+        for (i, p) in procs.iter_mut().enumerate() {
+            if !reported[i] {
+                if let Ok(Some(st)) = p.child.try_wait() {
+                    eprintln!(
+                        "{} (pid {}) exited: {st}; see {}",
+                        p.name,
+                        p.child.id(),
+                        data.join("logs").join(format!("{}.log", p.name)).display()
+                    );
+                    reported[i] = true;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("stopping the cluster…");
+    stop_all(&mut procs);
+    let _ = std::fs::remove_file(&args.cluster);
+    println!(
+        "tessera dev stopped; `tessera dev --data {}` brings it back",
+        data.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! Object and status commands: each runs the client library
+//! ([`tessera_rpc::GatewayClient`]) on a one-thread glommio executor.
+//!
+//! Output is for people by default and one JSON value with `--json`.
+//! Exit codes: 0 done, 1 failed, 2 bad usage, 3 not found, 4 the cluster
+//! is unreachable or unavailable, 5 data loss.
+
+use anyhow::{Context, Result};
+use futures::io::AllowStdIo;
+use std::future::Future;
+use std::io::Read;
+use std::net::SocketAddr;
+use tessera_rpc::{Error as RpcError, GatewayClient, GatewayErrorKind, ObjectInfo, PutOutcome};
+
+/// Transfers larger than this show a progress bar (on a terminal).
+const PROGRESS_MIN_BYTES: u64 = 8 << 20;
+/// Items per list request.
+const LIST_PAGE: u32 = 1000;
+/// Largest object read from stdin (its size must be known before it is sent).
+const STDIN_MAX_BYTES: usize = 1 << 30;
+
+/// Runs the future `make` builds on a fresh glommio executor thread and
+/// returns its result (the future itself need not be `Send`).
+pub fn on_executor<T, M, F>(make: M) -> Result<T>
+where
+    T: Send + 'static,
+    M: FnOnce() -> F + Send + 'static,
+    F: Future<Output = Result<T>> + 'static,
+{
+    tessera_engine::raise_memlock().context("io_uring needs locked memory")?;
+    let h = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("tessera-cli")
+        .spawn(make);
+    match h {
+        Ok(h) => h
+            .join()
+            .map_err(|e| anyhow::anyhow!("the client executor failed: {e}"))?,
+        Err(e) => Err(anyhow::anyhow!("starting the client executor: {e}")),
+    }
+}
+
+/// The exit code for an error.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<RpcError>() {
+        Some(RpcError::Gateway { kind, .. }) => match kind {
+            GatewayErrorKind::NotFound => 3,
+            GatewayErrorKind::Unavailable | GatewayErrorKind::InsufficientNodes => 4,
+            GatewayErrorKind::DataLoss => 5,
+            _ => 1,
+        },
+        Some(RpcError::Connect { .. })
+        | Some(RpcError::Timeout { .. })
+        | Some(RpcError::Transport { .. }) => 4,
+        _ => 1,
+    }
+}
+
+fn bar(len: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if len < PROGRESS_MIN_BYTES || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    b.set_message(what.to_string());
+    Some(b)
+}
+
+fn info_json(i: &ObjectInfo) -> serde_json::Value {
+    serde_json::json!({
+        "key": i.key,
+        "size": i.size,
+        "version_id": i.version_id.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "created_unix_millis": i.created_unix_millis,
+        "layout": i.layout,
+        "dirty": i.dirty,
+        "stripes": i.stripes,
+    })
+}
+
+async fn connect(gw: SocketAddr) -> Result<GatewayClient> {
+    GatewayClient::connect(gw).await.with_context(|| {
+        format!("no gateway answers at {gw}: is the cluster running (`tessera dev`)?")
+    })
+}
+
+pub async fn put(gw: SocketAddr, key: String, src: Option<String>, json: bool) -> Result<()> {
+    let c = connect(gw).await?;
+    let (info, outcome) = match src.as_deref() {
+        None | Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .take(STDIN_MAX_BYTES as u64 + 1)
+                .read_to_end(&mut buf)
+                .context("reading stdin")?;
+            if buf.len() > STDIN_MAX_BYTES {
+                anyhow::bail!("stdin holds more than {STDIN_MAX_BYTES} bytes; write it to a file and put the file");
+            }
+            c.put(&key, &buf).await?
+        }
+        Some(path) => {
+            let f = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+            let size = f.metadata()?.len();
+            let b = bar(size, &format!("put {key}"));
+            let mut progress = |n: u64| {
+                if let Some(b) = &b {
+                    b.set_position(n)
+                }
+            };
+            let r = c
+                .put_reader(&key, size, AllowStdIo::new(f), &mut progress)
+                .await?;
+            if let Some(b) = b {
+                b.finish_and_clear();
+            }
+            r
+        }
+    };
+    let oc = match outcome {
+        PutOutcome::Ok => "ok",
+        PutOutcome::Accepted => "accepted",
+    };
+    if json {
+        let mut v = info_json(&info);
+        v["outcome"] = oc.into();
+        println!("{v}");
+    } else {
+        println!("{oc}: {} ({} bytes, {})", info.key, info.size, info.layout);
+        if outcome == PutOutcome::Accepted {
+            println!("  stored with reduced redundancy (some chunk servers are down); the healer completes it");
+        }
+    }
+    Ok(())
+}
+
+pub async fn get(gw: SocketAddr, key: String, out: Option<String>, json: bool) -> Result<()> {
+    let c = connect(gw).await?;
+    let info = c.stat(&key).await?;
+    let b = bar(info.size, &format!("get {key}"));
+    let mut progress = |n: u64| {
+        if let Some(b) = &b {
+            b.set_position(n)
+        }
+    };
+    let info = match out.as_deref() {
+        None | Some("-") => {
+            c.get_to(&key, AllowStdIo::new(std::io::stdout()), &mut progress)
+                .await?
+        }
+        Some(path) => {
+            // Write beside the target and rename: a failed get leaves no
+            // half file under the name asked for.
+            let tmp = format!("{path}.tessera-partial");
+            let f = std::fs::File::create(&tmp).with_context(|| format!("creating {tmp}"))?;
+            let r = c.get_to(&key, AllowStdIo::new(f), &mut progress).await;
+            match r {
+                Ok(i) => {
+                    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {path}"))?;
+                    i
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e.into());
+                }
+            }
+        }
+    };
+    if let Some(b) = b {
+        b.finish_and_clear();
+    }
+    if json && out.as_deref().is_some_and(|o| o != "-") {
+        println!("{}", info_json(&info));
+    }
+    Ok(())
+}
+
+pub async fn stat(gw: SocketAddr, key: String, json: bool) -> Result<()> {
+    let c = connect(gw).await?;
+    let i = c.stat(&key).await?;
+    if json {
+        println!("{}", info_json(&i));
+    } else {
+        println!("key:      {}", i.key);
+        println!("size:     {} bytes", i.size);
+        println!("layout:   {} ({} stripes)", i.layout, i.stripes);
+        println!(
+            "state:    {}",
+            if i.dirty {
+                "dirty (reduced redundancy)"
+            } else {
+                "clean"
+            }
+        );
+        println!(
+            "version:  {}",
+            i.version_id
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        println!("created:  {} ms since the epoch", i.created_unix_millis);
+    }
+    Ok(())
+}
+
+pub async fn rm(gw: SocketAddr, key: String, json: bool) -> Result<()> {
+    let c = connect(gw).await?;
+    let existed = c.delete(&key).await?;
+    if json {
+        println!("{}", serde_json::json!({"key": key, "existed": existed}));
+    } else if existed {
+        println!("deleted {key}");
+    } else {
+        println!("{key} did not exist");
+    }
+    Ok(())
+}
+
+pub async fn ls(gw: SocketAddr, prefix: String, limit: Option<u64>, json: bool) -> Result<()> {
+    let c = connect(gw).await?;
+    let mut after = String::new();
+    let mut shown = 0u64;
+    let mut items = Vec::new();
+    loop {
+        let page = match limit {
+            Some(l) => (l - shown).min(LIST_PAGE as u64) as u32,
+            None => LIST_PAGE,
+        };
+        if page == 0 {
+            break;
+        }
+        let (got, more) = c.list(&prefix, &after, page).await?;
+        for i in &got {
+            shown += 1;
+            if json {
+                items.push(info_json(i));
+            } else {
+                println!(
+                    "{:>14}  {}{}",
+                    i.size,
+                    i.key,
+                    if i.dirty { "  (dirty)" } else { "" }
+                );
+            }
+        }
+        match got.last() {
+            Some(l) if more => after = l.key.clone(),
+            _ => break,
+        }
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(items));
+    }
+    Ok(())
+}
+
+pub async fn status(
+    gw: SocketAddr,
+    cluster: Option<crate::cluster::ClusterFile>,
+    json: bool,
+) -> Result<()> {
+    let c = connect(gw).await?;
+    let s = c.status().await?;
+    // Object counts: one pass over the listing (bounded by the page size
+    // times pages; fine for a dev cluster, the healer keeps counts later).
+    let (mut objects, mut dirty, mut bytes) = (0u64, 0u64, 0u64);
+    let mut after = String::new();
+    for _ in 0..100 {
+        let (page, more) = c.list("", &after, LIST_PAGE).await?;
+        for i in &page {
+            objects += 1;
+            bytes += i.size;
+            dirty += i.dirty as u64;
+        }
+        match page.last() {
+            Some(l) if more => after = l.key.clone(),
+            _ => break,
+        }
+    }
+    let pid_of = |addr: &str| {
+        cluster
+            .as_ref()
+            .and_then(|c| c.processes.iter().find(|p| p.addr == addr).map(|p| p.pid))
+    };
+    if json {
+        let nodes: Vec<_> = s
+            .nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": n.node_id, "addr": n.addr, "pid": pid_of(&n.addr),
+                    "state": if n.live { "live" } else { "dead" },
+                    "capacity_bytes": n.capacity_bytes, "used_bytes": n.used_bytes, "zone": n.zone,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "gateway": {"id": s.gateway_id, "addr": gw.to_string(), "version": s.version, "uptime_secs": s.uptime_secs,
+                            "layout": s.default_layout, "puts_ok": s.puts_ok, "puts_accepted": s.puts_accepted,
+                            "gets_degraded": s.gets_degraded, "checksum_failures": s.checksum_failures, "wal_replayed": s.wal_replayed},
+                "nodes": nodes,
+                "objects": {"count": objects, "bytes": bytes, "dirty": dirty},
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "gateway {} at {gw} (v{}, up {} s): {}",
+        s.gateway_id, s.version, s.uptime_secs, s.default_layout
+    );
+    println!(
+        "{:<24} {:<21} {:>8} {:<5} {:>10} {:>10}",
+        "node", "address", "pid", "state", "capacity", "used"
+    );
+    for n in &s.nodes {
+        println!(
+            "{:<24} {:<21} {:>8} {:<5} {:>10} {:>10}",
+            n.node_id,
+            n.addr,
+            pid_of(&n.addr).map_or("-".into(), |p| p.to_string()),
+            if n.live { "live" } else { "DEAD" },
+            human(n.capacity_bytes),
+            human(n.used_bytes)
+        );
+    }
+    println!("objects: {objects} ({}), dirty: {dirty}", human(bytes));
+    println!(
+        "since start: {} puts ok, {} accepted, {} degraded reads, {} checksum failures, {} WAL entries replayed",
+        s.puts_ok, s.puts_accepted, s.gets_degraded, s.checksum_failures, s.wal_replayed
+    );
+    Ok(())
+}
+
+fn human(b: u64) -> String {
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}

@@ -1,0 +1,508 @@
+//! End to end on `tessera dev`: real metad, chunkd and gateway processes.
+//!
+//! One cluster serves the whole test (starting one costs seconds), in
+//! phases that each state what must hold:
+//! 1. random blobs of many sizes (0 bytes to 24 MiB) round-trip byte-exact,
+//!    whole and in random ranges;
+//! 2. the CLI: put/get/stat/ls/rm, `--json`, and bad input gets a clear
+//!    error and the documented exit code;
+//! 3. the gateway is killed (-9) in the middle of many writes and started
+//!    again: every acknowledged write reads back, every unacknowledged one
+//!    is either absent or exact, and the WAL holds no entry of that gateway
+//!    except for dirty objects (the healer's);
+//! 4. two chunk servers are killed (-9): every object still reads, new
+//!    writes answer ok or accepted and read back;
+//! 5. with fewer live chunk servers than k, a large write is refused with
+//!    `insufficientNodes` (exit code 4) and a small one still works.
+
+use rand::{Rng, SeedableRng};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tessera_rpc::{GatewayClient, GatewayErrorKind, PutOutcome};
+
+const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
+
+struct Dev {
+    child: Child,
+    dir: PathBuf,
+    cluster: PathBuf,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the dev process this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_dev(chunk_servers: usize) -> Dev {
+    let dir = std::env::temp_dir().join(format!("tessera-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cluster = dir.join("cluster.toml");
+    let log = std::fs::File::create(dir.join("dev.out")).unwrap();
+    let child = Command::new(TESSERA)
+        .arg("dev")
+        .arg("--data")
+        .arg(dir.join("data"))
+        .arg("--cluster")
+        .arg(&cluster)
+        .args([
+            "--chunk-servers",
+            &chunk_servers.to_string(),
+            "--segment-mib",
+            "16",
+        ])
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start tessera dev");
+    let dev = Dev {
+        child,
+        dir,
+        cluster,
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !dev.cluster.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "tessera dev did not write its cluster file: {}",
+            std::fs::read_to_string(dev.dir.join("dev.out")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    dev
+}
+
+fn cluster(dev: &Dev) -> toml::Value {
+    toml::from_str(&std::fs::read_to_string(&dev.cluster).unwrap()).unwrap()
+}
+
+fn gateway_addr(dev: &Dev) -> SocketAddr {
+    cluster(dev)["gateway"].as_str().unwrap().parse().unwrap()
+}
+
+fn metad_addrs(dev: &Dev) -> Vec<String> {
+    cluster(dev)["metad"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn pid_of(dev: &Dev, name: &str) -> i32 {
+    cluster(dev)["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some(name))
+        .unwrap()["pid"]
+        .as_integer()
+        .unwrap() as i32
+}
+
+fn kill9(pid: i32) {
+    // SAFETY: kill(2) on a process of the dev cluster this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+fn tessera(dev: &Dev, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut c = Command::new(TESSERA);
+    c.arg("--cluster").arg(&dev.cluster).args(args);
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    if let Some(b) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs `f` with a client on a glommio executor of its own.
+fn with_client<T: Send + 'static, F, Fut>(gw: SocketAddr, f: F) -> T
+where
+    F: FnOnce(GatewayClient) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    tessera_engine::raise_memlock().unwrap();
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let c = GatewayClient::connect(gw)
+                .await
+                .expect("connect to the gateway");
+            f(c).await
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+fn blob(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    r.fill(&mut v[..]);
+    v
+}
+
+const SIZES: &[usize] = &[
+    0,
+    1,
+    100,
+    4096,
+    65_535,
+    65_536,
+    65_537,
+    1 << 20,
+    (4 << 20) - 1,
+    (4 << 20) + 1,
+    (9 << 20) + 123,
+    24 << 20,
+];
+
+/// Every `(key, seed, len)` must read back exactly.
+fn check_all(gw: SocketAddr, objects: Vec<(String, u64, usize)>) {
+    with_client(gw, move |c| async move {
+        for (key, seed, len) in objects {
+            let got = c
+                .get(&key)
+                .await
+                .unwrap_or_else(|e| panic!("get {key}: {e}"));
+            assert!(
+                got == blob(seed, len),
+                "{key}: {} bytes back, want {len} exact",
+                got.len()
+            );
+        }
+    })
+}
+
+#[test]
+fn dev_cluster_end_to_end() {
+    let dev = start_dev(6);
+    let gw = gateway_addr(&dev);
+
+    // 1. Round trips of many sizes, whole and ranged.
+    let mut objects: Vec<(String, u64, usize)> = Vec::new();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    for (i, &len) in SIZES.iter().enumerate() {
+        objects.push((format!("blob/{i:02}-{len}"), i as u64, len));
+    }
+    for i in 0..12 {
+        let len = rng.gen_range(0..(3 << 20));
+        objects.push((format!("rand/{i:02}"), 1000 + i, len));
+    }
+    let put = objects.clone();
+    with_client(gw, move |c| async move {
+        for (key, seed, len) in &put {
+            let data = blob(*seed, *len);
+            let (info, outcome) = c
+                .put(key, &data)
+                .await
+                .unwrap_or_else(|e| panic!("put {key}: {e}"));
+            assert_eq!(
+                outcome,
+                PutOutcome::Ok,
+                "{key}: all six chunk servers are up"
+            );
+            assert_eq!(info.size, *len as u64);
+            assert!(!info.dirty);
+            let back = c.get(key).await.unwrap();
+            assert!(back == data, "{key} ({len} bytes) did not round-trip");
+            let mut r = rand::rngs::SmallRng::seed_from_u64(*seed ^ 0xabc);
+            for _ in 0..3 {
+                if *len == 0 {
+                    break;
+                }
+                let off = r.gen_range(0..*len);
+                let n = r.gen_range(1..=(*len - off).min(3 << 20));
+                let part = c.get_range(key, off as u64, n as u64).await.unwrap();
+                assert!(part == data[off..off + n], "{key} range {off}+{n}");
+            }
+            let info = c.stat(key).await.unwrap();
+            let want = if *len as u64 > 65_536 {
+                "rs 4+2"
+            } else {
+                "replicated x3"
+            };
+            assert!(
+                info.layout.starts_with(want),
+                "{key}: layout {}",
+                info.layout
+            );
+        }
+        // Overwrite: the new version wins.
+        let (k, s, l) = put[3].clone();
+        c.put(&k, b"replaced").await.unwrap();
+        assert_eq!(c.get(&k).await.unwrap(), b"replaced");
+        c.put(&k, &blob(s, l)).await.unwrap();
+        let (page, more) = c.list("blob/", "", 1000).await.unwrap();
+        assert!(!more);
+        assert_eq!(page.len(), SIZES.len());
+        assert!(
+            page.windows(2).all(|w| w[0].key < w[1].key),
+            "list is in key order"
+        );
+    });
+
+    // 2. The CLI, and bad input.
+    let file = dev.dir.join("cli.bin");
+    std::fs::write(&file, blob(42, 300_000)).unwrap();
+    let o = tessera(&dev, &["put", "cli/file", file.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ok: cli/file"));
+    let out = dev.dir.join("cli.out");
+    let o = tessera(
+        &dev,
+        &["get", "cli/file", "-o", out.to_str().unwrap()],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), blob(42, 300_000));
+    let o = tessera(&dev, &["put", "cli/stdin"], Some(b"from stdin"));
+    assert!(o.status.success());
+    let o = tessera(&dev, &["get", "cli/stdin"], None);
+    assert_eq!(o.stdout, b"from stdin");
+    let o = tessera(&dev, &["--json", "stat", "cli/file"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["size"], 300_000);
+    let o = tessera(&dev, &["--json", "ls", "cli/"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let o = tessera(&dev, &["rm", "cli/stdin"], None);
+    assert!(o.status.success());
+    let o = tessera(&dev, &["get", "cli/stdin"], None);
+    assert_eq!(o.status.code(), Some(3), "unknown key: exit code 3");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no object under the key"));
+    let long = "k".repeat(1001);
+    let o = tessera(&dev, &["put", &long], Some(b"x"));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("1..=1000 bytes"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = tessera(&dev, &["--json", "status"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 6);
+    assert!(v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["state"] == "live" && n["pid"].is_number()));
+
+    // 3. The gateway killed in the middle of writes, then started again.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64, usize)>::new()));
+    let tried: Vec<(String, u64, usize)> = (0..40)
+        .map(|i| {
+            (
+                format!("crash/{i:02}"),
+                5000 + i,
+                if i % 2 == 0 { 2 << 20 } else { 20_000 },
+            )
+        })
+        .collect();
+    let writer = {
+        let (acked, tried) = (acked.clone(), tried.clone());
+        std::thread::spawn(move || {
+            with_client(gw, move |c| async move {
+                let c = std::rc::Rc::new(c);
+                // Four writers, so that some writes are acknowledged and
+                // others are in flight when the gateway dies.
+                let queue = std::rc::Rc::new(std::cell::RefCell::new(tried));
+                let jobs = (0..4).map(|_| {
+                    let (c, acked, queue) = (c.clone(), acked.clone(), queue.clone());
+                    async move {
+                        loop {
+                            let Some((k, s, l)) = queue.borrow_mut().pop() else {
+                                break;
+                            };
+                            match c.put(&k, &blob(s, l)).await {
+                                Ok(_) => acked.lock().unwrap().push((k, s, l)),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                });
+                futures::future::join_all(jobs).await;
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 8 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill9(pid_of(&dev, "gateway"));
+    writer.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    eprintln!(
+        "gateway killed with {} of {} writes acknowledged",
+        acked.len(),
+        tried.len()
+    );
+    assert!(
+        acked.len() >= 8 && acked.len() < tried.len(),
+        "the kill must land mid-way"
+    );
+    let gw_log = std::fs::File::create(dev.dir.join("gateway2.log")).unwrap();
+    let mut gateway2 = Command::new(Path::new(TESSERA).with_file_name("tessera-gateway"))
+        .args([
+            "--listen",
+            &gw.to_string(),
+            "--metad",
+            &metad_addrs(&dev).join(","),
+            "--id",
+            "dev-gateway-1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(gw_log))
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(gateway2.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        assert!(first.contains("listening"), "{first}");
+        std::thread::spawn(move || for _ in lines {});
+    }
+    check_all(gw, acked.clone());
+    let unacked: Vec<_> = tried
+        .iter()
+        .filter(|t| !acked.contains(t))
+        .cloned()
+        .collect();
+    with_client(gw, move |c| async move {
+        for (k, s, l) in unacked {
+            match c.get(&k).await {
+                Ok(b) => assert!(
+                    b == blob(s, l),
+                    "unacknowledged {k} came back with other bytes"
+                ),
+                Err(tessera_rpc::Error::Gateway {
+                    kind: GatewayErrorKind::NotFound,
+                    ..
+                }) => {}
+                Err(e) => panic!("unacknowledged {k}: {e}"),
+            }
+        }
+    });
+    wal_holds_only_dirty_entries(&dev, gw);
+
+    // 4. Two chunk servers killed.
+    kill9(pid_of(&dev, "chunkd-1"));
+    kill9(pid_of(&dev, "chunkd-2"));
+    let mut all = objects.clone();
+    all.extend(acked);
+    check_all(gw, all.clone());
+    let fresh: Vec<(String, u64, usize)> = [(0usize, 10), (1, 70_000), (2, 5 << 20)]
+        .iter()
+        .map(|&(i, l)| (format!("degraded/{i}"), 9000 + i as u64, l))
+        .collect();
+    let f2 = fresh.clone();
+    with_client(gw, move |c| async move {
+        for (k, s, l) in &f2 {
+            let (_, outcome) = c
+                .put(k, &blob(*s, *l))
+                .await
+                .unwrap_or_else(|e| panic!("put {k} with 2 servers down: {e}"));
+            assert!(matches!(outcome, PutOutcome::Ok | PutOutcome::Accepted));
+        }
+    });
+    check_all(gw, fresh);
+
+    // 5. Fewer live chunk servers than k = 4.
+    kill9(pid_of(&dev, "chunkd-3"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let live = with_client(gw, |c| async move {
+            c.status()
+                .await
+                .unwrap()
+                .nodes
+                .iter()
+                .filter(|n| n.live)
+                .count()
+        });
+        if live == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the registry still shows {live} live"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::fs::write(&file, blob(43, 1 << 20)).unwrap();
+    let o = tessera(&dev, &["put", "too/big", file.to_str().unwrap()], None);
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("needs at least 4 live chunk servers"), "{err}");
+    let o = tessera(&dev, &["put", "still/small"], Some(b"small"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let _ = gateway2.kill();
+    let _ = gateway2.wait();
+}
+
+/// Every unfinished WAL entry of the gateway names a committed, dirty
+/// version (the healer finishes those); nothing else is left behind.
+fn wal_holds_only_dirty_entries(dev: &Dev, gw: SocketAddr) {
+    let metad = metad_addrs(dev);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let entries = tokio::task::LocalSet::new().block_on(&rt, async move {
+        let c = tessera_metad::client::MetaClient::connect(&metad, Default::default())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for p in 0..c.wal_partitions() {
+            let (e, _, _) = c.wal_read(p, 0, 10_000, true).await.unwrap();
+            out.extend(
+                e.into_iter()
+                    .filter(|e| e.gateway == "dev-gateway-1" && !e.finished),
+            );
+        }
+        out
+    });
+    for e in entries {
+        let intent = tessera_gateway::meta::WalIntent::decode(&e.data).unwrap();
+        let key = intent.key.clone();
+        let info = with_client(gw, move |c| async move { c.stat(&key).await });
+        match info {
+            Ok(i) => assert!(
+                i.version_id == intent.version_id && i.dirty,
+                "WAL entry for {} left unfinished though its object is clean or another version",
+                intent.key
+            ),
+            Err(e) => panic!(
+                "WAL entry for {} left unfinished with no object: {e}",
+                intent.key
+            ),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The erasure code, behind [`Codec`] so that a pool can change codec while
+//! every object keeps the one recorded in its metadata ([`CodecId`]).
+//!
+//! Contract: `encode` of k equal-length data shards gives m parity shards
+//! of that length; `data_from` rebuilds the k data shards from any k of the
+//! k + m (indexes 0..k data, k..k+m parity) and refuses fewer.
+
+use crate::error::{Error, Result};
+use crate::meta::CodecId;
+
+pub trait Codec {
+    fn id(&self) -> CodecId;
+    /// The m parity shards of `data` (k shards of one length).
+    fn encode(&self, k: usize, m: usize, data: &[&[u8]]) -> Result<Vec<Vec<u8>>>;
+    /// The k data shards, from `present` shards given as (index, bytes).
+    fn data_from(&self, k: usize, m: usize, present: &[(usize, &[u8])]) -> Result<Vec<Vec<u8>>>;
+}
+
+/// Reed-Solomon over GF(2^16) with SIMD (`reed-solomon-simd`).
+pub struct RsSimd;
+
+impl Codec for RsSimd {
+    fn id(&self) -> CodecId {
+        CodecId::RsSimd
+    }
+
+    fn encode(&self, k: usize, m: usize, data: &[&[u8]]) -> Result<Vec<Vec<u8>>> {
+        if data.len() != k {
+            return Err(Error::Internal(format!(
+                "encode: {} data shards for k = {k}",
+                data.len()
+            )));
+        }
+        reed_solomon_simd::encode(k, m, data.iter())
+            .map_err(|e| Error::Internal(format!("Reed-Solomon encode {k}+{m}: {e}")))
+    }
+
+    fn data_from(&self, k: usize, m: usize, present: &[(usize, &[u8])]) -> Result<Vec<Vec<u8>>> {
+        let mut out: Vec<Option<Vec<u8>>> = vec![None; k];
+        let mut originals = Vec::new();
+        let mut recovery = Vec::new();
+        for &(i, b) in present {
+            if i < k {
+                if out[i].is_none() {
+                    out[i] = Some(b.to_vec());
+                    originals.push((i, b));
+                }
+            } else if i < k + m {
+                recovery.push((i - k, b));
+            }
+        }
+        if originals.len() == k {
+            return Ok(out.into_iter().map(|s| s.expect("all present")).collect());
+        }
+        if originals.len() + recovery.len() < k {
+            return Err(Error::DataLoss(format!(
+                "only {} of the {k} shards needed are readable",
+                originals.len() + recovery.len()
+            )));
+        }
+        let restored = reed_solomon_simd::decode(k, m, originals, recovery)
+            .map_err(|e| Error::Internal(format!("Reed-Solomon decode {k}+{m}: {e}")))?;
+        for (i, b) in restored {
+            if i < k {
+                out[i] = Some(b);
+            }
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.ok_or_else(|| Error::Internal(format!("decode did not restore data shard {i}")))
+            })
+            .collect()
+    }
+}
+
+/// The codec an object's record names.
+pub fn codec_for(id: CodecId) -> &'static dyn Codec {
+    match id {
+        CodecId::RsSimd => &RsSimd,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any k of the k + m shards give back the data; fewer are refused.
+        #[test]
+        fn any_k_shards_rebuild(km in prop::sample::select(vec![(4usize, 2usize), (8, 3), (10, 4), (2, 1)]),
+                                len64 in 1usize..64, seed in any::<u64>(), drop_mask in any::<u32>()) {
+            let (k, m) = km;
+            let len = len64 * 64;
+            let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(seed);
+            let data: Vec<Vec<u8>> = (0..k).map(|_| (0..len).map(|_| rand::Rng::gen(&mut rng)).collect()).collect();
+            let refs: Vec<&[u8]> = data.iter().map(|v| v.as_slice()).collect();
+            let parity = RsSimd.encode(k, m, &refs).unwrap();
+            prop_assert_eq!(parity.len(), m);
+            let all: Vec<&[u8]> = refs.iter().copied().chain(parity.iter().map(|p| p.as_slice())).collect();
+            // Drop up to m shards chosen by the mask.
+            let mut dropped = 0;
+            let mut present = Vec::new();
+            for (i, s) in all.iter().enumerate() {
+                if dropped < m && drop_mask & (1 << i) != 0 {
+                    dropped += 1;
+                } else {
+                    present.push((i, *s));
+                }
+            }
+            let back = RsSimd.data_from(k, m, &present).unwrap();
+            prop_assert_eq!(&back, &data);
+            // One fewer than k is data loss.
+            let too_few: Vec<(usize, &[u8])> = all.iter().copied().enumerate().take(k - 1).collect();
+            prop_assert!(matches!(RsSimd.data_from(k, m, &too_few), Err(Error::DataLoss(_))));
+        }
+    }
+}

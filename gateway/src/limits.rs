@@ -1,0 +1,45 @@
+//! Every limit the gateway enforces, with its unit.
+
+/// Longest key, in bytes (metad keys are at most 1024; the record prefix
+/// takes the rest).
+pub const KEY_LEN_MAX_BYTES: usize = 1000;
+/// Largest object, in bytes.
+pub const OBJECT_SIZE_MAX_BYTES: u64 = 8 << 40;
+/// Most bytes one `put` or `get` message carries (larger objects stream).
+pub const MESSAGE_DATA_MAX_BYTES: usize = 4 << 20;
+/// Objects up to this size are replicated, larger ones erasure coded.
+pub const INLINE_MAX_BYTES_DEFAULT: u64 = 64 << 10;
+/// Copies of a replicated object.
+pub const REPLICAS: usize = 3;
+/// Default erasure code and shard size.
+pub const DATA_SHARDS_DEFAULT: u8 = 4;
+pub const PARITY_SHARDS_DEFAULT: u8 = 2;
+pub const SHARD_BYTES_DEFAULT: u32 = 1 << 20;
+/// Shard sizes a pool may choose (the chunk server takes up to 16 MiB).
+pub const SHARD_BYTES_MIN: u32 = 4 << 10;
+pub const SHARD_BYTES_MAX: u32 = 8 << 20;
+/// Largest k and m (and k + m: a stripe's shards need that many nodes).
+pub const DATA_SHARDS_MAX: u8 = 32;
+pub const PARITY_SHARDS_MAX: u8 = 16;
+/// Most stripes one object's record lists: the record must fit metad's
+/// 256 KiB value limit (about 40 bytes a stripe at 4+2).
+pub const STRIPES_MAX: u64 = 5_000;
+/// Objects up to this size log their bytes in the WAL (replay can finish
+/// them); larger ones log their intent only.
+pub const WAL_PAYLOAD_MAX_BYTES: u64 = 64 << 10;
+/// Stripes of one streamed put being written at once (memory per put is
+/// about this many stripes plus one).
+pub const STRIPES_IN_FLIGHT_MAX: usize = 2;
+/// Most items one list page returns.
+pub const LIST_LIMIT_MAX: u32 = 10_000;
+/// Default and largest chunk of a streamed get, in bytes.
+pub const STREAM_CHUNK_DEFAULT_BYTES: u32 = 1 << 20;
+pub const STREAM_CHUNK_MAX_BYTES: u32 = 4 << 20;
+/// How often the node table is read from the registry, in milliseconds.
+pub const NODES_REFRESH_MILLIS: u64 = 1_000;
+/// Compare-and-set attempts of one commit before answering `conflict`.
+pub const COMMIT_ATTEMPTS_MAX: u32 = 8;
+/// WAL entries read per page during replay.
+pub const REPLAY_PAGE_ENTRIES: u32 = 1_000;
+/// Concurrent streamed requests one connection may hold open.
+pub const CONNECTIONS_MAX: usize = 4_096;

@@ -1,0 +1,160 @@
+//! The chunk servers the gateway knows: the registry's node table (read
+//! from metad every [`NODES_REFRESH_MILLIS`]), one chunk client per node
+//! (made on first use, again when the node's address changes) and each
+//! node's read latency (an exponentially weighted mean) for choosing the
+//! fastest replica.
+
+use crate::bridge::MetaBridge;
+use crate::error::{Error, Result};
+use crate::limits::NODES_REFRESH_MILLIS;
+use crate::placement::Candidate;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tessera_metad::client::NodeEntry;
+use tessera_rpc::{ChunkClient, ClientOptions};
+
+/// Weight of a new latency sample in a node's mean.
+const LATENCY_EWMA_WEIGHT: f64 = 0.2;
+/// A chunk server call's limit: past it a shard counts as missing and the
+/// stripe is rebuilt or written elsewhere.
+const CHUNK_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connecting to a chunk server gives up after this.
+const CHUNK_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Nodes {
+    bridge: MetaBridge,
+    table: RefCell<Vec<NodeEntry>>,
+    refreshed: RefCell<Option<Instant>>,
+    clients: RefCell<HashMap<String, (String, Rc<ChunkClient>)>>,
+    latency_us: RefCell<HashMap<String, f64>>,
+}
+
+impl Nodes {
+    pub fn new(bridge: MetaBridge) -> Rc<Self> {
+        Rc::new(Nodes {
+            bridge,
+            table: RefCell::new(Vec::new()),
+            refreshed: RefCell::new(None),
+            clients: RefCell::new(HashMap::new()),
+            latency_us: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// Reads the node table from the registry now.
+    pub async fn refresh(&self) -> Result<()> {
+        let nodes = self
+            .bridge
+            .call(
+                "listing chunk servers",
+                |c| async move { c.list_nodes().await },
+            )
+            .await?;
+        *self.table.borrow_mut() = nodes;
+        *self.refreshed.borrow_mut() = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Refreshes the table when it is older than the refresh interval.
+    pub async fn refresh_if_stale(&self) -> Result<()> {
+        let stale = self.refreshed.borrow().map_or(true, |t| {
+            t.elapsed() > Duration::from_millis(NODES_REFRESH_MILLIS)
+        });
+        if stale {
+            self.refresh().await?;
+        }
+        Ok(())
+    }
+
+    /// Every registered node, live or not.
+    pub fn all(&self) -> Vec<NodeEntry> {
+        self.table.borrow().clone()
+    }
+
+    /// Live nodes as placement candidates (weight: capacity in GiB).
+    pub fn candidates(&self) -> Vec<Candidate> {
+        self.table
+            .borrow()
+            .iter()
+            .filter(|n| n.live)
+            .map(|n| Candidate {
+                node_id: n.node_id.clone(),
+                weight: (n.capacity >> 30).max(1),
+                zone: n.zone.clone(),
+            })
+            .collect()
+    }
+
+    pub fn is_live(&self, node_id: &str) -> bool {
+        self.table
+            .borrow()
+            .iter()
+            .any(|n| n.node_id == node_id && n.live)
+    }
+
+    /// The chunk client of `node_id`; `Unavailable` when the registry does
+    /// not list it as live or it cannot be reached.
+    pub async fn client(&self, node_id: &str) -> Result<Rc<ChunkClient>> {
+        let addr = {
+            let t = self.table.borrow();
+            match t.iter().find(|n| n.node_id == node_id) {
+                Some(n) if n.live => n.addr.clone(),
+                Some(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "chunk server {node_id} is not live in the registry"
+                    )))
+                }
+                None => {
+                    return Err(Error::Unavailable(format!(
+                        "chunk server {node_id} is not registered"
+                    )))
+                }
+            }
+        };
+        if let Some((a, c)) = self.clients.borrow().get(node_id) {
+            if *a == addr {
+                return Ok(c.clone());
+            }
+        }
+        let sa: SocketAddr = addr.parse().map_err(|_| {
+            Error::Unavailable(format!(
+                "chunk server {node_id} registered an address that is not ip:port: {addr:?}"
+            ))
+        })?;
+        let opts = ClientOptions {
+            connect_timeout: CHUNK_CONNECT_TIMEOUT,
+            call_timeout: CHUNK_CALL_TIMEOUT,
+            attempts: 2,
+            ..Default::default()
+        };
+        let c =
+            Rc::new(ChunkClient::connect(sa, opts).await.map_err(|e| {
+                Error::Unavailable(format!("chunk server {node_id} at {addr}: {e}"))
+            })?);
+        self.clients
+            .borrow_mut()
+            .insert(node_id.to_string(), (addr, c.clone()));
+        Ok(c)
+    }
+
+    /// Records a read that took `took` on `node_id`.
+    pub fn observe(&self, node_id: &str, took: Duration) {
+        let us = took.as_secs_f64() * 1e6;
+        let mut l = self.latency_us.borrow_mut();
+        let e = l.entry(node_id.to_string()).or_insert(us);
+        *e = *e * (1.0 - LATENCY_EWMA_WEIGHT) + us * LATENCY_EWMA_WEIGHT;
+    }
+
+    /// `ids` ordered for reading: live nodes first, fastest first (unknown
+    /// latency counts as fast, so every node gets measured).
+    pub fn order_for_read(&self, ids: &mut [(usize, String)]) {
+        let l = self.latency_us.borrow();
+        ids.sort_by(|a, b| {
+            let la = (!self.is_live(&a.1), l.get(&a.1).copied().unwrap_or(0.0));
+            let lb = (!self.is_live(&b.1), l.get(&b.1).copied().unwrap_or(0.0));
+            la.partial_cmp(&lb).unwrap_or(std::cmp::Ordering::Equal)
+        });
+    }
+}

@@ -1,0 +1,1018 @@
+//! The write and read paths of DESIGN.md ("The data path").
+//!
+//! Write: 1) the WAL entry (intent, plus the bytes for small objects) is
+//! appended before any chunk server sees a byte; 2) shards (or replicas) are
+//! placed and written in parallel, each stripe as soon as it is full; 3) the
+//! record is committed in metad with a compare-and-set on its version;
+//! 4) the answer is `ok`, or `accepted` when some shards did not land but
+//! at least k of every stripe (one replica) did — the record is then dirty
+//! and its WAL entry stays unfinished for the healer; 5) a clean write
+//! finishes its WAL entry. A replaced or deleted version's shards are
+//! deleted after the commit (a failure leaves garbage for the healer, never
+//! a dangling record).
+//!
+//! Read: the record (linearizable), then replicas fastest first or the k
+//! data shards of each stripe in parallel; a missing or corrupt shard makes
+//! the stripe read its parity and rebuild (counted as degraded; a checksum
+//! failure is counted for repair).
+//!
+//! Invariant: a record is only committed after every stripe it names has
+//! at least k shards (one replica) durable on chunk servers.
+
+use crate::bridge::MetaBridge;
+use crate::codec::{codec_for, Codec, RsSimd};
+use crate::error::{Error, Result};
+use crate::limits::*;
+use crate::meta::*;
+use crate::nodes::Nodes;
+use crate::placement::{place, rank, Candidate};
+use futures::future::join_all;
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tessera_metad::client::Consistency;
+
+/// The gateway's settings for new objects.
+#[derive(Debug, Clone)]
+pub struct ObjectsConfig {
+    /// Names this gateway's WAL entries (replay takes its own).
+    pub gateway_id: String,
+    pub k: u8,
+    pub m: u8,
+    pub shard_bytes: u32,
+    /// Objects up to this size are replicated ×3.
+    pub inline_max: u64,
+}
+
+impl Default for ObjectsConfig {
+    fn default() -> Self {
+        ObjectsConfig {
+            gateway_id: "gateway".into(),
+            k: DATA_SHARDS_DEFAULT,
+            m: PARITY_SHARDS_DEFAULT,
+            shard_bytes: SHARD_BYTES_DEFAULT,
+            inline_max: INLINE_MAX_BYTES_DEFAULT,
+        }
+    }
+}
+
+impl ObjectsConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 || self.k > DATA_SHARDS_MAX || self.m == 0 || self.m > PARITY_SHARDS_MAX {
+            return Err(Error::Invalid(format!(
+                "erasure code {}+{}: k must be 1..={DATA_SHARDS_MAX} and m 1..={PARITY_SHARDS_MAX}",
+                self.k, self.m
+            )));
+        }
+        if !(SHARD_BYTES_MIN..=SHARD_BYTES_MAX).contains(&self.shard_bytes)
+            || self.shard_bytes % SHARD_ALIGN_BYTES != 0
+        {
+            return Err(Error::Invalid(format!(
+                "shard size {} must be {SHARD_BYTES_MIN}..={SHARD_BYTES_MAX} bytes and a multiple of {SHARD_ALIGN_BYTES}",
+                self.shard_bytes
+            )));
+        }
+        if self.gateway_id.is_empty() || self.gateway_id.len() > 256 {
+            return Err(Error::Invalid(
+                "the gateway id must be 1..=256 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How a write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Accepted,
+}
+
+/// Counters since start.
+#[derive(Default)]
+pub struct Stats {
+    pub puts_ok: Cell<u64>,
+    pub puts_accepted: Cell<u64>,
+    pub gets_degraded: Cell<u64>,
+    pub checksum_failures: Cell<u64>,
+    pub wal_replayed: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Checks a key: 1..=[`KEY_LEN_MAX_BYTES`] bytes, no NUL.
+pub fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > KEY_LEN_MAX_BYTES {
+        return Err(Error::Invalid(format!(
+            "a key must be 1..={KEY_LEN_MAX_BYTES} bytes; this one is {}",
+            key.len()
+        )));
+    }
+    if key.contains('\0') {
+        return Err(Error::Invalid("a key must not contain NUL".into()));
+    }
+    Ok(())
+}
+
+pub struct Objects {
+    pub cfg: ObjectsConfig,
+    pub nodes: Rc<Nodes>,
+    pub bridge: MetaBridge,
+    pub stats: Stats,
+    pub started: Instant,
+}
+
+/// Where a stripe's shards landed: the node id of each shard (None: missing).
+type Landed = Vec<Option<String>>;
+
+impl Objects {
+    pub fn new(cfg: ObjectsConfig, bridge: MetaBridge) -> Result<Rc<Self>> {
+        cfg.validate()?;
+        Ok(Rc::new(Objects {
+            nodes: Nodes::new(bridge.clone()),
+            cfg,
+            bridge,
+            stats: Stats::default(),
+            started: Instant::now(),
+        }))
+    }
+
+    fn partition_of(&self, key: &str) -> u32 {
+        crc32c::crc32c(key.as_bytes()) % self.bridge.wal_partitions().max(1)
+    }
+
+    /// Starts a write of `size` bytes under `key`: checks, takes the live
+    /// nodes and, for an erasure-coded object, logs the intent in the WAL.
+    pub async fn begin_put(self: &Rc<Self>, key: &str, size: u64) -> Result<PutWriter> {
+        self.begin(key, size, None).await
+    }
+
+    /// `replay`: the version id and creation time of a WAL entry being
+    /// completed (no new WAL entry is logged).
+    async fn begin(
+        self: &Rc<Self>,
+        key: &str,
+        size: u64,
+        replay: Option<(Vec<u8>, u64)>,
+    ) -> Result<PutWriter> {
+        check_key(key)?;
+        if size > OBJECT_SIZE_MAX_BYTES {
+            return Err(Error::TooLarge(format!(
+                "an object may be at most {OBJECT_SIZE_MAX_BYTES} bytes; this one is {size}"
+            )));
+        }
+        self.nodes.refresh_if_stale().await?;
+        let candidates = self.nodes.candidates();
+        let replaying = replay.is_some();
+        let (version_id, created) =
+            replay.unwrap_or_else(|| (rand::random::<[u8; 16]>().to_vec(), now_millis()));
+        let erasure = size > self.cfg.inline_max;
+        let plan = if erasure {
+            let (k, m, sb) = (self.cfg.k, self.cfg.m, self.cfg.shard_bytes);
+            if candidates.len() < k as usize {
+                return Err(Error::InsufficientNodes(format!(
+                    "erasure code {k}+{m} needs at least {k} live chunk servers (ideally {}); {} are live",
+                    k + m,
+                    candidates.len()
+                )));
+            }
+            let stripes = stripe_count(size, k, sb);
+            if stripes > STRIPES_MAX {
+                return Err(Error::TooLarge(format!(
+                    "an object of {size} bytes needs {stripes} stripes of {} bytes; a record holds at most \
+                     {STRIPES_MAX}: use a pool with larger shards",
+                    k as u64 * sb as u64
+                )));
+            }
+            Plan::Erasure {
+                k,
+                m,
+                shard_bytes: sb,
+            }
+        } else {
+            if candidates.is_empty() {
+                return Err(Error::InsufficientNodes(
+                    "no chunk server is live in the registry; start one (tessera dev starts six)"
+                        .into(),
+                ));
+            }
+            Plan::Replicated
+        };
+        let mut w = PutWriter {
+            objects: self.clone(),
+            key: key.to_string(),
+            size,
+            version_id,
+            created,
+            candidates,
+            plan,
+            received: 0,
+            buf: Vec::new(),
+            next_stripe: 0,
+            inflight: VecDeque::new(),
+            landed: Vec::new(),
+            wal: None,
+            replaying,
+        };
+        if erasure && !replaying {
+            w.log_intent(Vec::new()).await?;
+        }
+        Ok(w)
+    }
+
+    /// Writes a whole object held in memory.
+    pub async fn put(self: &Rc<Self>, key: &str, data: &[u8]) -> Result<(ObjectMeta, Outcome)> {
+        let mut w = self.begin_put(key, data.len() as u64).await?;
+        w.write(data).await?;
+        w.finish().await
+    }
+
+    /// The record of `key` (a linearizable read).
+    pub async fn stat(&self, key: &str) -> Result<ObjectMeta> {
+        check_key(key)?;
+        Ok(self.record(key).await?.ok_or_else(|| not_found(key))?.0)
+    }
+
+    async fn record(&self, key: &str) -> Result<Option<(ObjectMeta, u64)>> {
+        let k = object_key(key);
+        let v = self
+            .bridge
+            .call("reading the object record", move |c| async move {
+                c.get(&k, Consistency::Linearizable).await
+            })
+            .await?;
+        match v {
+            None => Ok(None),
+            Some(v) => Ok(Some((ObjectMeta::decode(&v.value)?, v.version))),
+        }
+    }
+
+    /// Commits `meta` under `key`, replacing whatever is there; returns the
+    /// replaced record. With `only_if_newer`, a record created after `meta`
+    /// wins and `meta` is not committed (WAL replay): returns Err(Conflict).
+    async fn commit(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+        only_if_newer: bool,
+    ) -> Result<Option<ObjectMeta>> {
+        let value = meta.encode();
+        for _ in 0..COMMIT_ATTEMPTS_MAX {
+            let cur = self.record(key).await?;
+            if let Some((c, _)) = &cur {
+                if c.version_id == meta.version_id {
+                    return Ok(None);
+                }
+                if only_if_newer && c.created_unix_millis > meta.created_unix_millis {
+                    return Err(Error::Conflict(format!(
+                        "{key} has a newer version than the one being replayed"
+                    )));
+                }
+            }
+            let expected = cur.as_ref().map_or(0, |c| c.1);
+            let (k, v) = (object_key(key), value.clone());
+            let r = self
+                .bridge
+                .call("committing the object record", move |c| async move {
+                    c.put_if(&k, &v, expected).await
+                })
+                .await;
+            match r {
+                Ok(_) => return Ok(cur.map(|c| c.0)),
+                Err(Error::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(format!(
+            "{key} changed {COMMIT_ATTEMPTS_MAX} times while this write committed; retry"
+        )))
+    }
+
+    async fn wal_finish(&self, partition: u32, offset: u64) {
+        let r = self
+            .bridge
+            .call("finishing the WAL entry", move |c| async move {
+                c.wal_finish(partition, &[offset]).await
+            })
+            .await;
+        if let Err(e) = r {
+            // The entry stays unfinished: replay finds the object committed
+            // and finishes it then.
+            tracing::warn!(error = %e, partition, offset, "WAL entry not finished");
+        }
+    }
+
+    /// Deletes `key`; false when there was nothing.
+    pub async fn delete(self: &Rc<Self>, key: &str) -> Result<bool> {
+        check_key(key)?;
+        for _ in 0..COMMIT_ATTEMPTS_MAX {
+            let Some((meta, version)) = self.record(key).await? else {
+                return Ok(false);
+            };
+            let k = object_key(key);
+            let r = self
+                .bridge
+                .call("deleting the object record", move |c| async move {
+                    c.delete(&k, Some(version)).await
+                })
+                .await;
+            match r {
+                Ok(_) => {
+                    self.delete_shards_later(meta);
+                    return Ok(true);
+                }
+                Err(Error::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(format!(
+            "{key} kept changing while being deleted; retry"
+        )))
+    }
+
+    /// Deletes a version's shards in the background (best effort: what
+    /// fails stays as garbage for the healer; no record refers to it).
+    fn delete_shards_later(self: &Rc<Self>, meta: ObjectMeta) {
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            let mut jobs = Vec::new();
+            for (stripe, nodes) in shard_nodes(&meta).into_iter().enumerate() {
+                for (i, n) in nodes.into_iter().enumerate() {
+                    if let Some(n) = n {
+                        let id = match &meta.layout {
+                            Layout::Replicated { .. } => shard_id(&meta.version_id, 0, 0),
+                            Layout::Erasure { .. } => {
+                                shard_id(&meta.version_id, stripe as u32, i as u8)
+                            }
+                        };
+                        let me = me.clone();
+                        jobs.push(async move {
+                            if let Ok(c) = me.nodes.client(&n).await {
+                                let _ = c.delete(&id).await;
+                            }
+                        });
+                    }
+                }
+            }
+            join_all(jobs).await;
+        })
+        .detach();
+    }
+
+    /// Lists records whose key starts with `prefix`, after `start_after`.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: u32,
+    ) -> Result<(Vec<(String, ObjectMeta)>, bool)> {
+        if limit == 0 || limit > LIST_LIMIT_MAX {
+            return Err(Error::Invalid(format!(
+                "limit must be 1..={LIST_LIMIT_MAX}, got {limit}"
+            )));
+        }
+        if prefix.len() > KEY_LEN_MAX_BYTES || start_after.len() > KEY_LEN_MAX_BYTES {
+            return Err(Error::Invalid(format!(
+                "prefix and startAfter must be at most {KEY_LEN_MAX_BYTES} bytes"
+            )));
+        }
+        let p = object_key(prefix);
+        let s = if start_after.is_empty() {
+            Vec::new()
+        } else {
+            object_key(start_after)
+        };
+        let (items, more) = self
+            .bridge
+            .call("listing objects", move |c| async move {
+                c.list(&p, &s, limit).await
+            })
+            .await?;
+        let mut out = Vec::with_capacity(items.len());
+        for (k, v) in items {
+            let key = String::from_utf8_lossy(&k[OBJECT_KEY_PREFIX.len()..]).into_owned();
+            out.push((key, ObjectMeta::decode(&v.value)?));
+        }
+        Ok((out, more))
+    }
+
+    /// Reads bytes `[offset, offset + len)` of the object `meta` describes,
+    /// one stripe at a time, handing each piece to `out`.
+    pub async fn read<F, Fut>(
+        &self,
+        meta: &ObjectMeta,
+        offset: u64,
+        len: u64,
+        mut out: F,
+    ) -> Result<()>
+    where
+        F: FnMut(Vec<u8>) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        match &meta.layout {
+            Layout::Replicated { replicas } => {
+                let bytes = self.read_replicated(meta, replicas).await?;
+                let (a, b) = (offset as usize, end.min(bytes.len() as u64) as usize);
+                out(bytes[a..b].to_vec()).await
+            }
+            Layout::Erasure {
+                codec,
+                k,
+                m,
+                shard_bytes,
+                stripes,
+            } => {
+                let stripe_bytes = *k as u64 * *shard_bytes as u64;
+                let first = offset / stripe_bytes;
+                let last = (end - 1) / stripe_bytes;
+                for s in first..=last {
+                    let bytes = self
+                        .read_stripe(
+                            meta,
+                            codec_for(*codec),
+                            *k,
+                            *m,
+                            *shard_bytes,
+                            s,
+                            &stripes[s as usize],
+                        )
+                        .await?;
+                    let base = s * stripe_bytes;
+                    let a = offset.max(base) - base;
+                    let b = end.min(base + bytes.len() as u64) - base;
+                    out(bytes[a as usize..b as usize].to_vec()).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn read_replicated(&self, meta: &ObjectMeta, replicas: &[u16]) -> Result<Vec<u8>> {
+        self.nodes.refresh_if_stale().await.ok();
+        let mut order: Vec<(usize, String)> = replicas
+            .iter()
+            .filter(|&&i| i != NO_NODE)
+            .map(|&i| (i as usize, meta.nodes[i as usize].clone()))
+            .collect();
+        self.nodes.order_for_read(&mut order);
+        let id = shard_id(&meta.version_id, 0, 0);
+        let mut why = Vec::new();
+        for (n, (_, node)) in order.iter().enumerate() {
+            match self.read_shard(node, &id).await {
+                Ok(b) if b.len() as u64 == meta.size => {
+                    if n > 0 {
+                        bump(&self.stats.gets_degraded);
+                    }
+                    return Ok(b);
+                }
+                Ok(b) => why.push(format!("{node}: {} bytes, want {}", b.len(), meta.size)),
+                Err(e) => why.push(format!("{node}: {e}")),
+            }
+        }
+        Err(Error::DataLoss(format!(
+            "no replica of this object could be read ({})",
+            why.join("; ")
+        )))
+    }
+
+    async fn read_shard(&self, node: &str, id: &[u8]) -> Result<Vec<u8>> {
+        let c = self.nodes.client(node).await?;
+        let t = Instant::now();
+        match c.get(id).await {
+            Ok(b) => {
+                self.nodes.observe(node, t.elapsed());
+                Ok(b)
+            }
+            Err(tessera_rpc::Error::Remote {
+                kind: tessera_rpc::RemoteKind::Checksum,
+                message,
+                ..
+            }) => {
+                bump(&self.stats.checksum_failures);
+                tracing::warn!(node, shard = ?id, "shard failed its checksum; the chunk server reports it for repair");
+                Err(Error::DataLoss(format!("checksum: {message}")))
+            }
+            Err(e) => Err(Error::Unavailable(e.to_string())),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn read_stripe(
+        &self,
+        meta: &ObjectMeta,
+        codec: &dyn Codec,
+        k: u8,
+        m: u8,
+        shard_bytes: u32,
+        s: u64,
+        nodes: &[u16],
+    ) -> Result<Vec<u8>> {
+        let (len, shard_len) = stripe_geometry(meta.size, k, shard_bytes, s);
+        let (k, m) = (k as usize, m as usize);
+        let fetch = |i: usize| {
+            let node = nodes
+                .get(i)
+                .filter(|&&n| n != NO_NODE)
+                .map(|&n| meta.nodes[n as usize].clone());
+            let id = shard_id(&meta.version_id, s as u32, i as u8);
+            async move {
+                match node {
+                    None => (i, Err(Error::Unavailable("shard never landed".into()))),
+                    Some(node) => (i, self.read_shard(&node, &id).await),
+                }
+            }
+        };
+        let mut present: Vec<(usize, Vec<u8>)> = Vec::with_capacity(k + m);
+        for (i, r) in join_all((0..k).map(fetch)).await {
+            if let Ok(b) = r {
+                if b.len() == shard_len as usize {
+                    present.push((i, b));
+                }
+            }
+        }
+        if present.len() < k {
+            bump(&self.stats.gets_degraded);
+            for (i, r) in join_all((k..k + m).map(fetch)).await {
+                if let Ok(b) = r {
+                    if b.len() == shard_len as usize {
+                        present.push((i, b));
+                    }
+                }
+            }
+        }
+        let refs: Vec<(usize, &[u8])> = present.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+        let data = codec.data_from(k, m, &refs).map_err(|e| match e {
+            Error::DataLoss(w) => Error::DataLoss(format!("stripe {s}: {w}")),
+            e => e,
+        })?;
+        let mut out = Vec::with_capacity(len as usize);
+        for d in data {
+            out.extend_from_slice(&d);
+        }
+        out.truncate(len as usize);
+        Ok(out)
+    }
+
+    /// Replays this gateway's unfinished WAL entries (at start): a write
+    /// whose record is committed is finished; one that is not is completed
+    /// from its logged bytes when it has them, else abandoned (its shards
+    /// deleted where placement put them). Returns the entries handled.
+    pub async fn replay_wal(self: &Rc<Self>) -> Result<u64> {
+        let mut handled = 0;
+        self.nodes.refresh().await?;
+        for p in 0..self.bridge.wal_partitions() {
+            let mut from = 0;
+            loop {
+                let (entries, next, _) = self
+                    .bridge
+                    .call("reading the WAL", move |c| async move {
+                        c.wal_read(p, from, REPLAY_PAGE_ENTRIES, true).await
+                    })
+                    .await?;
+                for e in &entries {
+                    if e.gateway != self.cfg.gateway_id || e.finished {
+                        continue;
+                    }
+                    match self.replay_one(&e.data).await {
+                        Ok(finish) => {
+                            handled += 1;
+                            bump(&self.stats.wal_replayed);
+                            if finish {
+                                self.wal_finish(p, e.offset).await;
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(partition = p, offset = e.offset, error = %err, "WAL entry left for the healer")
+                        }
+                    }
+                }
+                if entries.is_empty() || next <= from {
+                    break;
+                }
+                from = next;
+            }
+        }
+        Ok(handled)
+    }
+
+    /// Replays one entry; true when it can be marked finished.
+    async fn replay_one(self: &Rc<Self>, data: &[u8]) -> Result<bool> {
+        let intent = WalIntent::decode(data)?;
+        if let Some((cur, _)) = self.record(&intent.key).await? {
+            if cur.version_id == intent.version_id {
+                // Committed before the crash; clean ones are done, dirty
+                // ones are the healer's.
+                return Ok(!cur.dirty);
+            }
+            if cur.created_unix_millis > intent.created_unix_millis {
+                self.abandon(&intent).await;
+                return Ok(true);
+            }
+        }
+        if intent.has_payload {
+            let replay = Some((intent.version_id.clone(), intent.created_unix_millis));
+            let mut w = self.begin(&intent.key, intent.size, replay).await?;
+            w.write(&intent.payload).await?;
+            match w.finish_inner(true).await {
+                Ok(_) | Err(Error::Conflict(_)) => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+        self.abandon(&intent).await;
+        Ok(true)
+    }
+
+    /// Deletes the shards an unfinished write may have stored, where
+    /// placement over its recorded candidates put them.
+    async fn abandon(&self, intent: &WalIntent) {
+        let cands: Vec<Candidate> = intent
+            .candidates
+            .iter()
+            .map(|n| Candidate {
+                node_id: n.clone(),
+                weight: 1,
+                zone: String::new(),
+            })
+            .collect();
+        let mut jobs = Vec::new();
+        match intent.erasure {
+            None => {
+                let id = shard_id(&intent.version_id, 0, 0);
+                for c in rank(&intent.version_id, &cands) {
+                    jobs.push((c.node_id.clone(), id.clone()));
+                }
+            }
+            Some((k, m, sb)) => {
+                let w = (k + m) as usize;
+                for s in 0..stripe_count(intent.size, k, sb) {
+                    let key = shard_id(&intent.version_id, s as u32, 0);
+                    let ranked = rank(&key, &cands);
+                    for idx in 0..w {
+                        // Shard idx went to rank idx, or to a spare ranked
+                        // after the stripe's k + m.
+                        let id = shard_id(&intent.version_id, s as u32, idx as u8);
+                        for c in ranked.iter().skip(w).chain(ranked.get(idx)) {
+                            jobs.push((c.node_id.clone(), id.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        let futs = jobs.into_iter().map(|(n, id)| async move {
+            if let Ok(c) = self.nodes.client(&n).await {
+                let _ = c.delete(&id).await;
+            }
+        });
+        join_all(futs).await;
+    }
+}
+
+fn not_found(key: &str) -> Error {
+    Error::NotFound(format!("no object under the key {key:?}"))
+}
+
+/// For each stripe, the node id of each shard (None: missing).
+fn shard_nodes(meta: &ObjectMeta) -> Vec<Landed> {
+    let name = |i: &u16| (*i != NO_NODE).then(|| meta.nodes[*i as usize].clone());
+    match &meta.layout {
+        Layout::Replicated { replicas } => vec![replicas.iter().map(name).collect()],
+        Layout::Erasure { stripes, .. } => stripes
+            .iter()
+            .map(|s| s.iter().map(name).collect())
+            .collect(),
+    }
+}
+
+enum Plan {
+    Replicated,
+    Erasure { k: u8, m: u8, shard_bytes: u32 },
+}
+
+/// One write in progress (streamed or whole).
+pub struct PutWriter {
+    objects: Rc<Objects>,
+    key: String,
+    size: u64,
+    version_id: Vec<u8>,
+    created: u64,
+    candidates: Vec<Candidate>,
+    plan: Plan,
+    received: u64,
+    buf: Vec<u8>,
+    next_stripe: u64,
+    inflight: VecDeque<glommio::task::JoinHandle<Result<Landed>>>,
+    landed: Vec<Landed>,
+    /// (partition, offset) of the WAL entry once logged.
+    wal: Option<(u32, u64)>,
+    replaying: bool,
+}
+
+impl PutWriter {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn log_intent(&mut self, payload: Vec<u8>) -> Result<()> {
+        let intent = WalIntent {
+            key: self.key.clone(),
+            version_id: self.version_id.clone(),
+            size: self.size,
+            created_unix_millis: self.created,
+            candidates: self.candidates.iter().map(|c| c.node_id.clone()).collect(),
+            erasure: match self.plan {
+                Plan::Replicated => None,
+                Plan::Erasure { k, m, shard_bytes } => Some((k, m, shard_bytes)),
+            },
+            has_payload: !payload.is_empty() || self.size == 0,
+            payload,
+        };
+        let p = self.objects.partition_of(&self.key);
+        let gw = self.objects.cfg.gateway_id.clone();
+        let bytes = intent.encode();
+        let off = self
+            .objects
+            .bridge
+            .call("logging the write in the WAL", move |c| async move {
+                c.wal_append(p, &gw, &bytes, true).await
+            })
+            .await?;
+        self.wal = Some((p, off));
+        Ok(())
+    }
+
+    /// Takes the next bytes of the object.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        if self.received + chunk.len() as u64 > self.size {
+            return Err(Error::Invalid(format!(
+                "more bytes than the {} announced for this object",
+                self.size
+            )));
+        }
+        self.received += chunk.len() as u64;
+        match self.plan {
+            Plan::Replicated => self.buf.extend_from_slice(chunk),
+            Plan::Erasure { k, shard_bytes, .. } => {
+                let stripe = k as usize * shard_bytes as usize;
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    let take = (stripe - self.buf.len()).min(rest.len());
+                    self.buf.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if self.buf.len() == stripe {
+                        self.flush_stripe().await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes the buffered stripe and starts writing its shards; waits for
+    /// the oldest stripe when [`STRIPES_IN_FLIGHT_MAX`] are being written.
+    async fn flush_stripe(&mut self) -> Result<()> {
+        let Plan::Erasure { k, m, shard_bytes } = self.plan else {
+            return Ok(());
+        };
+        let s = self.next_stripe;
+        self.next_stripe += 1;
+        let data = std::mem::take(&mut self.buf);
+        let (_, shard_len) = stripe_geometry(self.size, k, shard_bytes, s);
+        let objects = self.objects.clone();
+        let version = self.version_id.clone();
+        let cands = self.candidates.clone();
+        let h = glommio::spawn_local(async move {
+            write_stripe(&objects, &version, s as u32, k, m, shard_len, data, &cands).await
+        })
+        .detach();
+        self.inflight.push_back(h);
+        while self.inflight.len() > STRIPES_IN_FLIGHT_MAX {
+            self.collect_one().await?;
+        }
+        Ok(())
+    }
+
+    async fn collect_one(&mut self) -> Result<()> {
+        if let Some(h) = self.inflight.pop_front() {
+            let landed = h
+                .await
+                .ok_or_else(|| Error::Internal("a stripe write was cancelled".into()))??;
+            self.landed.push(landed);
+        }
+        Ok(())
+    }
+
+    /// Completes the write: the last stripe, the commit, the WAL finish.
+    pub async fn finish(self) -> Result<(ObjectMeta, Outcome)> {
+        self.finish_inner(false).await
+    }
+
+    async fn finish_inner(mut self, replay: bool) -> Result<(ObjectMeta, Outcome)> {
+        if self.received != self.size {
+            return Err(Error::Invalid(format!(
+                "the object was announced as {} bytes but {} arrived; nothing was stored",
+                self.size, self.received
+            )));
+        }
+        let objects = self.objects.clone();
+        let layout_nodes: Vec<Landed>;
+        let make_layout: Box<dyn Fn(Vec<Vec<u16>>) -> Layout>;
+        match self.plan {
+            Plan::Replicated => {
+                if !self.replaying {
+                    let payload = if self.size <= WAL_PAYLOAD_MAX_BYTES {
+                        self.buf.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    self.log_intent(payload).await?;
+                }
+                let data = std::mem::take(&mut self.buf);
+                let landed =
+                    write_replicas(&objects, &self.version_id, data, &self.candidates).await?;
+                layout_nodes = vec![landed];
+                make_layout = Box::new(|mut v| Layout::Replicated {
+                    replicas: v.pop().unwrap_or_default(),
+                });
+            }
+            Plan::Erasure { k, m, shard_bytes } => {
+                if !self.buf.is_empty() || self.next_stripe == 0 {
+                    self.flush_stripe().await?;
+                }
+                while !self.inflight.is_empty() {
+                    self.collect_one().await?;
+                }
+                layout_nodes = std::mem::take(&mut self.landed);
+                make_layout = Box::new(move |stripes| Layout::Erasure {
+                    codec: RsSimd.id(),
+                    k,
+                    m,
+                    shard_bytes,
+                    stripes,
+                });
+            }
+        }
+        // Node table of the record.
+        let mut names: Vec<String> = Vec::new();
+        let mut dirty = false;
+        let idx: Vec<Vec<u16>> = layout_nodes
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .map(|n| match n {
+                        None => {
+                            dirty = true;
+                            NO_NODE
+                        }
+                        Some(n) => match names.iter().position(|x| x == n) {
+                            Some(i) => i as u16,
+                            None => {
+                                names.push(n.clone());
+                                (names.len() - 1) as u16
+                            }
+                        },
+                    })
+                    .collect()
+            })
+            .collect();
+        if let Plan::Replicated = self.plan {
+            dirty |= idx
+                .first()
+                .map_or(0, |r| r.iter().filter(|&&i| i != NO_NODE).count())
+                < REPLICAS;
+        }
+        let meta = ObjectMeta {
+            version_id: self.version_id.clone(),
+            size: self.size,
+            created_unix_millis: self.created,
+            dirty,
+            layout: make_layout(idx),
+            nodes: names,
+        };
+        let replaced = objects.commit(&self.key, &meta, replay).await?;
+        if let Some(old) = replaced {
+            objects.delete_shards_later(old);
+        }
+        if !dirty {
+            if let Some((p, off)) = self.wal {
+                objects.wal_finish(p, off).await;
+            }
+            bump(&objects.stats.puts_ok);
+        } else {
+            bump(&objects.stats.puts_accepted);
+        }
+        Ok((
+            meta,
+            if dirty {
+                Outcome::Accepted
+            } else {
+                Outcome::Ok
+            },
+        ))
+    }
+}
+
+/// Writes one copy of `data` to `want` nodes ranked for `key`, trying the
+/// next-ranked spare for each write that fails. Returns the node of each
+/// slot (None: no node took it).
+async fn write_ranked(
+    objects: &Rc<Objects>,
+    key: &[u8],
+    shards: Vec<(Vec<u8>, Rc<Vec<u8>>)>,
+    cands: &[Candidate],
+) -> Landed {
+    let want = shards.len();
+    let ranked: Vec<String> = place(key, cands, cands.len())
+        .into_iter()
+        .map(|c| c.node_id.clone())
+        .collect();
+    let spares =
+        std::cell::RefCell::new(ranked.iter().skip(want).cloned().collect::<VecDeque<_>>());
+    let jobs = shards.into_iter().enumerate().map(|(i, (id, bytes))| {
+        let first = ranked.get(i).cloned();
+        let spares = &spares;
+        async move {
+            let mut node = first;
+            // Each slot tries its own node, then at most two spares.
+            for _ in 0..3 {
+                let Some(n) = node.take() else { break };
+                match objects.nodes.client(&n).await {
+                    Ok(c) => match c.put(&id, &bytes).await {
+                        Ok(()) => return Some(n),
+                        Err(e) => tracing::warn!(node = %n, error = %e, "shard write failed; trying a spare"),
+                    },
+                    Err(e) => tracing::debug!(node = %n, error = %e, "chunk server unavailable"),
+                }
+                node = spares.borrow_mut().pop_front();
+            }
+            None
+        }
+    });
+    join_all(jobs).await
+}
+
+async fn write_replicas(
+    objects: &Rc<Objects>,
+    version: &[u8],
+    data: Vec<u8>,
+    cands: &[Candidate],
+) -> Result<Landed> {
+    let id = shard_id(version, 0, 0);
+    let data = Rc::new(data);
+    let shards = (0..REPLICAS).map(|_| (id.clone(), data.clone())).collect();
+    let landed = write_ranked(objects, version, shards, cands).await;
+    if landed.iter().all(|n| n.is_none()) {
+        return Err(Error::Unavailable(
+            "no chunk server took a replica of this object; nothing was stored".into(),
+        ));
+    }
+    Ok(landed)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_stripe(
+    objects: &Rc<Objects>,
+    version: &[u8],
+    s: u32,
+    k: u8,
+    m: u8,
+    shard_len: u32,
+    mut data: Vec<u8>,
+    cands: &[Candidate],
+) -> Result<Landed> {
+    let (k, m) = (k as usize, m as usize);
+    data.resize(k * shard_len as usize, 0);
+    let parity = {
+        let refs: Vec<&[u8]> = data.chunks(shard_len as usize).collect();
+        RsSimd.encode(k, m, &refs)?
+    };
+    let mut shards: Vec<(Vec<u8>, Rc<Vec<u8>>)> = data
+        .chunks(shard_len as usize)
+        .enumerate()
+        .map(|(i, c)| (shard_id(version, s, i as u8), Rc::new(c.to_vec())))
+        .collect();
+    for (j, p) in parity.into_iter().enumerate() {
+        shards.push((shard_id(version, s, (k + j) as u8), Rc::new(p)));
+    }
+    let landed = write_ranked(objects, &shard_id(version, s, 0), shards, cands).await;
+    let n = landed.iter().filter(|x| x.is_some()).count();
+    if n < k {
+        return Err(Error::Unavailable(format!(
+            "only {n} of the {} shards of stripe {s} landed (at least {k} must); nothing was committed",
+            k + m
+        )));
+    }
+    Ok(landed)
+}

@@ -1,0 +1,487 @@
+//! The client library of Tessera's object API: [`GatewayClient`].
+//!
+//! ```no_run
+//! # async fn demo() -> tessera_rpc::Result<()> {
+//! use tessera_rpc::GatewayClient;
+//! let gw = GatewayClient::connect("127.0.0.1:7300".parse().unwrap()).await?;
+//! let (info, outcome) = gw.put("photos/cat.jpg", b"...bytes...").await?;
+//! println!("stored {} bytes as {} ({outcome:?})", info.size, info.layout);
+//! let bytes = gw.get("photos/cat.jpg").await?;
+//! assert_eq!(bytes, b"...bytes...");
+//! for o in gw.list("photos/", "", 100).await?.0 {
+//!     println!("{} {}", o.key, o.size);
+//! }
+//! gw.delete("photos/cat.jpg").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Runs on a glommio executor (see `examples/objects.rs` in this crate).
+//! Objects of any size stream in both directions: [`GatewayClient::put_reader`]
+//! sends from any `AsyncRead` with bounded memory, [`GatewayClient::get_to`]
+//! writes into any `AsyncWrite`. Reads, stats, lists and deletes are retried
+//! once on a fresh connection when the connection broke; puts are not (a
+//! retried put would store a second version).
+
+use crate::error::{Error, GatewayErrorKind, Result};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+use tessera_schema::gateway_capnp::{
+    byte_sink, error as wire_error, gateway, object_info, Outcome,
+};
+
+/// Most bytes one `put` message carries; larger objects stream.
+pub const PUT_MESSAGE_MAX_BYTES: usize = 4 << 20;
+/// Bytes per streamed chunk.
+pub const STREAM_CHUNK_BYTES: usize = 1 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// An object as the gateway describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub version_id: Vec<u8>,
+    pub created_unix_millis: u64,
+    /// "replicated x3" or "rs 4+2 (1048576-byte shards)".
+    pub layout: String,
+    /// Not yet at full redundancy (the healer completes it).
+    pub dirty: bool,
+    pub stripes: u32,
+}
+
+/// How a put ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Every shard or replica landed.
+    Ok,
+    /// Durable with reduced redundancy; the healer completes it.
+    Accepted,
+}
+
+/// A chunk server as the gateway's registry view shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub addr: String,
+    pub live: bool,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub zone: String,
+    pub last_heartbeat_ago_millis: u64,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone)]
+pub struct GatewayStatus {
+    pub gateway_id: String,
+    pub version: String,
+    pub uptime_secs: u64,
+    pub nodes: Vec<NodeStatus>,
+    pub puts_ok: u64,
+    pub puts_accepted: u64,
+    pub gets_degraded: u64,
+    pub checksum_failures: u64,
+    pub wal_replayed: u64,
+    pub default_layout: String,
+}
+
+pub struct GatewayClient {
+    addr: SocketAddr,
+    conn: RefCell<Option<gateway::Client>>,
+}
+
+fn info(r: object_info::Reader<'_>) -> capnp::Result<ObjectInfo> {
+    Ok(ObjectInfo {
+        key: r.get_key()?.to_string().unwrap_or_default(),
+        size: r.get_size(),
+        version_id: r.get_version_id()?.to_vec(),
+        created_unix_millis: r.get_created_unix_millis(),
+        layout: r.get_layout()?.to_string().unwrap_or_default(),
+        dirty: r.get_dirty(),
+        stripes: r.get_stripes(),
+    })
+}
+
+fn outcome(o: std::result::Result<Outcome, capnp::NotInSchema>) -> PutOutcome {
+    match o {
+        Ok(Outcome::Ok) => PutOutcome::Ok,
+        _ => PutOutcome::Accepted,
+    }
+}
+
+impl GatewayClient {
+    /// Connects to the gateway at `addr`.
+    pub async fn connect(addr: SocketAddr) -> Result<Self> {
+        let c = GatewayClient {
+            addr,
+            conn: RefCell::new(None),
+        };
+        c.client().await?;
+        Ok(c)
+    }
+
+    async fn client(&self) -> Result<gateway::Client> {
+        if let Some(c) = self.conn.borrow().as_ref() {
+            return Ok(c.clone());
+        }
+        let s = crate::conn::connect_tcp(self.addr, CONNECT_TIMEOUT)
+            .await
+            .map_err(|source| Error::Connect {
+                addr: self.addr,
+                source,
+            })?;
+        let c: gateway::Client = crate::conn::client_side(s);
+        *self.conn.borrow_mut() = Some(c.clone());
+        Ok(c)
+    }
+
+    fn transport(&self) -> impl Fn(capnp::Error) -> Error + '_ {
+        move |source| {
+            if source.kind == capnp::ErrorKind::Disconnected {
+                self.conn.borrow_mut().take();
+            }
+            Error::Transport {
+                addr: self.addr,
+                source,
+            }
+        }
+    }
+
+    fn remote(&self, e: wire_error::Reader<'_>) -> Error {
+        Error::Gateway {
+            addr: self.addr,
+            kind: e
+                .get_kind()
+                .map(GatewayErrorKind::from_wire)
+                .unwrap_or(GatewayErrorKind::Internal),
+            message: e
+                .get_message()
+                .ok()
+                .and_then(|m| m.to_string().ok())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Runs an idempotent call, once more on a fresh connection if the
+    /// connection broke.
+    async fn idempotent<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(gateway::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let r = f(self.client().await?).await;
+        match r {
+            Err(Error::Transport { source, .. })
+                if source.kind == capnp::ErrorKind::Disconnected =>
+            {
+                f(self.client().await?).await
+            }
+            r => r,
+        }
+    }
+
+    /// Stores `data` under `key` (any size: above 4 MiB it streams).
+    pub async fn put(&self, key: &str, data: &[u8]) -> Result<(ObjectInfo, PutOutcome)> {
+        if data.len() > PUT_MESSAGE_MAX_BYTES {
+            return self
+                .put_reader(key, data.len() as u64, data, &mut |_| {})
+                .await;
+        }
+        let c = self.client().await?;
+        let mut req = c.put_request();
+        req.get().set_key(key);
+        req.get().set_data(data);
+        let resp = req.send().promise.await.map_err(self.transport())?;
+        let r = resp.get().map_err(self.transport())?;
+        if r.has_error() {
+            return Err(self.remote(r.get_error().map_err(self.transport())?));
+        }
+        let i = info(r.get_info().map_err(self.transport())?).map_err(self.transport())?;
+        Ok((i, outcome(r.get_outcome())))
+    }
+
+    /// Streams exactly `size` bytes from `reader` under `key`, calling
+    /// `progress` with the bytes sent so far.
+    pub async fn put_reader<R: AsyncRead + Unpin>(
+        &self,
+        key: &str,
+        size: u64,
+        mut reader: R,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(ObjectInfo, PutOutcome)> {
+        let c = self.client().await?;
+        let mut req = c.put_stream_request();
+        req.get().set_key(key);
+        req.get().set_size(size);
+        let resp = req.send().promise.await.map_err(self.transport())?;
+        let r = resp.get().map_err(self.transport())?;
+        if r.has_error() {
+            return Err(self.remote(r.get_error().map_err(self.transport())?));
+        }
+        let sink = r.get_sink().map_err(self.transport())?;
+        let mut buf = vec![0u8; STREAM_CHUNK_BYTES];
+        let mut sent = 0u64;
+        while sent < size {
+            let want = ((size - sent) as usize).min(buf.len());
+            let n = reader
+                .read(&mut buf[..want])
+                .await
+                .map_err(|e| Error::Invalid(format!("reading the input: {e}")))?;
+            if n == 0 {
+                return Err(Error::Invalid(format!(
+                    "the input ended after {sent} of the {size} bytes announced; nothing was stored"
+                )));
+            }
+            let mut w = sink.write_request();
+            w.get().set_chunk(&buf[..n]);
+            w.send().await.map_err(self.transport())?;
+            sent += n as u64;
+            progress(sent);
+        }
+        let resp = sink
+            .finish_request()
+            .send()
+            .promise
+            .await
+            .map_err(self.transport())?;
+        let r = resp.get().map_err(self.transport())?;
+        if r.has_error() {
+            return Err(self.remote(r.get_error().map_err(self.transport())?));
+        }
+        let i = info(r.get_info().map_err(self.transport())?).map_err(self.transport())?;
+        Ok((i, outcome(r.get_outcome())))
+    }
+
+    /// The whole object.
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>> {
+        self.get_range(key, 0, 0).await
+    }
+
+    /// Bytes `[offset, offset + len)` (len 0: to the end).
+    pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let out = Rc::new(futures::lock::Mutex::new(Vec::new()));
+        self.get_range_to(key, offset, len, out.clone(), &mut |_| {})
+            .await?;
+        let v = std::mem::take(&mut *out.lock().await);
+        Ok(v)
+    }
+
+    /// Streams the object into `writer`, calling `progress` with the bytes
+    /// received so far; returns its description.
+    pub async fn get_to<W: AsyncWrite + Unpin + 'static>(
+        &self,
+        key: &str,
+        writer: W,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ObjectInfo> {
+        let w = Rc::new(futures::lock::Mutex::new(writer));
+        let i = self.get_range_to(key, 0, 0, w.clone(), progress).await?;
+        w.lock()
+            .await
+            .flush()
+            .await
+            .map_err(|e| Error::Invalid(format!("writing the output: {e}")))?;
+        Ok(i)
+    }
+
+    async fn get_range_to<W: AsyncWrite + Unpin + 'static>(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        writer: Rc<futures::lock::Mutex<W>>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ObjectInfo> {
+        let progress = RefCell::new(progress);
+        self.idempotent(|c| {
+            let writer = writer.clone();
+            let progress = &progress;
+            async move {
+                let received = Rc::new(std::cell::Cell::new(0u64));
+                let failed = Rc::new(RefCell::new(None::<String>));
+                let sink: byte_sink::Client = capnp_rpc::new_client(WriterSink {
+                    writer,
+                    received: received.clone(),
+                    failed: failed.clone(),
+                });
+                let mut req = c.get_stream_request();
+                {
+                    let mut p = req.get();
+                    p.set_key(key);
+                    p.set_offset(offset);
+                    p.set_length(len);
+                    p.set_sink(sink);
+                    p.set_chunk_bytes(STREAM_CHUNK_BYTES as u32);
+                }
+                let mut call = Box::pin(req.send().promise);
+                // Report progress while the stream runs.
+                let r = loop {
+                    let tick = Box::pin(glommio::timer::sleep(Duration::from_millis(100)));
+                    match futures::future::select(call, tick).await {
+                        futures::future::Either::Left((r, _)) => break r,
+                        futures::future::Either::Right((_, c)) => {
+                            (progress.borrow_mut())(received.get());
+                            call = c;
+                        }
+                    }
+                };
+                (progress.borrow_mut())(received.get());
+                if let Some(why) = failed.borrow_mut().take() {
+                    return Err(Error::Invalid(format!("writing the output: {why}")));
+                }
+                let resp = r.map_err(self.transport())?;
+                let r = resp.get().map_err(self.transport())?;
+                if r.has_error() {
+                    return Err(self.remote(r.get_error().map_err(self.transport())?));
+                }
+                let i = info(r.get_info().map_err(self.transport())?).map_err(self.transport())?;
+                if r.get_sent() != received.get() {
+                    return Err(Error::Invalid(format!(
+                        "the gateway sent {} bytes but {} arrived",
+                        r.get_sent(),
+                        received.get()
+                    )));
+                }
+                Ok(i)
+            }
+        })
+        .await
+    }
+
+    /// The object's description.
+    pub async fn stat(&self, key: &str) -> Result<ObjectInfo> {
+        self.idempotent(|c| async move {
+            let mut req = c.stat_request();
+            req.get().set_key(key);
+            let resp = req.send().promise.await.map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            if r.has_error() {
+                return Err(self.remote(r.get_error().map_err(self.transport())?));
+            }
+            info(r.get_info().map_err(self.transport())?).map_err(self.transport())
+        })
+        .await
+    }
+
+    /// Deletes the object; false when there was none.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        self.idempotent(|c| async move {
+            let mut req = c.delete_request();
+            req.get().set_key(key);
+            let resp = req.send().promise.await.map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            if r.has_error() {
+                return Err(self.remote(r.get_error().map_err(self.transport())?));
+            }
+            Ok(r.get_existed())
+        })
+        .await
+    }
+
+    /// Objects whose key starts with `prefix`, after `start_after`, at most
+    /// `limit` (1..=10,000); true when more follow.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: u32,
+    ) -> Result<(Vec<ObjectInfo>, bool)> {
+        self.idempotent(|c| async move {
+            let mut req = c.list_request();
+            {
+                let mut p = req.get();
+                p.set_prefix(prefix);
+                p.set_start_after(start_after);
+                p.set_limit(limit);
+            }
+            let resp = req.send().promise.await.map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            if r.has_error() {
+                return Err(self.remote(r.get_error().map_err(self.transport())?));
+            }
+            let mut out = Vec::new();
+            for i in r.get_items().map_err(self.transport())?.iter() {
+                out.push(info(i).map_err(self.transport())?);
+            }
+            Ok((out, r.get_more()))
+        })
+        .await
+    }
+
+    /// The gateway's view of the cluster.
+    pub async fn status(&self) -> Result<GatewayStatus> {
+        self.idempotent(|c| async move {
+            let resp = c
+                .status_request()
+                .send()
+                .promise
+                .await
+                .map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            if r.has_error() {
+                return Err(self.remote(r.get_error().map_err(self.transport())?));
+            }
+            let s = r.get_status().map_err(self.transport())?;
+            let t = |x: capnp::Result<capnp::text::Reader<'_>>| {
+                x.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
+            };
+            let mut nodes = Vec::new();
+            for n in s.get_nodes().map_err(self.transport())?.iter() {
+                nodes.push(NodeStatus {
+                    node_id: t(n.get_node_id()),
+                    addr: t(n.get_addr()),
+                    live: n.get_live(),
+                    capacity_bytes: n.get_capacity_bytes(),
+                    used_bytes: n.get_used_bytes(),
+                    zone: t(n.get_zone()),
+                    last_heartbeat_ago_millis: n.get_last_heartbeat_ago_millis(),
+                });
+            }
+            Ok(GatewayStatus {
+                gateway_id: t(s.get_gateway_id()),
+                version: t(s.get_version()),
+                uptime_secs: s.get_uptime_secs(),
+                nodes,
+                puts_ok: s.get_puts_ok(),
+                puts_accepted: s.get_puts_accepted(),
+                gets_degraded: s.get_gets_degraded(),
+                checksum_failures: s.get_checksum_failures(),
+                wal_replayed: s.get_wal_replayed(),
+                default_layout: t(s.get_default_layout()),
+            })
+        })
+        .await
+    }
+}
+
+/// Receives a streamed get into a writer.
+struct WriterSink<W> {
+    writer: Rc<futures::lock::Mutex<W>>,
+    received: Rc<std::cell::Cell<u64>>,
+    failed: Rc<RefCell<Option<String>>>,
+}
+
+impl<W: AsyncWrite + Unpin + 'static> byte_sink::Server for WriterSink<W> {
+    async fn write(self: Rc<Self>, params: byte_sink::WriteParams) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let chunk = p.get_chunk()?;
+        let mut w = self.writer.lock().await;
+        if let Err(e) = w.write_all(chunk).await {
+            *self.failed.borrow_mut() = Some(e.to_string());
+            return Err(capnp::Error::failed(format!("writing the output: {e}")));
+        }
+        self.received.set(self.received.get() + chunk.len() as u64);
+        Ok(())
+    }
+
+    async fn done(
+        self: Rc<Self>,
+        _: byte_sink::DoneParams,
+        _: byte_sink::DoneResults,
+    ) -> Result<(), capnp::Error> {
+        Ok(())
+    }
+}

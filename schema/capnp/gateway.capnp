@@ -1,0 +1,102 @@
+# The object API of a Tessera gateway: blobs by key, streamed both ways.
+#
+# Limits (the gateway enforces them and names them in its errors):
+# - key: 1..=1000 bytes of UTF-8, no NUL;
+# - object: up to 8 TiB (streamed); `put` and `get` carry at most 4 MiB in
+#   one message — larger objects go through `putStream` / `getStream`;
+# - list: 1..=10,000 items per page.
+#
+# Every answer that can fail carries `error`; when it is set the other
+# fields are meaningless.
+@0xb92a30a435dc7398;
+
+struct Error {
+  kind @0 :Kind;
+  message @1 :Text;
+
+  enum Kind {
+    notFound @0;           # no object under this key
+    invalidArgument @1;    # bad key, range, size or option (the message says which)
+    tooLarge @2;           # over a limit named in the message
+    unavailable @3;        # metad or too many chunk servers unreachable; retry
+    conflict @4;           # the object changed while this request ran; retry
+    insufficientNodes @5;  # fewer live chunk servers than the layout needs
+    dataLoss @6;           # too few intact shards to rebuild the bytes
+    internal @7;           # a bug: please report it
+  }
+}
+
+enum Outcome {
+  ok @0;        # every shard or replica landed
+  accepted @1;  # durable with reduced redundancy (at least k shards of every
+                # stripe, or one replica); marked dirty, the healer completes it
+}
+
+struct ObjectInfo {
+  key @0 :Text;
+  size @1 :UInt64;
+  versionId @2 :Data;          # 16 random bytes, new for every write
+  createdUnixMillis @3 :UInt64;
+  layout @4 :Text;             # "replicated x3" or "rs 4+2 (1048576-byte shards)"
+  dirty @5 :Bool;              # not yet at full redundancy
+  stripes @6 :UInt32;
+}
+
+struct NodeStatus {
+  nodeId @0 :Text;
+  addr @1 :Text;
+  live @2 :Bool;
+  capacityBytes @3 :UInt64;
+  usedBytes @4 :UInt64;
+  zone @5 :Text;
+  lastHeartbeatAgoMillis @6 :UInt64;
+}
+
+struct GatewayStatus {
+  gatewayId @0 :Text;
+  version @1 :Text;
+  uptimeSecs @2 :UInt64;
+  nodes @3 :List(NodeStatus);
+  putsOk @4 :UInt64;            # since start
+  putsAccepted @5 :UInt64;
+  getsDegraded @6 :UInt64;      # reads that rebuilt missing or bad shards
+  checksumFailures @7 :UInt64;  # shards that failed their crc32c on read
+  walReplayed @8 :UInt64;       # WAL entries completed or abandoned at start
+  defaultLayout @9 :Text;
+}
+
+interface ByteSink {
+  write @0 (chunk :Data) -> stream;
+  done @1 () -> ();
+}
+
+interface PutSink {
+  write @0 (chunk :Data) -> stream;
+  finish @1 () -> (info :ObjectInfo, outcome :Outcome, error :Error);
+}
+
+interface Gateway {
+  # Stores `data` (at most 4 MiB) under `key`, replacing any older version.
+  put @0 (key :Text, data :Data) -> (info :ObjectInfo, outcome :Outcome, error :Error);
+
+  # Opens a streamed put of exactly `size` bytes; the object exists once
+  # `finish` answers without error.
+  putStream @1 (key :Text, size :UInt64) -> (sink :PutSink, error :Error);
+
+  # Bytes [offset, offset + length) of the object (length 0 = to the end),
+  # at most 4 MiB.
+  get @2 (key :Text, offset :UInt64, length :UInt64) -> (data :Data, info :ObjectInfo, error :Error);
+
+  # Streams bytes [offset, offset + length) (0 = to the end) into `sink` in
+  # chunks of `chunkBytes` (0 = 1 MiB), then calls `sink.done`.
+  getStream @3 (key :Text, offset :UInt64, length :UInt64, sink :ByteSink, chunkBytes :UInt32) -> (info :ObjectInfo, sent :UInt64, error :Error);
+
+  stat @4 (key :Text) -> (info :ObjectInfo, error :Error);
+
+  delete @5 (key :Text) -> (existed :Bool, error :Error);
+
+  # Keys starting with `prefix` after `startAfter`, in key order.
+  list @6 (prefix :Text, startAfter :Text, limit :UInt32) -> (items :List(ObjectInfo), more :Bool, error :Error);
+
+  status @7 () -> (status :GatewayStatus, error :Error);
+}
