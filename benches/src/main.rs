@@ -5,6 +5,7 @@
 mod chunkd_bench;
 mod engine_bench;
 mod fio;
+mod load_bench;
 mod metad_bench;
 mod report;
 
@@ -57,6 +58,47 @@ enum Cmd {
     Metad,
     /// WAL appends on three metad replicas against fio's fdatasync rate.
     Wal,
+    /// The load generator: PUT and GET of 4 KiB, 1 MiB and 16 MiB objects
+    /// against a running cluster (`tessera dev`), next to Garage's figures.
+    Load {
+        /// Gateway address (else the cluster file's).
+        #[arg(long)]
+        gateway: Option<std::net::SocketAddr>,
+        /// Cluster file (else $TESSERA_CLUSTER, else ~/.config/tessera/cluster.toml).
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// Seconds per phase.
+        #[arg(long)]
+        secs: Option<u64>,
+        /// Object sizes in KiB (default 4,1024,16384).
+        #[arg(long, value_delimiter = ',')]
+        sizes_kib: Vec<usize>,
+        /// Requests in flight per phase (default 8,32).
+        #[arg(long, value_delimiter = ',')]
+        concurrency: Vec<usize>,
+    },
+}
+
+/// The gateway of the cluster file (what `tessera dev` writes).
+fn gateway_from_cluster(path: Option<PathBuf>) -> Result<std::net::SocketAddr> {
+    let p = path
+        .or_else(|| std::env::var_os("TESSERA_CLUSTER").map(PathBuf::from))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".config/tessera/cluster.toml")
+        });
+    let text = std::fs::read_to_string(&p).map_err(|e| {
+        anyhow::anyhow!(
+            "no cluster file at {} ({e}): start `tessera dev`, or pass --gateway",
+            p.display()
+        )
+    })?;
+    for line in text.lines() {
+        if let Some(v) = line.trim().strip_prefix("gateway = ") {
+            return Ok(v.trim_matches('"').parse()?);
+        }
+    }
+    anyhow::bail!("{} names no gateway", p.display())
 }
 
 fn main() -> Result<()> {
@@ -102,6 +144,36 @@ fn main() -> Result<()> {
                 .map(|p| metad_bench::parse_wal_phase(p))
                 .collect::<Result<_>>()?;
             metad_bench::run_wal(&cli.dir, &plan)?
+        }
+        Cmd::Load {
+            gateway,
+            cluster,
+            secs,
+            sizes_kib,
+            concurrency,
+        } => {
+            let gw = match gateway {
+                Some(g) => g,
+                None => gateway_from_cluster(cluster)?,
+            };
+            let mut plan = if cli.quick {
+                load_bench::Plan::quick()
+            } else {
+                load_bench::Plan::full()
+            };
+            if let Some(s) = secs {
+                plan.duration = std::time::Duration::from_secs(s.clamp(1, 3600));
+            }
+            if !sizes_kib.is_empty() {
+                plan.sizes = sizes_kib
+                    .iter()
+                    .map(|k| k.clamp(&1, &(1 << 20)) << 10)
+                    .collect();
+            }
+            if !concurrency.is_empty() {
+                plan.concurrency = concurrency.iter().map(|c| *c.clamp(&1, &1024)).collect();
+            }
+            load_bench::run(gw, &plan)?
         }
     };
     if cli.json {

@@ -12,8 +12,10 @@ pub trait Codec {
     fn id(&self) -> CodecId;
     /// The m parity shards of `data` (k shards of one length).
     fn encode(&self, k: usize, m: usize, data: &[&[u8]]) -> Result<Vec<Vec<u8>>>;
-    /// The k data shards, from `present` shards given as (index, bytes).
-    fn data_from(&self, k: usize, m: usize, present: &[(usize, &[u8])]) -> Result<Vec<Vec<u8>>>;
+    /// The k data shards, from `present` shards given as (index, bytes);
+    /// present data shards are moved to the answer, not copied.
+    fn data_from(&self, k: usize, m: usize, present: Vec<(usize, Vec<u8>)>)
+        -> Result<Vec<Vec<u8>>>;
 }
 
 /// Reed-Solomon over GF(2^16) with SIMD (`reed-solomon-simd`).
@@ -35,34 +37,46 @@ impl Codec for RsSimd {
             .map_err(|e| Error::Internal(format!("Reed-Solomon encode {k}+{m}: {e}")))
     }
 
-    fn data_from(&self, k: usize, m: usize, present: &[(usize, &[u8])]) -> Result<Vec<Vec<u8>>> {
+    fn data_from(
+        &self,
+        k: usize,
+        m: usize,
+        present: Vec<(usize, Vec<u8>)>,
+    ) -> Result<Vec<Vec<u8>>> {
         let mut out: Vec<Option<Vec<u8>>> = vec![None; k];
-        let mut originals = Vec::new();
-        let mut recovery = Vec::new();
-        for &(i, b) in present {
+        let mut recovery: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (i, b) in present {
             if i < k {
                 if out[i].is_none() {
-                    out[i] = Some(b.to_vec());
-                    originals.push((i, b));
+                    out[i] = Some(b);
                 }
             } else if i < k + m {
                 recovery.push((i - k, b));
             }
         }
-        if originals.len() == k {
-            return Ok(out.into_iter().map(|s| s.expect("all present")).collect());
-        }
-        if originals.len() + recovery.len() < k {
-            return Err(Error::DataLoss(format!(
-                "only {} of the {k} shards needed are readable",
-                originals.len() + recovery.len()
-            )));
-        }
-        let restored = reed_solomon_simd::decode(k, m, originals, recovery)
+        let have = out.iter().filter(|s| s.is_some()).count();
+        if have < k {
+            if have + recovery.len() < k {
+                return Err(Error::DataLoss(format!(
+                    "only {} of the {k} shards needed are readable",
+                    have + recovery.len()
+                )));
+            }
+            let originals = out
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_deref().map(|b| (i, b)));
+            let restored = reed_solomon_simd::decode(
+                k,
+                m,
+                originals,
+                recovery.iter().map(|(i, b)| (*i, b.as_slice())),
+            )
             .map_err(|e| Error::Internal(format!("Reed-Solomon decode {k}+{m}: {e}")))?;
-        for (i, b) in restored {
-            if i < k {
-                out[i] = Some(b);
+            for (i, b) in restored {
+                if i < k {
+                    out[i] = Some(b);
+                }
             }
         }
         out.into_iter()
@@ -106,14 +120,14 @@ mod tests {
                 if dropped < m && drop_mask & (1 << i) != 0 {
                     dropped += 1;
                 } else {
-                    present.push((i, *s));
+                    present.push((i, s.to_vec()));
                 }
             }
-            let back = RsSimd.data_from(k, m, &present).unwrap();
+            let back = RsSimd.data_from(k, m, present).unwrap();
             prop_assert_eq!(&back, &data);
             // One fewer than k is data loss.
-            let too_few: Vec<(usize, &[u8])> = all.iter().copied().enumerate().take(k - 1).collect();
-            prop_assert!(matches!(RsSimd.data_from(k, m, &too_few), Err(Error::DataLoss(_))));
+            let too_few: Vec<(usize, Vec<u8>)> = all.iter().map(|s| s.to_vec()).enumerate().take(k - 1).collect();
+            prop_assert!(matches!(RsSimd.data_from(k, m, too_few), Err(Error::DataLoss(_))));
         }
     }
 }

@@ -43,3 +43,7 @@ pub const COMMIT_ATTEMPTS_MAX: u32 = 8;
 pub const REPLAY_PAGE_ENTRIES: u32 = 1_000;
 /// Concurrent streamed requests one connection may hold open.
 pub const CONNECTIONS_MAX: usize = 4_096;
+/// WAL finishes are gathered this long and sent as one call per partition.
+pub const WAL_FINISH_GATHER_MILLIS: u64 = 2;
+/// Most offsets one finish call carries (metad's limit is 10,000).
+pub const WAL_FINISH_BATCH_MAX: usize = 5_000;

@@ -129,10 +129,50 @@ pub struct Objects {
     pub bridge: MetaBridge,
     pub stats: Stats,
     pub started: Instant,
+    /// WAL entries to mark finished, gathered by [`Objects::wal_finish`].
+    wal_done: std::cell::RefCell<Vec<(u32, u64)>>,
+    wal_finisher_running: Cell<bool>,
 }
 
 /// Where a stripe's shards landed: the node id of each shard (None: missing).
 type Landed = Vec<Option<String>>;
+
+/// Bytes of an object handed to a reader without copying: parts of the
+/// buffers shards arrived in.
+pub struct Piece {
+    bufs: Vec<Vec<u8>>,
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl Piece {
+    /// The bytes, in order.
+    pub fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        self.bufs
+            .iter()
+            .zip(&self.ranges)
+            .map(|(b, r)| &b[r.clone()])
+    }
+
+    pub fn len(&self) -> usize {
+        self.ranges.iter().map(|r| r.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The part of `bufs` (concatenated) in `[a, b)`.
+    fn of(bufs: Vec<Vec<u8>>, a: usize, b: usize) -> Piece {
+        let mut ranges = Vec::with_capacity(bufs.len());
+        let mut base = 0;
+        for buf in &bufs {
+            let (s, e) = (a.max(base), b.min(base + buf.len()));
+            ranges.push(if s < e { s - base..e - base } else { 0..0 });
+            base += buf.len();
+        }
+        Piece { bufs, ranges }
+    }
+}
 
 impl Objects {
     pub fn new(cfg: ObjectsConfig, bridge: MetaBridge) -> Result<Rc<Self>> {
@@ -143,6 +183,8 @@ impl Objects {
             bridge,
             stats: Stats::default(),
             started: Instant::now(),
+            wal_done: Default::default(),
+            wal_finisher_running: Cell::new(false),
         }))
     }
 
@@ -266,6 +308,23 @@ impl Objects {
         only_if_newer: bool,
     ) -> Result<Option<ObjectMeta>> {
         let value = meta.encode();
+        // Most writes create a key: try that first, without reading (one
+        // raft write instead of a linearizable read and a write). A key
+        // that exists answers `conflict`, and the loop below reads it.
+        if !only_if_newer {
+            let (k, v) = (object_key(key), value.clone());
+            let r = self
+                .bridge
+                .call("committing the object record", move |c| async move {
+                    c.put_if(&k, &v, 0).await
+                })
+                .await;
+            match r {
+                Ok(_) => return Ok(None),
+                Err(Error::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         for _ in 0..COMMIT_ATTEMPTS_MAX {
             let cur = self.record(key).await?;
             if let Some((c, _)) = &cur {
@@ -297,18 +356,46 @@ impl Objects {
         )))
     }
 
-    async fn wal_finish(&self, partition: u32, offset: u64) {
-        let r = self
-            .bridge
-            .call("finishing the WAL entry", move |c| async move {
-                c.wal_finish(partition, &[offset]).await
-            })
-            .await;
-        if let Err(e) = r {
-            // The entry stays unfinished: replay finds the object committed
-            // and finishes it then.
-            tracing::warn!(error = %e, partition, offset, "WAL entry not finished");
+    /// Marks a WAL entry finished. Finishes are gathered for
+    /// [`WAL_FINISH_GATHER_MILLIS`] and sent as one call per partition: the
+    /// write has been answered already, and an entry left unfinished by a
+    /// crash is finished by replay (its object is committed and clean).
+    async fn wal_finish(self: &Rc<Self>, partition: u32, offset: u64) {
+        self.wal_done.borrow_mut().push((partition, offset));
+        if self.wal_finisher_running.replace(true) {
+            return;
         }
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(std::time::Duration::from_millis(WAL_FINISH_GATHER_MILLIS))
+                    .await;
+                let mut done = std::mem::take(&mut *me.wal_done.borrow_mut());
+                if done.is_empty() {
+                    me.wal_finisher_running.set(false);
+                    return;
+                }
+                done.sort_unstable();
+                for p in 0..me.bridge.wal_partitions() {
+                    let offs: Vec<u64> = done.iter().filter(|d| d.0 == p).map(|d| d.1).collect();
+                    for chunk in offs.chunks(WAL_FINISH_BATCH_MAX) {
+                        let chunk = chunk.to_vec();
+                        let n = chunk.len();
+                        let r = me
+                            .bridge
+                            .call("finishing WAL entries", move |c| async move {
+                                c.wal_finish(p, &chunk).await
+                            })
+                            .await;
+                        if let Err(e) = r {
+                            // Replay finishes them (committed and clean).
+                            tracing::warn!(error = %e, partition = p, entries = n, "WAL entries not finished");
+                        }
+                    }
+                }
+            }
+        })
+        .detach();
     }
 
     /// Deletes `key`; false when there was nothing.
@@ -415,7 +502,7 @@ impl Objects {
         mut out: F,
     ) -> Result<()>
     where
-        F: FnMut(Vec<u8>) -> Fut,
+        F: FnMut(Piece) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
         if len == 0 {
@@ -426,7 +513,7 @@ impl Objects {
             Layout::Replicated { replicas } => {
                 let bytes = self.read_replicated(meta, replicas).await?;
                 let (a, b) = (offset as usize, end.min(bytes.len() as u64) as usize);
-                out(bytes[a..b].to_vec()).await
+                out(Piece::of(vec![bytes], a, b)).await
             }
             Layout::Erasure {
                 codec,
@@ -439,7 +526,7 @@ impl Objects {
                 let first = offset / stripe_bytes;
                 let last = (end - 1) / stripe_bytes;
                 for s in first..=last {
-                    let bytes = self
+                    let (shards, stripe_len) = self
                         .read_stripe(
                             meta,
                             codec_for(*codec),
@@ -452,8 +539,8 @@ impl Objects {
                         .await?;
                     let base = s * stripe_bytes;
                     let a = offset.max(base) - base;
-                    let b = end.min(base + bytes.len() as u64) - base;
-                    out(bytes[a as usize..b as usize].to_vec()).await?;
+                    let b = end.min(base + stripe_len) - base;
+                    out(Piece::of(shards, a as usize, b as usize)).await?;
                 }
                 Ok(())
             }
@@ -519,7 +606,7 @@ impl Objects {
         shard_bytes: u32,
         s: u64,
         nodes: &[u16],
-    ) -> Result<Vec<u8>> {
+    ) -> Result<(Vec<Vec<u8>>, u64)> {
         let (len, shard_len) = stripe_geometry(meta.size, k, shard_bytes, s);
         let (k, m) = (k as usize, m as usize);
         let fetch = |i: usize| {
@@ -553,17 +640,11 @@ impl Objects {
                 }
             }
         }
-        let refs: Vec<(usize, &[u8])> = present.iter().map(|(i, b)| (*i, b.as_slice())).collect();
-        let data = codec.data_from(k, m, &refs).map_err(|e| match e {
+        let data = codec.data_from(k, m, present).map_err(|e| match e {
             Error::DataLoss(w) => Error::DataLoss(format!("stripe {s}: {w}")),
             e => e,
         })?;
-        let mut out = Vec::with_capacity(len as usize);
-        for d in data {
-            out.extend_from_slice(&d);
-        }
-        out.truncate(len as usize);
-        Ok(out)
+        Ok((data, len))
     }
 
     /// Replays this gateway's unfinished WAL entries (at start): a write
@@ -927,10 +1008,14 @@ impl PutWriter {
 /// Writes one copy of `data` to `want` nodes ranked for `key`, trying the
 /// next-ranked spare for each write that fails. Returns the node of each
 /// slot (None: no node took it).
+/// A shard to write: its id and its bytes, a range of a shared buffer (the
+/// stripe or the object is not copied per shard).
+type ShardOut = (Vec<u8>, Rc<Vec<u8>>, std::ops::Range<usize>);
+
 async fn write_ranked(
     objects: &Rc<Objects>,
     key: &[u8],
-    shards: Vec<(Vec<u8>, Rc<Vec<u8>>)>,
+    shards: Vec<ShardOut>,
     cands: &[Candidate],
 ) -> Landed {
     let want = shards.len();
@@ -940,7 +1025,7 @@ async fn write_ranked(
         .collect();
     let spares =
         std::cell::RefCell::new(ranked.iter().skip(want).cloned().collect::<VecDeque<_>>());
-    let jobs = shards.into_iter().enumerate().map(|(i, (id, bytes))| {
+    let jobs = shards.into_iter().enumerate().map(|(i, (id, buf, range))| {
         let first = ranked.get(i).cloned();
         let spares = &spares;
         async move {
@@ -949,7 +1034,7 @@ async fn write_ranked(
             for _ in 0..3 {
                 let Some(n) = node.take() else { break };
                 match objects.nodes.client(&n).await {
-                    Ok(c) => match c.put(&id, &bytes).await {
+                    Ok(c) => match c.put(&id, &buf[range.clone()]).await {
                         Ok(()) => return Some(n),
                         Err(e) => tracing::warn!(node = %n, error = %e, "shard write failed; trying a spare"),
                     },
@@ -970,8 +1055,11 @@ async fn write_replicas(
     cands: &[Candidate],
 ) -> Result<Landed> {
     let id = shard_id(version, 0, 0);
+    let len = data.len();
     let data = Rc::new(data);
-    let shards = (0..REPLICAS).map(|_| (id.clone(), data.clone())).collect();
+    let shards = (0..REPLICAS)
+        .map(|_| (id.clone(), data.clone(), 0..len))
+        .collect();
     let landed = write_ranked(objects, version, shards, cands).await;
     if landed.iter().all(|n| n.is_none()) {
         return Err(Error::Unavailable(
@@ -998,13 +1086,19 @@ async fn write_stripe(
         let refs: Vec<&[u8]> = data.chunks(shard_len as usize).collect();
         RsSimd.encode(k, m, &refs)?
     };
-    let mut shards: Vec<(Vec<u8>, Rc<Vec<u8>>)> = data
-        .chunks(shard_len as usize)
-        .enumerate()
-        .map(|(i, c)| (shard_id(version, s, i as u8), Rc::new(c.to_vec())))
+    let sl = shard_len as usize;
+    let data = Rc::new(data);
+    let mut shards: Vec<ShardOut> = (0..k)
+        .map(|i| {
+            (
+                shard_id(version, s, i as u8),
+                data.clone(),
+                i * sl..(i + 1) * sl,
+            )
+        })
         .collect();
     for (j, p) in parity.into_iter().enumerate() {
-        shards.push((shard_id(version, s, (k + j) as u8), Rc::new(p)));
+        shards.push((shard_id(version, s, (k + j) as u8), Rc::new(p), 0..sl));
     }
     let landed = write_ranked(objects, &shard_id(version, s, 0), shards, cands).await;
     let n = landed.iter().filter(|x| x.is_some()).count();

@@ -150,7 +150,10 @@ impl gateway::Server for GatewayService {
             let out = std::cell::RefCell::new(Vec::with_capacity(len as usize));
             self.objects
                 .read(&meta, off, len, |piece| {
-                    out.borrow_mut().extend_from_slice(&piece);
+                    let mut o = out.borrow_mut();
+                    for sl in piece.slices() {
+                        o.extend_from_slice(sl);
+                    }
                     async { Ok(()) }
                 })
                 .await?;
@@ -189,13 +192,15 @@ impl gateway::Server for GatewayService {
                     let sink = sink.clone();
                     let sent = &sent;
                     async move {
-                        for c in piece.chunks(chunk) {
-                            let mut req = sink.write_request();
-                            req.get().set_chunk(c);
-                            req.send().await.map_err(|e| {
-                                Error::Unavailable(format!("the reader went away: {e}"))
-                            })?;
-                            sent.set(sent.get() + c.len() as u64);
+                        for sl in piece.slices() {
+                            for c in sl.chunks(chunk) {
+                                let mut req = sink.write_request();
+                                req.get().set_chunk(c);
+                                req.send().await.map_err(|e| {
+                                    Error::Unavailable(format!("the reader went away: {e}"))
+                                })?;
+                                sent.set(sent.get() + c.len() as u64);
+                            }
                         }
                         Ok(())
                     }

@@ -624,20 +624,7 @@ fn writer_thread(dir: PathBuf, mut file: File, jobs: std::sync::mpsc::Receiver<J
             Job::Append { bytes, done } => {
                 let res = match &failed {
                     Some(why) => Err(io::Error::other(why.clone())),
-                    None => {
-                        let t = std::time::Instant::now();
-                        let r = file.write_all(&bytes).and_then(|_| file.sync_data());
-                        if let Some(d) = std::env::var_os("TESSERA_TRACE_FSYNC") {
-                            use std::io::Write as _;
-                            let p = std::path::Path::new(&d)
-                                .join(format!("fsync-{}.log", std::process::id()));
-                            if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(p)
-                            {
-                                let _ = writeln!(f, "{} {}", bytes.len(), t.elapsed().as_micros());
-                            }
-                        }
-                        r
-                    }
+                    None => file.write_all(&bytes).and_then(|_| file.sync_data()),
                 };
                 (done, res)
             }

@@ -14,6 +14,10 @@ use tessera_gateway::objects::{Objects, ObjectsConfig};
 use tessera_gateway::service::GatewayService;
 use tessera_schema::gateway_capnp::gateway;
 
+/// mimalloc: the gateway allocates a buffer per shard and message.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tessera-gateway",

@@ -1,0 +1,325 @@
+//! `tessera-bench load`: the load generator, against a running cluster
+//! (`tessera dev`, or any gateway).
+//!
+//! For each object size it runs closed loops of PUTs (new keys each, so
+//! every byte stored stays live), then GETs of what was written, at each
+//! concurrency; then deletes what it wrote. Every phase is bounded in time
+//! and in operations. Disk bytes per stored byte is the growth of the
+//! chunk servers' live bytes (shards plus record headers, from `nodeInfo`)
+//! over the object bytes acknowledged, measured across the PUT phases of a
+//! size. The peer figures are Garage 2.5's on this machine (3 nodes,
+//! replication 3, fsync off), from `../shared/anchors/LIMITS.md`: not the
+//! same run, since building Garage takes ~16 minutes.
+
+use crate::report::Report;
+use anyhow::{bail, Context, Result};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tessera_rpc::{ChunkClient, ClientOptions, GatewayClient};
+
+/// Requests one gateway connection carries in a phase.
+const IN_FLIGHT_PER_CONNECTION: usize = 8;
+/// Most operations of one phase (besides its duration).
+const PHASE_OPS_MAX: u64 = 1_000_000;
+/// Most bytes the PUT phases of one size may store (the disk is shared).
+const SIZE_BYTES_MAX: u64 = 6 << 30;
+
+pub struct Plan {
+    pub duration: Duration,
+    pub sizes: Vec<usize>,
+    pub concurrency: Vec<usize>,
+}
+
+impl Plan {
+    pub fn full() -> Self {
+        Plan {
+            duration: Duration::from_secs(10),
+            sizes: vec![4 << 10, 1 << 20, 16 << 20],
+            concurrency: vec![8, 32],
+        }
+    }
+    pub fn quick() -> Self {
+        Plan {
+            duration: Duration::from_secs(3),
+            ..Self::full()
+        }
+    }
+}
+
+/// Garage 2.5 on this machine (LIMITS.md): (figure, value).
+fn garage(figure: &str) -> Option<(f64, &'static str)> {
+    Some(match figure {
+        "put_4kib" => (
+            270.0,
+            "Garage 2.5 4 KiB PUT ~200-340 ops/s (LIMITS.md); target >= 10x",
+        ),
+        "put_1mib" => (
+            55.0,
+            "Garage 2.5 1 MiB PUT ~55 MB/s (LIMITS.md); target >= 4x",
+        ),
+        "get_1mib" => (
+            430.0,
+            "Garage 2.5 1 MiB GET ~430 MB/s (LIMITS.md); target >= 1.5x",
+        ),
+        "disk_per_byte_1mib" => (3.0, "Garage 2.5: 3.0x for 1 MiB objects; target <= 1.55"),
+        "disk_per_byte_4kib" => (10.0, "Garage 2.5: 10x for 4 KiB objects"),
+        _ => return None,
+    })
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Phase {
+    ops_per_sec: f64,
+    mb_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    ops: u64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+fn size_name(size: usize) -> String {
+    if size >= 1 << 20 {
+        format!("{}mib", size >> 20)
+    } else {
+        format!("{}kib", size >> 10)
+    }
+}
+
+/// Sum of the chunk servers' live bytes.
+async fn live_bytes(nodes: &[ChunkClient]) -> Result<u64> {
+    let mut total = 0;
+    for n in nodes {
+        total += n.node_info().await.context("nodeInfo")?.live_bytes;
+    }
+    Ok(total)
+}
+
+/// Runs `conc` closed loops of `op(i)` for the plan's duration.
+async fn closed_loop<F, Fut>(plan: &Plan, conc: usize, bytes_per_op: usize, op: F) -> Phase
+where
+    F: Fn(u64, usize) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = bool> + 'static,
+{
+    let start = Instant::now();
+    let deadline = start + plan.duration;
+    let next = Rc::new(Cell::new(0u64));
+    let lat: Rc<RefCell<Vec<u32>>> = Rc::default();
+    let errors = Rc::new(Cell::new(0u64));
+    let tasks: Vec<_> = (0..conc)
+        .map(|w| {
+            let (op, next, lat, errors) = (op.clone(), next.clone(), lat.clone(), errors.clone());
+            glommio::spawn_local(async move {
+                while Instant::now() < deadline {
+                    let i = next.get();
+                    if i >= PHASE_OPS_MAX {
+                        break;
+                    }
+                    next.set(i + 1);
+                    let t = Instant::now();
+                    if op(i, w).await {
+                        lat.borrow_mut()
+                            .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    } else {
+                        errors.set(errors.get() + 1);
+                    }
+                }
+            })
+            .detach()
+        })
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut l = lat.borrow_mut();
+    l.sort_unstable();
+    let ops = l.len() as u64;
+    Phase {
+        ops_per_sec: ops as f64 / secs,
+        mb_per_sec: ops as f64 * bytes_per_op as f64 / secs / 1e6,
+        p50_ms: percentile(&l, 0.5),
+        p99_ms: percentile(&l, 0.99),
+        errors: errors.get(),
+        ops,
+    }
+}
+
+pub fn run(gateway: SocketAddr, plan: &Plan) -> Result<Report> {
+    tessera_engine::raise_memlock()?;
+    let sizes = plan.sizes.clone();
+    let concs = plan.concurrency.clone();
+    let dur = plan.duration;
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("load")
+        .spawn(move || async move {
+            let plan = Plan {
+                duration: dur,
+                sizes,
+                concurrency: concs,
+            };
+            run_inner(gateway, &plan).await
+        })
+        .map_err(|e| anyhow::anyhow!("starting the load executor: {e}"))?;
+    handle
+        .join()
+        .map_err(|e| anyhow::anyhow!("the load executor failed: {e}"))?
+}
+
+async fn run_inner(gateway: SocketAddr, plan: &Plan) -> Result<Report> {
+    let conns_max = plan.concurrency.iter().max().copied().unwrap_or(1);
+    let mut clients = Vec::new();
+    for _ in 0..conns_max.div_ceil(IN_FLIGHT_PER_CONNECTION).max(1) {
+        clients.push(Rc::new(
+            GatewayClient::connect(gateway).await.with_context(|| {
+                format!("no gateway at {gateway}: start a cluster with `tessera dev`")
+            })?,
+        ));
+    }
+    let status = clients[0].status().await?;
+    let mut nodes = Vec::new();
+    for n in status.nodes.iter().filter(|n| n.live) {
+        nodes.push(ChunkClient::connect(n.addr.parse()?, ClientOptions::default()).await?);
+    }
+    if nodes.is_empty() {
+        bail!("the gateway sees no live chunk server");
+    }
+    eprintln!(
+        "load against {gateway}: {} live chunk servers, {}",
+        nodes.len(),
+        status.default_layout
+    );
+    let clients = Rc::new(clients);
+    let mut r = Report::default();
+    let run_id: u64 = rand::random();
+    for &size in &plan.sizes {
+        let name = size_name(size);
+        let payload = Rc::new({
+            let mut v = vec![0u8; size];
+            rand::Rng::fill(&mut rand::thread_rng(), &mut v[..]);
+            v
+        });
+        let written: Rc<RefCell<Vec<String>>> = Rc::default();
+        let stored = Rc::new(Cell::new(0u64));
+        let live0 = live_bytes(&nodes).await?;
+        for &conc in &plan.concurrency {
+            let (clients, payload, written, stored) = (
+                clients.clone(),
+                payload.clone(),
+                written.clone(),
+                stored.clone(),
+            );
+            let tag = format!("load/{run_id:016x}/{name}/c{conc}");
+            let ph = closed_loop(plan, conc, size, move |i, w| {
+                let (clients, payload, written, stored) = (
+                    clients.clone(),
+                    payload.clone(),
+                    written.clone(),
+                    stored.clone(),
+                );
+                let key = format!("{tag}/{i:08}");
+                async move {
+                    if stored.get() + payload.len() as u64 > SIZE_BYTES_MAX {
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        return false;
+                    }
+                    let c = &clients[w / IN_FLIGHT_PER_CONNECTION % clients.len()];
+                    match c.put(&key, &payload).await {
+                        Ok(_) => {
+                            stored.set(stored.get() + payload.len() as u64);
+                            written.borrow_mut().push(key);
+                            true
+                        }
+                        Err(e) => {
+                            tracing_err(&e);
+                            false
+                        }
+                    }
+                }
+            })
+            .await;
+            report_phase(&mut r, "put", &name, conc, &ph);
+        }
+        // Deletes of replaced versions run in the background; nothing is
+        // replaced here, so the growth is what the new objects take.
+        let live1 = live_bytes(&nodes).await?;
+        if stored.get() > 0 {
+            let per = (live1.saturating_sub(live0)) as f64 / stored.get() as f64;
+            let fig = format!("disk_per_byte_{name}");
+            let g = garage(&fig);
+            r.add(
+                &fig,
+                per,
+                "x",
+                g.map(|x| x.0),
+                g.map_or(String::new(), |x| x.1.to_string()),
+            );
+        }
+        let keys = Rc::new(written.borrow().clone());
+        if keys.is_empty() {
+            continue;
+        }
+        for &conc in &plan.concurrency {
+            let (clients, keys) = (clients.clone(), keys.clone());
+            let want = size;
+            let ph = closed_loop(plan, conc, size, move |i, w| {
+                let (clients, keys) = (clients.clone(), keys.clone());
+                async move {
+                    let key = &keys[(i as usize).wrapping_mul(2654435761) % keys.len()];
+                    let c = &clients[w / IN_FLIGHT_PER_CONNECTION % clients.len()];
+                    match c.get(key).await {
+                        Ok(b) => b.len() == want,
+                        Err(e) => {
+                            tracing_err(&e);
+                            false
+                        }
+                    }
+                }
+            })
+            .await;
+            report_phase(&mut r, "get", &name, conc, &ph);
+        }
+        // Clean up so that the next size has the disk.
+        for k in keys.iter() {
+            let _ = clients[0].delete(k).await;
+        }
+    }
+    Ok(r)
+}
+
+fn tracing_err(e: &tessera_rpc::Error) {
+    thread_local!(static SHOWN: Cell<u32> = const { Cell::new(0) });
+    SHOWN.with(|s| {
+        if s.get() < 5 {
+            s.set(s.get() + 1);
+            eprintln!("  error: {e}");
+        }
+    });
+}
+
+fn report_phase(r: &mut Report, op: &str, name: &str, conc: usize, ph: &Phase) {
+    let fig = format!("{op}_{name}_c{conc}");
+    let key = format!("{op}_{name}");
+    let g = garage(&key);
+    let note = format!(
+        "{}; p50 {:.1} ms, p99 {:.1} ms, {} ops, {} errors",
+        g.map_or("no peer figure", |x| x.1),
+        ph.p50_ms,
+        ph.p99_ms,
+        ph.ops,
+        ph.errors
+    );
+    if name == "4kib" {
+        r.add(&fig, ph.ops_per_sec, "ops/s", g.map(|x| x.0), note);
+    } else {
+        r.add(&fig, ph.mb_per_sec, "MB/s", g.map(|x| x.0), note);
+    }
+}
