@@ -77,6 +77,24 @@ enum Cmd {
     },
     /// Each chunk server (id, address, pid, state, capacity, used) and object counts.
     Status,
+    /// JSON documents: hot fields kept with the metadata, the rest erasure coded.
+    #[command(subcommand)]
+    Doc(DocCmd),
+}
+
+#[derive(Subcommand)]
+enum DocCmd {
+    /// Store JSON (inline, or @FILE, or - for stdin) under KEY.
+    Put {
+        key: String,
+        #[arg(value_name = "JSON")]
+        document: String,
+        /// Top-level fields to keep hot (default: fields of at most 256 bytes).
+        #[arg(long, value_delimiter = ',')]
+        hot: Vec<String>,
+    },
+    /// Print the document under KEY.
+    Get { key: String },
 }
 
 fn gateway_addr(cli: &Cli) -> Result<(SocketAddr, Option<cluster::ClusterFile>)> {
@@ -138,6 +156,21 @@ fn run(cli: Cli) -> Result<()> {
             let (gw, _) = gateway_addr(&cli)?;
             let (prefix, limit) = (prefix.clone(), *limit);
             ops::on_executor(move || async move { ops::ls(gw, prefix, limit, json).await })
+        }
+        Cmd::Doc(DocCmd::Put {
+            key,
+            document: doc,
+            hot,
+        }) => {
+            let (gw, _) = gateway_addr(&cli)?;
+            let doc = ops::read_json_arg(doc)?;
+            let (key, hot) = (key.clone(), hot.clone());
+            ops::on_executor(move || async move { ops::doc_put(gw, key, doc, hot, json).await })
+        }
+        Cmd::Doc(DocCmd::Get { key }) => {
+            let (gw, _) = gateway_addr(&cli)?;
+            let key = key.clone();
+            ops::on_executor(move || async move { ops::doc_get(gw, key, json).await })
         }
         Cmd::Status => {
             let (gw, c) = gateway_addr(&cli)?;

@@ -4,6 +4,8 @@
 //! phases that each state what must hold:
 //! 1. random blobs of many sizes (0 bytes to 24 MiB) round-trip byte-exact,
 //!    whole and in random ranges;
+//!    JSON documents round-trip as JSON values; an update with an unchanged
+//!    cold part reuses its stripes (and says so), a changed one does not;
 //! 2. the CLI: put/get/stat/ls/rm, `--json`, and bad input gets a clear
 //!    error and the documented exit code;
 //! 3. the gateway is killed (-9) in the middle of many writes and started
@@ -178,6 +180,38 @@ const SIZES: &[usize] = &[
     24 << 20,
 ];
 
+/// Documents: (key, document, hot field names).
+fn documents() -> Vec<(String, serde_json::Value, Vec<String>)> {
+    use serde_json::json;
+    let big: Vec<serde_json::Value> = (0..20_000)
+        .map(|i| json!({"i": i, "s": format!("item {i}")}))
+        .collect();
+    vec![
+        (
+            "doc/hot-only".into(),
+            json!({"id": 1, "name": "small", "ok": true}),
+            vec![],
+        ),
+        (
+            "doc/array".into(),
+            json!([1, 2, {"deep": [null, "x"]}]),
+            vec![],
+        ),
+        (
+            "doc/mixed".into(),
+            json!({"id": 2, "title": "t", "body": "x".repeat(3000), "n": 1.5}),
+            vec![],
+        ),
+        (
+            "doc/named".into(),
+            json!({"id": 3, "meta": {"a": "b".repeat(400)}, "big": big}),
+            vec!["meta".into(), "missing".into()],
+        ),
+        ("doc/empty".into(), json!({}), vec![]),
+        ("doc/string".into(), json!("just a string"), vec![]),
+    ]
+}
+
 /// Every `(key, seed, len)` must read back exactly.
 fn check_all(gw: SocketAddr, objects: Vec<(String, u64, usize)>) {
     with_client(gw, move |c| async move {
@@ -263,6 +297,59 @@ fn dev_cluster_end_to_end() {
         );
     });
 
+    // 1b. JSON documents.
+    let docs = documents();
+    let d2 = docs.clone();
+    with_client(gw, move |c| async move {
+        for (key, doc, hot) in &d2 {
+            let hot: Vec<&str> = hot.iter().map(String::as_str).collect();
+            let (_, outcome, skipped) = c
+                .put_doc(key, &doc.to_string(), &hot)
+                .await
+                .unwrap_or_else(|e| panic!("putDoc {key}: {e}"));
+            assert_eq!(outcome, PutOutcome::Ok);
+            assert!(!skipped, "{key}: a first version has no cold part to reuse");
+            let (back, _) = c.get_doc(key).await.unwrap();
+            let back: serde_json::Value = serde_json::from_str(&back).unwrap();
+            assert_eq!(&back, doc, "{key} did not round-trip");
+        }
+        // Same cold part, new hot field: the cold write is skipped.
+        let (key, doc, _) = &d2[2];
+        let before = c.status().await.unwrap().docs_cold_reused;
+        let mut doc2 = doc.clone();
+        doc2["title"] = serde_json::json!("renamed");
+        let (_, _, skipped) = c.put_doc(key, &doc2.to_string(), &[]).await.unwrap();
+        assert!(skipped, "an unchanged cold part is reused");
+        assert_eq!(c.status().await.unwrap().docs_cold_reused, before + 1);
+        let (back, _) = c.get_doc(key).await.unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&back).unwrap(),
+            doc2
+        );
+        // Changed cold part: written again.
+        doc2["body"] = serde_json::json!("y".repeat(5000));
+        let (_, _, skipped) = c.put_doc(key, &doc2.to_string(), &[]).await.unwrap();
+        assert!(!skipped);
+        let (back, _) = c.get_doc(key).await.unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&back).unwrap(),
+            doc2
+        );
+        c.put_doc(key, &doc.to_string(), &[]).await.unwrap();
+        // A document is not a blob, and a blob is not a document.
+        match c.get(key).await {
+            Err(tessera_rpc::Error::Gateway {
+                kind: GatewayErrorKind::InvalidArgument,
+                message,
+                ..
+            }) => {
+                assert!(message.contains("getDoc"), "{message}")
+            }
+            other => panic!("get of a document: {other:?}"),
+        }
+        assert!(c.get_doc("blob/03-4096").await.is_err());
+    });
+
     // 2. The CLI, and bad input.
     let file = dev.dir.join("cli.bin");
     std::fs::write(&file, blob(42, 300_000)).unwrap();
@@ -297,6 +384,29 @@ fn dev_cluster_end_to_end() {
     assert_eq!(o.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("1..=1000 bytes"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = tessera(
+        &dev,
+        &[
+            "doc",
+            "put",
+            "cli/doc",
+            r#"{"id":1,"tags":["a","b"]}"#,
+            "--hot",
+            "id",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = tessera(&dev, &["doc", "get", "cli/doc"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v, serde_json::json!({"id": 1, "tags": ["a", "b"]}));
+    let o = tessera(&dev, &["doc", "put", "cli/bad", r#"{"id": 1,"#], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not valid JSON"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -427,6 +537,19 @@ fn dev_cluster_end_to_end() {
         }
     });
     check_all(gw, fresh);
+    let d3 = docs.clone();
+    with_client(gw, move |c| async move {
+        for (key, doc, _) in &d3 {
+            let (back, _) = c
+                .get_doc(key)
+                .await
+                .unwrap_or_else(|e| panic!("getDoc {key} with 2 servers down: {e}"));
+            assert_eq!(
+                &serde_json::from_str::<serde_json::Value>(&back).unwrap(),
+                doc
+            );
+        }
+    });
 
     // 5. Fewer live chunk servers than k = 4.
     kill9(pid_of(&dev, "chunkd-3"));

@@ -14,6 +14,7 @@
 
 pub mod bridge;
 pub mod codec;
+pub mod doc;
 pub mod error;
 pub mod limits;
 pub mod meta;

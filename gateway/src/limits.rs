@@ -47,3 +47,11 @@ pub const CONNECTIONS_MAX: usize = 4_096;
 pub const WAL_FINISH_GATHER_MILLIS: u64 = 2;
 /// Most offsets one finish call carries (metad's limit is 10,000).
 pub const WAL_FINISH_BATCH_MAX: usize = 5_000;
+/// Largest JSON document, in bytes (it travels in one message).
+pub const DOC_JSON_MAX_BYTES: usize = MESSAGE_DATA_MAX_BYTES;
+/// Without named hot fields, a top-level field is hot when its JSON is at
+/// most this many bytes.
+pub const HOT_FIELD_MAX_BYTES: usize = 256;
+/// Largest hot part, in bytes: it lives in the record (metad values are at
+/// most 256 KiB).
+pub const HOT_PART_MAX_BYTES: usize = 64 << 10;

@@ -97,6 +97,8 @@ pub struct Stats {
     pub gets_degraded: Cell<u64>,
     pub checksum_failures: Cell<u64>,
     pub wal_replayed: Cell<u64>,
+    /// Document updates whose cold part was unchanged (its write skipped).
+    pub docs_cold_reused: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>) {
@@ -206,6 +208,18 @@ impl Objects {
         size: u64,
         replay: Option<(Vec<u8>, u64)>,
     ) -> Result<PutWriter> {
+        self.begin_with(key, size, replay, false).await
+    }
+
+    /// `part_of_doc`: the cold part of a document (always erasure coded;
+    /// its WAL entry is the document's, logged by the caller).
+    async fn begin_with(
+        self: &Rc<Self>,
+        key: &str,
+        size: u64,
+        replay: Option<(Vec<u8>, u64)>,
+        part_of_doc: bool,
+    ) -> Result<PutWriter> {
         check_key(key)?;
         if size > OBJECT_SIZE_MAX_BYTES {
             return Err(Error::TooLarge(format!(
@@ -214,10 +228,10 @@ impl Objects {
         }
         self.nodes.refresh_if_stale().await?;
         let candidates = self.nodes.candidates();
-        let replaying = replay.is_some();
+        let replaying = replay.is_some() || part_of_doc;
         let (version_id, created) =
             replay.unwrap_or_else(|| (rand::random::<[u8; 16]>().to_vec(), now_millis()));
-        let erasure = size > self.cfg.inline_max;
+        let erasure = size > self.cfg.inline_max || part_of_doc;
         let plan = if erasure {
             let (k, m, sb) = (self.cfg.k, self.cfg.m, self.cfg.shard_bytes);
             if candidates.len() < k as usize {
@@ -356,6 +370,188 @@ impl Objects {
         )))
     }
 
+    /// Commits `meta`, deletes the replaced version's shards (unless the
+    /// new record still uses them), finishes the WAL entry of a clean write.
+    async fn commit_and_finish(
+        self: &Rc<Self>,
+        key: &str,
+        meta: ObjectMeta,
+        replay: bool,
+        wal: Option<(u32, u64)>,
+    ) -> Result<(ObjectMeta, Outcome)> {
+        let replaced = self.commit(key, &meta, replay).await?;
+        if let Some(old) = replaced {
+            if old.shards_version() != meta.shards_version() {
+                self.delete_shards_later(old);
+            }
+        }
+        let dirty = meta.dirty;
+        if !dirty {
+            if let Some((p, off)) = wal {
+                self.wal_finish(p, off).await;
+            }
+            bump(&self.stats.puts_ok);
+        } else {
+            bump(&self.stats.puts_accepted);
+        }
+        Ok((
+            meta,
+            if dirty {
+                Outcome::Accepted
+            } else {
+                Outcome::Ok
+            },
+        ))
+    }
+
+    /// Stores a JSON document: top-level fields named in `hot` (or, when
+    /// none are named, those whose JSON is at most [`HOT_FIELD_MAX_BYTES`])
+    /// go in the record, the rest is erasure coded — unless it is the same
+    /// (by SHA-256) as the current version's cold part, whose stripes are
+    /// then reused. Returns the record, the outcome and whether the cold
+    /// write was skipped.
+    pub async fn put_doc(
+        self: &Rc<Self>,
+        key: &str,
+        json: &str,
+        hot: &[String],
+    ) -> Result<(ObjectMeta, Outcome, bool)> {
+        self.put_doc_inner(key, json, hot, None).await
+    }
+
+    async fn put_doc_inner(
+        self: &Rc<Self>,
+        key: &str,
+        json: &str,
+        hot: &[String],
+        replay: Option<(Vec<u8>, u64)>,
+    ) -> Result<(ObjectMeta, Outcome, bool)> {
+        check_key(key)?;
+        if json.len() > DOC_JSON_MAX_BYTES {
+            return Err(Error::TooLarge(format!(
+                "a document may be at most {DOC_JSON_MAX_BYTES} bytes of JSON; this one is {}",
+                json.len()
+            )));
+        }
+        let split = crate::doc::split(json, hot)?;
+        self.nodes.refresh_if_stale().await?;
+        let candidates = self.nodes.candidates();
+        let replaying = replay.is_some();
+        let (version_id, created) =
+            replay.unwrap_or_else(|| (rand::random::<[u8; 16]>().to_vec(), now_millis()));
+        // 1. The WAL entry, before any chunk server sees a byte.
+        let mut wal = None;
+        if !replaying {
+            let has_payload = json.len() as u64 <= WAL_PAYLOAD_MAX_BYTES;
+            let intent = WalIntent {
+                key: key.to_string(),
+                version_id: version_id.clone(),
+                size: split.cold.len() as u64,
+                created_unix_millis: created,
+                candidates: candidates.iter().map(|c| c.node_id.clone()).collect(),
+                erasure: Some((self.cfg.k, self.cfg.m, self.cfg.shard_bytes)),
+                payload: if has_payload {
+                    json.as_bytes().to_vec()
+                } else {
+                    Vec::new()
+                },
+                has_payload,
+                doc_hot: Some(hot.to_vec()),
+            };
+            let p = self.partition_of(key);
+            let gw = self.cfg.gateway_id.clone();
+            let bytes = intent.encode();
+            let off = self
+                .bridge
+                .call("logging the write in the WAL", move |c| async move {
+                    c.wal_append(p, &gw, &bytes, true).await
+                })
+                .await?;
+            wal = Some((p, off));
+        }
+        // 2. Skip the cold write when the current version has the same cold part.
+        let current = self.record(key).await?.map(|c| c.0);
+        let reuse = current.as_ref().filter(|c| {
+            c.doc.as_ref().is_some_and(|d| {
+                !split.cold.is_empty() && d.cold_sha256 == split.cold_sha256 && !c.dirty
+            })
+        });
+        let (layout, nodes, dirty, cold_version, skipped) = match reuse {
+            Some(c) => {
+                bump(&self.stats.docs_cold_reused);
+                (
+                    c.layout.clone(),
+                    c.nodes.clone(),
+                    false,
+                    c.shards_version().to_vec(),
+                    true,
+                )
+            }
+            None if split.cold.is_empty() => (
+                Layout::Replicated {
+                    replicas: Vec::new(),
+                },
+                Vec::new(),
+                false,
+                version_id.clone(),
+                false,
+            ),
+            None => {
+                // 3. The cold part, erasure coded.
+                let mut w = self
+                    .begin_with(
+                        key,
+                        split.cold.len() as u64,
+                        Some((version_id.clone(), created)),
+                        true,
+                    )
+                    .await?;
+                w.write(&split.cold).await?;
+                let (layout, nodes, dirty) = w.land().await?;
+                (layout, nodes, dirty, version_id.clone(), false)
+            }
+        };
+        let meta = ObjectMeta {
+            version_id,
+            size: split.cold.len() as u64,
+            created_unix_millis: created,
+            dirty,
+            layout,
+            nodes,
+            doc: Some(DocMeta {
+                hot_json: split.hot,
+                cold_sha256: split.cold_sha256,
+                cold_shards_version: cold_version,
+                whole_cold: split.whole_cold,
+            }),
+        };
+        // 4. Commit, 5. answer.
+        let (meta, outcome) = self.commit_and_finish(key, meta, replaying, wal).await?;
+        Ok((meta, outcome, skipped))
+    }
+
+    /// Reads a JSON document back: its hot part from the record, its cold
+    /// part from its stripes, merged.
+    pub async fn get_doc(&self, key: &str) -> Result<(ObjectMeta, String)> {
+        let meta = self.stat(key).await?;
+        let Some(d) = &meta.doc else {
+            return Err(Error::Invalid(format!(
+                "{key:?} holds a blob, not a JSON document: read it with get"
+            )));
+        };
+        let cold = std::cell::RefCell::new(Vec::with_capacity(meta.size as usize));
+        self.read(&meta, 0, meta.size, |piece| {
+            let mut c = cold.borrow_mut();
+            for sl in piece.slices() {
+                c.extend_from_slice(sl);
+            }
+            async { Ok(()) }
+        })
+        .await?;
+        let json = crate::doc::merge(&d.hot_json, &cold.into_inner(), d.whole_cold)?;
+        Ok((meta, json))
+    }
+
     /// Marks a WAL entry finished. Finishes are gathered for
     /// [`WAL_FINISH_GATHER_MILLIS`] and sent as one call per partition: the
     /// write has been answered already, and an entry left unfinished by a
@@ -436,9 +632,9 @@ impl Objects {
                 for (i, n) in nodes.into_iter().enumerate() {
                     if let Some(n) = n {
                         let id = match &meta.layout {
-                            Layout::Replicated { .. } => shard_id(&meta.version_id, 0, 0),
+                            Layout::Replicated { .. } => shard_id(meta.shards_version(), 0, 0),
                             Layout::Erasure { .. } => {
-                                shard_id(&meta.version_id, stripe as u32, i as u8)
+                                shard_id(meta.shards_version(), stripe as u32, i as u8)
                             }
                         };
                         let me = me.clone();
@@ -555,7 +751,7 @@ impl Objects {
             .map(|&i| (i as usize, meta.nodes[i as usize].clone()))
             .collect();
         self.nodes.order_for_read(&mut order);
-        let id = shard_id(&meta.version_id, 0, 0);
+        let id = shard_id(meta.shards_version(), 0, 0);
         let mut why = Vec::new();
         for (n, (_, node)) in order.iter().enumerate() {
             match self.read_shard(node, &id).await {
@@ -614,7 +810,7 @@ impl Objects {
                 .get(i)
                 .filter(|&&n| n != NO_NODE)
                 .map(|&n| meta.nodes[n as usize].clone());
-            let id = shard_id(&meta.version_id, s as u32, i as u8);
+            let id = shard_id(meta.shards_version(), s as u32, i as u8);
             async move {
                 match node {
                     None => (i, Err(Error::Unavailable("shard never landed".into()))),
@@ -703,7 +899,15 @@ impl Objects {
                 return Ok(true);
             }
         }
-        if intent.has_payload {
+        if let (Some(hot), true) = (&intent.doc_hot, intent.has_payload) {
+            let replay = Some((intent.version_id.clone(), intent.created_unix_millis));
+            let json = String::from_utf8_lossy(&intent.payload).into_owned();
+            return match self.put_doc_inner(&intent.key, &json, hot, replay).await {
+                Ok(_) | Err(Error::Conflict(_)) => Ok(true),
+                Err(e) => Err(e),
+            };
+        }
+        if intent.has_payload && intent.doc_hot.is_none() {
             let replay = Some((intent.version_id.clone(), intent.created_unix_millis));
             let mut w = self.begin(&intent.key, intent.size, replay).await?;
             w.write(&intent.payload).await?;
@@ -819,6 +1023,7 @@ impl PutWriter {
             },
             has_payload: !payload.is_empty() || self.size == 0,
             payload,
+            doc_hot: None,
         };
         let p = self.objects.partition_of(&self.key);
         let gw = self.objects.cfg.gateway_id.clone();
@@ -945,7 +1150,61 @@ impl PutWriter {
                 });
             }
         }
-        // Node table of the record.
+        let (layout, names, dirty) =
+            node_table(layout_nodes, make_layout, self.plan_is_replicated());
+        let meta = ObjectMeta {
+            version_id: self.version_id.clone(),
+            size: self.size,
+            created_unix_millis: self.created,
+            dirty,
+            layout,
+            nodes: names,
+            doc: None,
+        };
+        objects
+            .commit_and_finish(&self.key, meta, replay, self.wal)
+            .await
+    }
+
+    fn plan_is_replicated(&self) -> bool {
+        matches!(self.plan, Plan::Replicated)
+    }
+
+    /// Writes what is left and returns where every shard landed, without
+    /// committing (the cold part of a document).
+    async fn land(mut self) -> Result<(Layout, Vec<String>, bool)> {
+        let Plan::Erasure { k, m, shard_bytes } = self.plan else {
+            return Err(Error::Internal("land() is for erasure-coded parts".into()));
+        };
+        if self.received != self.size {
+            return Err(Error::Internal("the cold part is short".into()));
+        }
+        if !self.buf.is_empty() || self.next_stripe == 0 {
+            self.flush_stripe().await?;
+        }
+        while !self.inflight.is_empty() {
+            self.collect_one().await?;
+        }
+        let landed = std::mem::take(&mut self.landed);
+        let make = move |stripes| Layout::Erasure {
+            codec: RsSimd.id(),
+            k,
+            m,
+            shard_bytes,
+            stripes,
+        };
+        Ok(node_table(landed, Box::new(make), false))
+    }
+}
+
+/// The record's node table from where shards landed: (layout, node ids,
+/// dirty).
+fn node_table(
+    layout_nodes: Vec<Landed>,
+    make_layout: Box<dyn Fn(Vec<Vec<u16>>) -> Layout>,
+    replicated: bool,
+) -> (Layout, Vec<String>, bool) {
+    {
         let mut names: Vec<String> = Vec::new();
         let mut dirty = false;
         let idx: Vec<Vec<u16>> = layout_nodes
@@ -968,40 +1227,13 @@ impl PutWriter {
                     .collect()
             })
             .collect();
-        if let Plan::Replicated = self.plan {
+        if replicated {
             dirty |= idx
                 .first()
                 .map_or(0, |r| r.iter().filter(|&&i| i != NO_NODE).count())
                 < REPLICAS;
         }
-        let meta = ObjectMeta {
-            version_id: self.version_id.clone(),
-            size: self.size,
-            created_unix_millis: self.created,
-            dirty,
-            layout: make_layout(idx),
-            nodes: names,
-        };
-        let replaced = objects.commit(&self.key, &meta, replay).await?;
-        if let Some(old) = replaced {
-            objects.delete_shards_later(old);
-        }
-        if !dirty {
-            if let Some((p, off)) = self.wal {
-                objects.wal_finish(p, off).await;
-            }
-            bump(&objects.stats.puts_ok);
-        } else {
-            bump(&objects.stats.puts_accepted);
-        }
-        Ok((
-            meta,
-            if dirty {
-                Outcome::Accepted
-            } else {
-                Outcome::Ok
-            },
-        ))
+        (make_layout(idx), names, dirty)
     }
 }
 

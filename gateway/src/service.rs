@@ -53,6 +53,16 @@ fn text(r: capnp::Result<capnp::text::Reader<'_>>, what: &str) -> Result<String,
         .map_err(|_| Error::Invalid(format!("{what} is not valid UTF-8")))
 }
 
+/// A document's bytes are its parts, not a blob: `get` refuses them.
+fn blob_only(key: &str, meta: &ObjectMeta) -> Result<(), Error> {
+    if meta.doc.is_some() {
+        return Err(Error::Invalid(format!(
+            "{key:?} holds a JSON document: read it with getDoc (`tessera doc get`)"
+        )));
+    }
+    Ok(())
+}
+
 fn wire_outcome(o: Outcome) -> tessera_schema::gateway_capnp::Outcome {
     match o {
         Outcome::Ok => tessera_schema::gateway_capnp::Outcome::Ok,
@@ -140,6 +150,7 @@ impl gateway::Server for GatewayService {
         let r = async {
             let key = text(p.get_key(), "key")?;
             let meta = self.objects.stat(&key).await?;
+            blob_only(&key, &meta)?;
             let (off, len) = range(meta.size, p.get_offset(), p.get_length())?;
             if len > MESSAGE_DATA_MAX_BYTES as u64 {
                 return Err(Error::TooLarge(format!(
@@ -185,6 +196,7 @@ impl gateway::Server for GatewayService {
         let r = async {
             let key = text(p.get_key(), "key")?;
             let meta = self.objects.stat(&key).await?;
+            blob_only(&key, &meta)?;
             let (off, len) = range(meta.size, p.get_offset(), p.get_length())?;
             let sent = std::cell::Cell::new(0u64);
             self.objects
@@ -288,6 +300,62 @@ impl gateway::Server for GatewayService {
         Ok(())
     }
 
+    async fn put_doc(
+        self: Rc<Self>,
+        params: gateway::PutDocParams,
+        mut results: gateway::PutDocResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let r = async {
+            let key = text(p.get_key(), "key")?;
+            let json = text(p.get_json(), "json")?;
+            let mut hot = Vec::new();
+            for h in p
+                .get_hot()
+                .map_err(|e| Error::Invalid(format!("hot: {e}")))?
+                .iter()
+            {
+                hot.push(text(h, "a hot field name")?);
+            }
+            let (meta, outcome, skipped) = self.objects.put_doc(&key, &json, &hot).await?;
+            Ok((key, meta, outcome, skipped))
+        }
+        .await;
+        match r {
+            Ok((key, meta, outcome, skipped)) => {
+                let mut b = results.get();
+                fill_info(b.reborrow().init_info(), &key, &meta);
+                b.set_outcome(wire_outcome(outcome));
+                b.set_cold_skipped(skipped);
+            }
+            Err(e) => write_error(results.get().init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn get_doc(
+        self: Rc<Self>,
+        params: gateway::GetDocParams,
+        mut results: gateway::GetDocResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let r = async {
+            let key = text(p.get_key(), "key")?;
+            let (meta, json) = self.objects.get_doc(&key).await?;
+            Ok((key, meta, json))
+        }
+        .await;
+        match r {
+            Ok((key, meta, json)) => {
+                let mut b = results.get();
+                fill_info(b.reborrow().init_info(), &key, &meta);
+                b.set_json(&json);
+            }
+            Err(e) => write_error(results.get().init_error(), &e),
+        }
+        Ok(())
+    }
+
     async fn status(
         self: Rc<Self>,
         _: gateway::StatusParams,
@@ -308,6 +376,7 @@ impl gateway::Server for GatewayService {
         s.set_gets_degraded(o.stats.gets_degraded.get());
         s.set_checksum_failures(o.stats.checksum_failures.get());
         s.set_wal_replayed(o.stats.wal_replayed.get());
+        s.set_docs_cold_reused(o.stats.docs_cold_reused.get());
         s.set_default_layout(format!(
             "rs {}+{} ({}-byte shards) above {} bytes, replicated x{REPLICAS} up to it",
             o.cfg.k, o.cfg.m, o.cfg.shard_bytes, o.cfg.inline_max

@@ -86,6 +86,8 @@ pub struct GatewayStatus {
     pub checksum_failures: u64,
     pub wal_replayed: u64,
     pub default_layout: String,
+    /// Document updates that skipped an unchanged cold part.
+    pub docs_cold_reused: u64,
 }
 
 pub struct GatewayClient {
@@ -351,6 +353,63 @@ impl GatewayClient {
         .await
     }
 
+    /// Stores a JSON document (at most 4 MiB). Fields named in `hot` (or,
+    /// when none are named, the small ones) are kept with the metadata; the
+    /// rest is erasure coded unless unchanged since the previous version.
+    /// Returns the description, the outcome and whether the cold write was
+    /// skipped.
+    pub async fn put_doc(
+        &self,
+        key: &str,
+        json: &str,
+        hot: &[&str],
+    ) -> Result<(ObjectInfo, PutOutcome, bool)> {
+        let c = self.client().await?;
+        let mut req = c.put_doc_request();
+        {
+            let mut p = req.get();
+            p.set_key(key);
+            p.set_json(json);
+            let mut h = p.init_hot(hot.len() as u32);
+            for (i, name) in hot.iter().enumerate() {
+                h.set(i as u32, *name);
+            }
+        }
+        let resp = req.send().promise.await.map_err(self.transport())?;
+        let r = resp.get().map_err(self.transport())?;
+        if r.has_error() {
+            return Err(self.remote(r.get_error().map_err(self.transport())?));
+        }
+        let i = info(r.get_info().map_err(self.transport())?).map_err(self.transport())?;
+        Ok((i, outcome(r.get_outcome()), r.get_cold_skipped()))
+    }
+
+    /// The JSON document under `key` (equal as a JSON value to what was
+    /// stored; keys come back sorted).
+    pub async fn get_doc(&self, key: &str) -> Result<(String, ObjectInfo)> {
+        self.idempotent(|c| async move {
+            let mut req = c.get_doc_request();
+            req.get().set_key(key);
+            let resp = req.send().promise.await.map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            if r.has_error() {
+                return Err(self.remote(r.get_error().map_err(self.transport())?));
+            }
+            let json = r
+                .get_json()
+                .map_err(self.transport())?
+                .to_string()
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "the gateway sent a document that is not UTF-8: {e}"
+                    ))
+                })?;
+            let i = info(r.get_info().map_err(self.transport())?).map_err(self.transport())?;
+            Ok((json, i))
+        })
+        .await
+    }
+
     /// The object's description.
     pub async fn stat(&self, key: &str) -> Result<ObjectInfo> {
         self.idempotent(|c| async move {
@@ -451,6 +510,7 @@ impl GatewayClient {
                 checksum_failures: s.get_checksum_failures(),
                 wal_replayed: s.get_wal_replayed(),
                 default_layout: t(s.get_default_layout()),
+                docs_cold_reused: s.get_docs_cold_reused(),
             })
         })
         .await

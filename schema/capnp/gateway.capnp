@@ -4,7 +4,8 @@
 # - key: 1..=1000 bytes of UTF-8, no NUL;
 # - object: up to 8 TiB (streamed); `put` and `get` carry at most 4 MiB in
 #   one message — larger objects go through `putStream` / `getStream`;
-# - list: 1..=10,000 items per page.
+# - list: 1..=10,000 items per page;
+# - JSON documents: at most 4 MiB, hot part at most 64 KiB.
 #
 # Every answer that can fail carries `error`; when it is set the other
 # fields are meaningless.
@@ -63,6 +64,7 @@ struct GatewayStatus {
   checksumFailures @7 :UInt64;  # shards that failed their crc32c on read
   walReplayed @8 :UInt64;       # WAL entries completed or abandoned at start
   defaultLayout @9 :Text;
+  docsColdReused @10 :UInt64;   # document updates that skipped an unchanged cold part
 }
 
 interface ByteSink {
@@ -99,4 +101,14 @@ interface Gateway {
   list @6 (prefix :Text, startAfter :Text, limit :UInt32) -> (items :List(ObjectInfo), more :Bool, error :Error);
 
   status @7 () -> (status :GatewayStatus, error :Error);
+
+  # Stores a JSON document (at most 4 MiB). Top-level fields named in `hot`
+  # — or, when none are named, those whose JSON is at most 256 bytes — are
+  # kept in the object record (replicated by metad); the rest is erasure
+  # coded, unless it equals (SHA-256) the previous version's cold part,
+  # whose stripes are then reused (`coldSkipped`).
+  putDoc @8 (key :Text, json :Text, hot :List(Text)) -> (info :ObjectInfo, outcome :Outcome, coldSkipped :Bool, error :Error);
+
+  # The document, equal as a JSON value to the one stored (keys sorted).
+  getDoc @9 (key :Text) -> (json :Text, info :ObjectInfo, error :Error);
 }
