@@ -3,6 +3,7 @@
 //! for the chunk server).
 
 mod chunkd_bench;
+mod codec_bench;
 mod engine_bench;
 mod fio;
 mod load_bench;
@@ -58,6 +59,8 @@ enum Cmd {
     Metad,
     /// WAL appends on three metad replicas against fio's fdatasync rate.
     Wal,
+    /// The gateway's erasure codes against ISA-L (build with --features isal).
+    Codec,
     /// The load generator: PUT and GET of 4 KiB, 1 MiB and 16 MiB objects
     /// against a running cluster (`tessera dev`), next to Garage's figures.
     Load {
@@ -145,6 +148,7 @@ fn main() -> Result<()> {
                 .collect::<Result<_>>()?;
             metad_bench::run_wal(&cli.dir, &plan)?
         }
+        Cmd::Codec => codec_bench::run()?,
         Cmd::Load {
             gateway,
             cluster,

@@ -9,8 +9,9 @@
 //! 2. the CLI: put/get/stat/ls/rm, `--json`, and bad input gets a clear
 //!    error and the documented exit code;
 //! 3. the gateway is killed (-9) in the middle of many writes and started
-//!    again: every acknowledged write reads back, every unacknowledged one
-//!    is either absent or exact, and the WAL holds no entry of that gateway
+//!    again (with the other erasure code, so objects of both are read):
+//!    every acknowledged write reads back, every unacknowledged one is
+//!    either absent or exact, and the WAL holds no entry of that gateway
 //!    except for dirty objects (the healer's);
 //! 4. two chunk servers are killed (-9): every object still reads, new
 //!    writes answer ok or accepted and read back;
@@ -481,6 +482,9 @@ fn dev_cluster_end_to_end() {
             &metad_addrs(&dev).join(","),
             "--id",
             "dev-gateway-1",
+            // The other codec from here on: objects of both must stay readable.
+            "--codec",
+            "rs-simd",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::from(gw_log))
@@ -529,11 +533,14 @@ fn dev_cluster_end_to_end() {
     let f2 = fresh.clone();
     with_client(gw, move |c| async move {
         for (k, s, l) in &f2 {
-            let (_, outcome) = c
+            let (info, outcome) = c
                 .put(k, &blob(*s, *l))
                 .await
                 .unwrap_or_else(|e| panic!("put {k} with 2 servers down: {e}"));
             assert!(matches!(outcome, PutOutcome::Ok | PutOutcome::Accepted));
+            if *l > 65_536 {
+                assert!(info.layout.contains("rs-simd"), "{}", info.layout);
+            }
         }
     });
     check_all(gw, fresh);

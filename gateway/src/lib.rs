@@ -16,6 +16,7 @@ pub mod bridge;
 pub mod codec;
 pub mod doc;
 pub mod error;
+pub mod gf256;
 pub mod limits;
 pub mod meta;
 pub mod nodes;

@@ -31,6 +31,17 @@ pub const OBJECT_KEY_PREFIX: &[u8] = b"o/";
 pub enum CodecId {
     /// Reed-Solomon over GF(2^16) (the `reed-solomon-simd` crate).
     RsSimd,
+    /// Reed-Solomon over GF(2^8), Cauchy matrix ([`crate::gf256`]).
+    Cauchy256,
+}
+
+impl CodecId {
+    pub fn name(self) -> &'static str {
+        match self {
+            CodecId::RsSimd => "rs-simd",
+            CodecId::Cauchy256 => "cauchy256",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,8 +271,12 @@ impl ObjectMeta {
         match &self.layout {
             Layout::Replicated { replicas } => format!("replicated x{}", replicas.len()),
             Layout::Erasure {
-                k, m, shard_bytes, ..
-            } => format!("rs {k}+{m} ({shard_bytes}-byte shards)"),
+                codec,
+                k,
+                m,
+                shard_bytes,
+                ..
+            } => format!("rs {k}+{m} ({shard_bytes}-byte shards, {})", codec.name()),
         }
     }
 

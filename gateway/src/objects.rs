@@ -20,7 +20,7 @@
 //! at least k shards (one replica) durable on chunk servers.
 
 use crate::bridge::MetaBridge;
-use crate::codec::{codec_for, Codec, RsSimd};
+use crate::codec::{codec_for, Codec};
 use crate::error::{Error, Result};
 use crate::limits::*;
 use crate::meta::*;
@@ -43,6 +43,8 @@ pub struct ObjectsConfig {
     pub shard_bytes: u32,
     /// Objects up to this size are replicated ×3.
     pub inline_max: u64,
+    /// The erasure code of new objects (each record names its own).
+    pub codec: CodecId,
 }
 
 impl Default for ObjectsConfig {
@@ -53,6 +55,7 @@ impl Default for ObjectsConfig {
             m: PARITY_SHARDS_DEFAULT,
             shard_bytes: SHARD_BYTES_DEFAULT,
             inline_max: INLINE_MAX_BYTES_DEFAULT,
+            codec: CodecId::Cauchy256,
         }
     }
 }
@@ -250,6 +253,7 @@ impl Objects {
                 )));
             }
             Plan::Erasure {
+                codec: self.cfg.codec,
                 k,
                 m,
                 shard_bytes: sb,
@@ -983,7 +987,12 @@ fn shard_nodes(meta: &ObjectMeta) -> Vec<Landed> {
 
 enum Plan {
     Replicated,
-    Erasure { k: u8, m: u8, shard_bytes: u32 },
+    Erasure {
+        codec: CodecId,
+        k: u8,
+        m: u8,
+        shard_bytes: u32,
+    },
 }
 
 /// One write in progress (streamed or whole).
@@ -1019,7 +1028,9 @@ impl PutWriter {
             candidates: self.candidates.iter().map(|c| c.node_id.clone()).collect(),
             erasure: match self.plan {
                 Plan::Replicated => None,
-                Plan::Erasure { k, m, shard_bytes } => Some((k, m, shard_bytes)),
+                Plan::Erasure {
+                    k, m, shard_bytes, ..
+                } => Some((k, m, shard_bytes)),
             },
             has_payload: !payload.is_empty() || self.size == 0,
             payload,
@@ -1069,7 +1080,13 @@ impl PutWriter {
     /// Encodes the buffered stripe and starts writing its shards; waits for
     /// the oldest stripe when [`STRIPES_IN_FLIGHT_MAX`] are being written.
     async fn flush_stripe(&mut self) -> Result<()> {
-        let Plan::Erasure { k, m, shard_bytes } = self.plan else {
+        let Plan::Erasure {
+            codec,
+            k,
+            m,
+            shard_bytes,
+        } = self.plan
+        else {
             return Ok(());
         };
         let s = self.next_stripe;
@@ -1080,7 +1097,10 @@ impl PutWriter {
         let version = self.version_id.clone();
         let cands = self.candidates.clone();
         let h = glommio::spawn_local(async move {
-            write_stripe(&objects, &version, s as u32, k, m, shard_len, data, &cands).await
+            write_stripe(
+                &objects, &version, s as u32, codec, k, m, shard_len, data, &cands,
+            )
+            .await
         })
         .detach();
         self.inflight.push_back(h);
@@ -1133,7 +1153,12 @@ impl PutWriter {
                     replicas: v.pop().unwrap_or_default(),
                 });
             }
-            Plan::Erasure { k, m, shard_bytes } => {
+            Plan::Erasure {
+                codec,
+                k,
+                m,
+                shard_bytes,
+            } => {
                 if !self.buf.is_empty() || self.next_stripe == 0 {
                     self.flush_stripe().await?;
                 }
@@ -1142,7 +1167,7 @@ impl PutWriter {
                 }
                 layout_nodes = std::mem::take(&mut self.landed);
                 make_layout = Box::new(move |stripes| Layout::Erasure {
-                    codec: RsSimd.id(),
+                    codec,
                     k,
                     m,
                     shard_bytes,
@@ -1173,7 +1198,13 @@ impl PutWriter {
     /// Writes what is left and returns where every shard landed, without
     /// committing (the cold part of a document).
     async fn land(mut self) -> Result<(Layout, Vec<String>, bool)> {
-        let Plan::Erasure { k, m, shard_bytes } = self.plan else {
+        let Plan::Erasure {
+            codec,
+            k,
+            m,
+            shard_bytes,
+        } = self.plan
+        else {
             return Err(Error::Internal("land() is for erasure-coded parts".into()));
         };
         if self.received != self.size {
@@ -1187,7 +1218,7 @@ impl PutWriter {
         }
         let landed = std::mem::take(&mut self.landed);
         let make = move |stripes| Layout::Erasure {
-            codec: RsSimd.id(),
+            codec,
             k,
             m,
             shard_bytes,
@@ -1306,6 +1337,7 @@ async fn write_stripe(
     objects: &Rc<Objects>,
     version: &[u8],
     s: u32,
+    codec: CodecId,
     k: u8,
     m: u8,
     shard_len: u32,
@@ -1316,7 +1348,7 @@ async fn write_stripe(
     data.resize(k * shard_len as usize, 0);
     let parity = {
         let refs: Vec<&[u8]> = data.chunks(shard_len as usize).collect();
-        RsSimd.encode(k, m, &refs)?
+        codec_for(codec).encode(k, m, &refs)?
     };
     let sl = shard_len as usize;
     let data = Rc::new(data);

@@ -378,8 +378,12 @@ impl gateway::Server for GatewayService {
         s.set_wal_replayed(o.stats.wal_replayed.get());
         s.set_docs_cold_reused(o.stats.docs_cold_reused.get());
         s.set_default_layout(format!(
-            "rs {}+{} ({}-byte shards) above {} bytes, replicated x{REPLICAS} up to it",
-            o.cfg.k, o.cfg.m, o.cfg.shard_bytes, o.cfg.inline_max
+            "rs {}+{} ({}-byte shards, {}) above {} bytes, replicated x{REPLICAS} up to it",
+            o.cfg.k,
+            o.cfg.m,
+            o.cfg.shard_bytes,
+            o.cfg.codec.name(),
+            o.cfg.inline_max
         ));
         let mut l = s.init_nodes(nodes.len() as u32);
         for (i, n) in nodes.iter().enumerate() {

@@ -44,6 +44,10 @@ struct Cli {
     /// Shard size of erasure-coded objects, in bytes.
     #[arg(long, default_value_t = SHARD_BYTES_DEFAULT)]
     shard_bytes: u32,
+    /// Erasure code of new objects: cauchy256 (GF(2^8), rebuilds as fast as
+    /// it encodes) or rs-simd (GF(2^16)); every object records its own.
+    #[arg(long, default_value = "cauchy256")]
+    codec: String,
     /// Objects up to this many bytes are replicated ×3 instead.
     #[arg(long, default_value_t = INLINE_MAX_BYTES_DEFAULT)]
     inline_max: u64,
@@ -69,6 +73,11 @@ fn main() -> Result<()> {
         m: cli.m,
         shard_bytes: cli.shard_bytes,
         inline_max: cli.inline_max,
+        codec: match cli.codec.as_str() {
+            "cauchy256" => tessera_gateway::meta::CodecId::Cauchy256,
+            "rs-simd" => tessera_gateway::meta::CodecId::RsSimd,
+            other => anyhow::bail!("--codec {other:?}: use cauchy256 or rs-simd"),
+        },
     };
     cfg.validate().context("settings")?;
     tessera_engine::raise_memlock().context("io_uring needs locked memory")?;
