@@ -358,7 +358,7 @@ pub async fn status(
                 "gateway": {"id": s.gateway_id, "addr": gw.to_string(), "version": s.version, "uptime_secs": s.uptime_secs,
                             "layout": s.default_layout, "puts_ok": s.puts_ok, "puts_accepted": s.puts_accepted,
                             "gets_degraded": s.gets_degraded, "checksum_failures": s.checksum_failures, "wal_replayed": s.wal_replayed,
-                            "docs_cold_reused": s.docs_cold_reused},
+                            "docs_cold_reused": s.docs_cold_reused, "reads_hedged": s.reads_hedged},
                 "nodes": nodes,
                 "objects": {"count": objects, "bytes": bytes, "dirty": dirty},
             })
@@ -386,8 +386,8 @@ pub async fn status(
     }
     println!("objects: {objects} ({}), dirty: {dirty}", human(bytes));
     println!(
-        "since start: {} puts ok, {} accepted, {} degraded reads, {} checksum failures, {} WAL entries replayed, {} document updates reused their cold part",
-        s.puts_ok, s.puts_accepted, s.gets_degraded, s.checksum_failures, s.wal_replayed, s.docs_cold_reused
+        "since start: {} puts ok, {} accepted, {} degraded reads, {} checksum failures, {} WAL entries replayed, {} document updates reused their cold part, {} hedged stripe reads",
+        s.puts_ok, s.puts_accepted, s.gets_degraded, s.checksum_failures, s.wal_replayed, s.docs_cold_reused, s.reads_hedged
     );
     Ok(())
 }

@@ -7,7 +7,8 @@
 //!    JSON documents round-trip as JSON values; an update with an unchanged
 //!    cold part reuses its stripes (and says so), a changed one does not;
 //! 2. the CLI: put/get/stat/ls/rm, `--json`, and bad input gets a clear
-//!    error and the documented exit code;
+//!    error and the documented exit code; with a chunk server frozen
+//!    (SIGSTOP), every object reads, by hedged parity reads;
 //! 3. the gateway is killed (-9) in the middle of many writes and started
 //!    again (with the other erasure code, so objects of both are read):
 //!    every acknowledged write reads back, every unacknowledged one is
@@ -419,6 +420,28 @@ fn dev_cluster_end_to_end() {
         .unwrap()
         .iter()
         .all(|n| n["state"] == "live" && n["pid"].is_number()));
+
+    // 2b. A chunk server frozen (SIGSTOP, not dead: the registry still
+    // lists it): stripes with a data shard on it are read by hedging one
+    // parity shard, and every object still reads.
+    let frozen = pid_of(&dev, "chunkd-4");
+    let before = with_client(
+        gw,
+        |c| async move { c.status().await.unwrap().reads_hedged },
+    );
+    // SAFETY: kill(2) on a process of the dev cluster this test started.
+    unsafe { libc::kill(frozen, libc::SIGSTOP) };
+    check_all(gw, objects.clone());
+    let after = with_client(
+        gw,
+        |c| async move { c.status().await.unwrap().reads_hedged },
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(frozen, libc::SIGCONT) };
+    assert!(
+        after > before,
+        "reads around a frozen chunk server were not hedged"
+    );
 
     // 3. The gateway killed in the middle of writes, then started again.
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64, usize)>::new()));

@@ -55,3 +55,5 @@ pub const HOT_FIELD_MAX_BYTES: usize = 256;
 /// Largest hot part, in bytes: it lives in the record (metad values are at
 /// most 256 KiB).
 pub const HOT_PART_MAX_BYTES: usize = 64 << 10;
+/// A timer that will not fire during a request (after a hedge was sent).
+pub const HEDGE_NEVER: std::time::Duration = std::time::Duration::from_secs(3600);

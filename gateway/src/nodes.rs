@@ -24,8 +24,20 @@ const CHUNK_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connecting to a chunk server gives up after this.
 const CHUNK_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Shard read latencies kept for the hedging threshold.
+const RECENT_READS_MAX: usize = 1024;
+/// Hedging waits at least this long (and this long before any sample).
+const HEDGE_MIN: Duration = Duration::from_millis(2);
+/// Hedging waits at most this long.
+const HEDGE_MAX: Duration = Duration::from_millis(500);
+
 pub struct Nodes {
     bridge: MetaBridge,
+    /// The latest shard read latencies, microseconds (a ring).
+    recent_us: RefCell<std::collections::VecDeque<u32>>,
+    /// The p95 of `recent_us`, recomputed every 64 samples.
+    p95: std::cell::Cell<Duration>,
+    samples: std::cell::Cell<u64>,
     table: RefCell<Vec<NodeEntry>>,
     refreshed: RefCell<Option<Instant>>,
     clients: RefCell<HashMap<String, (String, Rc<ChunkClient>)>>,
@@ -36,6 +48,9 @@ impl Nodes {
     pub fn new(bridge: MetaBridge) -> Rc<Self> {
         Rc::new(Nodes {
             bridge,
+            recent_us: RefCell::new(std::collections::VecDeque::with_capacity(RECENT_READS_MAX)),
+            p95: std::cell::Cell::new(HEDGE_MIN),
+            samples: std::cell::Cell::new(0),
             table: RefCell::new(Vec::new()),
             refreshed: RefCell::new(None),
             clients: RefCell::new(HashMap::new()),
@@ -139,8 +154,29 @@ impl Nodes {
         Ok(c)
     }
 
+    /// How long a stripe read waits before hedging: the p95 of recent
+    /// shard reads, within [`HEDGE_MIN`]..=[`HEDGE_MAX`].
+    pub fn read_p95(&self) -> Duration {
+        self.p95.get()
+    }
+
     /// Records a read that took `took` on `node_id`.
     pub fn observe(&self, node_id: &str, took: Duration) {
+        {
+            let mut r = self.recent_us.borrow_mut();
+            if r.len() == RECENT_READS_MAX {
+                r.pop_front();
+            }
+            r.push_back(took.as_micros().min(u32::MAX as u128) as u32);
+            self.samples.set(self.samples.get() + 1);
+            if self.samples.get() % 64 == 0 {
+                let mut v: Vec<u32> = r.iter().copied().collect();
+                let i = v.len() * 95 / 100;
+                let (_, p, _) = v.select_nth_unstable(i);
+                let d = Duration::from_micros(*p as u64);
+                self.p95.set(d.clamp(HEDGE_MIN, HEDGE_MAX));
+            }
+        }
         let us = took.as_secs_f64() * 1e6;
         let mut l = self.latency_us.borrow_mut();
         let e = l.entry(node_id.to_string()).or_insert(us);

@@ -13,8 +13,10 @@
 //!
 //! Read: the record (linearizable), then replicas fastest first or the k
 //! data shards of each stripe in parallel; a missing or corrupt shard makes
-//! the stripe read its parity and rebuild (counted as degraded; a checksum
-//! failure is counted for repair).
+//! the stripe read a parity shard and rebuild (counted as degraded; a
+//! checksum failure is counted for repair), and a stripe still incomplete
+//! after the p95 of recent shard reads asks one more parity shard (hedged)
+//! and uses the first k that arrive.
 //!
 //! Invariant: a record is only committed after every stripe it names has
 //! at least k shards (one replica) durable on chunk servers.
@@ -102,6 +104,8 @@ pub struct Stats {
     pub wal_replayed: Cell<u64>,
     /// Document updates whose cold part was unchanged (its write skipped).
     pub docs_cold_reused: Cell<u64>,
+    /// Stripe reads that asked for one more shard after the p95 latency.
+    pub reads_hedged: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>) {
@@ -757,16 +761,48 @@ impl Objects {
         self.nodes.order_for_read(&mut order);
         let id = shard_id(meta.shards_version(), 0, 0);
         let mut why = Vec::new();
-        for (n, (_, node)) in order.iter().enumerate() {
-            match self.read_shard(node, &id).await {
+        // The fastest replica first; the next one when it fails, or when
+        // it has not answered after the p95 of recent reads (hedged).
+        let fetch = |n: usize| {
+            let node = order[n].1.clone();
+            let id = &id;
+            async move { (node.clone(), self.read_shard(&node, id).await) }
+        };
+        let mut pending = futures::stream::FuturesUnordered::new();
+        let mut next = 0;
+        if next < order.len() {
+            pending.push(fetch(next));
+            next += 1;
+        }
+        let mut timer = Box::pin(glommio::timer::sleep(self.nodes.read_p95()));
+        loop {
+            use futures::StreamExt;
+            let got = match futures::future::select(pending.next(), timer.as_mut()).await {
+                futures::future::Either::Left((got, _)) => got,
+                futures::future::Either::Right(_) => {
+                    if next < order.len() {
+                        bump(&self.stats.reads_hedged);
+                        pending.push(fetch(next));
+                        next += 1;
+                    }
+                    timer = Box::pin(glommio::timer::sleep(crate::limits::HEDGE_NEVER));
+                    continue;
+                }
+            };
+            let Some((node, r)) = got else { break };
+            match r {
                 Ok(b) if b.len() as u64 == meta.size => {
-                    if n > 0 {
+                    if node != order[0].1 {
                         bump(&self.stats.gets_degraded);
                     }
                     return Ok(b);
                 }
                 Ok(b) => why.push(format!("{node}: {} bytes, want {}", b.len(), meta.size)),
                 Err(e) => why.push(format!("{node}: {e}")),
+            }
+            if next < order.len() {
+                pending.push(fetch(next));
+                next += 1;
             }
         }
         Err(Error::DataLoss(format!(
@@ -822,23 +858,52 @@ impl Objects {
                 }
             }
         };
+        // The k data shards in parallel; a failed one starts the next parity
+        // shard at once, and when the stripe is not complete after the p95
+        // of recent shard reads, one more parity read is hedged.
         let mut present: Vec<(usize, Vec<u8>)> = Vec::with_capacity(k + m);
-        for (i, r) in join_all((0..k).map(fetch)).await {
-            if let Ok(b) = r {
-                if b.len() == shard_len as usize {
-                    present.push((i, b));
-                }
-            }
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for i in 0..k {
+            pending.push(fetch(i));
         }
-        if present.len() < k {
-            bump(&self.stats.gets_degraded);
-            for (i, r) in join_all((k..k + m).map(fetch)).await {
-                if let Ok(b) = r {
-                    if b.len() == shard_len as usize {
-                        present.push((i, b));
+        let mut next_parity = k;
+        let mut degraded = false;
+        let mut hedged = false;
+        let hedge_after = self.nodes.read_p95();
+        let mut timer = Box::pin(glommio::timer::sleep(hedge_after));
+        while present.len() < k {
+            use futures::StreamExt;
+            let got = if hedged {
+                pending.next().await
+            } else {
+                match futures::future::select(pending.next(), timer.as_mut()).await {
+                    futures::future::Either::Left((got, _)) => got,
+                    futures::future::Either::Right(_) => {
+                        hedged = true;
+                        if next_parity < k + m {
+                            bump(&self.stats.reads_hedged);
+                            pending.push(fetch(next_parity));
+                            next_parity += 1;
+                        }
+                        continue;
+                    }
+                }
+            };
+            let Some((i, r)) = got else { break };
+            match r {
+                Ok(b) if b.len() == shard_len as usize => present.push((i, b)),
+                _ => {
+                    degraded = true;
+                    if next_parity < k + m {
+                        pending.push(fetch(next_parity));
+                        next_parity += 1;
                     }
                 }
             }
+        }
+        drop(pending);
+        if degraded || present.iter().any(|(i, _)| *i >= k) {
+            bump(&self.stats.gets_degraded);
         }
         let data = codec.data_from(k, m, present).map_err(|e| match e {
             Error::DataLoss(w) => Error::DataLoss(format!("stripe {s}: {w}")),

@@ -377,6 +377,7 @@ impl gateway::Server for GatewayService {
         s.set_checksum_failures(o.stats.checksum_failures.get());
         s.set_wal_replayed(o.stats.wal_replayed.get());
         s.set_docs_cold_reused(o.stats.docs_cold_reused.get());
+        s.set_reads_hedged(o.stats.reads_hedged.get());
         s.set_default_layout(format!(
             "rs {}+{} ({}-byte shards, {}) above {} bytes, replicated x{REPLICAS} up to it",
             o.cfg.k,

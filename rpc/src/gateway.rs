@@ -88,6 +88,8 @@ pub struct GatewayStatus {
     pub default_layout: String,
     /// Document updates that skipped an unchanged cold part.
     pub docs_cold_reused: u64,
+    /// Stripe reads that asked one more shard after the p95 latency.
+    pub reads_hedged: u64,
 }
 
 pub struct GatewayClient {
@@ -511,6 +513,7 @@ impl GatewayClient {
                 wal_replayed: s.get_wal_replayed(),
                 default_layout: t(s.get_default_layout()),
                 docs_cold_reused: s.get_docs_cold_reused(),
+                reads_hedged: s.get_reads_hedged(),
             })
         })
         .await

@@ -65,6 +65,7 @@ struct GatewayStatus {
   walReplayed @8 :UInt64;       # WAL entries completed or abandoned at start
   defaultLayout @9 :Text;
   docsColdReused @10 :UInt64;   # document updates that skipped an unchanged cold part
+  readsHedged @11 :UInt64;      # stripe reads that asked one more shard after the p95
 }
 
 interface ByteSink {
