@@ -158,24 +158,30 @@ impl gateway::Server for GatewayService {
                      use getStream or a smaller range"
                 )));
             }
-            let out = std::cell::RefCell::new(Vec::with_capacity(len as usize));
+            // The pieces as the shards arrived; copied once, into the answer.
+            let pieces = std::cell::RefCell::new(Vec::new());
             self.objects
                 .read(&meta, off, len, |piece| {
-                    let mut o = out.borrow_mut();
-                    for sl in piece.slices() {
-                        o.extend_from_slice(sl);
-                    }
+                    pieces.borrow_mut().push(piece);
                     async { Ok(()) }
                 })
                 .await?;
-            Ok((key, meta, out.into_inner()))
+            Ok((key, meta, len, pieces.into_inner()))
         }
         .await;
         match r {
-            Ok((key, meta, data)) => {
+            Ok((key, meta, len, pieces)) => {
                 let mut b = results.get();
                 fill_info(b.reborrow().init_info(), &key, &meta);
-                b.set_data(&data);
+                let data = b.init_data(len as u32);
+                let mut at = 0;
+                for p in &pieces {
+                    for sl in p.slices() {
+                        data[at..at + sl.len()].copy_from_slice(sl);
+                        at += sl.len();
+                    }
+                }
+                debug_assert_eq!(at as u64, len, "read() delivers exactly the range");
             }
             Err(e) => write_error(results.get().init_error(), &e),
         }
