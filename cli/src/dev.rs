@@ -229,6 +229,15 @@ pub fn run(args: DevArgs) -> Result<()> {
             args.chunk_servers
         );
     }
+    if args.k == 0 || args.m == 0 || (args.k as usize + args.m as usize) > args.chunk_servers {
+        bail!(
+            "erasure code {}+{} puts every stripe on {} different chunk servers: run at least that \
+             many (--chunk-servers), or choose a smaller --k/--m (both at least 1)",
+            args.k,
+            args.m,
+            args.k as usize + args.m as usize
+        );
+    }
     let (metad_bin, chunkd_bin, gateway_bin) = (
         sibling("metad")?,
         sibling("chunkd")?,

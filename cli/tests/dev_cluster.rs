@@ -231,6 +231,25 @@ fn check_all(gw: SocketAddr, objects: Vec<(String, u64, usize)>) {
     })
 }
 
+/// A layout the cluster could never hold is refused before anything starts.
+#[test]
+fn dev_refuses_more_shards_than_chunk_servers() {
+    let dir = std::env::temp_dir().join(format!("tessera-e2e-km-{}", std::process::id()));
+    let o = Command::new(TESSERA)
+        .arg("dev")
+        .arg("--data")
+        .arg(&dir)
+        .arg("--cluster")
+        .arg(dir.join("cluster.toml"))
+        .args(["--chunk-servers", "5", "--k", "4", "--m", "2"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("6 different chunk servers"), "{err}");
+}
+
 #[test]
 fn dev_cluster_end_to_end() {
     let dev = start_dev(6);

@@ -241,6 +241,17 @@ impl Objects {
         let erasure = size > self.cfg.inline_max || part_of_doc;
         let plan = if erasure {
             let (k, m, sb) = (self.cfg.k, self.cfg.m, self.cfg.shard_bytes);
+            let registered = self.nodes.all().len();
+            if registered < (k + m) as usize {
+                // Not an outage (those are written with reduced redundancy
+                // and healed) but a layout this cluster can never hold.
+                return Err(Error::InsufficientNodes(format!(
+                    "erasure code {k}+{m} puts every stripe on {} different chunk servers, and this \
+                     cluster has {registered} registered: add chunk servers or run the gateway with \
+                     a smaller --k/--m",
+                    k + m
+                )));
+            }
             if candidates.len() < k as usize {
                 return Err(Error::InsufficientNodes(format!(
                     "erasure code {k}+{m} needs at least {k} live chunk servers (ideally {}); {} are live",
