@@ -741,6 +741,20 @@ impl Objects {
                 let first = offset / stripe_bytes;
                 let last = (end - 1) / stripe_bytes;
                 for s in first..=last {
+                    let base = s * stripe_bytes;
+                    let (stripe_len, shard_len) = stripe_geometry(meta.size, *k, *shard_bytes, s);
+                    let a = offset.max(base) - base;
+                    let b = end.min(base + stripe_len) - base;
+                    if a > 0 || b < stripe_len {
+                        // Part of a stripe: the data shards' byte ranges
+                        // alone, when they all answer; else the stripe.
+                        let nodes = &stripes[s as usize];
+                        if let Some(p) = self.read_part(meta, s, shard_len, nodes, a, b).await {
+                            out(p).await?;
+                            continue;
+                        }
+                        tracing::debug!(stripe = s, "range read fell back to the whole stripe");
+                    }
                     let (shards, stripe_len) = self
                         .read_stripe(
                             meta,
@@ -752,14 +766,58 @@ impl Objects {
                             &stripes[s as usize],
                         )
                         .await?;
-                    let base = s * stripe_bytes;
-                    let a = offset.max(base) - base;
                     let b = end.min(base + stripe_len) - base;
                     out(Piece::of(shards, a as usize, b as usize)).await?;
                 }
                 Ok(())
             }
         }
+    }
+
+    /// Bytes `[a, b)` of stripe `s` straight from the data shards that
+    /// hold them (byte ranges of each); None when any of them fails (the
+    /// caller then reads and decodes the whole stripe).
+    async fn read_part(
+        &self,
+        meta: &ObjectMeta,
+        s: u64,
+        shard_len: u32,
+        nodes: &[u16],
+        a: u64,
+        b: u64,
+    ) -> Option<Piece> {
+        let sl = shard_len as u64;
+        let (first, last) = (a / sl, (b - 1) / sl);
+        let jobs = (first..=last).map(|i| {
+            let node = nodes
+                .get(i as usize)
+                .filter(|&&n| n != NO_NODE)
+                .map(|&n| meta.nodes[n as usize].clone());
+            let id = shard_id(meta.shards_version(), s as u32, i as u8);
+            let (from, to) = (a.max(i * sl) - i * sl, b.min((i + 1) * sl) - i * sl);
+            async move {
+                let node = node?;
+                let c = self.nodes.client(&node).await.ok()?;
+                let t = Instant::now();
+                let r = c
+                    .get_range(&id, from as u32, (to - from) as u32)
+                    .await
+                    .ok()?;
+                self.nodes.observe(&node, t.elapsed());
+                (r.len() as u64 == to - from).then_some(r)
+            }
+        });
+        // A shard slower than the p95 (a stalled node) sends the read to
+        // the whole-stripe path, which hedges.
+        let all = Box::pin(join_all(jobs));
+        let timer = Box::pin(glommio::timer::sleep(self.nodes.read_p95() * 2));
+        let parts: Option<Vec<Vec<u8>>> = match futures::future::select(all, timer).await {
+            futures::future::Either::Left((r, _)) => r.into_iter().collect(),
+            futures::future::Either::Right(_) => None,
+        };
+        let parts = parts?;
+        let total = parts.iter().map(|p| p.len()).sum();
+        Some(Piece::of(parts, 0, total))
     }
 
     async fn read_replicated(&self, meta: &ObjectMeta, replicas: &[u16]) -> Result<Vec<u8>> {
