@@ -15,7 +15,8 @@
 //!    either absent or exact, and the WAL holds no entry of that gateway
 //!    except for dirty objects (the healer's);
 //! 4. two chunk servers are killed (-9): every object still reads, new
-//!    writes answer ok or accepted and read back;
+//!    writes answer ok or accepted and read back (one under a prefix with
+//!    its own erasure code);
 //! 5. with fewer live chunk servers than k, a large write is refused with
 //!    `insufficientNodes` (exit code 4) and a small one still works.
 
@@ -527,6 +528,9 @@ fn dev_cluster_end_to_end() {
             // The other codec from here on: objects of both must stay readable.
             "--codec",
             "rs-simd",
+            // And a pool with its own code.
+            "--pool",
+            "pool31/=3+1:cauchy256",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::from(gw_log))
@@ -586,6 +590,16 @@ fn dev_cluster_end_to_end() {
         }
     });
     check_all(gw, fresh);
+    with_client(gw, |c| async move {
+        let data = blob(77, 200_000);
+        let (info, _) = c.put("pool31/obj", &data).await.unwrap();
+        assert!(
+            info.layout.starts_with("rs 3+1") && info.layout.contains("cauchy256"),
+            "{}",
+            info.layout
+        );
+        assert!(c.get("pool31/obj").await.unwrap() == data);
+    });
     let d3 = docs.clone();
     with_client(gw, move |c| async move {
         for (key, doc, _) in &d3 {

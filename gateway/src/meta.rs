@@ -36,6 +36,14 @@ pub enum CodecId {
 }
 
 impl CodecId {
+    pub fn parse(s: &str) -> Option<CodecId> {
+        match s {
+            "cauchy256" => Some(CodecId::Cauchy256),
+            "rs-simd" => Some(CodecId::RsSimd),
+            _ => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             CodecId::RsSimd => "rs-simd",

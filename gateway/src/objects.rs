@@ -35,6 +35,39 @@ use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tessera_metad::client::Consistency;
 
+/// The erasure code of the keys under a prefix (a bucket, in a flat
+/// namespace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub prefix: String,
+    pub k: u8,
+    pub m: u8,
+    pub codec: CodecId,
+}
+
+impl Pool {
+    /// Parses `PREFIX=K+M` or `PREFIX=K+M:CODEC` (`logs/=8+3:cauchy256`).
+    pub fn parse(s: &str) -> Result<Pool> {
+        let bad = || {
+            Error::Invalid(format!(
+                "pool {s:?}: expected PREFIX=K+M or PREFIX=K+M:CODEC, e.g. logs/=8+3:cauchy256"
+            ))
+        };
+        let (prefix, rest) = s.split_once('=').ok_or_else(bad)?;
+        let (km, codec) = match rest.split_once(':') {
+            Some((km, c)) => (km, CodecId::parse(c).ok_or_else(bad)?),
+            None => (rest, CodecId::Cauchy256),
+        };
+        let (k, m) = km.split_once('+').ok_or_else(bad)?;
+        Ok(Pool {
+            prefix: prefix.to_string(),
+            k: k.trim().parse().map_err(|_| bad())?,
+            m: m.trim().parse().map_err(|_| bad())?,
+            codec,
+        })
+    }
+}
+
 /// The gateway's settings for new objects.
 #[derive(Debug, Clone)]
 pub struct ObjectsConfig {
@@ -47,6 +80,8 @@ pub struct ObjectsConfig {
     pub inline_max: u64,
     /// The erasure code of new objects (each record names its own).
     pub codec: CodecId,
+    /// Other codes for keys under given prefixes (the longest match wins).
+    pub pools: Vec<Pool>,
 }
 
 impl Default for ObjectsConfig {
@@ -58,6 +93,7 @@ impl Default for ObjectsConfig {
             shard_bytes: SHARD_BYTES_DEFAULT,
             inline_max: INLINE_MAX_BYTES_DEFAULT,
             codec: CodecId::Cauchy256,
+            pools: Vec::new(),
         }
     }
 }
@@ -77,6 +113,14 @@ impl ObjectsConfig {
                 "shard size {} must be {SHARD_BYTES_MIN}..={SHARD_BYTES_MAX} bytes and a multiple of {SHARD_ALIGN_BYTES}",
                 self.shard_bytes
             )));
+        }
+        for p in &self.pools {
+            if p.k == 0 || p.k > DATA_SHARDS_MAX || p.m == 0 || p.m > PARITY_SHARDS_MAX {
+                return Err(Error::Invalid(format!(
+                    "pool {:?}: erasure code {}+{}: k must be 1..={DATA_SHARDS_MAX} and m 1..={PARITY_SHARDS_MAX}",
+                    p.prefix, p.k, p.m
+                )));
+            }
         }
         if self.gateway_id.is_empty() || self.gateway_id.len() > 256 {
             return Err(Error::Invalid(
@@ -130,6 +174,17 @@ pub fn check_key(key: &str) -> Result<()> {
         return Err(Error::Invalid("a key must not contain NUL".into()));
     }
     Ok(())
+}
+
+impl ObjectsConfig {
+    /// (k, m, codec) for `key`: the longest matching pool, else the default.
+    pub fn code_for(&self, key: &str) -> (u8, u8, CodecId) {
+        self.pools
+            .iter()
+            .filter(|p| key.starts_with(&p.prefix))
+            .max_by_key(|p| p.prefix.len())
+            .map_or((self.k, self.m, self.codec), |p| (p.k, p.m, p.codec))
+    }
 }
 
 pub struct Objects {
@@ -240,7 +295,8 @@ impl Objects {
             replay.unwrap_or_else(|| (rand::random::<[u8; 16]>().to_vec(), now_millis()));
         let erasure = size > self.cfg.inline_max || part_of_doc;
         let plan = if erasure {
-            let (k, m, sb) = (self.cfg.k, self.cfg.m, self.cfg.shard_bytes);
+            let (k, m, codec) = self.cfg.code_for(key);
+            let sb = self.cfg.shard_bytes;
             let registered = self.nodes.all().len();
             if registered < (k + m) as usize {
                 // Not an outage (those are written with reduced redundancy
@@ -268,7 +324,7 @@ impl Objects {
                 )));
             }
             Plan::Erasure {
-                codec: self.cfg.codec,
+                codec,
                 k,
                 m,
                 shard_bytes: sb,
@@ -468,7 +524,10 @@ impl Objects {
                 size: split.cold.len() as u64,
                 created_unix_millis: created,
                 candidates: candidates.iter().map(|c| c.node_id.clone()).collect(),
-                erasure: Some((self.cfg.k, self.cfg.m, self.cfg.shard_bytes)),
+                erasure: {
+                    let (k, m, _) = self.cfg.code_for(key);
+                    Some((k, m, self.cfg.shard_bytes))
+                },
                 payload: if has_payload {
                     json.as_bytes().to_vec()
                 } else {
@@ -1507,4 +1566,29 @@ async fn write_stripe(
         )));
     }
     Ok(landed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_parse_and_the_longest_prefix_wins() {
+        let mut cfg = ObjectsConfig {
+            pools: vec![
+                Pool::parse("logs/=8+3").unwrap(),
+                Pool::parse("logs/cold/=10+4:rs-simd").unwrap(),
+            ],
+            ..Default::default()
+        };
+        cfg.validate().unwrap();
+        assert_eq!(cfg.code_for("a"), (4, 2, CodecId::Cauchy256));
+        assert_eq!(cfg.code_for("logs/x"), (8, 3, CodecId::Cauchy256));
+        assert_eq!(cfg.code_for("logs/cold/x"), (10, 4, CodecId::RsSimd));
+        for bad in ["logs", "logs/=8", "logs/=8+x", "a=4+2:lz4"] {
+            assert!(Pool::parse(bad).is_err(), "{bad}");
+        }
+        cfg.pools.push(Pool::parse("z=0+1").unwrap());
+        assert!(cfg.validate().is_err());
+    }
 }

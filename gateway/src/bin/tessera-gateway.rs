@@ -48,6 +48,10 @@ struct Cli {
     /// it encodes) or rs-simd (GF(2^16)); every object records its own.
     #[arg(long, default_value = "cauchy256")]
     codec: String,
+    /// Another erasure code for keys under a prefix, PREFIX=K+M[:CODEC]
+    /// (e.g. `logs/=8+3`); repeatable, the longest prefix wins.
+    #[arg(long)]
+    pool: Vec<String>,
     /// Objects up to this many bytes are replicated ×3 instead.
     #[arg(long, default_value_t = INLINE_MAX_BYTES_DEFAULT)]
     inline_max: u64,
@@ -73,11 +77,14 @@ fn main() -> Result<()> {
         m: cli.m,
         shard_bytes: cli.shard_bytes,
         inline_max: cli.inline_max,
-        codec: match cli.codec.as_str() {
-            "cauchy256" => tessera_gateway::meta::CodecId::Cauchy256,
-            "rs-simd" => tessera_gateway::meta::CodecId::RsSimd,
-            other => anyhow::bail!("--codec {other:?}: use cauchy256 or rs-simd"),
-        },
+        codec: tessera_gateway::meta::CodecId::parse(&cli.codec)
+            .with_context(|| format!("--codec {:?}: use cauchy256 or rs-simd", cli.codec))?,
+        pools: cli
+            .pool
+            .iter()
+            .map(|p| tessera_gateway::objects::Pool::parse(p))
+            .collect::<Result<_, _>>()
+            .context("--pool")?,
     };
     cfg.validate().context("settings")?;
     tessera_engine::raise_memlock().context("io_uring needs locked memory")?;
