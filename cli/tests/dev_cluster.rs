@@ -18,7 +18,9 @@
 //!    writes answer ok or accepted and read back (one under a prefix with
 //!    its own erasure code);
 //! 5. with fewer live chunk servers than k, a large write is refused with
-//!    `insufficientNodes` (exit code 4) and a small one still works.
+//!    `insufficientNodes` (exit code 4) and a small one still works;
+//! 6. Ctrl-C and a second `tessera dev` on the same directory bring every
+//!    object back.
 
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
@@ -57,13 +59,28 @@ fn start_dev(chunk_servers: usize) -> Dev {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let cluster = dir.join("cluster.toml");
-    let log = std::fs::File::create(dir.join("dev.out")).unwrap();
-    let child = Command::new(TESSERA)
+    let child = spawn_dev(&dir, &cluster, chunk_servers);
+    let dev = Dev {
+        child,
+        dir,
+        cluster,
+    };
+    wait_for_cluster(&dev);
+    dev
+}
+
+fn spawn_dev(dir: &Path, cluster: &Path, chunk_servers: usize) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("dev.out"))
+        .unwrap();
+    Command::new(TESSERA)
         .arg("dev")
         .arg("--data")
         .arg(dir.join("data"))
         .arg("--cluster")
-        .arg(&cluster)
+        .arg(cluster)
         .args([
             "--chunk-servers",
             &chunk_servers.to_string(),
@@ -73,12 +90,10 @@ fn start_dev(chunk_servers: usize) -> Dev {
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
-        .expect("start tessera dev");
-    let dev = Dev {
-        child,
-        dir,
-        cluster,
-    };
+        .expect("start tessera dev")
+}
+
+fn wait_for_cluster(dev: &Dev) {
     let deadline = Instant::now() + Duration::from_secs(180);
     while !dev.cluster.exists() {
         assert!(
@@ -88,7 +103,21 @@ fn start_dev(chunk_servers: usize) -> Dev {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    dev
+}
+
+/// Stops the dev cluster with SIGINT (as Ctrl-C does) and starts it again
+/// on the same data directory.
+fn restart_dev(dev: &mut Dev, chunk_servers: usize) {
+    // SAFETY: kill(2) on the dev process this test started.
+    unsafe { libc::kill(dev.child.id() as i32, libc::SIGINT) };
+    let status = dev.child.wait().unwrap();
+    assert!(status.success(), "tessera dev stopped with {status}");
+    assert!(
+        !dev.cluster.exists(),
+        "a stopped cluster leaves no cluster file"
+    );
+    dev.child = spawn_dev(&dev.dir, &dev.cluster, chunk_servers);
+    wait_for_cluster(dev);
 }
 
 fn cluster(dev: &Dev) -> toml::Value {
@@ -253,7 +282,7 @@ fn dev_refuses_more_shards_than_chunk_servers() {
 
 #[test]
 fn dev_cluster_end_to_end() {
-    let dev = start_dev(6);
+    let mut dev = start_dev(6);
     let gw = gateway_addr(&dev);
 
     // 1. Round trips of many sizes, whole and ranged.
@@ -649,8 +678,23 @@ fn dev_cluster_end_to_end() {
     let o = tessera(&dev, &["put", "still/small"], Some(b"small"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
+    // 6. Ctrl-C and a second run on the same directory: the same objects
+    // come back (the killed chunk servers are started again).
     let _ = gateway2.kill();
     let _ = gateway2.wait();
+    restart_dev(&mut dev, 6);
+    let gw = gateway_addr(&dev);
+    check_all(gw, all);
+    let d4 = docs.clone();
+    with_client(gw, move |c| async move {
+        for (key, doc, _) in &d4 {
+            let (back, _) = c.get_doc(key).await.unwrap();
+            assert_eq!(
+                &serde_json::from_str::<serde_json::Value>(&back).unwrap(),
+                doc
+            );
+        }
+    });
 }
 
 /// Every unfinished WAL entry of the gateway names a committed, dirty
