@@ -82,28 +82,6 @@ enum Cmd {
     },
 }
 
-/// The gateway of the cluster file (what `tessera dev` writes).
-fn gateway_from_cluster(path: Option<PathBuf>) -> Result<std::net::SocketAddr> {
-    let p = path
-        .or_else(|| std::env::var_os("TESSERA_CLUSTER").map(PathBuf::from))
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".config/tessera/cluster.toml")
-        });
-    let text = std::fs::read_to_string(&p).map_err(|e| {
-        anyhow::anyhow!(
-            "no cluster file at {} ({e}): start `tessera dev`, or pass --gateway",
-            p.display()
-        )
-    })?;
-    for line in text.lines() {
-        if let Some(v) = line.trim().strip_prefix("gateway = ") {
-            return Ok(v.trim_matches('"').parse()?);
-        }
-    }
-    anyhow::bail!("{} names no gateway", p.display())
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let report = match cli.cmd {
@@ -158,7 +136,10 @@ fn main() -> Result<()> {
         } => {
             let gw = match gateway {
                 Some(g) => g,
-                None => gateway_from_cluster(cluster)?,
+                None => {
+                    let path = tessera_rpc::cluster::path(cluster.as_deref());
+                    tessera_rpc::cluster::read(&path)?.gateway_addr()?
+                }
             };
             let mut plan = if cli.quick {
                 load_bench::Plan::quick()

@@ -17,6 +17,10 @@ use tessera_metad::client::{ClientOptions, MetaClient};
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long an entry lives without renewal.
 pub const REGISTRY_TTL: Duration = Duration::from_secs(5);
+/// One registry call's limit, and how long one is retried: both under the
+/// TTL, so that a slow metad costs a late heartbeat, not a lost entry.
+pub const REGISTRY_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub const REGISTRY_RETRY_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Stops the heartbeat thread when dropped.
 pub struct Registration {
@@ -67,8 +71,8 @@ async fn run(
     stop: Arc<AtomicBool>,
 ) {
     let opts = ClientOptions {
-        call_timeout: Duration::from_secs(2),
-        retry_deadline: Duration::from_secs(3),
+        call_timeout: REGISTRY_CALL_TIMEOUT,
+        retry_deadline: REGISTRY_RETRY_DEADLINE,
     };
     let mut client: Option<std::rc::Rc<MetaClient>> = None;
     let mut registered = false;

@@ -8,13 +8,13 @@
 //! gateway, then the chunk servers, then metad, each with SIGTERM and a
 //! grace period.
 
-use crate::cluster::{self, ClusterFile, Process};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tessera_rpc::cluster::{self, ClusterFile, Process};
 
 /// Time a process gets to print that it listens.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -337,7 +337,8 @@ pub fn run(args: DevArgs) -> Result<()> {
             })
             .collect(),
     };
-    cluster::write(&args.cluster, &file)?;
+    cluster::write(&args.cluster, &file)
+        .with_context(|| format!("writing the cluster file {}", args.cluster.display()))?;
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,

@@ -1,7 +1,6 @@
 //! `tessera`: Tessera's command line — a local cluster (`tessera dev`),
 //! object commands and cluster status. `tessera --help` lists them.
 
-mod cluster;
 mod dev;
 mod ops;
 
@@ -10,6 +9,7 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tessera_rpc::cluster;
 
 #[derive(Parser)]
 #[command(

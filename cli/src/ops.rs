@@ -314,7 +314,7 @@ pub async fn doc_get(gw: SocketAddr, key: String, json: bool) -> Result<()> {
 
 pub async fn status(
     gw: SocketAddr,
-    cluster: Option<crate::cluster::ClusterFile>,
+    cluster: Option<tessera_rpc::cluster::ClusterFile>,
     json: bool,
 ) -> Result<()> {
     let c = connect(gw).await?;

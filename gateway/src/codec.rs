@@ -80,12 +80,7 @@ impl Codec for RsSimd {
                 }
             }
         }
-        out.into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.ok_or_else(|| Error::Internal(format!("decode did not restore data shard {i}")))
-            })
-            .collect()
+        all_shards(out)
     }
 }
 
@@ -130,7 +125,7 @@ impl Codec for Cauchy256 {
         }
         let missing: Vec<usize> = (0..k).filter(|&i| data[i].is_none()).collect();
         if missing.is_empty() {
-            return Ok(data.into_iter().map(|d| d.expect("all present")).collect());
+            return all_shards(data);
         }
         if missing.len() > parity.len() {
             return Err(Error::DataLoss(format!(
@@ -159,8 +154,17 @@ impl Codec for Cauchy256 {
         for (d, b) in missing.into_iter().zip(rebuilt) {
             data[d] = Some(b);
         }
-        Ok(data.into_iter().map(|d| d.expect("rebuilt")).collect())
+        all_shards(data)
     }
+}
+
+/// The k data shards once every one is present (an error, not a panic, if
+/// a bug left one out).
+fn all_shards(data: Vec<Option<Vec<u8>>>) -> Result<Vec<Vec<u8>>> {
+    data.into_iter()
+        .enumerate()
+        .map(|(i, s)| s.ok_or_else(|| Error::Internal(format!("data shard {i} was not rebuilt"))))
+        .collect()
 }
 
 /// The codec an object's record names.

@@ -57,3 +57,17 @@ pub const HOT_FIELD_MAX_BYTES: usize = 256;
 pub const HOT_PART_MAX_BYTES: usize = 64 << 10;
 /// A timer that will not fire during a request (after a hedge was sent).
 pub const HEDGE_NEVER: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Nodes one shard or replica write tries: its own, then spares.
+pub const SHARD_WRITE_TRIES: usize = 3;
+/// Shard deletes (of replaced, deleted or abandoned versions) in flight.
+pub const DELETES_IN_FLIGHT_MAX: usize = 64;
+/// Longest gateway id, in bytes (metad's node-field limit).
+pub const GATEWAY_ID_LEN_MAX_BYTES: usize = 256;
+/// A partial-stripe read waits this many p95s for its data-shard ranges
+/// before it reads the whole stripe instead (which hedges).
+pub const PART_READ_WAIT_P95_MULTIPLE: u32 = 2;
+/// Attempts of one chunk server call (the first included).
+pub const CHUNK_CALL_ATTEMPTS: u32 = 2;
+/// Largest object record or WAL intent decoded, in bytes (metad values are
+/// at most 256 KiB; WAL entries at most 1 MiB).
+pub const RECORD_DECODE_MAX_BYTES: u64 = 1 << 20;

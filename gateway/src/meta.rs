@@ -169,7 +169,7 @@ where
     let opts = || {
         bincode::DefaultOptions::new()
             .with_fixint_encoding()
-            .with_limit(1 << 20)
+            .with_limit(crate::limits::RECORD_DECODE_MAX_BYTES)
     };
     let bad = |e: bincode::Error| Error::Internal(format!("{what} does not decode: {e}"));
     match bytes.split_first() {

@@ -141,7 +141,7 @@ impl Nodes {
         let opts = ClientOptions {
             connect_timeout: CHUNK_CONNECT_TIMEOUT,
             call_timeout: CHUNK_CALL_TIMEOUT,
-            attempts: 2,
+            attempts: crate::limits::CHUNK_CALL_ATTEMPTS,
             ..Default::default()
         };
         let c =
@@ -187,10 +187,13 @@ impl Nodes {
     /// latency counts as fast, so every node gets measured).
     pub fn order_for_read(&self, ids: &mut [(usize, String)]) {
         let l = self.latency_us.borrow();
-        ids.sort_by(|a, b| {
-            let la = (!self.is_live(&a.1), l.get(&a.1).copied().unwrap_or(0.0));
-            let lb = (!self.is_live(&b.1), l.get(&b.1).copied().unwrap_or(0.0));
-            la.partial_cmp(&lb).unwrap_or(std::cmp::Ordering::Equal)
-        });
+        let key = |id: &str| (!self.is_live(id), l.get(id).copied().unwrap_or(0.0));
+        // Keys once per node, not once per comparison.
+        let mut keyed: Vec<((bool, f64), (usize, String))> =
+            ids.iter().map(|x| (key(&x.1), x.clone())).collect();
+        keyed.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+        for (slot, (_, x)) in ids.iter_mut().zip(keyed) {
+            *slot = x;
+        }
     }
 }

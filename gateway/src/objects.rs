@@ -715,18 +715,26 @@ impl Objects {
                                 shard_id(meta.shards_version(), stripe as u32, i as u8)
                             }
                         };
-                        let me = me.clone();
-                        jobs.push(async move {
-                            if let Ok(c) = me.nodes.client(&n).await {
-                                let _ = c.delete(&id).await;
-                            }
-                        });
+                        jobs.push((n, id));
                     }
                 }
             }
-            join_all(jobs).await;
+            me.delete_shards(jobs).await;
         })
         .detach();
+    }
+
+    /// Deletes each (node, shard id), at most [`DELETES_IN_FLIGHT_MAX`] at
+    /// once, best effort: what fails stays as garbage for the healer.
+    async fn delete_shards(&self, jobs: Vec<(String, Vec<u8>)>) {
+        use futures::StreamExt;
+        futures::stream::iter(jobs)
+            .for_each_concurrent(DELETES_IN_FLIGHT_MAX, |(n, id)| async move {
+                if let Ok(c) = self.nodes.client(&n).await {
+                    let _ = c.delete(&id).await;
+                }
+            })
+            .await;
     }
 
     /// Lists records whose key starts with `prefix`, after `start_after`.
@@ -869,7 +877,9 @@ impl Objects {
         // A shard slower than the p95 (a stalled node) sends the read to
         // the whole-stripe path, which hedges.
         let all = Box::pin(join_all(jobs));
-        let timer = Box::pin(glommio::timer::sleep(self.nodes.read_p95() * 2));
+        let timer = Box::pin(glommio::timer::sleep(
+            self.nodes.read_p95() * PART_READ_WAIT_P95_MULTIPLE,
+        ));
         let parts: Option<Vec<Vec<u8>>> = match futures::future::select(all, timer).await {
             futures::future::Either::Left((r, _)) => r.into_iter().collect(),
             futures::future::Either::Right(_) => None,
@@ -1138,6 +1148,17 @@ impl Objects {
                 }
             }
             Some((k, m, sb)) => {
+                // The intent comes from the WAL (the disk): a geometry no
+                // gateway could have written is refused, not trusted.
+                let sane = (1..=DATA_SHARDS_MAX).contains(&k)
+                    && (1..=PARITY_SHARDS_MAX).contains(&m)
+                    && (SHARD_BYTES_MIN..=SHARD_BYTES_MAX).contains(&sb)
+                    && stripe_count(intent.size, k, sb) <= STRIPES_MAX;
+                if !sane {
+                    tracing::warn!(key = %intent.key, k, m, shard_bytes = sb, size = intent.size,
+                        "WAL intent with an impossible stripe plan: its shards are left to the healer");
+                    return;
+                }
                 let w = (k + m) as usize;
                 for s in 0..stripe_count(intent.size, k, sb) {
                     let key = shard_id(&intent.version_id, s as u32, 0);
@@ -1153,12 +1174,7 @@ impl Objects {
                 }
             }
         }
-        let futs = jobs.into_iter().map(|(n, id)| async move {
-            if let Ok(c) = self.nodes.client(&n).await {
-                let _ = c.delete(&id).await;
-            }
-        });
-        join_all(futs).await;
+        self.delete_shards(jobs).await;
     }
 }
 
@@ -1487,7 +1503,7 @@ async fn write_ranked(
         async move {
             let mut node = first;
             // Each slot tries its own node, then at most two spares.
-            for _ in 0..3 {
+            for _ in 0..SHARD_WRITE_TRIES {
                 let Some(n) = node.take() else { break };
                 match objects.nodes.client(&n).await {
                     Ok(c) => match c.put(&id, &buf[range.clone()]).await {

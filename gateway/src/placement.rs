@@ -80,15 +80,17 @@ pub fn place<'a>(key: &[u8], nodes: &'a [Candidate], want: usize) -> Vec<&'a Can
             .map(|(c, _)| zone_count[c.zone.as_str()])
             .min()
             .unwrap_or(0);
-        let i = ranked
+        let Some(i) = ranked
             .iter()
             .zip(&used)
             .position(|(c, u)| !*u && zone_count[c.zone.as_str()] == min)
-            .expect("an unused node exists while fewer than all are chosen");
+        else {
+            break;
+        };
         used[i] = true;
-        *zone_count
-            .get_mut(ranked[i].zone.as_str())
-            .expect("counted") += 1;
+        if let Some(n) = zone_count.get_mut(ranked[i].zone.as_str()) {
+            *n += 1;
+        }
         chosen.push(ranked[i]);
     }
     chosen

@@ -8,6 +8,7 @@
 //! [`tessera_schema`] (generated code committed there, checked by a test).
 
 pub mod chunk;
+pub mod cluster;
 pub mod conn;
 pub mod error;
 pub mod gateway;

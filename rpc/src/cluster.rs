@@ -1,9 +1,10 @@
 //! The cluster file: where a cluster's gateway and metad listen (and, for a
 //! `tessera dev` cluster, each process's pid). `tessera dev` writes it;
 //! every other command reads it (`--cluster FILE`, else `$TESSERA_CLUSTER`,
-//! else `~/.config/tessera/cluster.toml`).
+//! else `~/.config/tessera/cluster.toml`). It lives in the client library
+//! so that every tool finds a cluster the same way.
 
-use anyhow::{Context, Result};
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -41,23 +42,40 @@ pub fn path(flag: Option<&Path>) -> PathBuf {
 }
 
 pub fn read(path: &Path) -> Result<ClusterFile> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "no cluster file at {}: start a local cluster with `tessera dev`, or pass --cluster FILE or --gateway ADDR",
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Invalid(format!(
+            "no cluster file at {} ({e}): start a local cluster with `tessera dev`, or pass \
+             --cluster FILE or --gateway ADDR",
             path.display()
-        )
+        ))
     })?;
-    toml::from_str(&text).with_context(|| format!("{} is not a valid cluster file", path.display()))
+    toml::from_str(&text).map_err(|e| {
+        Error::Invalid(format!(
+            "{} is not a valid cluster file: {e}",
+            path.display()
+        ))
+    })
+}
+
+impl ClusterFile {
+    /// The gateway's address.
+    pub fn gateway_addr(&self) -> Result<std::net::SocketAddr> {
+        self.gateway.parse().map_err(|_| {
+            Error::Invalid(format!(
+                "the cluster file's gateway {:?} is not host:port",
+                self.gateway
+            ))
+        })
+    }
 }
 
 /// Writes the file atomically (a reader never sees half of it).
-pub fn write(path: &Path, c: &ClusterFile) -> Result<()> {
+pub fn write(path: &Path, c: &ClusterFile) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, toml::to_string_pretty(c)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    let text = toml::to_string_pretty(c).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
