@@ -1,12 +1,13 @@
 //! `tessera dev`: a whole cluster on this machine as separate processes —
-//! metad replicas, chunk servers and a gateway — on embedded defaults.
+//! metad replicas, chunk servers, a gateway and two healers (one works,
+//! one stands by) — on embedded defaults.
 //!
 //! The data directory holds each process's data, their logs (`logs/`) and
 //! `dev.toml`, the ports chosen on the first run: a second run on the same
 //! directory reuses them (metad replicas know each other by address), so
 //! the same cluster and data come back. Ctrl-C (or SIGTERM) stops the
-//! gateway, then the chunk servers, then metad, each with SIGTERM and a
-//! grace period.
+//! healers and the gateway, then the chunk servers, then metad, each with
+//! SIGTERM and a grace period.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -37,7 +38,14 @@ pub struct DevArgs {
     pub k: u8,
     pub m: u8,
     pub segment_mib: u64,
+    /// Flags passed to both healers (`--dead-grace-secs 5` ...).
+    pub healer_args: Vec<String>,
 }
+
+/// Healers a dev cluster runs: one works, one stands by.
+const DEV_HEALERS: usize = 2;
+/// Seconds between healer passes in a dev cluster (short: one machine).
+const DEV_HEALER_PASS_SECS: u64 = 10;
 
 /// Ports chosen on the first run, kept in `DIR/dev.toml`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -67,7 +75,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
     }
     bail!(
         "`{name}` is not next to {}: build the whole workspace first (`cargo build --release`), \
-         which builds metad, chunkd and tessera-gateway beside tessera",
+         which builds metad, chunkd, tessera-gateway and healer beside tessera",
         exe.display()
     )
 }
@@ -164,9 +172,9 @@ fn spawn(data: &Path, name: &str, addr: &str, mut cmd: Command) -> Result<Runnin
 }
 
 fn stop_all(procs: &mut Vec<Running>) {
-    // Gateway first, then chunk servers, then metad: nothing is left
+    // Healers and gateway first, then chunk servers, then metad: nothing is left
     // writing to a service that is already gone.
-    for role in ["gateway", "chunkd", "metad"] {
+    for role in ["healer", "gateway", "chunkd", "metad"] {
         let group: Vec<&mut Running> = procs
             .iter_mut()
             .filter(|p| p.name.starts_with(role))
@@ -238,10 +246,11 @@ pub fn run(args: DevArgs) -> Result<()> {
             args.k as usize + args.m as usize
         );
     }
-    let (metad_bin, chunkd_bin, gateway_bin) = (
+    let (metad_bin, chunkd_bin, gateway_bin, healer_bin) = (
         sibling("metad")?,
         sibling("chunkd")?,
         sibling("tessera-gateway")?,
+        sibling("healer")?,
     );
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
@@ -318,6 +327,20 @@ pub fn run(args: DevArgs) -> Result<()> {
         ]);
         procs.push(spawn(&data, "gateway", &gw, c)?);
         wait_registry(&gw, l.chunk_ports.len())?;
+        for i in 1..=DEV_HEALERS {
+            let name = format!("healer-{i}");
+            let mut c = Command::new(&healer_bin);
+            c.args(["--metad", &metad_list, "--id", &format!("dev-{name}")]);
+            if !args
+                .healer_args
+                .iter()
+                .any(|a| a.starts_with("--pass-interval-secs"))
+            {
+                c.args(["--pass-interval-secs", &DEV_HEALER_PASS_SECS.to_string()]);
+            }
+            c.args(&args.healer_args);
+            procs.push(spawn(&data, &name, "-", c)?);
+        }
         Ok(())
     })();
     if let Err(e) = started {
@@ -342,7 +365,7 @@ pub fn run(args: DevArgs) -> Result<()> {
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
-        "tessera dev: {} metad, {} chunk servers, 1 gateway (data {})",
+        "tessera dev: {} metad, {} chunk servers, 1 gateway, {DEV_HEALERS} healers (data {})",
         args.metad,
         l.chunk_ports.len(),
         data.display()

@@ -2,6 +2,7 @@
 //! object commands and cluster status. `tessera --help` lists them.
 
 mod dev;
+mod heal;
 mod ops;
 
 use anyhow::{Context, Result};
@@ -54,6 +55,9 @@ enum Cmd {
         /// Segment size of each chunk server, MiB (tests use small ones).
         #[arg(long, default_value_t = dev::DEV_SEGMENT_MIB_DEFAULT, hide = true)]
         segment_mib: u64,
+        /// A flag for both healers, e.g. `--healer-arg=--dead-grace-secs=5` (repeatable).
+        #[arg(long = "healer-arg", hide = true, allow_hyphen_values = true)]
+        healer_args: Vec<String>,
     },
     /// Store FILE (or stdin with `-` or nothing) under KEY.
     Put { key: String, file: Option<String> },
@@ -77,6 +81,26 @@ enum Cmd {
     },
     /// Each chunk server (id, address, pid, state, capacity, used) and object counts.
     Status,
+    /// Scrub chunk servers now (verify every shard's checksum) and follow it.
+    Scrub {
+        /// Only this chunk server (its id or address).
+        #[arg(long)]
+        node: Option<String>,
+        /// Read at most this many MiB/s per server (default: its configured rate).
+        #[arg(long)]
+        rate_mib: Option<u64>,
+    },
+    /// Ask the healer to repair now (KEY, or --all) and follow it; --dry-run previews.
+    Repair {
+        /// The object to repair.
+        key: Option<String>,
+        /// Every object.
+        #[arg(long, conflicts_with = "key")]
+        all: bool,
+        /// Print what would be repaired or moved; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// JSON documents: hot fields kept with the metadata, the rest erasure coded.
     #[command(subcommand)]
     Doc(DocCmd),
@@ -113,6 +137,11 @@ fn gateway_addr(cli: &Cli) -> Result<(SocketAddr, Option<cluster::ClusterFile>)>
     Ok((g, Some(c)))
 }
 
+fn metad_addrs(cli: &Cli) -> Result<Vec<String>> {
+    let path = cluster::path(cli.cluster.as_deref());
+    Ok(cluster::read(&path)?.metad)
+}
+
 fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     match &cli.cmd {
@@ -123,6 +152,7 @@ fn run(cli: Cli) -> Result<()> {
             k,
             m,
             segment_mib,
+            healer_args,
         } => dev::run(dev::DevArgs {
             data: data.clone(),
             chunk_servers: *chunk_servers,
@@ -131,6 +161,7 @@ fn run(cli: Cli) -> Result<()> {
             k: *k,
             m: *m,
             segment_mib: *segment_mib,
+            healer_args: healer_args.clone(),
         }),
         Cmd::Put { key, file } => {
             let (gw, _) = gateway_addr(&cli)?;
@@ -171,6 +202,24 @@ fn run(cli: Cli) -> Result<()> {
             let (gw, _) = gateway_addr(&cli)?;
             let key = key.clone();
             ops::on_executor(move || async move { ops::doc_get(gw, key, json).await })
+        }
+        Cmd::Scrub { node, rate_mib } => {
+            let metad = metad_addrs(&cli)?;
+            let (node, rate) = (node.clone(), *rate_mib);
+            ops::on_executor(move || async move {
+                heal::scrub(heal::bridge(&metad)?, node, rate, json).await
+            })
+        }
+        Cmd::Repair { key, all, dry_run } => {
+            if key.is_none() && !all {
+                anyhow::bail!("say what to repair: a KEY, or --all for every object");
+            }
+            let metad = metad_addrs(&cli)?;
+            let keys: Vec<String> = key.iter().cloned().collect();
+            let dry = *dry_run;
+            ops::on_executor(move || async move {
+                heal::repair(heal::bridge(&metad)?, keys, dry, json).await
+            })
         }
         Cmd::Status => {
             let (gw, c) = gateway_addr(&cli)?;

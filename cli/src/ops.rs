@@ -335,6 +335,10 @@ pub async fn status(
             _ => break,
         }
     }
+    let healer = match cluster.as_ref().map(|c| crate::heal::bridge(&c.metad)) {
+        Some(Ok(b)) => crate::heal::healer_state(&b).await.ok(),
+        _ => None,
+    };
     let pid_of = |addr: &str| {
         cluster
             .as_ref()
@@ -361,6 +365,7 @@ pub async fn status(
                             "docs_cold_reused": s.docs_cold_reused, "reads_hedged": s.reads_hedged},
                 "nodes": nodes,
                 "objects": {"count": objects, "bytes": bytes, "dirty": dirty},
+                "healer": healer.as_ref().map(|(l, s)| crate::heal::healer_json(l, s)),
             })
         );
         return Ok(());
@@ -389,10 +394,14 @@ pub async fn status(
         "since start: {} puts ok, {} accepted, {} degraded reads, {} checksum failures, {} WAL entries replayed, {} document updates reused their cold part, {} hedged stripe reads",
         s.puts_ok, s.puts_accepted, s.gets_degraded, s.checksum_failures, s.wal_replayed, s.docs_cold_reused, s.reads_hedged
     );
+    match &healer {
+        Some((l, st)) => crate::heal::print_healer(l, st),
+        None => println!("healer: unknown (no cluster file with metad addresses)"),
+    }
     Ok(())
 }
 
-fn human(b: u64) -> String {
+pub fn human(b: u64) -> String {
     const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = b as f64;
     let mut i = 0;

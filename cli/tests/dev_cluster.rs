@@ -24,178 +24,13 @@
 
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tessera_rpc::{GatewayClient, GatewayErrorKind, PutOutcome};
+use tessera_rpc::{GatewayErrorKind, PutOutcome};
 
-const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
-
-struct Dev {
-    child: Child,
-    dir: PathBuf,
-    cluster: PathBuf,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the dev process this test started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_dev(chunk_servers: usize) -> Dev {
-    let dir = std::env::temp_dir().join(format!("tessera-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cluster = dir.join("cluster.toml");
-    let child = spawn_dev(&dir, &cluster, chunk_servers);
-    let dev = Dev {
-        child,
-        dir,
-        cluster,
-    };
-    wait_for_cluster(&dev);
-    dev
-}
-
-fn spawn_dev(dir: &Path, cluster: &Path, chunk_servers: usize) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("dev.out"))
-        .unwrap();
-    Command::new(TESSERA)
-        .arg("dev")
-        .arg("--data")
-        .arg(dir.join("data"))
-        .arg("--cluster")
-        .arg(cluster)
-        .args([
-            "--chunk-servers",
-            &chunk_servers.to_string(),
-            "--segment-mib",
-            "16",
-        ])
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("start tessera dev")
-}
-
-fn wait_for_cluster(dev: &Dev) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !dev.cluster.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "tessera dev did not write its cluster file: {}",
-            std::fs::read_to_string(dev.dir.join("dev.out")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Stops the dev cluster with SIGINT (as Ctrl-C does) and starts it again
-/// on the same data directory.
-fn restart_dev(dev: &mut Dev, chunk_servers: usize) {
-    // SAFETY: kill(2) on the dev process this test started.
-    unsafe { libc::kill(dev.child.id() as i32, libc::SIGINT) };
-    let status = dev.child.wait().unwrap();
-    assert!(status.success(), "tessera dev stopped with {status}");
-    assert!(
-        !dev.cluster.exists(),
-        "a stopped cluster leaves no cluster file"
-    );
-    dev.child = spawn_dev(&dev.dir, &dev.cluster, chunk_servers);
-    wait_for_cluster(dev);
-}
-
-fn cluster(dev: &Dev) -> toml::Value {
-    toml::from_str(&std::fs::read_to_string(&dev.cluster).unwrap()).unwrap()
-}
-
-fn gateway_addr(dev: &Dev) -> SocketAddr {
-    cluster(dev)["gateway"].as_str().unwrap().parse().unwrap()
-}
-
-fn metad_addrs(dev: &Dev) -> Vec<String> {
-    cluster(dev)["metad"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect()
-}
-
-fn pid_of(dev: &Dev, name: &str) -> i32 {
-    cluster(dev)["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"].as_str() == Some(name))
-        .unwrap()["pid"]
-        .as_integer()
-        .unwrap() as i32
-}
-
-fn kill9(pid: i32) {
-    // SAFETY: kill(2) on a process of the dev cluster this test started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-}
-
-fn tessera(dev: &Dev, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut c = Command::new(TESSERA);
-    c.arg("--cluster").arg(&dev.cluster).args(args);
-    c.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    if let Some(b) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(b).unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-/// Runs `f` with a client on a glommio executor of its own.
-fn with_client<T: Send + 'static, F, Fut>(gw: SocketAddr, f: F) -> T
-where
-    F: FnOnce(GatewayClient) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = T> + 'static,
-{
-    tessera_engine::raise_memlock().unwrap();
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(move || async move {
-            let c = GatewayClient::connect(gw)
-                .await
-                .expect("connect to the gateway");
-            f(c).await
-        })
-        .unwrap()
-        .join()
-        .unwrap()
-}
-
-fn blob(seed: u64, len: usize) -> Vec<u8> {
-    let mut r = rand::rngs::SmallRng::seed_from_u64(seed);
-    let mut v = vec![0u8; len];
-    r.fill(&mut v[..]);
-    v
-}
+mod common;
+use common::*;
 
 const SIZES: &[usize] = &[
     0,
@@ -244,23 +79,6 @@ fn documents() -> Vec<(String, serde_json::Value, Vec<String>)> {
     ]
 }
 
-/// Every `(key, seed, len)` must read back exactly.
-fn check_all(gw: SocketAddr, objects: Vec<(String, u64, usize)>) {
-    with_client(gw, move |c| async move {
-        for (key, seed, len) in objects {
-            let got = c
-                .get(&key)
-                .await
-                .unwrap_or_else(|e| panic!("get {key}: {e}"));
-            assert!(
-                got == blob(seed, len),
-                "{key}: {} bytes back, want {len} exact",
-                got.len()
-            );
-        }
-    })
-}
-
 /// A layout the cluster could never hold is refused before anything starts.
 #[test]
 fn dev_refuses_more_shards_than_chunk_servers() {
@@ -282,7 +100,7 @@ fn dev_refuses_more_shards_than_chunk_servers() {
 
 #[test]
 fn dev_cluster_end_to_end() {
-    let mut dev = start_dev(6);
+    let mut dev = start_dev("dev", 6, &[]);
     let gw = gateway_addr(&dev);
 
     // 1. Round trips of many sizes, whole and ranged.

@@ -654,6 +654,22 @@ impl MetaClient {
         .await
     }
 
+    /// Lease `name` as it stands: `None` when nobody holds it now.
+    pub async fn get_lease(&self, name: &[u8]) -> Result<Option<Lease>> {
+        self.call(SYSTEM_GROUP, |c| async move {
+            let mut req = c.get_lease_request();
+            req.get().set_name(name);
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            if !r.get_held() {
+                return Ok(None);
+            }
+            Ok(Some(Self::read_lease(r.get_lease()?)?))
+        })
+        .await
+    }
+
     /// Gives a lease up (no-op if `epoch` is no longer held by `holder`).
     pub async fn release_lease(&self, name: &[u8], holder: &[u8], epoch: u64) -> Result<()> {
         let (client, seq) = self.next_rid();

@@ -1,0 +1,412 @@
+//! Operator commands: the healer's view in `tessera status`, `tessera
+//! scrub` (start or follow chunk servers' scrubs with a progress bar) and
+//! `tessera repair` (ask the healer for a pass now, or preview what it
+//! would do). They talk to metad (the registry, the healer's status key)
+//! and to chunk servers directly.
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tessera_gateway::bridge::MetaBridge;
+use tessera_healer::inventory::BadCopies;
+use tessera_healer::limits::{DEAD_GRACE_DEFAULT_SECS, LEASE_NAME, REQUEST_KEY, STATUS_KEY};
+use tessera_healer::status::{HealerStatus, RepairRequest};
+use tessera_metad::client::{Consistency, Lease};
+use tessera_rpc::{ChunkClient, ClientOptions};
+
+/// How often progress is polled.
+const POLL: Duration = Duration::from_millis(500);
+/// `tessera repair` and `tessera scrub` follow at most this long.
+const FOLLOW_MAX: Duration = Duration::from_secs(24 * 3600);
+/// A repair request nobody picks up within this is reported.
+const REQUEST_PICKUP_MAX: Duration = Duration::from_secs(60);
+
+pub fn bridge(metad: &[String]) -> Result<MetaBridge> {
+    if metad.is_empty() {
+        bail!("the cluster file names no metad replica; pass --cluster with a complete file");
+    }
+    MetaBridge::start(metad.to_vec()).context("connecting to metad")
+}
+
+/// The healer lease and the leader's last published status.
+pub async fn healer_state(b: &MetaBridge) -> Result<(Option<Lease>, Option<HealerStatus>)> {
+    let lease = b
+        .call("reading the healer lease", |c| async move {
+            c.get_lease(LEASE_NAME).await
+        })
+        .await?;
+    let st = b
+        .call("reading the healer status", |c| async move {
+            c.get(STATUS_KEY, Consistency::Linearizable).await
+        })
+        .await?
+        .and_then(|v| serde_json::from_slice::<HealerStatus>(&v.value).ok());
+    Ok((lease, st))
+}
+
+pub fn healer_json(lease: &Option<Lease>, st: &Option<HealerStatus>) -> serde_json::Value {
+    serde_json::json!({
+        "leader": lease.as_ref().map(|l| String::from_utf8_lossy(&l.holder).into_owned()),
+        "epoch": lease.as_ref().map(|l| l.epoch),
+        "status": st,
+    })
+}
+
+pub fn print_healer(lease: &Option<Lease>, st: &Option<HealerStatus>) {
+    match lease {
+        Some(l) => println!(
+            "healer: leader {} (epoch {}, lease {} ms left)",
+            String::from_utf8_lossy(&l.holder),
+            l.epoch,
+            l.expires_in_ms
+        ),
+        None => println!("healer: NO LEADER (start `healer --metad …`; tessera dev runs two)"),
+    }
+    let Some(s) = st else {
+        println!("  no pass published yet");
+        return;
+    };
+    let ago = tessera_gateway::objects::now_millis().saturating_sub(s.updated_unix_millis);
+    println!(
+        "  phase {} ({} passes, last {:.1} s, updated {:.1} s ago){}",
+        s.phase,
+        s.passes,
+        s.last_pass_secs,
+        ago as f64 / 1000.0,
+        if s.last_error.is_empty() {
+            String::new()
+        } else {
+            format!("; last error: {}", s.last_error)
+        }
+    );
+    let levels: Vec<String> = s
+        .by_redundancy
+        .iter()
+        .rev()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    println!(
+        "  objects by redundancy left (spare shards): {} of {} audited",
+        if levels.is_empty() {
+            "-".into()
+        } else {
+            levels.join(", ")
+        },
+        s.objects
+    );
+    let q: Vec<String> = s.queue.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    println!(
+        "  repair queue: {} (this pass: {} done, {} failed, {} waiting for nodes, of {})",
+        if q.is_empty() {
+            "empty".into()
+        } else {
+            q.join(", ")
+        },
+        s.repairs_done,
+        s.repairs_failed,
+        s.repairs_waiting,
+        s.repairs_planned
+    );
+    println!(
+        "  since leading: {} shards rebuilt, {} moved, {} MiB repaired, {} orphans deleted ({} waiting), {} WAL entries finished",
+        s.shards_rebuilt,
+        s.shards_moved,
+        s.bytes_repaired >> 20,
+        s.orphans_deleted,
+        s.orphans_tracked,
+        s.wal_entries_finished
+    );
+    for n in &s.nodes {
+        let pct = if n.scrub_bytes_total > 0 {
+            format!(
+                "{:.0}%",
+                100.0 * n.scrub_bytes_verified as f64 / n.scrub_bytes_total as f64
+            )
+        } else {
+            "-".into()
+        };
+        println!(
+            "  scrub {:<24} {:<11} {:>8} shards, {} pass{} {}, {} bad found",
+            n.node_id,
+            n.state,
+            n.shards,
+            n.scrub_passes,
+            if n.scrub_passes == 1 { "" } else { "es" },
+            if n.scrub_running {
+                format!("running {pct}")
+            } else {
+                "idle".into()
+            },
+            n.scrub_bad_found,
+        );
+    }
+}
+
+/// Starts a scrub on the live chunk servers (or the one whose id or address
+/// is `node`) and follows it to the end.
+pub async fn scrub(
+    b: MetaBridge,
+    node: Option<String>,
+    rate_mib: Option<u64>,
+    json: bool,
+) -> Result<()> {
+    let nodes = b
+        .call(
+            "listing chunk servers",
+            |c| async move { c.list_nodes().await },
+        )
+        .await?;
+    let chosen: Vec<_> = nodes
+        .into_iter()
+        .filter(|n| n.live)
+        .filter(|n| {
+            node.as_ref()
+                .map_or(true, |x| *x == n.node_id || *x == n.addr)
+        })
+        .collect();
+    if chosen.is_empty() {
+        match node {
+            Some(x) => bail!(
+                "no live chunk server has the id or address {x:?}; `tessera status` lists them"
+            ),
+            None => bail!("no chunk server is live"),
+        }
+    }
+    let mut clients = Vec::new();
+    for n in &chosen {
+        let addr = n
+            .addr
+            .parse()
+            .with_context(|| format!("chunk server {} address {:?}", n.node_id, n.addr))?;
+        let c = ChunkClient::connect(addr, ClientOptions::default())
+            .await
+            .with_context(|| format!("connecting to chunk server {} at {}", n.node_id, n.addr))?;
+        let before = c.scrub_status().await?;
+        let started = c
+            .start_scrub(rate_mib.unwrap_or(0).saturating_mul(1 << 20))
+            .await?;
+        clients.push((n.node_id.clone(), c, before, started));
+    }
+    let bar = progress_bar("scrubbing");
+    let deadline = Instant::now() + FOLLOW_MAX;
+    let mut out = BTreeMap::new();
+    loop {
+        let (mut verified, mut total, mut running) = (0u64, 0u64, false);
+        for (id, c, before, _) in &clients {
+            let s = c.scrub_status().await?;
+            // A pass that ended (more passes than before) counts as whole.
+            let done = s.passes > before.passes && !s.running;
+            verified += if done {
+                s.bytes_total
+            } else {
+                s.bytes_verified
+            };
+            total += s.bytes_total;
+            running |= !done;
+            out.insert(
+                id.clone(),
+                (
+                    s.bytes_total,
+                    s.bad_found - before.bad_found.min(s.bad_found),
+                ),
+            );
+        }
+        if let Some(b) = &bar {
+            b.set_length(total.max(1));
+            b.set_position(verified.min(total));
+        }
+        if !running {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("scrubs still running after {FOLLOW_MAX:?}; follow them with `tessera status`");
+        }
+        glommio::timer::sleep(POLL).await;
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let bad: u64 = out.values().map(|v| v.1).sum();
+    if json {
+        let nodes: Vec<_> = out
+            .iter()
+            .map(|(id, (bytes, bad))| serde_json::json!({"id": id, "bytes": bytes, "bad_found": bad}))
+            .collect();
+        println!("{}", serde_json::json!({"nodes": nodes, "bad_found": bad}));
+    } else {
+        for (id, (bytes, badn)) in &out {
+            println!(
+                "{id}: {} verified, {badn} bad shard(s)",
+                crate::ops::human(*bytes)
+            );
+        }
+        if bad > 0 {
+            println!("{bad} bad shard(s) reported to the healer; it rewrites them from the other shards (`tessera status` follows it)");
+        } else {
+            println!("no bad shards");
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(1);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
+            .ok()?
+            .progress_chars("=> "),
+    );
+    b.set_message(what.to_string());
+    Some(b)
+}
+
+/// `tessera repair`: with `dry_run`, audits here and prints what the healer
+/// would do; else asks the healer for a pass now and follows it.
+pub async fn repair(b: MetaBridge, keys: Vec<String>, dry_run: bool, json: bool) -> Result<()> {
+    if dry_run {
+        let nodes = tessera_gateway::nodes::Nodes::new(b.clone());
+        let mut bad = BadCopies::default();
+        // The leader's dead grace, so that the preview matches it.
+        let grace = match healer_state(&b).await {
+            Ok((_, Some(s))) if s.dead_grace_secs > 0 => s.dead_grace_secs,
+            _ => DEAD_GRACE_DEFAULT_SECS,
+        };
+        let r = tessera_healer::healer::audit_cluster(
+            &b,
+            &nodes,
+            Duration::from_secs(grace),
+            &mut bad,
+            &keys,
+            None,
+        )
+        .await?;
+        let items: Vec<_> = r
+            .findings
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "key": f.key,
+                    "class": f.class().map(|c| c.name()),
+                    "redundancy_left": f.left,
+                    "missing": f.missing.iter().map(|m| serde_json::json!({"stripe": m.stripe, "shard": m.index, "why": format!("{:?}", m.why)})).collect::<Vec<_>>(),
+                    "moves": f.moves.iter().map(|m| serde_json::json!({"stripe": m.stripe, "shard": m.index, "from": m.from, "to": m.to})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"objects": r.objects, "by_redundancy": r.by_redundancy, "repairs": items})
+            );
+        } else {
+            println!(
+                "{} object(s) audited; {} need work (bad shards already taken by the healer are not shown):",
+                r.objects,
+                r.findings.len()
+            );
+            for f in &r.findings {
+                let what: Vec<String> = f
+                    .missing
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "rebuild stripe {} shard {} ({:?})",
+                            m.stripe, m.index, m.why
+                        )
+                    })
+                    .chain(f.moves.iter().map(|m| {
+                        format!(
+                            "move stripe {} shard {} {} -> {}",
+                            m.stripe, m.index, m.from, m.to
+                        )
+                    }))
+                    .collect();
+                println!(
+                    "  {:<32} {:<10} left {:>2}: {}",
+                    f.key,
+                    f.class().map_or("-", |c| c.name()),
+                    f.left,
+                    if what.is_empty() {
+                        "clear the dirty flag".into()
+                    } else {
+                        what.join("; ")
+                    }
+                );
+            }
+        }
+        return Ok(());
+    }
+    let (lease, _) = healer_state(&b).await?;
+    if lease.is_none() {
+        bail!("no healer is running, so nobody would repair: start one (`healer --metad …`; tessera dev runs two) and try again");
+    }
+    let id = tessera_gateway::objects::now_millis();
+    let req = serde_json::to_vec(&RepairRequest {
+        id,
+        keys: keys.clone(),
+    })?;
+    b.call("asking the healer for a repair", move |c| async move {
+        c.put(REQUEST_KEY, &req).await
+    })
+    .await?;
+    let bar = progress_bar("repairing");
+    let started = Instant::now();
+    let mut picked = false;
+    let st = loop {
+        glommio::timer::sleep(POLL).await;
+        let (_, st) = healer_state(&b).await?;
+        if let Some(s) = &st {
+            if s.request_id == id {
+                picked = true;
+                if let Some(bar) = &bar {
+                    bar.set_length(s.repairs_planned.max(1));
+                    bar.set_position(s.repairs_done + s.repairs_failed);
+                }
+                if s.request_done {
+                    break st;
+                }
+            }
+        }
+        if !picked && started.elapsed() > REQUEST_PICKUP_MAX {
+            bail!(
+                "the healer did not pick the request up within {REQUEST_PICKUP_MAX:?}; see its log"
+            );
+        }
+        if started.elapsed() > FOLLOW_MAX {
+            bail!(
+                "the repair is still running after {FOLLOW_MAX:?}; follow it with `tessera status`"
+            );
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let s = st.unwrap_or_default();
+    if json {
+        println!("{}", serde_json::json!({"request": id, "status": s}));
+    } else {
+        println!(
+            "repair pass done: {} of {} repaired, {} failed; objects by redundancy left: {}",
+            s.repairs_done,
+            s.repairs_planned,
+            s.repairs_failed,
+            s.by_redundancy
+                .iter()
+                .rev()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if s.repairs_failed > 0 {
+        bail!(
+            "{} repair(s) failed; the healer retries them on its next pass (see its log)",
+            s.repairs_failed
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! `healer`: the leader-elected repair daemon. Run any number; the one
+//! holding the `healer` lease in metad works, the others stand by.
+//! `healer --help` for its flags.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+use tessera_gateway::bridge::MetaBridge;
+use tessera_healer::healer::{Healer, HealerConfig};
+use tessera_healer::limits::*;
+
+#[derive(Parser)]
+#[command(
+    name = "healer",
+    version,
+    about = "Tessera healer: audits chunk servers against metadata and restores full redundancy"
+)]
+struct Cli {
+    /// metad replicas, comma separated host:port (any of them will do).
+    #[arg(long, value_delimiter = ',', required = true)]
+    metad: Vec<String>,
+    /// This instance's name (the lease holder); unique per instance.
+    #[arg(long, default_value = "healer-1")]
+    id: String,
+    /// Seconds between passes (a `tessera repair` request starts one at once).
+    #[arg(long, default_value_t = PASS_INTERVAL_DEFAULT_SECS)]
+    pass_interval_secs: u64,
+    /// Seconds after its heartbeat expired that a chunk server counts as
+    /// dead and its shards are rebuilt elsewhere.
+    #[arg(long, default_value_t = DEAD_GRACE_DEFAULT_SECS)]
+    dead_grace_secs: u64,
+    /// Seconds an orphan shard must stay orphaned before it is deleted.
+    #[arg(long, default_value_t = GC_GRACE_DEFAULT_SECS)]
+    gc_grace_secs: u64,
+    /// Objects repaired at once.
+    #[arg(long, default_value_t = REPAIR_CONCURRENCY_DEFAULT)]
+    concurrency: usize,
+    /// Repair bandwidth (bytes read plus written), MiB per second.
+    #[arg(long, default_value_t = REPAIR_BYTES_PER_SEC_DEFAULT >> 20)]
+    rate_mib: u64,
+    /// Log filter (else TESSERA_LOG, else "info").
+    #[arg(long)]
+    log: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("TESSERA_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = HealerConfig {
+        id: cli.id.clone(),
+        pass_interval: Duration::from_secs(cli.pass_interval_secs),
+        dead_grace: Duration::from_secs(cli.dead_grace_secs),
+        gc_grace: Duration::from_secs(cli.gc_grace_secs),
+        concurrency: cli.concurrency,
+        bytes_per_sec: cli.rate_mib.saturating_mul(1 << 20),
+    };
+    cfg.validate().context("settings")?;
+    tessera_engine::raise_memlock().context("io_uring needs locked memory")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+    let bridge = MetaBridge::start(cli.metad.clone()).context("connecting to metad")?;
+    let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_seen = stop_flag.clone();
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("tessera-healer")
+        .spawn(move || async move {
+            let stop = Rc::new(Cell::new(false));
+            let healer = match Healer::new(cfg, bridge, stop.clone()) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!(error = %e, "healer settings");
+                    return;
+                }
+            };
+            // Mirror the signal flag into the executor.
+            let s2 = stop.clone();
+            glommio::spawn_local(async move {
+                while !stop_seen.load(std::sync::atomic::Ordering::Relaxed) {
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                }
+                s2.set(true);
+            })
+            .detach();
+            healer.run().await;
+        })
+        .map_err(|e| anyhow::anyhow!("starting the healer's executor: {e}"))?;
+    // `tessera dev` waits for this line on stdout.
+    println!(
+        "healer {} listening for work from metad {} (one healer works; the others stand by)",
+        cli.id,
+        cli.metad.join(",")
+    );
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(
+            signal = sig,
+            "stopping: the lease is released for a standby"
+        );
+        stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    executor
+        .join()
+        .map_err(|e| anyhow::anyhow!("healer executor: {e:?}"))?;
+    Ok(())
+}
