@@ -6,6 +6,7 @@ mod chunkd_bench;
 mod codec_bench;
 mod engine_bench;
 mod fio;
+mod heal_bench;
 mod load_bench;
 mod metad_bench;
 mod report;
@@ -61,6 +62,17 @@ enum Cmd {
     Wal,
     /// The gateway's erasure codes against ISA-L (build with --features isal).
     Codec,
+    /// Time and MB/s to restore full redundancy after one of six chunk
+    /// servers is lost (fio's sequential read as the ceiling), and GET p99
+    /// during the repair against a quiet cluster. Runs its own `tessera dev`.
+    Heal {
+        /// Bytes each chunk server holds before one is lost, MiB (default 2048).
+        #[arg(long)]
+        per_node_mib: Option<u64>,
+        /// The healer's repair rate, MiB/s.
+        #[arg(long)]
+        rate_mib: Option<u64>,
+    },
     /// The load generator: PUT and GET of 4 KiB, 1 MiB and 16 MiB objects
     /// against a running cluster (`tessera dev`), next to Garage's figures.
     Load {
@@ -127,6 +139,23 @@ fn main() -> Result<()> {
             metad_bench::run_wal(&cli.dir, &plan)?
         }
         Cmd::Codec => codec_bench::run()?,
+        Cmd::Heal {
+            per_node_mib,
+            rate_mib,
+        } => {
+            let mut plan = if cli.quick {
+                heal_bench::Plan::quick()
+            } else {
+                heal_bench::Plan::full()
+            };
+            if let Some(m) = per_node_mib {
+                plan.per_node_bytes = m.clamp(16, 1 << 20) << 20;
+            }
+            if let Some(r) = rate_mib {
+                plan.rate_mib = r.clamp(1, 1 << 20);
+            }
+            heal_bench::run(&cli.dir, &plan)?
+        }
         Cmd::Load {
             gateway,
             cluster,

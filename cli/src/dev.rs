@@ -61,7 +61,7 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn sibling(name: &str) -> Result<PathBuf> {
+pub fn sibling(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the tessera binary")?;
     let dir = exe
         .parent()

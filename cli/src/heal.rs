@@ -264,26 +264,31 @@ fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
     Some(b)
 }
 
+/// An audit here, changing nothing, with the leader's dead grace so that
+/// it matches what the healer sees (bad-shard reports stay queued for it).
+async fn preview(b: &MetaBridge, keys: &[String]) -> Result<tessera_healer::healer::AuditReport> {
+    let nodes = tessera_gateway::nodes::Nodes::new(b.clone());
+    let mut bad = BadCopies::default();
+    let grace = match healer_state(b).await {
+        Ok((_, Some(s))) if s.dead_grace_secs > 0 => s.dead_grace_secs,
+        _ => DEAD_GRACE_DEFAULT_SECS,
+    };
+    Ok(tessera_healer::healer::audit_cluster(
+        b,
+        &nodes,
+        Duration::from_secs(grace),
+        &mut bad,
+        keys,
+        None,
+    )
+    .await?)
+}
+
 /// `tessera repair`: with `dry_run`, audits here and prints what the healer
 /// would do; else asks the healer for a pass now and follows it.
 pub async fn repair(b: MetaBridge, keys: Vec<String>, dry_run: bool, json: bool) -> Result<()> {
     if dry_run {
-        let nodes = tessera_gateway::nodes::Nodes::new(b.clone());
-        let mut bad = BadCopies::default();
-        // The leader's dead grace, so that the preview matches it.
-        let grace = match healer_state(&b).await {
-            Ok((_, Some(s))) if s.dead_grace_secs > 0 => s.dead_grace_secs,
-            _ => DEAD_GRACE_DEFAULT_SECS,
-        };
-        let r = tessera_healer::healer::audit_cluster(
-            &b,
-            &nodes,
-            Duration::from_secs(grace),
-            &mut bad,
-            &keys,
-            None,
-        )
-        .await?;
+        let r = preview(&b, &keys).await?;
         let items: Vec<_> = r
             .findings
             .iter()
@@ -406,6 +411,211 @@ pub async fn repair(b: MetaBridge, keys: Vec<String>, dry_run: bool, json: bool)
         bail!(
             "{} repair(s) failed; the healer retries them on its next pass (see its log)",
             s.repairs_failed
+        );
+    }
+    Ok(())
+}
+
+/// Longest `tessera node add` waits for the new chunk server.
+const NODE_START_MAX: Duration = Duration::from_secs(60);
+/// Compare-and-set tries on the node states key.
+const NODE_STATES_TRIES: usize = 16;
+
+/// Applies `change` to the node states key by compare-and-set.
+async fn update_states(
+    b: &MetaBridge,
+    change: impl Fn(&mut tessera_gateway::nodes::NodeStates),
+) -> Result<tessera_gateway::nodes::NodeStates> {
+    use tessera_gateway::nodes::{NodeStates, NODE_STATES_KEY};
+    for _ in 0..NODE_STATES_TRIES {
+        let cur = b
+            .call("reading the node states", |c| async move {
+                c.get(NODE_STATES_KEY, Consistency::Linearizable).await
+            })
+            .await?;
+        let (mut st, version) = match &cur {
+            Some(v) => (
+                serde_json::from_slice::<NodeStates>(&v.value)
+                    .context("the node states key does not decode; fix or delete it")?,
+                v.version,
+            ),
+            None => (NodeStates::default(), 0),
+        };
+        change(&mut st);
+        let body = serde_json::to_vec(&st)?;
+        match b
+            .call("writing the node states", move |c| async move {
+                c.put_if(NODE_STATES_KEY, &body, version).await
+            })
+            .await
+        {
+            Ok(_) => return Ok(st),
+            Err(tessera_gateway::Error::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("the node states kept changing under this command; try again")
+}
+
+async fn registered(b: &MetaBridge, id: &str) -> Result<tessera_metad::client::NodeEntry> {
+    let nodes = b
+        .call(
+            "listing chunk servers",
+            |c| async move { c.list_nodes().await },
+        )
+        .await?;
+    nodes
+        .into_iter()
+        .find(|n| n.node_id == id)
+        .with_context(|| {
+            format!("no chunk server {id:?} is registered; `tessera status` lists them")
+        })
+}
+
+/// `tessera node drain ID`: the node takes no new shards and the healer
+/// moves its shards to where placement now puts them.
+pub async fn node_drain(b: MetaBridge, id: String, undo: bool, json: bool) -> Result<()> {
+    let n = registered(&b, &id).await?;
+    let st = update_states(&b, |s| {
+        s.draining.retain(|x| *x != id);
+        if !undo {
+            s.draining.push(id.clone());
+        }
+    })
+    .await?;
+    let others = b
+        .call(
+            "listing chunk servers",
+            |c| async move { c.list_nodes().await },
+        )
+        .await?
+        .iter()
+        .filter(|x| x.live && !st.draining.contains(&x.node_id))
+        .count();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"node": id, "draining": !undo, "live_others": others})
+        );
+    } else if undo {
+        println!("{id} takes new shards again");
+    } else {
+        println!(
+            "{id} ({}) is draining: it takes no new shards and the healer moves its shards to the {others} other live chunk servers; \
+             `tessera status` shows its shard count fall (stripes wider than {others} servers cannot move)",
+            n.addr
+        );
+    }
+    Ok(())
+}
+
+/// `tessera node remove ID`: forgets a chunk server. Refused while a
+/// record names a shard on it and it is live (drain it first).
+pub async fn node_remove(b: MetaBridge, id: String, json: bool) -> Result<()> {
+    let n = registered(&b, &id).await?;
+    let r = preview(&b, &[]).await?;
+    let named = match r.view.inventoried.iter().position(|x| *x == id) {
+        Some(i) => r
+            .view
+            .holders
+            .values()
+            .flatten()
+            .filter(|h| h.node as usize == i && h.named.get())
+            .count(),
+        None => 0,
+    };
+    if n.live && named > 0 {
+        bail!(
+            "{id} is live and holds {named} shard(s) that objects use: drain it first (`tessera node drain {id}`) \
+             and remove it when `tessera status` shows the healer has moved them"
+        );
+    }
+    update_states(&b, |s| {
+        s.draining.retain(|x| *x != id);
+        if !s.removed.contains(&id) {
+            s.removed.push(id.clone());
+        }
+    })
+    .await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"node": id, "removed": true, "was_live": n.live})
+        );
+    } else {
+        println!("{id} is removed: gateways and the healer no longer use it; shards it held are rebuilt elsewhere now");
+        if n.live {
+            println!("it is still running at {}: stop its chunkd process", n.addr);
+        }
+    }
+    Ok(())
+}
+
+/// `tessera node add`: starts a chunk server for this cluster (detached,
+/// logging to DATA/chunkd.log) and waits until the registry lists it live.
+pub async fn node_add(
+    b: MetaBridge,
+    metad: Vec<String>,
+    data: std::path::PathBuf,
+    listen: String,
+    config: Option<std::path::PathBuf>,
+    json: bool,
+) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let log_path = data.join("chunkd.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut cmd = std::process::Command::new(crate::dev::sibling("chunkd")?);
+    if let Some(c) = &config {
+        cmd.arg("--config").arg(c);
+    }
+    let child = cmd
+        .arg("--data")
+        .arg(&data)
+        .args(["--listen", &listen, "--metad", &metad.join(",")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(log.try_clone()?))
+        .stderr(std::process::Stdio::from(log))
+        // Its own process group: a Ctrl-C meant for this command (or a
+        // dev cluster in the same terminal) does not stop it.
+        .process_group(0)
+        .spawn()
+        .context("starting chunkd")?;
+    let pid = child.id();
+    let deadline = Instant::now() + NODE_START_MAX;
+    // Its id is in DATA/NODE_ID once it has started.
+    let entry = loop {
+        if let Ok(id) = std::fs::read_to_string(data.join("NODE_ID")) {
+            let id = id.trim().to_string();
+            if let Ok(n) = registered(&b, &id).await {
+                if n.live {
+                    break n;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the new chunk server (pid {pid}) did not register within {NODE_START_MAX:?}; see {}",
+                log_path.display()
+            );
+        }
+        glommio::timer::sleep(POLL).await;
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"node": entry.node_id, "addr": entry.addr, "pid": pid, "log": log_path})
+        );
+    } else {
+        println!(
+            "chunk server {} at {} (pid {pid}, log {}) is live; the healer moves the shards placement now puts on it",
+            entry.node_id,
+            entry.addr,
+            log_path.display()
         );
     }
     Ok(())

@@ -104,6 +104,34 @@ enum Cmd {
     /// JSON documents: hot fields kept with the metadata, the rest erasure coded.
     #[command(subcommand)]
     Doc(DocCmd),
+    /// Chunk servers: add one, drain one (the healer moves its shards), remove one.
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Start a new chunk server for this cluster (detached) and wait until it is live.
+    Add {
+        /// Its data directory (created if missing).
+        #[arg(long)]
+        data: PathBuf,
+        /// Address to listen on (port 0 picks one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// chunkd settings file (default: a dev cluster's, else chunkd's defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Stop placing new shards on ID and let the healer move its shards away.
+    Drain {
+        id: String,
+        /// Undo: ID takes new shards again.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Forget ID (refused while it is live and objects use its shards: drain it first).
+    Remove { id: String },
 }
 
 #[derive(Subcommand)]
@@ -220,6 +248,44 @@ fn run(cli: Cli) -> Result<()> {
             ops::on_executor(move || async move {
                 heal::repair(heal::bridge(&metad)?, keys, dry, json).await
             })
+        }
+        Cmd::Node(cmd) => {
+            let path = cluster::path(cli.cluster.as_deref());
+            let file = cluster::read(&path)?;
+            let metad = file.metad.clone();
+            match cmd {
+                NodeCmd::Add {
+                    data,
+                    listen,
+                    config,
+                } => {
+                    // A dev cluster's chunk servers share one settings file
+                    // shape (small segments, no pinning): use it.
+                    let config = config.clone().or_else(|| {
+                        file.data
+                            .as_ref()
+                            .map(|d| d.join("chunkd-1.toml"))
+                            .filter(|p| p.is_file())
+                    });
+                    let (data, listen) = (data.clone(), listen.clone());
+                    ops::on_executor(move || async move {
+                        let b = heal::bridge(&metad)?;
+                        heal::node_add(b, metad, data, listen, config, json).await
+                    })
+                }
+                NodeCmd::Drain { id, undo } => {
+                    let (id, undo) = (id.clone(), *undo);
+                    ops::on_executor(move || async move {
+                        heal::node_drain(heal::bridge(&metad)?, id, undo, json).await
+                    })
+                }
+                NodeCmd::Remove { id } => {
+                    let id = id.clone();
+                    ops::on_executor(move || async move {
+                        heal::node_remove(heal::bridge(&metad)?, id, json).await
+                    })
+                }
+            }
         }
         Cmd::Status => {
             let (gw, c) = gateway_addr(&cli)?;

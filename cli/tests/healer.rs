@@ -10,9 +10,11 @@
 //!    repairing: the standby takes over with a newer epoch and restores
 //!    full redundancy of every object; the two never led at once (the old
 //!    leader's last repair precedes the new leader's start);
-//! 3. a chunk server joins: rebalancing moves at most one shard per stripe
-//!    (only shards whose placement changed), every object reads byte-exact
-//!    throughout, and afterwards a preview finds nothing left to do;
+//! 3. a chunk server joins (`tessera node add`): rebalancing moves at most
+//!    one shard per stripe (only shards whose placement changed), every
+//!    object reads byte-exact throughout, and afterwards a preview finds
+//!    nothing left to do; removing a live node objects use is refused;
+//!    draining the new node empties it, and then it is removed;
 //! 4. with two other chunk servers killed, every object reads.
 
 mod common;
@@ -38,6 +40,15 @@ const FLAGS: &[&str] = &[
 ];
 /// Longest wait for the healer to settle after an event.
 const SETTLE: Duration = Duration::from_secs(150);
+
+/// A process `tessera node add` started (killed when dropped).
+struct Pid(i32);
+
+impl Drop for Pid {
+    fn drop(&mut self) {
+        kill9(self.0);
+    }
+}
 
 /// A chunk server this test started itself (killed when dropped).
 struct Extra(Child);
@@ -389,6 +400,19 @@ fn healer_end_to_end() {
         old_last < new_start,
         "old leader repaired at {old_last}, new one started at {new_start}"
     );
+    // The replacement took chunkd-1's address: it must never have been
+    // taken for the old node (whose shards would then look absent and be
+    // rebuilt onto the wrong identity).
+    for name in [&old_name, &new_name] {
+        let wrong: Vec<String> = healer_log(&dev, name)
+            .into_iter()
+            .filter(|l| l.contains("repaired") && l.contains("Some(Missing)"))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{name} rebuilt shards absent from a live node: {wrong:?}"
+        );
+    }
     let new_repairs = healer_log(&dev, &new_name)
         .iter()
         .filter(|l| l.contains("repaired"))
@@ -402,12 +426,20 @@ fn healer_end_to_end() {
     // 3. A chunk server joins: only shards whose placement changed move,
     // and every object reads throughout.
     let moved_before = h["status"]["shards_moved"].as_u64().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _c8 = start_chunkd(&dev, "chunkd-8", &format!("127.0.0.1:{port}"));
+    let data8 = data_dir(&dev).join("chunkd-8");
+    let o = tessera(
+        &dev,
+        &["node", "add", "--data", data8.to_str().unwrap(), "--json"],
+        None,
+    );
+    assert!(
+        o.status.success(),
+        "node add: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let added: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let _c8 = Pid(added["pid"].as_i64().unwrap() as i32);
+    let id8 = added["node"].as_str().unwrap().to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
     let reader = {
@@ -443,6 +475,38 @@ fn healer_end_to_end() {
         Some(0),
         "{preview:#}"
     );
+
+    // 3b. Removing a live node that objects use is refused; draining the
+    // new one moves every shard off it, and then it can be removed.
+    let busy = node_id_of(&dev, "chunkd-5");
+    let o = tessera(&dev, &["node", "remove", &busy], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("drain it first"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = tessera(&dev, &["node", "drain", &id8], None);
+    assert!(
+        o.status.success(),
+        "drain: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let t4 = now_ms();
+    wait_healer(&dev, "draining the new chunk server", |h| {
+        settled(h, t4, n)
+            && h["status"]["nodes"].as_array().is_some_and(|ns| {
+                ns.iter()
+                    .any(|x| x["node_id"] == id8.as_str() && x["shards"] == 0)
+            })
+    });
+    let o = tessera(&dev, &["node", "remove", &id8], None);
+    assert!(
+        o.status.success(),
+        "remove: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    check_all(gw, objs.clone());
 
     // 4. Any two other chunk servers down: every object reads.
     kill9(pid_of(&dev, "chunkd-3"));

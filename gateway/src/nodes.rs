@@ -3,6 +3,10 @@
 //! (made on first use, again when the node's address changes) and each
 //! node's read latency (an exponentially weighted mean) for choosing the
 //! fastest replica.
+//!
+//! Operators' node states ([`NodeStates`], one metad key read with the
+//! table): a *draining* node takes no new shards (the healer moves its
+//! shards away); a *removed* node is dropped from the table altogether.
 
 use crate::bridge::MetaBridge;
 use crate::error::{Error, Result};
@@ -31,6 +35,29 @@ const HEDGE_MIN: Duration = Duration::from_millis(2);
 /// Hedging waits at most this long.
 const HEDGE_MAX: Duration = Duration::from_millis(500);
 
+/// The metad key holding [`NodeStates`] (JSON).
+pub const NODE_STATES_KEY: &[u8] = b"cluster/nodes";
+
+/// What operators said about chunk servers (`tessera node drain|remove`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStates {
+    #[serde(default)]
+    pub draining: Vec<String>,
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
+impl NodeStates {
+    /// The states in `bytes`; an unreadable value counts as none (and is
+    /// logged), so that a damaged key never stops reads and writes.
+    pub fn decode(bytes: &[u8]) -> NodeStates {
+        serde_json::from_slice(bytes).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the node states key does not decode; ignoring it");
+            NodeStates::default()
+        })
+    }
+}
+
 pub struct Nodes {
     bridge: MetaBridge,
     /// The latest shard read latencies, microseconds (a ring).
@@ -39,6 +66,7 @@ pub struct Nodes {
     p95: std::cell::Cell<Duration>,
     samples: std::cell::Cell<u64>,
     table: RefCell<Vec<NodeEntry>>,
+    draining: RefCell<std::collections::HashSet<String>>,
     refreshed: RefCell<Option<Instant>>,
     clients: RefCell<HashMap<String, (String, Rc<ChunkClient>)>>,
     latency_us: RefCell<HashMap<String, f64>>,
@@ -52,6 +80,7 @@ impl Nodes {
             p95: std::cell::Cell::new(HEDGE_MIN),
             samples: std::cell::Cell::new(0),
             table: RefCell::new(Vec::new()),
+            draining: RefCell::new(Default::default()),
             refreshed: RefCell::new(None),
             clients: RefCell::new(HashMap::new()),
             latency_us: RefCell::new(HashMap::new()),
@@ -60,14 +89,29 @@ impl Nodes {
 
     /// Reads the node table from the registry now.
     pub async fn refresh(&self) -> Result<()> {
-        let nodes = self
+        let (mut nodes, states) = self
             .bridge
-            .call(
-                "listing chunk servers",
-                |c| async move { c.list_nodes().await },
-            )
+            .call("listing chunk servers", |c| async move {
+                let nodes = c.list_nodes().await?;
+                let states = c
+                    .get(
+                        NODE_STATES_KEY,
+                        tessera_metad::client::Consistency::Follower {
+                            max_staleness: Duration::from_secs(1),
+                        },
+                    )
+                    .await
+                    .ok()
+                    .flatten();
+                Ok((nodes, states))
+            })
             .await?;
+        let states = states
+            .map(|v| NodeStates::decode(&v.value))
+            .unwrap_or_default();
+        nodes.retain(|n| !states.removed.contains(&n.node_id));
         *self.table.borrow_mut() = nodes;
+        *self.draining.borrow_mut() = states.draining.into_iter().collect();
         *self.refreshed.borrow_mut() = Some(Instant::now());
         Ok(())
     }
@@ -88,12 +132,19 @@ impl Nodes {
         self.table.borrow().clone()
     }
 
-    /// Live nodes as placement candidates (weight: capacity in GiB).
+    /// Nodes being drained (live, but they take no new shards).
+    pub fn draining(&self) -> std::collections::HashSet<String> {
+        self.draining.borrow().clone()
+    }
+
+    /// Live nodes that are not draining, as placement candidates (weight:
+    /// capacity in GiB).
     pub fn candidates(&self) -> Vec<Candidate> {
+        let draining = self.draining.borrow();
         self.table
             .borrow()
             .iter()
-            .filter(|n| n.live)
+            .filter(|n| n.live && !draining.contains(&n.node_id))
             .map(|n| Candidate {
                 node_id: n.node_id.clone(),
                 weight: (n.capacity >> 30).max(1),
@@ -142,6 +193,7 @@ impl Nodes {
             connect_timeout: CHUNK_CONNECT_TIMEOUT,
             call_timeout: CHUNK_CALL_TIMEOUT,
             attempts: crate::limits::CHUNK_CALL_ATTEMPTS,
+            expect_node_id: Some(node_id.to_string()),
             ..Default::default()
         };
         let c =

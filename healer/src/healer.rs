@@ -104,8 +104,7 @@ pub async fn audit_cluster(
     only: &[String],
     lead: Option<&Leadership>,
 ) -> Result<AuditReport> {
-    let draining = HashSet::new();
-    let (view, scrubs) = take_view(nodes, dead_grace, &draining, bad, lead.is_some()).await?;
+    let (view, scrubs) = take_view(nodes, dead_grace, bad, lead.is_some()).await?;
     let mut findings = Vec::new();
     let mut by_redundancy = BTreeMap::new();
     let mut objects = 0u64;
@@ -180,6 +179,19 @@ pub async fn audit_cluster(
         by_redundancy,
         complete,
     })
+}
+
+/// Clears the flag when dropped (on every way out of a scope).
+struct FlagGuard(Rc<Cell<bool>>);
+
+impl Drop for FlagGuard {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+fn scopeguard(flag: Rc<Cell<bool>>) -> FlagGuard {
+    FlagGuard(flag)
 }
 
 /// The healer: one per process.
@@ -430,7 +442,24 @@ impl Healer {
         let mut results = futures::stream::iter(work)
             .map(|f| async move { (f, repair(ctx, f, cands).await) })
             .buffer_unordered(self.cfg.concurrency);
-        let mut last_publish = Instant::now();
+        // Progress is published by a task of its own: awaiting a publish
+        // here would stop polling the repairs, and one of them may hold the
+        // fence lock of the status key's group (a deadlock).
+        let publishing = Rc::new(Cell::new(true));
+        {
+            let (me, fence, on) = (self.clone(), fence.clone(), publishing.clone());
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(STATUS_PUBLISH_EVERY).await;
+                    if !on.get() {
+                        break;
+                    }
+                    me.publish(&fence).await;
+                }
+            })
+            .detach();
+        }
+        let _stop_publishing = scopeguard(publishing);
         while let Some((f, r)) = results.next().await {
             match r {
                 Ok(d) => {
@@ -474,10 +503,6 @@ impl Healer {
                     tracing::warn!(key = %f.key, error = %e, "repair failed; the next pass tries again");
                     self.status.borrow_mut().repairs_failed += 1;
                 }
-            }
-            if last_publish.elapsed() > Duration::from_secs(1) {
-                self.publish(fence).await;
-                last_publish = Instant::now();
             }
         }
         Ok(())

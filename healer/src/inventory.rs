@@ -21,18 +21,19 @@ pub struct BadCopies {
     pub set: HashSet<(String, Vec<u8>)>,
 }
 
-/// Builds the view: `draining` nodes are live but take no new copies.
+/// Builds the view: draining nodes (`tessera node drain`) are live but
+/// take no new copies; removed ones are not in the table (so dead).
 /// With `take_reports` the chunk servers' bad-shard reports are taken
 /// (they leave the servers' queues) into `bad`; a preview leaves them.
 pub async fn take_view(
     nodes: &Nodes,
     dead_grace: Duration,
-    draining: &HashSet<String>,
     bad: &mut BadCopies,
     take_reports: bool,
 ) -> Result<(View, Vec<NodeScrub>)> {
     nodes.refresh().await?;
     let table = nodes.all();
+    let draining = nodes.draining();
     let mut view = View::default();
     for n in &table {
         let state = if n.live {
@@ -72,7 +73,11 @@ pub async fn take_view(
     for (n, a) in table.iter().filter(|n| n.live).zip(answers) {
         let mut ns = NodeScrub {
             node_id: n.node_id.clone(),
-            state: "live".into(),
+            state: if draining.contains(&n.node_id) {
+                "draining".into()
+            } else {
+                "live".into()
+            },
             ..Default::default()
         };
         match a {

@@ -61,6 +61,8 @@ pub const REQUEST_KEY: &[u8] = b"healer/request";
 pub const FENCE_KEY_PREFIX: &str = "healer/fence/";
 /// Tags tried to find a fence key for each group.
 pub const FENCE_TAG_TRIES_MAX: u32 = 1_000_000;
+/// How often the leader publishes progress during repairs.
+pub const STATUS_PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// How often the leader looks for a repair request between passes.
 pub const REQUEST_POLL: Duration = Duration::from_secs(1);
 /// Length of a shard id the gateway makes: version (16), stripe (4),

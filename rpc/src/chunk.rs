@@ -36,6 +36,10 @@ pub struct ClientOptions {
     pub attempts: u32,
     /// Chunk size for streamed puts and gets.
     pub stream_chunk_bytes: usize,
+    /// The node id the server must have: every new connection checks it,
+    /// so that a client never reads or writes a node's shards on another
+    /// node that took over its address. `None` trusts the address.
+    pub expect_node_id: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -45,6 +49,7 @@ impl Default for ClientOptions {
             call_timeout: Duration::from_millis(CALL_TIMEOUT_DEFAULT_MILLIS),
             attempts: ATTEMPTS_DEFAULT,
             stream_chunk_bytes: STREAM_CHUNK_DEFAULT_BYTES,
+            expect_node_id: None,
         }
     }
 }
@@ -172,6 +177,20 @@ impl ChunkClient {
                     .map_err(self.transport())?;
                 let r = resp.get().map_err(self.transport())?;
                 let i = r.get_info().map_err(self.transport())?;
+                if let Some(want) = &self.opts.expect_node_id {
+                    let found = i
+                        .get_node_id()
+                        .ok()
+                        .and_then(|t| t.to_str().ok())
+                        .unwrap_or_default();
+                    if found != want {
+                        return Err(Error::WrongNode {
+                            addr: self.addr,
+                            expected: want.clone(),
+                            found: found.to_string(),
+                        });
+                    }
+                }
                 Ok::<_, Error>((
                     i.get_serving_shard() as usize,
                     i.get_engine_shards() as usize,

@@ -122,6 +122,15 @@ pub enum Error {
         kind: GatewayErrorKind,
         message: String,
     },
+    /// The server at the address is another node than the one asked for
+    /// (the node was replaced and its address reused): nothing was sent
+    /// to it.
+    #[error("the chunk server at {addr} is {found}, not {expected} (the node was replaced); refresh the node table")]
+    WrongNode {
+        addr: SocketAddr,
+        expected: String,
+        found: String,
+    },
     /// The bytes received do not match the checksum the server sent.
     #[error("data from {addr} failed its crc32c in transit (expected {expected:08x}, got {got:08x}); retry or read another replica")]
     TransitChecksum {
@@ -153,7 +162,10 @@ impl Error {
                 source.kind,
                 capnp::ErrorKind::Disconnected | capnp::ErrorKind::Overloaded
             ),
-            Error::Remote { .. } | Error::Invalid(_) | Error::Gateway { .. } => false,
+            Error::Remote { .. }
+            | Error::Invalid(_)
+            | Error::Gateway { .. }
+            | Error::WrongNode { .. } => false,
         }
     }
 }
