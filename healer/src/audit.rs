@@ -478,10 +478,14 @@ mod tests {
             }
             let metas: Vec<ObjectMeta> = objs.iter().map(|o| meta_of(o, &names)).collect();
             let mut named: HashSet<(String, Vec<u8>)> = HashSet::new();
+            // Every (node, id) a record places, whatever its truth: a stray
+            // copy must not make an absent slot present.
+            let mut placed: HashSet<(String, Vec<u8>)> = HashSet::new();
             for (o, m) in objs.iter().zip(&metas) {
                 for (s, st) in o.stripes.iter().enumerate() {
                     for (i, &(node, t)) in st.iter().enumerate() {
                         let id = slot_id(m, s as u32, i as u8);
+                        placed.insert((names[node].clone(), id.clone()));
                         if states[node] == 0 && (t <= 5 || t == 7) {
                             let ni = view.add_inventoried(&names[node]);
                             view.add_shard(ni, id.clone());
@@ -499,7 +503,7 @@ mod tests {
                 let node = node % n;
                 if states[node] != 0 { continue; }
                 let id = shard_id(&[*v; 16], *s, 0);
-                if named.contains(&(names[node].clone(), id.clone())) { continue; }
+                if placed.contains(&(names[node].clone(), id.clone())) { continue; }
                 if stray_set.insert((names[node].clone(), id.clone())) {
                     let ni = view.add_inventoried(&names[node]);
                     view.add_shard(ni, id);

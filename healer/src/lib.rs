@@ -22,6 +22,7 @@
 //! period apart found no record and no unfinished WAL intent naming it.
 
 pub mod audit;
+pub mod config;
 pub mod error;
 pub mod fence;
 pub mod healer;

@@ -5,9 +5,11 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::cell::Cell;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 use tessera_gateway::bridge::MetaBridge;
+use tessera_healer::config::HealerFile;
 use tessera_healer::healer::{Healer, HealerConfig};
 use tessera_healer::limits::*;
 
@@ -18,51 +20,98 @@ use tessera_healer::limits::*;
     about = "Tessera healer: audits chunk servers against metadata and restores full redundancy"
 )]
 struct Cli {
+    /// Settings file (TOML; every key optional, unknown keys refused); the
+    /// flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// metad replicas, comma separated host:port (any of them will do).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',')]
     metad: Vec<String>,
-    /// This instance's name (the lease holder); unique per instance.
-    #[arg(long, default_value = "healer-1")]
-    id: String,
-    /// Seconds between passes (a `tessera repair` request starts one at once).
-    #[arg(long, default_value_t = PASS_INTERVAL_DEFAULT_SECS)]
-    pass_interval_secs: u64,
+    /// This instance's name (the lease holder); unique per instance
+    /// [default: healer-1].
+    #[arg(long)]
+    id: Option<String>,
+    /// Seconds between passes (a `tessera repair` request starts one at once)
+    /// [default: 30].
+    #[arg(long)]
+    pass_interval_secs: Option<u64>,
     /// Seconds after its heartbeat expired that a chunk server counts as
-    /// dead and its shards are rebuilt elsewhere.
-    #[arg(long, default_value_t = DEAD_GRACE_DEFAULT_SECS)]
-    dead_grace_secs: u64,
-    /// Seconds an orphan shard must stay orphaned before it is deleted.
-    #[arg(long, default_value_t = GC_GRACE_DEFAULT_SECS)]
-    gc_grace_secs: u64,
-    /// Objects repaired at once.
-    #[arg(long, default_value_t = REPAIR_CONCURRENCY_DEFAULT)]
-    concurrency: usize,
-    /// Repair bandwidth (bytes read plus written), MiB per second.
-    #[arg(long, default_value_t = REPAIR_BYTES_PER_SEC_DEFAULT >> 20)]
-    rate_mib: u64,
-    /// Log filter (else TESSERA_LOG, else "info").
+    /// dead and its shards are rebuilt elsewhere [default: 60].
+    #[arg(long)]
+    dead_grace_secs: Option<u64>,
+    /// Seconds an orphan shard must stay orphaned before it is deleted
+    /// [default: 3600].
+    #[arg(long)]
+    gc_grace_secs: Option<u64>,
+    /// Objects repaired at once [default: 4].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Repair bandwidth (bytes read plus written), MiB per second
+    /// [default: 256].
+    #[arg(long)]
+    rate_mib: Option<u64>,
+    /// Log filter (else the file's, else TESSERA_LOG, else "info").
     #[arg(long)]
     log: Option<String>,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let file = match &cli.config {
+        Some(p) => HealerFile::read(p).context("--config")?,
+        None => HealerFile::default(),
+    };
     let filter = cli
         .log
         .clone()
+        .or(file.log.clone())
         .or_else(|| std::env::var("TESSERA_LOG").ok())
         .unwrap_or_else(|| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
+    let metad = if cli.metad.is_empty() {
+        file.metad.clone().unwrap_or_default()
+    } else {
+        cli.metad.clone()
+    };
+    if metad.is_empty() {
+        anyhow::bail!(
+            "no metad address: pass --metad HOST:PORT[,...] or set `metad` in the --config file"
+        );
+    }
+    let id = cli
+        .id
+        .clone()
+        .or(file.id.clone())
+        .unwrap_or_else(|| "healer-1".into());
     let cfg = HealerConfig {
-        id: cli.id.clone(),
-        pass_interval: Duration::from_secs(cli.pass_interval_secs),
-        dead_grace: Duration::from_secs(cli.dead_grace_secs),
-        gc_grace: Duration::from_secs(cli.gc_grace_secs),
-        concurrency: cli.concurrency,
-        bytes_per_sec: cli.rate_mib.saturating_mul(1 << 20),
+        id: id.clone(),
+        pass_interval: Duration::from_secs(
+            cli.pass_interval_secs
+                .or(file.pass_interval_secs)
+                .unwrap_or(PASS_INTERVAL_DEFAULT_SECS),
+        ),
+        dead_grace: Duration::from_secs(
+            cli.dead_grace_secs
+                .or(file.dead_grace_secs)
+                .unwrap_or(DEAD_GRACE_DEFAULT_SECS),
+        ),
+        gc_grace: Duration::from_secs(
+            cli.gc_grace_secs
+                .or(file.gc_grace_secs)
+                .unwrap_or(GC_GRACE_DEFAULT_SECS),
+        ),
+        concurrency: cli
+            .concurrency
+            .or(file.concurrency)
+            .unwrap_or(REPAIR_CONCURRENCY_DEFAULT),
+        bytes_per_sec: cli
+            .rate_mib
+            .or(file.rate_mib)
+            .unwrap_or(REPAIR_BYTES_PER_SEC_DEFAULT >> 20)
+            .saturating_mul(1 << 20),
     };
     cfg.validate().context("settings")?;
     tessera_engine::raise_memlock().context("io_uring needs locked memory")?;
@@ -71,7 +120,7 @@ fn main() -> Result<()> {
         signal_hook::consts::SIGINT,
     ])
     .context("installing signal handlers")?;
-    let bridge = MetaBridge::start(cli.metad.clone()).context("connecting to metad")?;
+    let bridge = MetaBridge::start(metad.clone()).context("connecting to metad")?;
     let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_seen = stop_flag.clone();
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -100,8 +149,8 @@ fn main() -> Result<()> {
     // `tessera dev` waits for this line on stdout.
     println!(
         "healer {} listening for work from metad {} (one healer works; the others stand by)",
-        cli.id,
-        cli.metad.join(",")
+        id,
+        metad.join(",")
     );
     if let Some(sig) = signals.forever().next() {
         tracing::info!(
