@@ -33,7 +33,13 @@ fn generated_code_matches_schema() {
         "the Cap'n Proto compiler is missing: `apt-get install -y capnproto libcapnp-dev` \
          (this test tries it when it runs as root)"
     );
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The directory cargo runs the test for (at run time: a build cache
+    // shared by clones at different paths may hold a binary compiled for
+    // another checkout), else the one it was compiled in.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let root = dir.as_path();
     let out = tempfile::tempdir().expect("temp dir");
     let mut cmd = capnpc::CompilerCommand::new();
     cmd.src_prefix(root.join("capnp")).output_path(out.path());
