@@ -52,6 +52,8 @@ pub struct Config {
     pub zone: String,
     /// Address gateways reach this node at (default: the listen address).
     pub advertise: Option<SocketAddr>,
+    /// Where to serve Prometheus metrics (`host:port`); none by default.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -71,6 +73,7 @@ impl Default for Config {
             metad: Vec::new(),
             zone: String::new(),
             advertise: None,
+            metrics: None,
         }
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod registration;
 pub mod server;
 pub mod service;

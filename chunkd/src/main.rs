@@ -39,6 +39,9 @@ struct Cli {
     /// Address gateways reach this node at (default: the listen address).
     #[arg(long)]
     advertise: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Do not pin engine threads to cores (several chunk servers on one
     /// machine, as `tessera dev` runs them).
     #[arg(long)]
@@ -106,7 +109,14 @@ fn main() -> Result<()> {
     if cli.no_pin {
         cfg.pin_to_cores = false;
     }
+    if cli.metrics.is_some() {
+        cfg.metrics = cli.metrics;
+    }
     cfg.validate()?;
+    if let Some(m) = cfg.metrics {
+        let at = tessera_metrics::serve(m).with_context(|| format!("metrics address {m}"))?;
+        tracing::info!(%at, "metrics at http://{at}/metrics");
+    }
 
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("creating the data directory {}", cfg.data.display()))?;

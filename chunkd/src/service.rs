@@ -284,6 +284,7 @@ impl chunk_server::Server for ChunkService {
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         let this = self;
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let _g = this.begin()?;
                 let p = params.get()?;
@@ -302,6 +303,7 @@ impl chunk_server::Server for ChunkService {
                 this.put(id, data).await
             }
             .await;
+            crate::metrics::observe("put", started, r.as_ref().err().map(|f: &Failure| f.kind));
             if let Err(f) = r {
                 write_failure(results.get().init_error(), &f);
             }
@@ -362,6 +364,7 @@ impl chunk_server::Server for ChunkService {
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         let this = self;
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let _g = this.begin()?;
                 let p = params.get()?;
@@ -399,6 +402,7 @@ impl chunk_server::Server for ChunkService {
                 out
             }
             .await;
+            crate::metrics::observe("get", started, r.as_ref().err().map(|f: &Failure| f.kind));
             if let Err(f) = r {
                 write_failure(results.get().init_error(), &f);
             }
@@ -460,6 +464,7 @@ impl chunk_server::Server for ChunkService {
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         let this = self;
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let _g = this.begin()?;
                 let id = params.get()?.get_id()?;
@@ -471,6 +476,11 @@ impl chunk_server::Server for ChunkService {
                 }
             }
             .await;
+            crate::metrics::observe(
+                "delete",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind),
+            );
             match r {
                 Ok(existed) => results.get().set_existed(existed),
                 Err(f) => write_failure(results.get().init_error(), &f),
@@ -486,6 +496,7 @@ impl chunk_server::Server for ChunkService {
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         let this = self;
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let _g = this.begin()?;
                 let id = params.get()?.get_id()?.to_vec();
@@ -498,6 +509,7 @@ impl chunk_server::Server for ChunkService {
                 Ok((id, s))
             }
             .await;
+            crate::metrics::observe("stat", started, r.as_ref().err().map(|f: &Failure| f.kind));
             match r {
                 Ok((id, s)) => {
                     let mut i = results.get().init_info();

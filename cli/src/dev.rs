@@ -122,6 +122,13 @@ struct Running {
     name: String,
     addr: String,
     child: Child,
+    /// Its Prometheus endpoint, when it has one.
+    metrics: Option<String>,
+}
+
+/// A fresh metrics address (metrics ports need not survive a restart).
+fn metrics_addr() -> Result<String> {
+    Ok(format!("127.0.0.1:{}", free_port()?))
 }
 
 /// Starts `cmd` with stderr into `logs/NAME.log` and waits for the stdout
@@ -159,6 +166,7 @@ fn spawn(data: &Path, name: &str, addr: &str, mut cmd: Command) -> Result<Runnin
             name: name.into(),
             addr: addr.into(),
             child,
+            metrics: None,
         }),
         Err(_) => {
             let _ = child.kill();
@@ -309,7 +317,11 @@ pub fn run(args: DevArgs) -> Result<()> {
                 .arg("--data")
                 .arg(data.join(&name))
                 .args(["--listen", &addr, "--metad", &metad_list]);
-            procs.push(spawn(&data, &name, &addr, c)?);
+            let m = metrics_addr()?;
+            c.args(["--metrics", &m]);
+            let mut r = spawn(&data, &name, &addr, c)?;
+            r.metrics = Some(m);
+            procs.push(r);
         }
         let gw = format!("127.0.0.1:{}", l.gateway_port);
         let mut c = Command::new(&gateway_bin);
@@ -325,7 +337,11 @@ pub fn run(args: DevArgs) -> Result<()> {
             "--m",
             &args.m.to_string(),
         ]);
-        procs.push(spawn(&data, "gateway", &gw, c)?);
+        let m = metrics_addr()?;
+        c.args(["--metrics", &m]);
+        let mut r = spawn(&data, "gateway", &gw, c)?;
+        r.metrics = Some(m);
+        procs.push(r);
         wait_registry(&gw, l.chunk_ports.len())?;
         for i in 1..=DEV_HEALERS {
             let name = format!("healer-{i}");
@@ -339,7 +355,11 @@ pub fn run(args: DevArgs) -> Result<()> {
                 c.args(["--pass-interval-secs", &DEV_HEALER_PASS_SECS.to_string()]);
             }
             c.args(&args.healer_args);
-            procs.push(spawn(&data, &name, "-", c)?);
+            let m = metrics_addr()?;
+            c.args(["--metrics", &m]);
+            let mut r = spawn(&data, &name, "-", c)?;
+            r.metrics = Some(m);
+            procs.push(r);
         }
         Ok(())
     })();
@@ -357,6 +377,7 @@ pub fn run(args: DevArgs) -> Result<()> {
                 name: p.name.clone(),
                 addr: p.addr.clone(),
                 pid: p.child.id(),
+                metrics: p.metrics.clone(),
             })
             .collect(),
     };

@@ -16,6 +16,10 @@
 //!    nothing left to do; removing a live node objects use is refused;
 //!    draining the new node empties it, and then it is removed;
 //! 4. with two other chunk servers killed, every object reads.
+//!
+//! After phase 1 the gateway's, a chunk server's and the healer leader's
+//! Prometheus endpoints are scraped: they parse, and their counters moved
+//! with the reads and repairs.
 
 mod common;
 use common::*;
@@ -156,6 +160,42 @@ fn start_chunkd(dev: &Dev, name: &str, addr: &str) -> Extra {
         .spawn()
         .expect("start chunkd");
     Extra(child)
+}
+
+/// Scrapes the metrics endpoint of process `name` and parses it.
+fn scrape(dev: &Dev, name: &str) -> prometheus_parse::Scrape {
+    use std::io::{Read, Write};
+    let addr = cluster(dev)["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some(name))
+        .and_then(|p| p["metrics"].as_str().map(String::from))
+        .unwrap_or_else(|| panic!("{name} has no metrics address in the cluster file"));
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("{name}'s metrics do not parse: {e}\n{body}"))
+}
+
+/// The value of the sample `metric` with exactly these labels (0 if none).
+fn sample(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }
 
 fn live_nodes(dev: &Dev) -> usize {
@@ -344,6 +384,39 @@ fn healer_end_to_end() {
         "a second scrub still finds bad shards: {again}; healer {h:#}"
     );
     check_all(gw, objs.clone());
+
+    // Metrics: each daemon's scrape parses and moves with traffic.
+    let leader = status(&dev)["healer"]["leader"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("dev-")
+        .to_string();
+    let gets = |p: &prometheus_parse::Scrape| {
+        sample(
+            p,
+            "tessera_gateway_requests_total",
+            &[("op", "get"), ("result", "ok")],
+        )
+    };
+    let g0 = gets(&scrape(&dev, "gateway"));
+    check_all(gw, objs.clone());
+    let g1 = gets(&scrape(&dev, "gateway"));
+    assert!(
+        g1 >= g0 + n as f64,
+        "gateway GETs went from {g0} to {g1} after {n} reads"
+    );
+    let c = scrape(&dev, "chunkd-4");
+    assert!(
+        sample(
+            &c,
+            "tessera_chunkd_requests_total",
+            &[("op", "get"), ("result", "ok")]
+        ) > 0.0
+    );
+    let h = scrape(&dev, &leader);
+    assert_eq!(sample(&h, "tessera_healer_leader", &[]), 1.0);
+    assert!(sample(&h, "tessera_healer_repairs_total", &[("result", "done")]) >= 1.0);
+    assert!(sample(&h, "tessera_healer_shards_rebuilt_total", &[]) >= bad as f64);
 
     // 2. Two chunk servers lost (one comes back empty), and the healer
     // leader killed in the middle of the repair.

@@ -19,6 +19,7 @@ pub mod error;
 pub mod gf256;
 pub mod limits;
 pub mod meta;
+pub mod metrics;
 pub mod nodes;
 pub mod objects;
 pub mod placement;

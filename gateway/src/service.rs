@@ -93,6 +93,7 @@ impl gateway::Server for GatewayService {
         mut results: gateway::PutResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
+        let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
             let data = p.get_data().map_err(|e| Error::Invalid(format!("data: {e}")))?;
@@ -105,6 +106,7 @@ impl gateway::Server for GatewayService {
             Ok((key, meta, outcome))
         }
         .await;
+        crate::metrics::observe("put", started, r.as_ref().err());
         match r {
             Ok((key, meta, outcome)) => {
                 let mut b = results.get();
@@ -122,12 +124,14 @@ impl gateway::Server for GatewayService {
         mut results: gateway::PutStreamResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
+        let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
             let w = self.objects.begin_put(&key, p.get_size()).await?;
             Ok((key, w))
         }
         .await;
+        crate::metrics::observe("put_stream", started, r.as_ref().err());
         match r {
             Ok((key, w)) => {
                 let sink: put_sink::Client = capnp_rpc::new_client(PutSinkImpl {
@@ -147,6 +151,7 @@ impl gateway::Server for GatewayService {
         mut results: gateway::GetResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
+        let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
             let meta = self.objects.stat(&key).await?;
@@ -169,6 +174,7 @@ impl gateway::Server for GatewayService {
             Ok((key, meta, len, pieces.into_inner()))
         }
         .await;
+        crate::metrics::observe("get", started, r.as_ref().err());
         match r {
             Ok((key, meta, len, pieces)) => {
                 let mut b = results.get();
@@ -199,6 +205,7 @@ impl gateway::Server for GatewayService {
             0 => STREAM_CHUNK_DEFAULT_BYTES,
             n => n.min(STREAM_CHUNK_MAX_BYTES),
         } as usize;
+        let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
             let meta = self.objects.stat(&key).await?;
@@ -232,6 +239,7 @@ impl gateway::Server for GatewayService {
             Ok((key, meta, sent.get()))
         }
         .await;
+        crate::metrics::observe("get_stream", started, r.as_ref().err());
         match r {
             Ok((key, meta, sent)) => {
                 let mut b = results.get();
@@ -249,12 +257,14 @@ impl gateway::Server for GatewayService {
         mut results: gateway::StatResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
+        let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
             let meta = self.objects.stat(&key).await?;
             Ok((key, meta))
         }
         .await;
+        crate::metrics::observe("stat", started, r.as_ref().err());
         match r {
             Ok((key, meta)) => fill_info(results.get().init_info(), &key, &meta),
             Err(e) => write_error(results.get().init_error(), &e),
@@ -268,11 +278,13 @@ impl gateway::Server for GatewayService {
         mut results: gateway::DeleteResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
+        let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
             self.objects.delete(&key).await
         }
         .await;
+        crate::metrics::observe("delete", started, r.as_ref().err());
         match r {
             Ok(existed) => results.get().set_existed(existed),
             Err(e) => write_error(results.get().init_error(), &e),
@@ -286,12 +298,14 @@ impl gateway::Server for GatewayService {
         mut results: gateway::ListResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
+        let started = std::time::Instant::now();
         let r = async {
             let prefix = text(p.get_prefix(), "prefix")?;
             let after = text(p.get_start_after(), "startAfter")?;
             self.objects.list(&prefix, &after, p.get_limit()).await
         }
         .await;
+        crate::metrics::observe("list", started, r.as_ref().err());
         match r {
             Ok((items, more)) => {
                 let mut b = results.get();
@@ -312,6 +326,7 @@ impl gateway::Server for GatewayService {
         mut results: gateway::PutDocResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
+        let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
             let json = text(p.get_json(), "json")?;
@@ -327,6 +342,7 @@ impl gateway::Server for GatewayService {
             Ok((key, meta, outcome, skipped))
         }
         .await;
+        crate::metrics::observe("put_doc", started, r.as_ref().err());
         match r {
             Ok((key, meta, outcome, skipped)) => {
                 let mut b = results.get();
@@ -345,12 +361,14 @@ impl gateway::Server for GatewayService {
         mut results: gateway::GetDocResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
+        let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
             let (meta, json) = self.objects.get_doc(&key).await?;
             Ok((key, meta, json))
         }
         .await;
+        crate::metrics::observe("get_doc", started, r.as_ref().err());
         match r {
             Ok((key, meta, json)) => {
                 let mut b = results.get();

@@ -10,6 +10,7 @@
 //! concurrency = 4
 //! rate_mib = 256
 //! log = "info"
+//! metrics = "127.0.0.1:9464"
 //! ```
 
 use crate::error::{Error, Result};
@@ -30,6 +31,8 @@ pub struct HealerFile {
     pub concurrency: Option<usize>,
     pub rate_mib: Option<u64>,
     pub log: Option<String>,
+    /// Where to serve Prometheus metrics (`host:port`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl HealerFile {

@@ -230,8 +230,9 @@ impl Healer {
     pub async fn run(self: Rc<Self>) {
         while !self.stop.get() {
             if !self.lead.valid() {
+                crate::metrics::leading(false);
                 match self.lead.try_acquire().await {
-                    Ok(true) => {}
+                    Ok(true) => crate::metrics::leading(true),
                     Ok(false) => {
                         glommio::timer::sleep(STANDBY_POLL).await;
                         continue;
@@ -313,6 +314,7 @@ impl Healer {
                 st.passes += 1;
                 st.phase = "idle".into();
                 st.last_pass_secs = started.elapsed().as_secs_f64();
+                crate::metrics::pass(started.elapsed());
                 st.request_done = true;
             }
             self.publish(&fence).await;
@@ -347,6 +349,7 @@ impl Healer {
             st.bytes_repaired = self.counters.bytes.get();
             serde_json::to_vec(&*st).unwrap_or_default()
         };
+        crate::metrics::status(&self.status.borrow(), self.lead.valid());
         if let Err(e) = fence.commit(STATUS_KEY, Some(body), None).await {
             tracing::debug!(error = %e, "publishing the healer status failed");
         }
@@ -470,11 +473,13 @@ impl Healer {
                     } = d
                     {
                         tracing::info!(key = %f.key, class = ?f.class(), rebuilt, moved, waiting, "repaired");
+                        crate::metrics::shards(rebuilt as u64, moved as u64);
                         if waiting > 0 {
                             self.status.borrow_mut().repairs_waiting += 1;
                         }
                     }
                     self.status.borrow_mut().repairs_done += 1;
+                    crate::metrics::repair("done");
                     let mut bad = self.bad.borrow_mut();
                     for m in &f.missing {
                         if let Some(node) = crate::audit::slots(&f.meta)
@@ -494,14 +499,17 @@ impl Healer {
                 Err(Error::NoPlace(m)) => {
                     tracing::debug!(key = %f.key, reason = %m, "repair waits for nodes");
                     self.status.borrow_mut().repairs_waiting += 1;
+                    crate::metrics::repair("waiting");
                 }
                 Err(Error::Changed(m)) => {
                     tracing::debug!(key = %f.key, reason = %m, "record changed; the next pass audits it again");
                     self.status.borrow_mut().repairs_done += 1;
+                    crate::metrics::repair("changed");
                 }
                 Err(e) => {
                     tracing::warn!(key = %f.key, error = %e, "repair failed; the next pass tries again");
                     self.status.borrow_mut().repairs_failed += 1;
+                    crate::metrics::repair("failed");
                 }
             }
         }
@@ -579,6 +587,7 @@ impl Healer {
                 })
                 .await?;
             self.status.borrow_mut().wal_entries_finished += n;
+            crate::metrics::wal_finished(n);
         }
         Ok(())
     }
@@ -628,6 +637,7 @@ impl Healer {
         }
         let mut st = self.status.borrow_mut();
         st.orphans_deleted += deleted.get();
+        crate::metrics::orphans_deleted(deleted.get());
         st.orphans_tracked = seen.len() as u64;
         if deleted.get() > 0 {
             tracing::info!(deleted = deleted.get(), "orphan shards collected");

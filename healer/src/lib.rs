@@ -29,6 +29,7 @@ pub mod healer;
 pub mod inventory;
 pub mod lease;
 pub mod limits;
+pub mod metrics;
 pub mod repair;
 pub mod status;
 pub mod throttle;

@@ -83,6 +83,7 @@ impl Ctx {
         let data = c.get(id).await?;
         self.throttle.take(data.len() as u64).await;
         add(&self.counters.bytes, data.len() as u64);
+        crate::metrics::bytes(data.len() as u64);
         Ok(data)
     }
 
@@ -92,6 +93,7 @@ impl Ctx {
         let c = self.nodes.client(node).await?;
         c.put(id, data).await?;
         add(&self.counters.bytes, data.len() as u64);
+        crate::metrics::bytes(data.len() as u64);
         Ok(())
     }
 

@@ -27,6 +27,9 @@ pub struct Process {
     pub name: String,
     pub addr: String,
     pub pid: u32,
+    /// Where it serves Prometheus metrics (`http://ADDR/metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// The cluster file to use: the flag, `$TESSERA_CLUSTER`, or the default.

@@ -55,6 +55,9 @@ struct Cli {
     /// Objects up to this many bytes are replicated ×3 instead.
     #[arg(long, default_value_t = INLINE_MAX_BYTES_DEFAULT)]
     inline_max: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Log filter (else TESSERA_LOG, else "info").
     #[arg(long)]
     log: Option<String>,
@@ -87,6 +90,10 @@ fn main() -> Result<()> {
             .context("--pool")?,
     };
     cfg.validate().context("settings")?;
+    if let Some(m) = cli.metrics {
+        let at = tessera_metrics::serve(m).with_context(|| format!("--metrics {m}"))?;
+        tracing::info!(%at, "metrics at http://{at}/metrics");
+    }
     tessera_engine::raise_memlock().context("io_uring needs locked memory")?;
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

@@ -50,6 +50,9 @@ struct Cli {
     /// [default: 256].
     #[arg(long)]
     rate_mib: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
     /// Log filter (else the file's, else TESSERA_LOG, else "info").
     #[arg(long)]
     log: Option<String>,
@@ -114,6 +117,10 @@ fn main() -> Result<()> {
             .saturating_mul(1 << 20),
     };
     cfg.validate().context("settings")?;
+    if let Some(m) = cli.metrics.or(file.metrics) {
+        let at = tessera_metrics::serve(m).with_context(|| format!("--metrics {m}"))?;
+        tracing::info!(%at, "metrics at http://{at}/metrics");
+    }
     tessera_engine::raise_memlock().context("io_uring needs locked memory")?;
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
