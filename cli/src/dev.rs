@@ -297,7 +297,11 @@ pub fn run(args: DevArgs) -> Result<()> {
             ])
             .arg("--data")
             .arg(data.join(format!("metad-{}", i + 1)));
-            procs.push(spawn(&data, &format!("metad-{}", i + 1), a, c)?);
+            let m = metrics_addr()?;
+            c.args(["--metrics", &m]);
+            let mut r = spawn(&data, &format!("metad-{}", i + 1), a, c)?;
+            r.metrics = Some(m);
+            procs.push(r);
         }
         let metad_list = metad_addrs.join(",");
         for (i, port) in l.chunk_ports.iter().enumerate() {

@@ -17,9 +17,10 @@
 //!    draining the new node empties it, and then it is removed;
 //! 4. with two other chunk servers killed, every object reads.
 //!
-//! After phase 1 the gateway's, a chunk server's and the healer leader's
-//! Prometheus endpoints are scraped: they parse, and their counters moved
-//! with the reads and repairs.
+//! After phase 1 the gateway's, a chunk server's, the metad replicas' and
+//! the healer leader's Prometheus endpoints are scraped: they parse, their
+//! counters moved with the reads and repairs, and every raft group has
+//! exactly one leader among the replicas.
 
 mod common;
 use common::*;
@@ -412,6 +413,29 @@ fn healer_end_to_end() {
             "tessera_chunkd_requests_total",
             &[("op", "get"), ("result", "ok")]
         ) > 0.0
+    );
+    let md: Vec<prometheus_parse::Scrape> = (1..=3)
+        .map(|i| scrape(&dev, &format!("metad-{i}")))
+        .collect();
+    assert!(
+        md.iter()
+            .map(|m| sample(m, "tessera_metad_requests_total", &[("op", "get")]))
+            .sum::<f64>()
+            > 0.0
+    );
+    // Every group has exactly one leader among the three replicas.
+    let leaders: f64 = md
+        .iter()
+        .map(|m| sample(m, "tessera_metad_raft_is_leader", &[]))
+        .sum();
+    let groups = md[0]
+        .samples
+        .iter()
+        .filter(|x| x.metric == "tessera_metad_raft_term")
+        .count() as f64;
+    assert!(
+        groups > 0.0 && leaders == groups,
+        "{leaders} leaders for {groups} groups"
     );
     let h = scrape(&dev, &leader);
     assert_eq!(sample(&h, "tessera_healer_leader", &[]), 1.0);

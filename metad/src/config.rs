@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub groups: Option<u32>,
     pub wal_partitions: Option<u32>,
     pub join: Option<bool>,
+    /// Where to serve Prometheus metrics (`host:port`).
+    pub metrics: Option<std::net::SocketAddr>,
     #[serde(default)]
     pub raft: RaftTuning,
 }

@@ -21,6 +21,7 @@ pub mod error;
 pub mod keys;
 pub mod limits;
 pub mod log_store;
+pub mod metrics;
 pub mod net;
 pub mod replica;
 pub mod server;

@@ -49,6 +49,9 @@ struct Args {
     /// Start empty and wait to be added with addVoter.
     #[arg(long)]
     join: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, default_value = "info,openraft=off")]
     log: String,
@@ -96,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         join: args.join || file.join.unwrap_or(false),
         raft: file.raft,
     };
+    let metrics = args.metrics.or(file.metrics);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -106,6 +110,11 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let groups = cfg.groups;
         let replica = Replica::start(cfg).await?;
+        if let Some(m) = metrics {
+            let at = tessera_metrics::serve(m).with_context(|| format!("--metrics {m}"))?;
+            tracing::info!(%at, "metrics at http://{at}/metrics");
+            tokio::task::spawn_local(tessera_metad::metrics::raft_gauges(replica.clone()));
+        }
         println!(
             "metad {id} listening on {} ({groups} groups)",
             listener.local_addr()?

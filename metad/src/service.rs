@@ -33,6 +33,22 @@ pub struct Failure {
     leader: Option<(NodeId, String)>,
 }
 
+impl Failure {
+    /// The kind as a metric label.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::InvalidArgument => "invalid",
+            ErrorKind::NotLeader => "not_leader",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Stale => "stale",
+            ErrorKind::Full => "full",
+        }
+    }
+}
+
 fn fail(kind: ErrorKind, message: impl Into<String>) -> Failure {
     Failure {
         kind,
@@ -404,6 +420,7 @@ impl metad::Server for MetadService {
         mut results: metad::GetResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let key = p.get_key()?.to_vec();
@@ -414,6 +431,11 @@ impl metad::Server for MetadService {
                 Ok::<_, Failure>(g.sm.with(|d| d.kv.get(&key).cloned()).map(|v| (key, v)))
             }
             .await;
+            crate::metrics::observe(
+                "get",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |found| if let Some((key, v)) = found {
                 let mut b = results.get();
                 b.set_found(true);
@@ -431,6 +453,7 @@ impl metad::Server for MetadService {
         mut results: metad::WriteResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let op = read_write_op(p.get_op()?)?;
@@ -447,6 +470,11 @@ impl metad::Server for MetadService {
                 }
             }
             .await;
+            crate::metrics::observe(
+                "write",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |w| {
                 let mut b = results.get().init_result();
                 b.set_version(w.version);
@@ -461,6 +489,7 @@ impl metad::Server for MetadService {
         mut results: metad::BatchResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let list = p.get_ops()?;
@@ -503,6 +532,11 @@ impl metad::Server for MetadService {
                 }
             }
             .await;
+            crate::metrics::observe(
+                "batch",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |w| {
                 let mut l = results.get().init_results(w.len() as u32);
                 for (i, x) in w.iter().enumerate() {
@@ -520,6 +554,7 @@ impl metad::Server for MetadService {
         mut results: metad::ListResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let g = self.meta_group(p.get_group())?.clone();
@@ -561,6 +596,11 @@ impl metad::Server for MetadService {
                 }))
             }
             .await;
+            crate::metrics::observe(
+                "list",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |(items, more)| {
                 let mut b = results.get();
                 b.set_more(more);
@@ -581,6 +621,7 @@ impl metad::Server for MetadService {
         mut results: metad::RegisterNodeResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let node_id = p.get_node_id()?.to_str()?.to_string();
@@ -607,6 +648,11 @@ impl metad::Server for MetadService {
                 }
             }
             .await;
+            crate::metrics::observe(
+                "register_node",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |()| ())
         }
     }
@@ -617,6 +663,7 @@ impl metad::Server for MetadService {
         mut results: metad::HeartbeatResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let node_id = p.get_node_id()?.to_str()?.to_string();
@@ -637,6 +684,11 @@ impl metad::Server for MetadService {
                 }
             }
             .await;
+            crate::metrics::observe(
+                "heartbeat",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |()| ())
         }
     }
@@ -647,12 +699,18 @@ impl metad::Server for MetadService {
         mut results: metad::ListNodesResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let g = self.replica.groups[SYSTEM_GROUP as usize].clone();
                 self.read_gate(&g, ReadMode::Linearizable, 0).await?;
                 Ok::<_, Failure>(g.sm.with(|d| d.nodes.clone()))
             }
             .await;
+            crate::metrics::observe(
+                "list_nodes",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             let now = wall_ms();
             respond!(results, r, |nodes| {
                 let mut l = results.get().init_nodes(nodes.len() as u32);
@@ -678,6 +736,7 @@ impl metad::Server for MetadService {
         mut results: metad::AcquireLeaseResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let name = p.get_name()?.to_vec();
@@ -708,6 +767,11 @@ impl metad::Server for MetadService {
                 }
             }
             .await;
+            crate::metrics::observe(
+                "acquire_lease",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             let now = wall_ms();
             respond!(results, r, |(name, ok, lease)| {
                 results.get().set_granted(ok);
@@ -722,6 +786,7 @@ impl metad::Server for MetadService {
         mut results: metad::RenewLeaseResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let name = p.get_name()?.to_vec();
@@ -746,6 +811,11 @@ impl metad::Server for MetadService {
                 }
             }
             .await;
+            crate::metrics::observe(
+                "renew_lease",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             let now = wall_ms();
             respond!(results, r, |(name, ok, lease)| {
                 results.get().set_renewed(ok);
@@ -760,6 +830,7 @@ impl metad::Server for MetadService {
         mut results: metad::ReleaseLeaseResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let name = p.get_name()?.to_vec();
@@ -782,6 +853,11 @@ impl metad::Server for MetadService {
                 .map(|_| ())
             }
             .await;
+            crate::metrics::observe(
+                "release_lease",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |()| ())
         }
     }
@@ -792,6 +868,7 @@ impl metad::Server for MetadService {
         mut results: metad::GetLeaseResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let name = params.get()?.get_name()?.to_vec();
                 check_name("name", &name)?;
@@ -800,6 +877,11 @@ impl metad::Server for MetadService {
                 Ok::<_, Failure>((g.sm.with(|d| d.leases.get(&name).cloned()), name))
             }
             .await;
+            crate::metrics::observe(
+                "get_lease",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             let now = wall_ms();
             respond!(results, r, |(lease, name)| if let Some(l) = lease {
                 results
@@ -873,6 +955,7 @@ impl metad::Server for MetadService {
         mut results: metad::AddVoterResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let g = self.group(p.get_group())?.clone();
@@ -925,6 +1008,11 @@ impl metad::Server for MetadService {
                 Ok(())
             }
             .await;
+            crate::metrics::observe(
+                "add_voter",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |()| ())
         }
     }
@@ -935,6 +1023,7 @@ impl metad::Server for MetadService {
         mut results: metad::RemoveVoterResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let g = self.group(p.get_group())?.clone();
@@ -980,6 +1069,11 @@ impl metad::Server for MetadService {
                 Ok(())
             }
             .await;
+            crate::metrics::observe(
+                "remove_voter",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |()| ())
         }
     }
@@ -1006,6 +1100,7 @@ impl metad::Server for MetadService {
         mut results: metad::WalAppendResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let g = self.wal(p.get_partition())?.clone();
@@ -1031,6 +1126,11 @@ impl metad::Server for MetadService {
                 }
             }
             .await;
+            crate::metrics::observe(
+                "wal_append",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |offset| results.get().set_offset(offset))
         }
     }
@@ -1041,6 +1141,7 @@ impl metad::Server for MetadService {
         mut results: metad::WalReadResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let g = self.wal(p.get_partition())?.clone();
@@ -1081,6 +1182,11 @@ impl metad::Server for MetadService {
                 }))
             }
             .await;
+            crate::metrics::observe(
+                "wal_read",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |(entries, next, truncated)| {
                 let mut b = results.get();
                 b.set_next(next);
@@ -1104,6 +1210,7 @@ impl metad::Server for MetadService {
         mut results: metad::WalFinishResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let g = self.wal(p.get_partition())?.clone();
@@ -1131,6 +1238,11 @@ impl metad::Server for MetadService {
                 }
             }
             .await;
+            crate::metrics::observe(
+                "wal_finish",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |t| results.get().set_truncated_before(t))
         }
     }
@@ -1141,6 +1253,7 @@ impl metad::Server for MetadService {
         mut results: metad::WalClaimResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let g = self.wal(p.get_partition())?.clone();
@@ -1161,6 +1274,11 @@ impl metad::Server for MetadService {
                 }
             }
             .await;
+            crate::metrics::observe(
+                "wal_claim",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |n| results.get().set_claimed(n))
         }
     }
@@ -1171,6 +1289,7 @@ impl metad::Server for MetadService {
         mut results: metad::WalSetPositionResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let g = self.wal(p.get_partition())?.clone();
@@ -1183,6 +1302,11 @@ impl metad::Server for MetadService {
                 self.propose(&g, 0, 0, op).await.map(|_| ())
             }
             .await;
+            crate::metrics::observe(
+                "wal_set_position",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             respond!(results, r, |()| ())
         }
     }
@@ -1193,6 +1317,7 @@ impl metad::Server for MetadService {
         mut results: metad::WalStatusResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         async move {
+            let started = std::time::Instant::now();
             let r = async {
                 let p = params.get()?;
                 let g = self.wal(p.get_partition())?.clone();
@@ -1210,6 +1335,11 @@ impl metad::Server for MetadService {
                 }))
             }
             .await;
+            crate::metrics::observe(
+                "wal_status",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
             let parts = self.replica.wal_partitions;
             respond!(results, r, |(next, trunc, unf, unf_bytes, positions)| {
                 let mut b = results.get();

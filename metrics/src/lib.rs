@@ -419,10 +419,14 @@ mod tests {
     #[test]
     fn label_values_and_help_are_escaped() {
         let r = Registry::default();
-        r.counter("e_total", "a \\ b\nc", &[("k", "q\"b\\n\nx")]).inc();
+        r.counter("e_total", "a \\ b\nc", &[("k", "q\"b\\n\nx")])
+            .inc();
         let text = r.render();
         assert!(text.contains("# HELP e_total a \\\\ b\\nc\n"), "{text}");
-        assert!(text.contains("e_total{k=\"q\\\"b\\\\n\\nx\"} 1\n"), "{text}");
+        assert!(
+            text.contains("e_total{k=\"q\\\"b\\\\n\\nx\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[test]

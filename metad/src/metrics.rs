@@ -1,0 +1,83 @@
+//! metad's Prometheus metrics (served with `--metrics ADDR`): requests by
+//! operation and result with their latency, and per raft group the term,
+//! the last log and applied indexes, whether this replica leads, and how
+//! often the leader changed.
+
+use crate::replica::Replica;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tessera_metrics::global;
+
+/// How often the raft gauges are refreshed.
+pub const RAFT_GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// Records one request of `op` that started at `started`; `err` is the
+/// failure kind's name, if it failed.
+pub fn observe(op: &'static str, started: Instant, err: Option<&'static str>) {
+    let reg = global();
+    reg.histogram(
+        "tessera_metad_request_seconds",
+        "metad request latency by operation, seconds.",
+        &[("op", op)],
+    )
+    .observe_duration(started.elapsed());
+    reg.counter(
+        "tessera_metad_requests_total",
+        "metad requests by operation and result.",
+        &[("op", op), ("result", err.unwrap_or("ok"))],
+    )
+    .inc();
+}
+
+/// Refreshes the raft gauges every [`RAFT_GAUGES_EVERY`] until the replica
+/// is dropped elsewhere (runs on the replica's LocalSet).
+pub async fn raft_gauges(rep: Rc<Replica>) {
+    let reg = global();
+    let mut last_leader: HashMap<u32, Option<u64>> = HashMap::new();
+    loop {
+        for g in &rep.groups {
+            let m = g.raft.metrics().borrow().clone();
+            let group = g.id.to_string();
+            let l = [("group", group.as_str())];
+            reg.gauge(
+                "tessera_metad_raft_term",
+                "Current raft term, per group.",
+                &l,
+            )
+            .set(m.current_term as f64);
+            reg.gauge(
+                "tessera_metad_raft_last_log_index",
+                "Last log index, per group.",
+                &l,
+            )
+            .set(m.last_log_index.unwrap_or(0) as f64);
+            reg.gauge(
+                "tessera_metad_raft_applied_index",
+                "Last applied index, per group.",
+                &l,
+            )
+            .set(m.last_applied.map_or(0, |x| x.index) as f64);
+            reg.gauge(
+                "tessera_metad_raft_is_leader",
+                "1 when this replica leads the group.",
+                &l,
+            )
+            .set(if m.current_leader == Some(rep.id) {
+                1.0
+            } else {
+                0.0
+            });
+            let prev = last_leader.insert(g.id, m.current_leader);
+            if prev.is_some_and(|p| p != m.current_leader) {
+                reg.counter(
+                    "tessera_metad_raft_leader_changes_total",
+                    "Leader changes seen by this replica, per group.",
+                    &l,
+                )
+                .inc();
+            }
+        }
+        tokio::time::sleep(RAFT_GAUGES_EVERY).await;
+    }
+}
