@@ -21,17 +21,5 @@ fn result_name(e: Option<RemoteKind>) -> &'static str {
 
 /// Records one request of `op` that started at `started`.
 pub fn observe(op: &'static str, started: Instant, err: Option<RemoteKind>) {
-    let reg = tessera_metrics::global();
-    reg.histogram(
-        "tessera_chunkd_request_seconds",
-        "Chunk server request latency by operation, seconds.",
-        &[("op", op)],
-    )
-    .observe_duration(started.elapsed());
-    reg.counter(
-        "tessera_chunkd_requests_total",
-        "Chunk server requests by operation and result.",
-        &[("op", op), ("result", result_name(err))],
-    )
-    .inc();
+    tessera_metrics::observe_request("chunkd", op, started, result_name(err));
 }

@@ -20,17 +20,5 @@ fn result_name(e: Option<&Error>) -> &'static str {
 
 /// Records one request of `op` that started at `started`.
 pub fn observe(op: &'static str, started: Instant, err: Option<&Error>) {
-    let reg = tessera_metrics::global();
-    reg.histogram(
-        "tessera_gateway_request_seconds",
-        "Gateway request latency by operation, seconds.",
-        &[("op", op)],
-    )
-    .observe_duration(started.elapsed());
-    reg.counter(
-        "tessera_gateway_requests_total",
-        "Gateway requests by operation and result.",
-        &[("op", op), ("result", result_name(err))],
-    )
-    .inc();
+    tessera_metrics::observe_request("gateway", op, started, result_name(err));
 }

@@ -15,19 +15,7 @@ pub const RAFT_GAUGES_EVERY: Duration = Duration::from_secs(1);
 /// Records one request of `op` that started at `started`; `err` is the
 /// failure kind's name, if it failed.
 pub fn observe(op: &'static str, started: Instant, err: Option<&'static str>) {
-    let reg = global();
-    reg.histogram(
-        "tessera_metad_request_seconds",
-        "metad request latency by operation, seconds.",
-        &[("op", op)],
-    )
-    .observe_duration(started.elapsed());
-    reg.counter(
-        "tessera_metad_requests_total",
-        "metad requests by operation and result.",
-        &[("op", op), ("result", err.unwrap_or("ok"))],
-    )
-    .inc();
+    tessera_metrics::observe_request("metad", op, started, err.unwrap_or("ok"));
 }
 
 /// Refreshes the raft gauges every [`RAFT_GAUGES_EVERY`] until the replica

@@ -320,6 +320,26 @@ fn fmt_labels(labels: &Labels, le: Option<&str>) -> String {
     format!("{{{}}}", parts.join(","))
 }
 
+/// Records one request of daemon `daemon`'s operation `op` that started
+/// at `started` and ended with `result` ("ok" or an error kind), as
+/// `tessera_DAEMON_requests_total{op,result}` and
+/// `tessera_DAEMON_request_seconds{op}`.
+pub fn observe_request(daemon: &str, op: &str, started: std::time::Instant, result: &str) {
+    let reg = global();
+    reg.histogram(
+        &format!("tessera_{daemon}_request_seconds"),
+        &format!("{daemon} request latency by operation, seconds."),
+        &[("op", op)],
+    )
+    .observe_duration(started.elapsed());
+    reg.counter(
+        &format!("tessera_{daemon}_requests_total"),
+        &format!("{daemon} requests by operation and result."),
+        &[("op", op), ("result", result)],
+    )
+    .inc();
+}
+
 /// The process's registry.
 pub fn global() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();
