@@ -14,6 +14,7 @@
 
 pub mod bridge;
 pub mod codec;
+pub mod config;
 pub mod doc;
 pub mod error;
 pub mod gf256;

@@ -71,3 +71,5 @@ pub const CHUNK_CALL_ATTEMPTS: u32 = 2;
 /// Largest object record or WAL intent decoded, in bytes (metad values are
 /// at most 256 KiB; WAL entries at most 1 MiB).
 pub const RECORD_DECODE_MAX_BYTES: u64 = 1 << 20;
+/// The port a gateway listens on by default (on 127.0.0.1: exposing it is a decision).
+pub const LISTEN_PORT_DEFAULT: u16 = 7300;

@@ -45,6 +45,21 @@ impl Default for ClientOptions {
     }
 }
 
+/// The metad replicas a daemon uses: its `--metad` flag if given, else its
+/// settings file's `metad`; `None` when neither names one.
+pub fn seeds_from(flag: &[String], file: Option<&Vec<String>>) -> Option<Vec<String>> {
+    let seeds = if flag.is_empty() {
+        file.cloned().unwrap_or_default()
+    } else {
+        flag.to_vec()
+    };
+    (!seeds.is_empty()).then_some(seeds)
+}
+
+/// What a daemon says when no metad replica is configured.
+pub const NO_SEEDS_MESSAGE: &str =
+    "no metad address: pass --metad HOST:PORT[,...] or set `metad` in the --config file";
+
 /// One write of a batch.
 #[derive(Debug, Clone)]
 pub struct WriteSpec {

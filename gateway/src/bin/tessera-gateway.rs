@@ -9,6 +9,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use tessera_gateway::bridge::MetaBridge;
+use tessera_gateway::config::GatewayFile;
 use tessera_gateway::limits::*;
 use tessera_gateway::objects::{Objects, ObjectsConfig};
 use tessera_gateway::service::GatewayService;
@@ -25,72 +26,108 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Tessera gateway: the object API over chunk servers and metad"
 )]
 struct Cli {
-    /// Listen address (port 0 picks one; it is printed).
-    #[arg(long, default_value = "127.0.0.1:7300")]
-    listen: SocketAddr,
+    /// Settings file (TOML; every key optional, unknown keys refused; see
+    /// docs/CONFIG.md); the flags below override it.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Listen address (port 0 picks one; it is printed) [default: 127.0.0.1:7300].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// metad replicas, comma separated host:port (any of them will do).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',')]
     metad: Vec<String>,
     /// This gateway's name in the WAL: keep it across restarts so that
-    /// replay finds its unfinished writes.
-    #[arg(long, default_value = "gateway-1")]
-    id: String,
-    /// Data shards of the erasure code.
-    #[arg(long, default_value_t = DATA_SHARDS_DEFAULT)]
-    k: u8,
-    /// Parity shards of the erasure code.
-    #[arg(long, default_value_t = PARITY_SHARDS_DEFAULT)]
-    m: u8,
-    /// Shard size of erasure-coded objects, in bytes.
-    #[arg(long, default_value_t = SHARD_BYTES_DEFAULT)]
-    shard_bytes: u32,
+    /// replay finds its unfinished writes [default: gateway-1].
+    #[arg(long)]
+    id: Option<String>,
+    /// Data shards of the erasure code [default: 4].
+    #[arg(long)]
+    k: Option<u8>,
+    /// Parity shards of the erasure code [default: 2].
+    #[arg(long)]
+    m: Option<u8>,
+    /// Shard size of erasure-coded objects, in bytes [default: 1048576].
+    #[arg(long)]
+    shard_bytes: Option<u32>,
     /// Erasure code of new objects: cauchy256 (GF(2^8), rebuilds as fast as
-    /// it encodes) or rs-simd (GF(2^16)); every object records its own.
-    #[arg(long, default_value = "cauchy256")]
-    codec: String,
+    /// it encodes) or rs-simd (GF(2^16)); every object records its own
+    /// [default: cauchy256].
+    #[arg(long)]
+    codec: Option<String>,
     /// Another erasure code for keys under a prefix, PREFIX=K+M[:CODEC]
     /// (e.g. `logs/=8+3`); repeatable, the longest prefix wins.
     #[arg(long)]
     pool: Vec<String>,
-    /// Objects up to this many bytes are replicated ×3 instead.
-    #[arg(long, default_value_t = INLINE_MAX_BYTES_DEFAULT)]
-    inline_max: u64,
+    /// Objects up to this many bytes are replicated ×3 instead [default: 65536].
+    #[arg(long)]
+    inline_max: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
-    /// Log filter (else TESSERA_LOG, else "info").
+    /// Log filter (else the file's, else TESSERA_LOG, else "info").
     #[arg(long)]
     log: Option<String>,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let file = match &cli.config {
+        Some(p) => GatewayFile::read(p).context("--config")?,
+        None => GatewayFile::default(),
+    };
     let filter = cli
         .log
         .clone()
+        .or(file.log.clone())
         .or_else(|| std::env::var("TESSERA_LOG").ok())
         .unwrap_or_else(|| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
+    let metad = tessera_metad::client::seeds_from(&cli.metad, file.metad.as_ref())
+        .context(tessera_metad::client::NO_SEEDS_MESSAGE)?;
+    let codec = cli
+        .codec
+        .clone()
+        .or(file.codec.clone())
+        .unwrap_or_else(|| "cauchy256".into());
+    let pools = if cli.pool.is_empty() {
+        file.pools.clone().unwrap_or_default()
+    } else {
+        cli.pool.clone()
+    };
+    let listen = cli
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], LISTEN_PORT_DEFAULT)));
     let cfg = ObjectsConfig {
-        gateway_id: cli.id.clone(),
-        k: cli.k,
-        m: cli.m,
-        shard_bytes: cli.shard_bytes,
-        inline_max: cli.inline_max,
-        codec: tessera_gateway::meta::CodecId::parse(&cli.codec)
-            .with_context(|| format!("--codec {:?}: use cauchy256 or rs-simd", cli.codec))?,
-        pools: cli
-            .pool
+        gateway_id: cli
+            .id
+            .clone()
+            .or(file.id.clone())
+            .unwrap_or_else(|| "gateway-1".into()),
+        k: cli.k.or(file.k).unwrap_or(DATA_SHARDS_DEFAULT),
+        m: cli.m.or(file.m).unwrap_or(PARITY_SHARDS_DEFAULT),
+        shard_bytes: cli
+            .shard_bytes
+            .or(file.shard_bytes)
+            .unwrap_or(SHARD_BYTES_DEFAULT),
+        inline_max: cli
+            .inline_max
+            .or(file.inline_max)
+            .unwrap_or(INLINE_MAX_BYTES_DEFAULT),
+        codec: tessera_gateway::meta::CodecId::parse(&codec)
+            .with_context(|| format!("codec {codec:?}: use cauchy256 or rs-simd"))?,
+        pools: pools
             .iter()
             .map(|p| tessera_gateway::objects::Pool::parse(p))
             .collect::<Result<_, _>>()
-            .context("--pool")?,
+            .context("pool")?,
     };
     cfg.validate().context("settings")?;
-    if let Some(m) = cli.metrics {
+    let gateway_id = cfg.gateway_id.clone();
+    if let Some(m) = cli.metrics.or(file.metrics) {
         let at = tessera_metrics::serve(m).with_context(|| format!("--metrics {m}"))?;
         tracing::info!(%at, "metrics at http://{at}/metrics");
     }
@@ -100,9 +137,8 @@ fn main() -> Result<()> {
         signal_hook::consts::SIGINT,
     ])
     .context("installing signal handlers")?;
-    let bridge = MetaBridge::start(cli.metad.clone()).context("connecting to metad")?;
+    let bridge = MetaBridge::start(metad).context("connecting to metad")?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
-    let listen = cli.listen;
     let _executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("tessera-gateway")
         .spawn(move || async move {
@@ -163,7 +199,7 @@ fn main() -> Result<()> {
         Err(_) => anyhow::bail!("the gateway executor stopped while starting"),
     };
     let mut out = std::io::stdout();
-    let _ = writeln!(out, "gateway {} listening on {addr}", cli.id);
+    let _ = writeln!(out, "gateway {gateway_id} listening on {addr}");
     let _ = out.flush();
     let sig = signals.forever().next();
     tracing::info!(

@@ -74,16 +74,8 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
-    let metad = if cli.metad.is_empty() {
-        file.metad.clone().unwrap_or_default()
-    } else {
-        cli.metad.clone()
-    };
-    if metad.is_empty() {
-        anyhow::bail!(
-            "no metad address: pass --metad HOST:PORT[,...] or set `metad` in the --config file"
-        );
-    }
+    let metad = tessera_metad::client::seeds_from(&cli.metad, file.metad.as_ref())
+        .context(tessera_metad::client::NO_SEEDS_MESSAGE)?;
     let id = cli
         .id
         .clone()
