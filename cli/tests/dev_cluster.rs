@@ -20,7 +20,9 @@
 //! 5. with fewer live chunk servers than k, a large write is refused with
 //!    `insufficientNodes` (exit code 4) and a small one still works;
 //! 6. Ctrl-C and a second `tessera dev` on the same directory bring every
-//!    object back.
+//!    object back;
+//! 7. a flood of connections from one address is cut at the per-peer limit
+//!    and a client from another address is still served.
 
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
@@ -513,6 +515,50 @@ fn dev_cluster_end_to_end() {
             );
         }
     });
+
+    // 7. A flood of connections from one address (127.0.0.2) is cut at the
+    // per-peer limit, and a client from another address is still served.
+    let flood: Vec<std::net::TcpStream> = (0..FLOOD_CONNECTIONS)
+        .map(|_| connect_from([127, 0, 0, 2], gw))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let closed = flood
+        .iter()
+        .filter(|s| {
+            use std::io::Read;
+            s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            matches!((&mut &**s).read(&mut b), Ok(0))
+        })
+        .count();
+    assert!(
+        closed >= FLOOD_CONNECTIONS - PER_PEER_DEFAULT,
+        "{closed} of {FLOOD_CONNECTIONS} flood connections were closed; the cap is {PER_PEER_DEFAULT} per peer"
+    );
+    with_client(gw, |c| async move {
+        c.put("flood/ok", b"served")
+            .await
+            .expect("a put beside a flood");
+        assert_eq!(
+            c.get("flood/ok").await.expect("a get beside a flood"),
+            b"served"
+        );
+    });
+    drop(flood);
+}
+
+/// Connections one peer may hold by default (the gateway's
+/// `CONNECTIONS_PER_PEER_DEFAULT`).
+const PER_PEER_DEFAULT: usize = 512;
+/// Connections the flood opens.
+const FLOOD_CONNECTIONS: usize = 600;
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn connect_from(from: [u8; 4], to: SocketAddr) -> std::net::TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    s.into()
 }
 
 /// Every unfinished WAL entry of the gateway names a committed, dirty

@@ -24,6 +24,7 @@ pub struct GatewayFile {
     pub inline_max: Option<u64>,
     pub metrics: Option<SocketAddr>,
     pub log: Option<String>,
+    pub connections_per_peer: Option<usize>,
 }
 
 impl GatewayFile {

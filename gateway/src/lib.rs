@@ -12,6 +12,7 @@
 //!   writes, compare-and-set commit, degraded reads) and WAL replay;
 //! - [`service`] serves the Cap'n Proto `Gateway` interface.
 
+pub mod admission;
 pub mod bridge;
 pub mod codec;
 pub mod config;

@@ -73,3 +73,6 @@ pub const CHUNK_CALL_ATTEMPTS: u32 = 2;
 pub const RECORD_DECODE_MAX_BYTES: u64 = 1 << 20;
 /// The port a gateway listens on by default (on 127.0.0.1: exposing it is a decision).
 pub const LISTEN_PORT_DEFAULT: u16 = 7300;
+/// Open connections one peer address may hold by default (a client
+/// flooding connections cannot lock the others out).
+pub const CONNECTIONS_PER_PEER_DEFAULT: usize = 512;

@@ -7,7 +7,6 @@ use futures::FutureExt;
 use glommio::net::TcpListener;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use tessera_gateway::bridge::MetaBridge;
 use tessera_gateway::config::GatewayFile;
 use tessera_gateway::limits::*;
@@ -64,6 +63,9 @@ struct Cli {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Open connections one peer address may hold [default: 512].
+    #[arg(long)]
+    connections_per_peer: Option<usize>,
     /// Log filter (else the file's, else TESSERA_LOG, else "info").
     #[arg(long)]
     log: Option<String>,
@@ -127,6 +129,10 @@ fn main() -> Result<()> {
     };
     cfg.validate().context("settings")?;
     let gateway_id = cfg.gateway_id.clone();
+    let per_peer = cli
+        .connections_per_peer
+        .or(file.connections_per_peer)
+        .unwrap_or(CONNECTIONS_PER_PEER_DEFAULT);
     if let Some(m) = cli.metrics.or(file.metrics) {
         let at = tessera_metrics::serve(m).with_context(|| format!("--metrics {m}"))?;
         tracing::info!(%at, "metrics at http://{at}/metrics");
@@ -164,7 +170,16 @@ fn main() -> Result<()> {
             let _ = ready_tx.send(listener.local_addr().map_err(|e| e.to_string()));
             let service: gateway::Client =
                 capnp_rpc::new_client(GatewayService::new(objects.clone()));
-            let open = Rc::new(std::cell::Cell::new(0usize));
+            let admission = tessera_gateway::admission::Admission::new(per_peer);
+            let refused = |why: &'static str| {
+                tessera_metrics::global()
+                    .counter(
+                        "tessera_gateway_connections_refused_total",
+                        "Connections closed at once, by the limit they hit.",
+                        &[("limit", why)],
+                    )
+                    .inc()
+            };
             loop {
                 let stream = match listener.accept().await {
                     Ok(s) => s,
@@ -174,20 +189,31 @@ fn main() -> Result<()> {
                         continue;
                     }
                 };
-                if open.get() >= CONNECTIONS_MAX {
-                    tracing::warn!(limit = CONNECTIONS_MAX, "connection limit reached; closing a new connection");
-                    continue;
-                }
-                open.set(open.get() + 1);
+                let peer = match stream.peer_addr() {
+                    Ok(a) => a.ip(),
+                    Err(_) => continue,
+                };
+                let slot = match admission.admit(peer) {
+                    Ok(s) => s,
+                    Err(tessera_gateway::admission::Refused::Total) => {
+                        refused("total");
+                        tracing::warn!(limit = CONNECTIONS_MAX, "connection limit reached; closing a new connection");
+                        continue;
+                    }
+                    Err(tessera_gateway::admission::Refused::Peer) => {
+                        refused("peer");
+                        tracing::debug!(%peer, limit = per_peer, "per-peer connection limit reached; closing a new connection");
+                        continue;
+                    }
+                };
                 let conn = tessera_rpc::conn::serve(stream, service.clone().client);
-                let open = open.clone();
                 glommio::spawn_local(async move {
                     match std::panic::AssertUnwindSafe(conn).catch_unwind().await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
                         Err(_) => tracing::error!("a connection panicked on its input; dropped"),
                     }
-                    open.set(open.get() - 1);
+                    drop(slot);
                 })
                 .detach();
             }
