@@ -23,3 +23,65 @@ fn result_name(e: Option<RemoteKind>) -> &'static str {
 pub fn observe(op: &'static str, started: Instant, err: Option<RemoteKind>) {
     tessera_metrics::observe_request("chunkd", op, started, result_name(err));
 }
+
+/// How often the engine gauges are refreshed.
+pub const ENGINE_GAUGES_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The engine's totals as gauges and (mirrored) counters.
+pub fn engine(s: &tessera_engine::Stats) {
+    let r = tessera_metrics::global();
+    for (name, help, v) in [
+        (
+            "tessera_chunkd_live_bytes",
+            "Bytes of live shards.",
+            s.live_bytes,
+        ),
+        (
+            "tessera_chunkd_dead_bytes",
+            "Bytes of replaced or deleted shards not yet compacted.",
+            s.dead_bytes,
+        ),
+        ("tessera_chunkd_live_shards", "Live shards.", s.live_shards),
+        (
+            "tessera_chunkd_segments",
+            "Segment files in use.",
+            s.segments,
+        ),
+        (
+            "tessera_chunkd_free_segments",
+            "Segment files ready for reuse.",
+            s.free_segments,
+        ),
+    ] {
+        r.gauge(name, help, &[]).set(v as f64);
+    }
+    for (name, help, v) in [
+        (
+            "tessera_chunkd_checksum_errors_total",
+            "Shards that failed their crc32c on read or scrub.",
+            s.checksum_errors,
+        ),
+        (
+            "tessera_chunkd_io_errors_total",
+            "Disk requests that failed.",
+            s.io_errors,
+        ),
+        (
+            "tessera_chunkd_compactions_total",
+            "Segments compacted.",
+            s.compactions,
+        ),
+        (
+            "tessera_chunkd_compacted_bytes_total",
+            "Bytes moved by compaction.",
+            s.compacted_bytes,
+        ),
+        (
+            "tessera_chunkd_flushed_bytes_total",
+            "Bytes written by group commits.",
+            s.flushed_bytes,
+        ),
+    ] {
+        r.counter(name, help, &[]).mirror(v);
+    }
+}

@@ -71,6 +71,26 @@ impl Server {
                         stream_budget: Rc::new(Cell::new(stream_budget)),
                         draining: Rc::new(Cell::new(false)),
                     });
+                    if i == 0 {
+                        // Engine gauges, from executor 0 only (the stats
+                        // cover every shard). A weak reference: this task
+                        // never keeps the engine shard open at shutdown.
+                        let weak = Rc::downgrade(&local);
+                        glommio::spawn_local(async move {
+                            loop {
+                                match weak.upgrade() {
+                                    Some(l) if !l.draining.get() => {
+                                        if let Ok(s) = l.engine.stats().await {
+                                            crate::metrics::engine(&s);
+                                        }
+                                    }
+                                    _ => break,
+                                }
+                                glommio::timer::sleep(crate::metrics::ENGINE_GAUGES_EVERY).await;
+                            }
+                        })
+                        .detach();
+                    }
                     let service: chunk_server::Client =
                         capnp_rpc::new_client(ChunkService::new(local.clone()));
                     let conns = Conns::default();

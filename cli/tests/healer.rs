@@ -414,6 +414,10 @@ fn healer_end_to_end() {
             &[("op", "get"), ("result", "ok")]
         ) > 0.0
     );
+    assert!(
+        sample(&c, "tessera_chunkd_live_bytes", &[]) > 0.0,
+        "engine gauges are exported"
+    );
     let md: Vec<prometheus_parse::Scrape> = (1..=3)
         .map(|i| scrape(&dev, &format!("metad-{i}")))
         .collect();

@@ -47,6 +47,11 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// Mirrors a monotonic count kept elsewhere (an engine's totals): the
+    /// counter becomes `v` unless it is already higher (it never goes down).
+    pub fn mirror(&self, v: u64) {
+        self.0.fetch_max(v, Ordering::Relaxed);
+    }
 }
 
 /// A gauge: any value (an f64 kept as bits).
