@@ -110,8 +110,12 @@ fn ours(codec: &dyn Codec, k: usize, m: usize) -> Result<(f64, f64)> {
     let d = data(k);
     let refs: Vec<&[u8]> = d.iter().map(|v| v.as_slice()).collect();
     let bytes = k * SHARD_BYTES;
+    // A failed call inside a timed loop is remembered and reported after.
+    let failed: std::cell::RefCell<Option<String>> = Default::default();
     let enc = rate(bytes, || {
-        std::hint::black_box(codec.encode(k, m, &refs).expect("encode"));
+        if let Err(e) = std::hint::black_box(codec.encode(k, m, &refs)) {
+            failed.borrow_mut().get_or_insert(e.to_string());
+        }
     });
     let parity = codec.encode(k, m, &refs)?;
     // Two data shards (0 and 1) missing: the rest and two parity shards.
@@ -140,8 +144,13 @@ fn ours(codec: &dyn Codec, k: usize, m: usize) -> Result<(f64, f64)> {
     });
     let dec_with_copy = rate(bytes, || {
         let p = sets.pop().unwrap_or_else(present);
-        std::hint::black_box(codec.data_from(k, m, p).expect("decode"));
+        if let Err(e) = std::hint::black_box(codec.data_from(k, m, p)) {
+            failed.borrow_mut().get_or_insert(e.to_string());
+        }
     });
+    if let Some(e) = failed.take() {
+        anyhow::bail!("{:?} {k}+{m} failed while timed: {e}", codec.id());
+    }
     // Remove the cost of making the inputs: t = t_decode + t_copy.
     let dec = 1.0 / (1.0 / dec_with_copy - 1.0 / copy).max(1e-9);
     Ok((enc, dec))

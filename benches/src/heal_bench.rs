@@ -35,6 +35,16 @@ const FILL_IN_FLIGHT: usize = 8;
 const GET_IN_FLIGHT: usize = 4;
 /// Longest the fill, the repair or any wait may take.
 const STEP_MAX: Duration = Duration::from_secs(3600);
+/// Time `tessera dev` gets to start, and to stop before it is killed.
+const DEV_START_MAX: Duration = Duration::from_secs(180);
+const DEV_STOP_MAX: Duration = Duration::from_secs(60);
+/// Poll interval of the waits on processes and on the healer's status.
+const POLL: Duration = Duration::from_millis(200);
+/// Pause between killing chunkd-1 and wiping its directory (its files
+/// are closed by then).
+const KILL_SETTLE: Duration = Duration::from_millis(300);
+/// Poll interval while the healer repairs (the repair time's resolution).
+const REPAIR_POLL: Duration = Duration::from_millis(100);
 /// Chunk servers of the bench cluster.
 const CHUNK_SERVERS: usize = 6;
 
@@ -82,12 +92,12 @@ impl Drop for Cluster {
         }
         // SAFETY: kill(2) on the dev process this bench started.
         unsafe { libc::kill(self.dev.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + DEV_STOP_MAX;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.dev.try_wait() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(POLL);
         }
         let _ = self.dev.kill();
         let _ = self.dev.wait();
@@ -144,7 +154,7 @@ fn start(dir: &Path, plan: &Plan) -> Result<(Cluster, ClusterFile)> {
         extra: None,
         dir: dir.to_path_buf(),
     };
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + DEV_START_MAX;
     while !cluster_path.exists() {
         if c.dev.try_wait()?.is_some() || Instant::now() > deadline {
             bail!(
@@ -152,7 +162,7 @@ fn start(dir: &Path, plan: &Plan) -> Result<(Cluster, ClusterFile)> {
                 std::fs::read_to_string(dir.join("dev.out")).unwrap_or_default()
             );
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(POLL);
     }
     let file = tessera_rpc::cluster::read(&cluster_path)?;
     Ok((c, file))
@@ -195,7 +205,7 @@ async fn wait_settled(b: &MetaBridge, t0: u64, n: u64) -> Result<HealerStatus> {
         if Instant::now() > deadline {
             bail!("the healer did not settle within {STEP_MAX:?}");
         }
-        glommio::timer::sleep(Duration::from_millis(200)).await;
+        glommio::timer::sleep(POLL).await;
     }
 }
 
@@ -350,7 +360,7 @@ async fn run_inner(
     unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
     let lost_at = Instant::now();
     let t_kill = now_ms();
-    glommio::timer::sleep(Duration::from_millis(300)).await;
+    glommio::timer::sleep(KILL_SETTLE).await;
     std::fs::remove_dir_all(data.join("chunkd-1"))?;
     let extra = Command::new(sibling("chunkd")?)
         .arg("--config")
@@ -383,7 +393,7 @@ async fn run_inner(
             stop2.set(true);
             bail!("full redundancy not restored within {STEP_MAX:?}");
         }
-        glommio::timer::sleep(Duration::from_millis(100)).await;
+        glommio::timer::sleep(REPAIR_POLL).await;
     };
     let restored = lost_at.elapsed().as_secs_f64();
     stop2.set(true);

@@ -150,12 +150,7 @@ pub async fn scrub(
     rate_mib: Option<u64>,
     json: bool,
 ) -> Result<()> {
-    let nodes = b
-        .call(
-            "listing chunk servers",
-            |c| async move { c.list_nodes().await },
-        )
-        .await?;
+    let nodes = list_nodes(&b).await?;
     let chosen: Vec<_> = nodes
         .into_iter()
         .filter(|n| n.live)
@@ -457,25 +452,33 @@ async fn update_states(
     bail!("the node states kept changing under this command; try again")
 }
 
+async fn list_nodes(b: &MetaBridge) -> Result<Vec<tessera_metad::client::NodeEntry>> {
+    Ok(b.call(
+        "listing chunk servers",
+        |c| async move { c.list_nodes().await },
+    )
+    .await?)
+}
+
+/// `id`'s entry in `nodes`, or an error that says where to look.
+fn find_node<'a>(
+    nodes: &'a [tessera_metad::client::NodeEntry],
+    id: &str,
+) -> Result<&'a tessera_metad::client::NodeEntry> {
+    nodes.iter().find(|n| n.node_id == id).with_context(|| {
+        format!("no chunk server {id:?} is registered; `tessera status` lists them")
+    })
+}
+
 async fn registered(b: &MetaBridge, id: &str) -> Result<tessera_metad::client::NodeEntry> {
-    let nodes = b
-        .call(
-            "listing chunk servers",
-            |c| async move { c.list_nodes().await },
-        )
-        .await?;
-    nodes
-        .into_iter()
-        .find(|n| n.node_id == id)
-        .with_context(|| {
-            format!("no chunk server {id:?} is registered; `tessera status` lists them")
-        })
+    Ok(find_node(&list_nodes(b).await?, id)?.clone())
 }
 
 /// `tessera node drain ID`: the node takes no new shards and the healer
 /// moves its shards to where placement now puts them.
 pub async fn node_drain(b: MetaBridge, id: String, undo: bool, json: bool) -> Result<()> {
-    let n = registered(&b, &id).await?;
+    let nodes = list_nodes(&b).await?;
+    let n = find_node(&nodes, &id)?;
     let st = update_states(&b, |s| {
         s.draining.retain(|x| *x != id);
         if !undo {
@@ -483,12 +486,7 @@ pub async fn node_drain(b: MetaBridge, id: String, undo: bool, json: bool) -> Re
         }
     })
     .await?;
-    let others = b
-        .call(
-            "listing chunk servers",
-            |c| async move { c.list_nodes().await },
-        )
-        .await?
+    let others = nodes
         .iter()
         .filter(|x| x.live && !st.draining.contains(&x.node_id))
         .count();

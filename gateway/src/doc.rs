@@ -28,8 +28,9 @@ pub struct Split {
     pub whole_cold: bool,
 }
 
-fn encode(v: &Value) -> Vec<u8> {
-    serde_json::to_vec(v).expect("a JSON value always encodes")
+fn encode(v: &Value) -> Result<Vec<u8>> {
+    serde_json::to_vec(v)
+        .map_err(|e| Error::Internal(format!("a parsed JSON document did not encode again: {e}")))
 }
 
 /// Splits the document `json` (see the module docs).
@@ -45,7 +46,7 @@ pub fn split(json: &str, hot: &[String]) -> Result<Split> {
         ))
     })?;
     let Value::Object(fields) = value else {
-        let cold = encode(&value);
+        let cold = encode(&value)?;
         return Ok(Split {
             hot: b"{}".to_vec(),
             cold_sha256: Sha256::digest(&cold).to_vec(),
@@ -56,7 +57,7 @@ pub fn split(json: &str, hot: &[String]) -> Result<Split> {
     let (mut h, mut c) = (Map::new(), Map::new());
     for (k, v) in fields {
         let is_hot = if hot.is_empty() {
-            encode(&v).len() <= HOT_FIELD_MAX_BYTES
+            encode(&v)?.len() <= HOT_FIELD_MAX_BYTES
         } else {
             hot.contains(&k)
         };
@@ -66,7 +67,7 @@ pub fn split(json: &str, hot: &[String]) -> Result<Split> {
             c.insert(k, v);
         }
     }
-    let hot_bytes = encode(&Value::Object(h));
+    let hot_bytes = encode(&Value::Object(h))?;
     if hot_bytes.len() > HOT_PART_MAX_BYTES {
         return Err(Error::TooLarge(format!(
             "the hot fields take {} bytes; at most {HOT_PART_MAX_BYTES} fit in the record: name fewer or smaller hot fields",
@@ -76,7 +77,7 @@ pub fn split(json: &str, hot: &[String]) -> Result<Split> {
     let (cold, cold_sha256) = if c.is_empty() {
         (Vec::new(), Vec::new())
     } else {
-        let cold = encode(&Value::Object(c));
+        let cold = encode(&Value::Object(c))?;
         let sha = Sha256::digest(&cold).to_vec();
         (cold, sha)
     };

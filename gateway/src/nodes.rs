@@ -35,6 +35,10 @@ const HEDGE_MIN: Duration = Duration::from_millis(2);
 /// Hedging waits at most this long.
 const HEDGE_MAX: Duration = Duration::from_millis(500);
 
+/// How stale a replica's copy of the node states may be when read with
+/// the table (a drain takes effect within this plus the refresh interval).
+const NODE_STATES_STALENESS_MAX: Duration = Duration::from_secs(1);
+
 /// The metad key holding [`NodeStates`] (JSON).
 pub const NODE_STATES_KEY: &[u8] = b"cluster/nodes";
 
@@ -97,7 +101,7 @@ impl Nodes {
                     .get(
                         NODE_STATES_KEY,
                         tessera_metad::client::Consistency::Follower {
-                            max_staleness: Duration::from_secs(1),
+                            max_staleness: NODE_STATES_STALENESS_MAX,
                         },
                     )
                     .await

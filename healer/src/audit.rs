@@ -253,6 +253,22 @@ pub fn slot_id(meta: &ObjectMeta, stripe: u32, index: u8) -> Vec<u8> {
     }
 }
 
+/// The node a record puts slot (`stripe`, `index`) on (`None`: no node,
+/// or no such slot). Replicated records have one stripe, padded to
+/// [`REPLICAS`] slots by [`slots`].
+pub fn slot_node(meta: &ObjectMeta, stripe: u32, index: u8) -> Option<&String> {
+    let n = match &meta.layout {
+        Layout::Replicated { replicas } if stripe == 0 => replicas.get(index as usize),
+        Layout::Replicated { .. } => None,
+        Layout::Erasure { stripes, .. } => stripes
+            .get(stripe as usize)
+            .and_then(|s| s.get(index as usize)),
+    }?;
+    (*n != NO_NODE)
+        .then(|| meta.nodes.get(*n as usize))
+        .flatten()
+}
+
 /// The key placement ranks nodes by for a stripe (as the gateway wrote it).
 pub fn placement_key(meta: &ObjectMeta, stripe: u32) -> Vec<u8> {
     match &meta.layout {
@@ -511,6 +527,13 @@ mod tests {
             }
             for (o, m) in objs.iter().zip(&metas) {
                 let f = audit("k", 1, m.clone(), &view);
+                // slot_node reads the same slots as `slots` does.
+                for (si, st) in slots(m).0.iter().enumerate() {
+                    for (ii, &nn) in st.iter().enumerate() {
+                        let want = (nn != NO_NODE).then(|| &m.nodes[nn as usize]);
+                        prop_assert_eq!(slot_node(m, si as u32, ii as u8), want);
+                    }
+                }
                 let need = o.ec.map_or(1, |(k, _)| k as i32);
                 let mut want_missing = Vec::new();
                 let mut want_pending = 0;

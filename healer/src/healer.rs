@@ -482,12 +482,7 @@ impl Healer {
                     crate::metrics::repair("done");
                     let mut bad = self.bad.borrow_mut();
                     for m in &f.missing {
-                        if let Some(node) = crate::audit::slots(&f.meta)
-                            .0
-                            .get(m.stripe as usize)
-                            .and_then(|s| s.get(m.index as usize))
-                            .and_then(|&n| f.meta.nodes.get(n as usize))
-                        {
+                        if let Some(node) = crate::audit::slot_node(&f.meta, m.stripe, m.index) {
                             bad.set.remove(&(
                                 node.clone(),
                                 crate::audit::slot_id(&f.meta, m.stripe, m.index),

@@ -12,7 +12,7 @@
 //!   predate the write);
 //! - every byte read or written goes through the throttle first.
 
-use crate::audit::{placement_key, slot_id, slots, targets, Finding, Missing, Why};
+use crate::audit::{placement_key, slot_id, slot_node, slots, targets, Finding, Missing, Why};
 use crate::error::{Error, Result};
 use crate::fence::Fence;
 use crate::lease::Leadership;
@@ -149,11 +149,7 @@ pub async fn repair(ctx: &Ctx, f: &Finding, candidates: &[Candidate]) -> Result<
     let mut missing: Vec<Missing> = Vec::with_capacity(f.missing.len());
     for m in &f.missing {
         if m.why == Why::Absent {
-            let (st, _) = slots(meta);
-            let node = st
-                .get(m.stripe as usize)
-                .and_then(|s| s.get(m.index as usize))
-                .and_then(|&n| meta.nodes.get(n as usize));
+            let node = slot_node(meta, m.stripe, m.index);
             if let Some(node) = node {
                 let id = slot_id(meta, m.stripe, m.index);
                 if let Ok(c) = ctx.nodes.client(node).await {
@@ -189,27 +185,23 @@ pub async fn repair(ctx: &Ctx, f: &Finding, candidates: &[Candidate]) -> Result<
             if gone.is_empty() {
                 continue;
             }
-            let slot_node = |i: usize, st: &Vec<u16>| -> Option<String> {
-                st.get(i)
-                    .filter(|&&n| n != NO_NODE)
-                    .and_then(|&n| meta.nodes.get(n as usize).cloned())
-            };
-            let st = stripe.clone();
+            let width = stripe.len();
+            let slot_node = |i: usize| slot_node(meta, s as u32, i as u8).cloned();
             let is_gone = |i: usize| gone.iter().any(|m| m.index as usize == i);
             // Good sources: slots not missing, on live nodes.
-            let sources: Vec<(usize, String)> = (0..st.len())
+            let sources: Vec<(usize, String)> = (0..width)
                 .filter(|&i| !is_gone(i))
-                .filter_map(|i| slot_node(i, &st).map(|n| (i, n)))
+                .filter_map(|i| slot_node(i).map(|n| (i, n)))
                 .filter(|(_, n)| ctx.nodes.is_live(n))
                 .collect();
             // Every live node of the stripe is taken (a lost or bad copy on a
             // live node is rewritten there, where placement put it).
-            let mut used: Vec<String> = (0..st.len())
-                .filter_map(|i| slot_node(i, &st))
+            let mut used: Vec<String> = (0..width)
+                .filter_map(&slot_node)
                 .filter(|n| ctx.nodes.is_live(n))
                 .collect();
             let in_place = |m: &Missing| -> Option<String> {
-                slot_node(m.index as usize, &st)
+                slot_node(m.index as usize)
                     .filter(|o| matches!(m.why, Why::Bad | Why::Absent) && ctx.nodes.is_live(o))
             };
             let pkey = placement_key(meta, s as u32);
@@ -239,7 +231,7 @@ pub async fn repair(ctx: &Ctx, f: &Finding, candidates: &[Candidate]) -> Result<
             let rebuilt_shards = rebuild(ctx, meta, s as u32, need, &sources, &doable).await?;
             for (m, bytes) in doable.iter().zip(rebuilt_shards) {
                 let id = slot_id(meta, s as u32, m.index);
-                let old = slot_node(m.index as usize, &st);
+                let old = slot_node(m.index as usize);
                 let mut choices: Vec<String> = in_place(m).into_iter().collect();
                 choices.extend(targets(&pkey, candidates, &used, SHARD_WRITE_TRIES));
                 let at = ctx.put_somewhere(&choices, &id, &bytes).await?;

@@ -329,20 +329,43 @@ fn fmt_labels(labels: &Labels, le: Option<&str>) -> String {
 /// at `started` and ended with `result` ("ok" or an error kind), as
 /// `tessera_DAEMON_requests_total{op,result}` and
 /// `tessera_DAEMON_request_seconds{op}`.
-pub fn observe_request(daemon: &str, op: &str, started: std::time::Instant, result: &str) {
-    let reg = global();
-    reg.histogram(
-        &format!("tessera_{daemon}_request_seconds"),
-        &format!("{daemon} request latency by operation, seconds."),
-        &[("op", op)],
-    )
-    .observe_duration(started.elapsed());
-    reg.counter(
-        &format!("tessera_{daemon}_requests_total"),
-        &format!("{daemon} requests by operation and result."),
-        &[("op", op), ("result", result)],
-    )
-    .inc();
+///
+/// On the request path: the metrics are looked up in the registry once per
+/// thread and (daemon, op, result), then kept in a thread-local table, so a
+/// request costs a hash lookup and two atomic adds — no lock, no
+/// allocation.
+pub fn observe_request(
+    daemon: &'static str,
+    op: &'static str,
+    started: std::time::Instant,
+    result: &'static str,
+) {
+    type Key = (&'static str, &'static str, &'static str);
+    type Handles = std::collections::HashMap<Key, (Arc<Histogram>, Arc<Counter>)>;
+    thread_local! {
+        static CACHE: std::cell::RefCell<Handles> = Default::default();
+    }
+    let took = started.elapsed();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let (h, n) = c.entry((daemon, op, result)).or_insert_with(|| {
+            let reg = global();
+            (
+                reg.histogram(
+                    &format!("tessera_{daemon}_request_seconds"),
+                    &format!("{daemon} request latency by operation, seconds."),
+                    &[("op", op)],
+                ),
+                reg.counter(
+                    &format!("tessera_{daemon}_requests_total"),
+                    &format!("{daemon} requests by operation and result."),
+                    &[("op", op), ("result", result)],
+                ),
+            )
+        });
+        h.observe_duration(took);
+        n.inc();
+    });
 }
 
 /// The process's registry.
@@ -451,6 +474,50 @@ mod tests {
         assert!(
             text.contains("e_total{k=\"q\\\"b\\\\n\\nx\"} 1\n"),
             "{text}"
+        );
+    }
+
+    /// Requests recorded from several threads (each with its own cached
+    /// handles) land in one counter and one histogram of the registry.
+    #[test]
+    fn observed_requests_from_threads_share_the_metrics() {
+        let t0 = std::time::Instant::now();
+        let hs: Vec<_> = (0..3)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    for _ in 0..5 {
+                        observe_request("unit", "get", t0, "ok");
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        observe_request("unit", "get", t0, "not_found");
+        let reg = global();
+        assert_eq!(
+            reg.counter(
+                "tessera_unit_requests_total",
+                "",
+                &[("op", "get"), ("result", "ok")]
+            )
+            .get(),
+            15
+        );
+        assert_eq!(
+            reg.counter(
+                "tessera_unit_requests_total",
+                "",
+                &[("op", "get"), ("result", "not_found")]
+            )
+            .get(),
+            1
+        );
+        assert_eq!(
+            reg.histogram("tessera_unit_request_seconds", "", &[("op", "get")])
+                .count(),
+            16
         );
     }
 

@@ -13,6 +13,9 @@ use tessera_healer::config::HealerFile;
 use tessera_healer::healer::{Healer, HealerConfig};
 use tessera_healer::limits::*;
 
+/// How often the executor looks at the signal flag.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
 #[derive(Parser)]
 #[command(
     name = "healer",
@@ -137,7 +140,7 @@ fn main() -> Result<()> {
             let s2 = stop.clone();
             glommio::spawn_local(async move {
                 while !stop_seen.load(std::sync::atomic::Ordering::Relaxed) {
-                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                    glommio::timer::sleep(SIGNAL_POLL).await;
                 }
                 s2.set(true);
             })
