@@ -161,9 +161,7 @@ pub fn get_key(_seed: u64) -> String {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(tessera_rpc::ports::pick_listen_port()?)
 }
 
 /// A child process stopped (SIGTERM, then SIGKILL) when dropped.

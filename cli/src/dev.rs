@@ -56,9 +56,10 @@ struct Layout {
     gateway_port: u16,
 }
 
+/// A listening port for a child (below the ephemeral range: see
+/// `tessera_rpc::ports`).
 fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+    Ok(tessera_rpc::ports::pick_listen_port()?)
 }
 
 pub fn sibling(name: &str) -> Result<PathBuf> {
@@ -168,15 +169,35 @@ fn spawn(data: &Path, name: &str, addr: &str, mut cmd: Command) -> Result<Runnin
             child,
             metrics: None,
         }),
-        Err(_) => {
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
             let _ = child.kill();
             let _ = child.wait();
             bail!(
-                "{name} did not start within {START_TIMEOUT:?}; see {}",
-                log_path.display()
+                "{name} did not start within {START_TIMEOUT:?}; see {}:\n{}",
+                log_path.display(),
+                log_tail(&log_path)
+            )
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            // Its stdout closed before it said it listens: it exited.
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            bail!(
+                "{name} exited ({status}) before listening; see {}:\n{}",
+                log_path.display(),
+                log_tail(&log_path)
             )
         }
     }
+}
+
+/// Lines of a child's log shown when it fails to start.
+const LOG_TAIL_LINES: usize = 8;
+
+/// The last lines of a log file, for an error message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
 
 fn stop_all(procs: &mut Vec<Running>) {

@@ -49,11 +49,10 @@ fn metad_bin() -> PathBuf {
 
 fn start_metad() -> Metad {
     let dir = tempfile::tempdir().unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = format!(
+        "127.0.0.1:{}",
+        tessera_rpc::ports::pick_listen_port().expect("a free port")
+    );
     let cfg = dir.path().join("metad.toml");
     std::fs::write(
         &cfg,

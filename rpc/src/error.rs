@@ -138,6 +138,9 @@ pub enum Error {
         expected: u32,
         got: u32,
     },
+    /// No free listening port below the ephemeral range (see `ports`).
+    #[error("no free port on 127.0.0.1 in {lo}..{hi} after {attempts} tries; stop some listening processes and retry")]
+    NoFreePort { lo: u16, hi: u16, attempts: usize },
 }
 
 impl Error {
@@ -165,7 +168,8 @@ impl Error {
             Error::Remote { .. }
             | Error::Invalid(_)
             | Error::Gateway { .. }
-            | Error::WrongNode { .. } => false,
+            | Error::WrongNode { .. }
+            | Error::NoFreePort { .. } => false,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod error;
 pub mod gateway;
 pub mod limits;
+pub mod ports;
 
 pub use chunk::{ChunkClient, ClientOptions, NodeInfo, ScrubStatus, ShardInfo};
 pub use error::{Error, GatewayErrorKind, RemoteKind, Result};

@@ -17,9 +17,11 @@ pub struct Cluster {
     config: PathBuf,
 }
 
+/// A port below the ephemeral range, so that the replicas' own outgoing
+/// connections cannot take it before the replica binds it.
 fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
+    let port = tessera_rpc::ports::pick_listen_port().expect("a free port");
+    format!("127.0.0.1:{port}")
 }
 
 /// Fast raft timing for tests (elections in well under a second).
