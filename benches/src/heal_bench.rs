@@ -25,7 +25,7 @@ use tessera_healer::limits::STATUS_KEY;
 use tessera_healer::status::HealerStatus;
 use tessera_metad::client::Consistency;
 use tessera_rpc::cluster::ClusterFile;
-use tessera_rpc::{ChunkClient, ClientOptions, GatewayClient};
+use tessera_rpc::{ChunkClient, GatewayClient};
 
 /// Object size of the fill (one 4+2 stripe of 1 MiB shards).
 const OBJECT_BYTES: usize = 4 << 20;
@@ -280,8 +280,9 @@ async fn run_inner(
     file: &ClusterFile,
 ) -> Result<(Report, Child)> {
     let mut r = Report::default();
-    let bridge = MetaBridge::start(metad.clone())?;
-    let gw = Rc::new(GatewayClient::connect(gw_addr).await?);
+    let target = crate::target::Target::from_file(file)?;
+    let bridge = MetaBridge::start(metad.clone(), target.metad_security())?;
+    let gw = Rc::new(GatewayClient::connect_with(gw_addr, target.opts.clone()).await?);
     // 1. Fill until each chunk server holds `per_node` bytes: with 4+2 on
     // six servers each holds a quarter of the object bytes.
     let objects = (per_node * 4).div_ceil(OBJECT_BYTES as u64).max(1);
@@ -362,7 +363,12 @@ async fn run_inner(
     let t_kill = now_ms();
     glommio::timer::sleep(KILL_SETTLE).await;
     std::fs::remove_dir_all(data.join("chunkd-1"))?;
+    let tls = match &file.ca {
+        Some(_) => Some(tessera_tls::dev::ensure(&data.join("tls"))?),
+        None => None,
+    };
     let extra = Command::new(sibling("chunkd")?)
+        .args(tessera_tls::daemon_args(tls.as_ref()))
         .arg("--config")
         .arg(data.join("chunkd-1.toml"))
         .arg("--data")
@@ -400,7 +406,11 @@ async fn run_inner(
     let (busy, _) = during.await;
     let repair_secs = first_repair.map_or(restored, |f| f.elapsed().as_secs_f64());
     // The replacement now holds what was rebuilt.
-    let node = ChunkClient::connect(p.addr.parse()?, ClientOptions::default()).await?;
+    let node = ChunkClient::connect(
+        p.addr.parse()?,
+        crate::target::Target::from_file(file)?.chunk_options(),
+    )
+    .await?;
     let rebuilt_bytes = node.node_info().await?.live_bytes;
     let moved = done.bytes_repaired - before.bytes_repaired;
     let read_bytes = moved.saturating_sub(rebuilt_bytes);

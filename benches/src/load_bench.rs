@@ -14,10 +14,9 @@
 use crate::report::Report;
 use anyhow::{bail, Context, Result};
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tessera_rpc::{ChunkClient, ClientOptions, GatewayClient};
+use tessera_rpc::{ChunkClient, GatewayClient};
 
 /// Requests one gateway connection carries in a phase.
 const IN_FLIGHT_PER_CONNECTION: usize = 8;
@@ -153,7 +152,7 @@ where
     }
 }
 
-pub fn run(gateway: SocketAddr, plan: &Plan) -> Result<Report> {
+pub fn run(gateway: crate::target::Target, plan: &Plan) -> Result<Report> {
     tessera_engine::raise_memlock()?;
     let sizes = plan.sizes.clone();
     let concs = plan.concurrency.clone();
@@ -166,7 +165,7 @@ pub fn run(gateway: SocketAddr, plan: &Plan) -> Result<Report> {
                 sizes,
                 concurrency: concs,
             };
-            run_inner(gateway, &plan).await
+            run_inner(&gateway, &plan).await
         })
         .map_err(|e| anyhow::anyhow!("starting the load executor: {e}"))?;
     handle
@@ -174,20 +173,23 @@ pub fn run(gateway: SocketAddr, plan: &Plan) -> Result<Report> {
         .map_err(|e| anyhow::anyhow!("the load executor failed: {e}"))?
 }
 
-async fn run_inner(gateway: SocketAddr, plan: &Plan) -> Result<Report> {
+async fn run_inner(target: &crate::target::Target, plan: &Plan) -> Result<Report> {
+    let gateway = target.gateway;
     let conns_max = plan.concurrency.iter().max().copied().unwrap_or(1);
     let mut clients = Vec::new();
     for _ in 0..conns_max.div_ceil(IN_FLIGHT_PER_CONNECTION).max(1) {
         clients.push(Rc::new(
-            GatewayClient::connect(gateway).await.with_context(|| {
-                format!("no gateway at {gateway}: start a cluster with `tessera dev`")
-            })?,
+            GatewayClient::connect_with(gateway, target.opts.clone())
+                .await
+                .with_context(|| {
+                    format!("no gateway at {gateway}: start a cluster with `tessera dev`")
+                })?,
         ));
     }
     let status = clients[0].status().await?;
     let mut nodes = Vec::new();
     for n in status.nodes.iter().filter(|n| n.live) {
-        nodes.push(ChunkClient::connect(n.addr.parse()?, ClientOptions::default()).await?);
+        nodes.push(ChunkClient::connect(n.addr.parse()?, target.chunk_options()).await?);
     }
     if nodes.is_empty() {
         bail!("the gateway sees no live chunk server");

@@ -10,6 +10,7 @@ mod heal_bench;
 mod load_bench;
 mod metad_bench;
 mod report;
+mod target;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -164,10 +165,10 @@ fn main() -> Result<()> {
             concurrency,
         } => {
             let gw = match gateway {
-                Some(g) => g,
+                Some(g) => target::Target::insecure(g),
                 None => {
                     let path = tessera_rpc::cluster::path(cluster.as_deref());
-                    tessera_rpc::cluster::read(&path)?.gateway_addr()?
+                    target::Target::from_file(&tessera_rpc::cluster::read(&path)?)?
                 }
             };
             let mut plan = if cli.quick {

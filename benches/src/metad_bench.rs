@@ -215,6 +215,8 @@ fn start_metad(dir: &Path, plan: &Plan) -> Result<(Vec<Proc>, Vec<u64>, Vec<Stri
         let data = dir.join(format!("metad-{id}"));
         let _ = std::fs::remove_dir_all(&data);
         let mut child = Command::new(&bin)
+            // Plaintext, as the etcd it is compared with runs here.
+            .arg("--insecure")
             .args([
                 "--id",
                 &id.to_string(),

@@ -54,6 +54,11 @@ pub struct Config {
     pub advertise: Option<SocketAddr>,
     /// Where to serve Prometheus metrics (`host:port`); none by default.
     pub metrics: Option<SocketAddr>,
+    /// Accept plaintext connections from anyone (no `[tls]`).
+    pub insecure: bool,
+    /// Certificate files (`ca`, `cert`, `key`): peers must show a
+    /// certificate from the same CA.
+    pub tls: Option<tessera_tls::TlsFiles>,
 }
 
 impl Default for Config {
@@ -74,6 +79,8 @@ impl Default for Config {
             zone: String::new(),
             advertise: None,
             metrics: None,
+            insecure: false,
+            tls: None,
         }
     }
 }

@@ -46,6 +46,8 @@ struct Cli {
     /// machine, as `tessera dev` runs them).
     #[arg(long)]
     no_pin: bool,
+    #[command(flatten)]
+    tls: tessera_tls::TlsArgs,
     /// Log filter (else TESSERA_LOG, else "info").
     #[arg(long)]
     log: Option<String>,
@@ -113,6 +115,15 @@ fn main() -> Result<()> {
         cfg.metrics = cli.metrics;
     }
     cfg.validate()?;
+    let tls = tessera_tls::resolve(&cli.tls, cfg.tls.as_ref(), cfg.insecure)?;
+    if tls.is_none() {
+        tracing::warn!("--insecure: plaintext connections, no authentication");
+    }
+    let server_tls = tls
+        .as_ref()
+        .map(|f| tessera_tls::server_config(f, tessera_tls::ClientAuth::Required))
+        .transpose()?;
+    let metad_tls = tls.as_ref().map(tessera_tls::Connector::node).transpose()?;
     if let Some(m) = cfg.metrics {
         let at = tessera_metrics::serve(m).with_context(|| format!("metrics address {m}"))?;
         tracing::info!(%at, "metrics at http://{at}/metrics");
@@ -139,7 +150,7 @@ fn main() -> Result<()> {
     .context("installing signal handlers")?;
     let engine = tessera_engine::Engine::open(cfg.data.join("engine"), cfg.engine_config())
         .context("opening the storage engine")?;
-    let server = Server::start(&engine, &cfg, node.clone())?;
+    let server = Server::start(&engine, &cfg, node.clone(), server_tls)?;
     // stdout may be a pipe nobody reads any more: never fail on it.
     let mut out = std::io::stdout();
     let _ = writeln!(
@@ -160,6 +171,7 @@ fn main() -> Result<()> {
             cfg.advertise.unwrap_or(server.local_addr()).to_string(),
             cfg.zone.clone(),
             cfg.data.clone(),
+            metad_tls,
         )?)
     };
 

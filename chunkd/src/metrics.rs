@@ -85,3 +85,15 @@ pub fn engine(s: &tessera_engine::Stats) {
         r.counter(name, help, &[]).mirror(v);
     }
 }
+
+/// Counts a connection refused at the TLS handshake (no certificate, one
+/// from another CA, or no TLS at all).
+pub fn tls_refused() {
+    tessera_metrics::global()
+        .counter(
+            "tessera_chunkd_auth_refusals_total",
+            "Connections refused, by reason.",
+            &[("reason", "tls_handshake")],
+        )
+        .inc();
+}

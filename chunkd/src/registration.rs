@@ -39,6 +39,7 @@ pub fn start(
     addr: String,
     zone: String,
     data: PathBuf,
+    tls: Option<tessera_tls::Connector>,
 ) -> Result<Registration> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
@@ -56,7 +57,7 @@ pub fn start(
                 }
             };
             let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, run(metad, node_id, addr, zone, data, s));
+            local.block_on(&rt, run(metad, node_id, addr, zone, data, tls, s));
         })
         .map_err(|e| Error::Config(format!("starting the registration thread: {e}")))?;
     Ok(Registration { stop })
@@ -68,11 +69,16 @@ async fn run(
     addr: String,
     zone: String,
     data: PathBuf,
+    tls: Option<tessera_tls::Connector>,
     stop: Arc<AtomicBool>,
 ) {
     let opts = ClientOptions {
         call_timeout: REGISTRY_CALL_TIMEOUT,
         retry_deadline: REGISTRY_RETRY_DEADLINE,
+        security: tessera_metad::net::Security {
+            tls,
+            credentials: None,
+        },
     };
     let mut client: Option<std::rc::Rc<MetaClient>> = None;
     let mut registered = false;

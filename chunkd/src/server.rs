@@ -39,7 +39,14 @@ pub struct Server {
 
 impl Server {
     /// Starts listening on every executor of `engine`.
-    pub fn start(engine: &Engine, cfg: &Config, node: Arc<NodeState>) -> Result<Server> {
+    /// Starts one listener per engine shard; with `tls`, every connection
+    /// is TLS and its peer must show a certificate from the cluster CA.
+    pub fn start(
+        engine: &Engine,
+        cfg: &Config,
+        node: Arc<NodeState>,
+        tls: Option<Arc<tessera_tls::rustls::ServerConfig>>,
+    ) -> Result<Server> {
         let mut addr = cfg.listen;
         let mut stops = Vec::new();
         let (drained_tx, drained) = std::sync::mpsc::channel();
@@ -53,6 +60,7 @@ impl Server {
             let stream_budget = cfg.stream_buffer_per_core_bytes;
             let grace = Duration::from_secs(cfg.shutdown_grace_secs);
             let bind = addr;
+            let tls = tls.clone();
             engine.spawn_on_shard(i, move |ops| {
                 Box::pin(async move {
                     let listener = match TcpListener::bind(bind) {
@@ -94,7 +102,8 @@ impl Server {
                     let service: chunk_server::Client =
                         capnp_rpc::new_client(ChunkService::new(local.clone()));
                     let conns = Conns::default();
-                    accept_loop(&listener, &service, conns_max, &stop_rx, &conns).await;
+                    let acceptor = tls.map(tessera_rpc::conn::acceptor);
+                    accept_loop(&listener, &service, acceptor, conns_max, &stop_rx, &conns).await;
                     drop(listener);
                     local.draining.set(true);
                     let deadline = Instant::now() + grace;
@@ -161,6 +170,7 @@ struct Conns {
 async fn accept_loop(
     listener: &TcpListener,
     service: &chunk_server::Client,
+    tls: Option<tessera_rpc::conn::Acceptor>,
     conns_max: usize,
     stop: &async_channel::Receiver<()>,
     conns: &Conns,
@@ -179,7 +189,19 @@ async fn accept_loop(
                     continue;
                 }
                 let peer = stream.peer_addr().ok();
-                let conn = tessera_rpc::conn::serve(stream, service.clone().client);
+                let service = service.clone();
+                let tls = tls.clone();
+                let conn = async move {
+                    // The handshake runs in the connection's task, never in
+                    // the accept loop (a silent peer must not stall it).
+                    let (stream, _) = tessera_rpc::conn::accept(stream, tls.as_ref())
+                        .await
+                        .map_err(|e| {
+                            crate::metrics::tls_refused();
+                            capnp::Error::failed(format!("TLS handshake: {e}"))
+                        })?;
+                    tessera_rpc::conn::serve(stream, service.client).await
+                };
                 let n = conns.next.get();
                 conns.next.set(n + 1);
                 let tasks = conns.tasks.clone();

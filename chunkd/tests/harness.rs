@@ -51,7 +51,15 @@ impl Chunkd {
             .arg(&cfg)
             .arg("--data")
             .arg(data)
-            .args(["--listen", listen, "--shards", "2", "--log", "warn"])
+            .args([
+                "--listen",
+                listen,
+                "--shards",
+                "2",
+                "--log",
+                "warn",
+                "--insecure",
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

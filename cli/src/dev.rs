@@ -40,6 +40,8 @@ pub struct DevArgs {
     pub segment_mib: u64,
     /// Flags passed to both healers (`--dead-grace-secs 5` ...).
     pub healer_args: Vec<String>,
+    /// Plaintext and no access keys.
+    pub insecure: bool,
 }
 
 /// Healers a dev cluster runs: one works, one stands by.
@@ -232,11 +234,10 @@ fn stop_all(procs: &mut Vec<Running>) {
 }
 
 /// Waits until the gateway sees `want` live chunk servers.
-fn wait_registry(gateway: &str, want: usize) -> Result<()> {
-    let addr = gateway.parse()?;
+fn wait_registry(gw: crate::access::Gw, want: usize) -> Result<()> {
     let deadline = Instant::now() + REGISTRY_TIMEOUT;
     crate::ops::on_executor(move || async move {
-        let c = tessera_rpc::GatewayClient::connect(addr).await?;
+        let c = crate::ops::connect(&gw).await?;
         loop {
             let live = match c.status().await {
                 Ok(s) => s.nodes.iter().filter(|n| n.live).count(),
@@ -288,6 +289,14 @@ pub fn run(args: DevArgs) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("resolving {}", args.data.display()))?;
     let l = layout(&data, &args)?;
+    let tls = if args.insecure {
+        None
+    } else {
+        Some(
+            tessera_tls::dev::ensure(&data.join("tls"))
+                .context("making the dev cluster's CA and node certificate")?,
+        )
+    };
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -305,6 +314,7 @@ pub fn run(args: DevArgs) -> Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     let mut procs: Vec<Running> = Vec::new();
+    let mut credentials: Option<tessera_auth::Credentials> = None;
     let started = (|| -> Result<()> {
         for (i, a) in metad_addrs.iter().enumerate() {
             let mut c = Command::new(&metad_bin);
@@ -320,11 +330,26 @@ pub fn run(args: DevArgs) -> Result<()> {
             .arg(data.join(format!("metad-{}", i + 1)));
             let m = metrics_addr()?;
             c.args(["--metrics", &m]);
+            c.args(tessera_tls::daemon_args(tls.as_ref()));
             let mut r = spawn(&data, &format!("metad-{}", i + 1), a, c)?;
             r.metrics = Some(m);
             procs.push(r);
         }
         let metad_list = metad_addrs.join(",");
+        if let Some(f) = &tls {
+            let (data, seeds, f) = (data.clone(), metad_addrs.clone(), f.clone());
+            let creds = crate::ops::on_executor(move || async move {
+                let b = tessera_gateway::bridge::MetaBridge::start(
+                    seeds,
+                    tessera_metad::net::Security {
+                        tls: Some(tessera_tls::Connector::node(&f)?),
+                        credentials: None,
+                    },
+                )?;
+                crate::access::dev_admin_key(&data, &b).await
+            })?;
+            credentials = Some(creds);
+        }
         for (i, port) in l.chunk_ports.iter().enumerate() {
             let name = format!("chunkd-{}", i + 1);
             let addr = format!("127.0.0.1:{port}");
@@ -344,6 +369,7 @@ pub fn run(args: DevArgs) -> Result<()> {
                 .args(["--listen", &addr, "--metad", &metad_list]);
             let m = metrics_addr()?;
             c.args(["--metrics", &m]);
+            c.args(tessera_tls::daemon_args(tls.as_ref()));
             let mut r = spawn(&data, &name, &addr, c)?;
             r.metrics = Some(m);
             procs.push(r);
@@ -364,10 +390,15 @@ pub fn run(args: DevArgs) -> Result<()> {
         ]);
         let m = metrics_addr()?;
         c.args(["--metrics", &m]);
+        c.args(tessera_tls::daemon_args(tls.as_ref()));
         let mut r = spawn(&data, "gateway", &gw, c)?;
         r.metrics = Some(m);
         procs.push(r);
-        wait_registry(&gw, l.chunk_ports.len())?;
+        let access = crate::access::Access {
+            ca: tls.as_ref().map(|f| f.ca.clone()),
+            credentials: credentials.clone(),
+        };
+        wait_registry(access.gateway(gw.parse()?)?, l.chunk_ports.len())?;
         for i in 1..=DEV_HEALERS {
             let name = format!("healer-{i}");
             let mut c = Command::new(&healer_bin);
@@ -382,6 +413,7 @@ pub fn run(args: DevArgs) -> Result<()> {
             c.args(&args.healer_args);
             let m = metrics_addr()?;
             c.args(["--metrics", &m]);
+            c.args(tessera_tls::daemon_args(tls.as_ref()));
             let mut r = spawn(&data, &name, "-", c)?;
             r.metrics = Some(m);
             procs.push(r);
@@ -405,6 +437,8 @@ pub fn run(args: DevArgs) -> Result<()> {
                 metrics: p.metrics.clone(),
             })
             .collect(),
+        ca: tls.as_ref().map(|f| f.ca.clone()),
+        credentials: credentials.clone(),
     };
     cluster::write(&args.cluster, &file)
         .with_context(|| format!("writing the cluster file {}", args.cluster.display()))?;

@@ -2,7 +2,9 @@
 //! scrub` (start or follow chunk servers' scrubs with a progress bar) and
 //! `tessera repair` (ask the healer for a pass now, or preview what it
 //! would do). They talk to metad (the registry, the healer's status key)
-//! and to chunk servers directly.
+//! with an admin key, to chunk servers through the gateway (scrub), and
+//! directly only with a node certificate (a dev cluster's: `repair
+//! --dry-run` reads inventories, `node add` starts a chunk server).
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -12,7 +14,6 @@ use tessera_healer::inventory::BadCopies;
 use tessera_healer::limits::{DEAD_GRACE_DEFAULT_SECS, LEASE_NAME, REQUEST_KEY, STATUS_KEY};
 use tessera_healer::status::{HealerStatus, RepairRequest};
 use tessera_metad::client::{Consistency, Lease};
-use tessera_rpc::{ChunkClient, ClientOptions};
 
 /// How often progress is polled.
 const POLL: Duration = Duration::from_millis(500);
@@ -21,11 +22,11 @@ const FOLLOW_MAX: Duration = Duration::from_secs(24 * 3600);
 /// A repair request nobody picks up within this is reported.
 const REQUEST_PICKUP_MAX: Duration = Duration::from_secs(60);
 
-pub fn bridge(metad: &[String]) -> Result<MetaBridge> {
+pub fn bridge(metad: &[String], security: tessera_metad::net::Security) -> Result<MetaBridge> {
     if metad.is_empty() {
         bail!("the cluster file names no metad replica; pass --cluster with a complete file");
     }
-    MetaBridge::start(metad.to_vec()).context("connecting to metad")
+    MetaBridge::start(metad.to_vec(), security).context("connecting to metad")
 }
 
 /// The healer lease and the leader's last published status.
@@ -143,54 +144,38 @@ pub fn print_healer(lease: &Option<Lease>, st: &Option<HealerStatus>) {
 }
 
 /// Starts a scrub on the live chunk servers (or the one whose id or address
-/// is `node`) and follows it to the end.
+/// is `node`) through the gateway (admin key) and follows it to the end.
 pub async fn scrub(
-    b: MetaBridge,
+    gw: crate::access::Gw,
     node: Option<String>,
     rate_mib: Option<u64>,
     json: bool,
 ) -> Result<()> {
-    let nodes = list_nodes(&b).await?;
-    let chosen: Vec<_> = nodes
+    let c = crate::ops::connect(&gw).await?;
+    let node = node.unwrap_or_default();
+    let rate = rate_mib.unwrap_or(0).saturating_mul(1 << 20);
+    let before: BTreeMap<String, tessera_rpc::NodeScrub> = c
+        .scrub(&node, false, 0)
+        .await?
         .into_iter()
-        .filter(|n| n.live)
-        .filter(|n| {
-            node.as_ref()
-                .map_or(true, |x| *x == n.node_id || *x == n.addr)
-        })
+        .map(|n| (n.node_id.clone(), n))
         .collect();
-    if chosen.is_empty() {
-        match node {
-            Some(x) => bail!(
-                "no live chunk server has the id or address {x:?}; `tessera status` lists them"
-            ),
-            None => bail!("no chunk server is live"),
+    for n in c.scrub(&node, true, rate).await? {
+        if !n.error.is_empty() {
+            bail!("chunk server {} at {}: {}", n.node_id, n.addr, n.error);
         }
-    }
-    let mut clients = Vec::new();
-    for n in &chosen {
-        let addr = n
-            .addr
-            .parse()
-            .with_context(|| format!("chunk server {} address {:?}", n.node_id, n.addr))?;
-        let c = ChunkClient::connect(addr, ClientOptions::default())
-            .await
-            .with_context(|| format!("connecting to chunk server {} at {}", n.node_id, n.addr))?;
-        let before = c.scrub_status().await?;
-        let started = c
-            .start_scrub(rate_mib.unwrap_or(0).saturating_mul(1 << 20))
-            .await?;
-        clients.push((n.node_id.clone(), c, before, started));
     }
     let bar = progress_bar("scrubbing");
     let deadline = Instant::now() + FOLLOW_MAX;
     let mut out = BTreeMap::new();
     loop {
         let (mut verified, mut total, mut running) = (0u64, 0u64, false);
-        for (id, c, before, _) in &clients {
-            let s = c.scrub_status().await?;
+        for s in c.scrub(&node, false, 0).await? {
+            let Some(b) = before.get(&s.node_id) else {
+                continue;
+            };
             // A pass that ended (more passes than before) counts as whole.
-            let done = s.passes > before.passes && !s.running;
+            let done = s.passes > b.passes && !s.running;
             verified += if done {
                 s.bytes_total
             } else {
@@ -199,11 +184,8 @@ pub async fn scrub(
             total += s.bytes_total;
             running |= !done;
             out.insert(
-                id.clone(),
-                (
-                    s.bytes_total,
-                    s.bad_found - before.bad_found.min(s.bad_found),
-                ),
+                s.node_id.clone(),
+                (s.bytes_total, s.bad_found - b.bad_found.min(s.bad_found)),
             );
         }
         if let Some(b) = &bar {
@@ -261,8 +243,12 @@ fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
 
 /// An audit here, changing nothing, with the leader's dead grace so that
 /// it matches what the healer sees (bad-shard reports stay queued for it).
-async fn preview(b: &MetaBridge, keys: &[String]) -> Result<tessera_healer::healer::AuditReport> {
-    let nodes = tessera_gateway::nodes::Nodes::new(b.clone());
+async fn preview(
+    b: &MetaBridge,
+    node_tls: Option<tessera_tls::Connector>,
+    keys: &[String],
+) -> Result<tessera_healer::healer::AuditReport> {
+    let nodes = tessera_gateway::nodes::Nodes::new(b.clone(), node_tls);
     let mut bad = BadCopies::default();
     let grace = match healer_state(b).await {
         Ok((_, Some(s))) if s.dead_grace_secs > 0 => s.dead_grace_secs,
@@ -281,9 +267,15 @@ async fn preview(b: &MetaBridge, keys: &[String]) -> Result<tessera_healer::heal
 
 /// `tessera repair`: with `dry_run`, audits here and prints what the healer
 /// would do; else asks the healer for a pass now and follows it.
-pub async fn repair(b: MetaBridge, keys: Vec<String>, dry_run: bool, json: bool) -> Result<()> {
+pub async fn repair(
+    b: MetaBridge,
+    node_tls: Option<tessera_tls::Connector>,
+    keys: Vec<String>,
+    dry_run: bool,
+    json: bool,
+) -> Result<()> {
     if dry_run {
-        let r = preview(&b, &keys).await?;
+        let r = preview(&b, node_tls, &keys).await?;
         let items: Vec<_> = r
             .findings
             .iter()
@@ -509,9 +501,14 @@ pub async fn node_drain(b: MetaBridge, id: String, undo: bool, json: bool) -> Re
 
 /// `tessera node remove ID`: forgets a chunk server. Refused while a
 /// record names a shard on it and it is live (drain it first).
-pub async fn node_remove(b: MetaBridge, id: String, json: bool) -> Result<()> {
+pub async fn node_remove(
+    b: MetaBridge,
+    node_tls: Option<tessera_tls::Connector>,
+    id: String,
+    json: bool,
+) -> Result<()> {
     let n = registered(&b, &id).await?;
-    let r = preview(&b, &[]).await?;
+    let r = preview(&b, node_tls, &[]).await?;
     let named = match r.view.inventoried.iter().position(|x| *x == id) {
         Some(i) => r
             .view
@@ -557,6 +554,7 @@ pub async fn node_add(
     data: std::path::PathBuf,
     listen: String,
     config: Option<std::path::PathBuf>,
+    tls: Option<tessera_tls::TlsFiles>,
     json: bool,
 ) -> Result<()> {
     use std::os::unix::process::CommandExt;
@@ -571,6 +569,7 @@ pub async fn node_add(
     if let Some(c) = &config {
         cmd.arg("--config").arg(c);
     }
+    cmd.args(tessera_tls::daemon_args(tls.as_ref()));
     let child = cmd
         .arg("--data")
         .arg(&data)

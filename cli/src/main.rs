@@ -1,6 +1,7 @@
 //! `tessera`: Tessera's command line — a local cluster (`tessera dev`),
 //! object commands and cluster status. `tessera --help` lists them.
 
+mod access;
 mod dev;
 mod heal;
 mod ops;
@@ -17,7 +18,7 @@ use tessera_rpc::cluster;
     name = "tessera",
     version,
     about = "Tessera: a distributed object store",
-    after_help = "Exit codes: 0 done, 1 failed, 2 bad usage, 3 not found, 4 cluster unreachable or unavailable, 5 data loss."
+    after_help = "Exit codes: 0 done, 1 failed, 2 bad usage, 3 not found, 4 cluster unreachable or unavailable, 5 data loss, 6 access key refused."
 )]
 struct Cli {
     /// Cluster file (else $TESSERA_CLUSTER, else ~/.config/tessera/cluster.toml).
@@ -58,6 +59,11 @@ enum Cmd {
         /// A flag for both healers, e.g. `--healer-arg=--dead-grace-secs=5` (repeatable).
         #[arg(long = "healer-arg", hide = true, allow_hyphen_values = true)]
         healer_args: Vec<String>,
+        /// Plaintext connections and no access keys (security is on by
+        /// default: a cluster CA, node certificates and an admin key are
+        /// made in DIR/tls on first run).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Store FILE (or stdin with `-` or nothing) under KEY.
     Put { key: String, file: Option<String> },
@@ -107,6 +113,29 @@ enum Cmd {
     /// Chunk servers: add one, drain one (the healer moves its shards), remove one.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Access keys (admin): create, list, revoke.
+    #[command(subcommand)]
+    Key(KeyCmd),
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Makes a key; its secret is printed once.
+    Create {
+        /// A name to recognise it by.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Any of r (read), w (write), a (admin).
+        #[arg(long, default_value = "rw")]
+        permissions: String,
+        /// Limit the key to object keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Lists keys (never their secrets).
+    List,
+    /// Revokes a key: it authenticates nothing from then on.
+    Revoke { key_id: String },
 }
 
 #[derive(Subcommand)]
@@ -149,9 +178,9 @@ enum DocCmd {
     Get { key: String },
 }
 
-fn gateway_addr(cli: &Cli) -> Result<(SocketAddr, Option<cluster::ClusterFile>)> {
+fn gateway_addr(cli: &Cli) -> Result<(access::Gw, Option<cluster::ClusterFile>)> {
     if let Some(g) = cli.gateway {
-        return Ok((g, None));
+        return Ok((access::Access::new(None)?.gateway(g)?, None));
     }
     let path = cluster::path(cli.cluster.as_deref());
     let c = cluster::read(&path)?;
@@ -162,12 +191,30 @@ fn gateway_addr(cli: &Cli) -> Result<(SocketAddr, Option<cluster::ClusterFile>)>
             c.gateway
         )
     })?;
-    Ok((g, Some(c)))
+    Ok((access::Access::new(Some(&c))?.gateway(g)?, Some(c)))
 }
 
-fn metad_addrs(cli: &Cli) -> Result<Vec<String>> {
+/// metad's addresses and how to reach them (an admin key).
+fn metad_access(cli: &Cli) -> Result<(Vec<String>, tessera_metad::net::Security)> {
     let path = cluster::path(cli.cluster.as_deref());
-    Ok(cluster::read(&path)?.metad)
+    let c = cluster::read(&path)?;
+    let sec = access::Access::new(Some(&c))?.metad()?;
+    Ok((c.metad, sec))
+}
+
+/// A dev cluster's node certificate (in its data directory), for the
+/// commands that talk to chunk servers directly.
+fn node_tls(file: &cluster::ClusterFile) -> Result<Option<tessera_tls::TlsFiles>> {
+    if file.ca.is_none() {
+        return Ok(None);
+    }
+    let Some(data) = &file.data else {
+        anyhow::bail!(
+            "this command talks to chunk servers directly and needs a node certificate; it runs \
+             on a dev cluster's machine (the cluster file names its data directory)"
+        );
+    };
+    Ok(Some(tessera_tls::dev::ensure(&data.join("tls"))?))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -181,7 +228,9 @@ fn run(cli: Cli) -> Result<()> {
             m,
             segment_mib,
             healer_args,
+            insecure,
         } => dev::run(dev::DevArgs {
+            insecure: *insecure,
             data: data.clone(),
             chunk_servers: *chunk_servers,
             metad: *metad,
@@ -232,27 +281,57 @@ fn run(cli: Cli) -> Result<()> {
             ops::on_executor(move || async move { ops::doc_get(gw, key, json).await })
         }
         Cmd::Scrub { node, rate_mib } => {
-            let metad = metad_addrs(&cli)?;
+            let (gw, _) = gateway_addr(&cli)?;
             let (node, rate) = (node.clone(), *rate_mib);
-            ops::on_executor(move || async move {
-                heal::scrub(heal::bridge(&metad)?, node, rate, json).await
-            })
+            ops::on_executor(move || async move { heal::scrub(gw, node, rate, json).await })
+        }
+        Cmd::Key(k) => {
+            let (gw, _) = gateway_addr(&cli)?;
+            match k {
+                KeyCmd::Create {
+                    name,
+                    permissions,
+                    prefix,
+                } => {
+                    let (name, permissions, prefix) =
+                        (name.clone(), permissions.clone(), prefix.clone());
+                    ops::on_executor(move || async move {
+                        ops::key_create(gw, name, permissions, prefix, json).await
+                    })
+                }
+                KeyCmd::List => {
+                    ops::on_executor(move || async move { ops::key_list(gw, json).await })
+                }
+                KeyCmd::Revoke { key_id } => {
+                    let key_id = key_id.clone();
+                    ops::on_executor(move || async move { ops::key_revoke(gw, key_id, json).await })
+                }
+            }
         }
         Cmd::Repair { key, all, dry_run } => {
             if key.is_none() && !all {
                 anyhow::bail!("say what to repair: a KEY, or --all for every object");
             }
-            let metad = metad_addrs(&cli)?;
+            let (metad, sec) = metad_access(&cli)?;
+            let file = cluster::read(&cluster::path(cli.cluster.as_deref()))?;
+            let tls = if *dry_run {
+                node_tls(&file)?
+                    .map(|f| tessera_tls::Connector::node(&f))
+                    .transpose()?
+            } else {
+                None
+            };
             let keys: Vec<String> = key.iter().cloned().collect();
             let dry = *dry_run;
             ops::on_executor(move || async move {
-                heal::repair(heal::bridge(&metad)?, keys, dry, json).await
+                heal::repair(heal::bridge(&metad, sec)?, tls, keys, dry, json).await
             })
         }
         Cmd::Node(cmd) => {
             let path = cluster::path(cli.cluster.as_deref());
             let file = cluster::read(&path)?;
             let metad = file.metad.clone();
+            let sec = access::Access::new(Some(&file))?.metad()?;
             match cmd {
                 NodeCmd::Add {
                     data,
@@ -268,21 +347,25 @@ fn run(cli: Cli) -> Result<()> {
                             .filter(|p| p.is_file())
                     });
                     let (data, listen) = (data.clone(), listen.clone());
+                    let tls = node_tls(&file)?;
                     ops::on_executor(move || async move {
-                        let b = heal::bridge(&metad)?;
-                        heal::node_add(b, metad, data, listen, config, json).await
+                        let b = heal::bridge(&metad, sec)?;
+                        heal::node_add(b, metad, data, listen, config, tls, json).await
                     })
                 }
                 NodeCmd::Drain { id, undo } => {
                     let (id, undo) = (id.clone(), *undo);
                     ops::on_executor(move || async move {
-                        heal::node_drain(heal::bridge(&metad)?, id, undo, json).await
+                        heal::node_drain(heal::bridge(&metad, sec)?, id, undo, json).await
                     })
                 }
                 NodeCmd::Remove { id } => {
                     let id = id.clone();
+                    let tls = node_tls(&file)?
+                        .map(|f| tessera_tls::Connector::node(&f))
+                        .transpose()?;
                     ops::on_executor(move || async move {
-                        heal::node_remove(heal::bridge(&metad)?, id, json).await
+                        heal::node_remove(heal::bridge(&metad, sec)?, tls, id, json).await
                     })
                 }
             }

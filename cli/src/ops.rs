@@ -5,11 +5,11 @@
 //! Exit codes: 0 done, 1 failed, 2 bad usage, 3 not found, 4 the cluster
 //! is unreachable or unavailable, 5 data loss.
 
+use crate::access::Gw;
 use anyhow::{Context, Result};
 use futures::io::AllowStdIo;
 use std::future::Future;
 use std::io::Read;
-use std::net::SocketAddr;
 use tessera_rpc::{Error as RpcError, GatewayClient, GatewayErrorKind, ObjectInfo, PutOutcome};
 
 /// Transfers larger than this show a progress bar (on a terminal).
@@ -46,6 +46,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             GatewayErrorKind::NotFound => 3,
             GatewayErrorKind::Unavailable | GatewayErrorKind::InsufficientNodes => 4,
             GatewayErrorKind::DataLoss => 5,
+            GatewayErrorKind::Unauthenticated | GatewayErrorKind::PermissionDenied => 6,
             _ => 1,
         },
         Some(RpcError::Connect { .. })
@@ -84,14 +85,24 @@ fn info_json(i: &ObjectInfo) -> serde_json::Value {
     })
 }
 
-async fn connect(gw: SocketAddr) -> Result<GatewayClient> {
-    GatewayClient::connect(gw).await.with_context(|| {
-        format!("no gateway answers at {gw}: is the cluster running (`tessera dev`)?")
-    })
+/// Connects (TLS and access key as the cluster file says).
+pub async fn connect(gw: &Gw) -> Result<GatewayClient> {
+    GatewayClient::connect_with(gw.addr, gw.opts.clone())
+        .await
+        .map_err(|e| {
+            let hint = match &e {
+                tessera_rpc::Error::Gateway { .. } => {
+                    "check the access key (cluster file, or TESSERA_KEY_ID and TESSERA_SECRET)"
+                }
+                _ => "is the cluster running (`tessera dev`)?",
+            };
+            let msg = format!("gateway at {}: {hint}", gw.addr);
+            anyhow::Error::new(e).context(msg)
+        })
 }
 
-pub async fn put(gw: SocketAddr, key: String, src: Option<String>, json: bool) -> Result<()> {
-    let c = connect(gw).await?;
+pub async fn put(gw: Gw, key: String, src: Option<String>, json: bool) -> Result<()> {
+    let c = connect(&gw).await?;
     let (info, outcome) = match src.as_deref() {
         None | Some("-") => {
             let mut buf = Vec::new();
@@ -139,8 +150,8 @@ pub async fn put(gw: SocketAddr, key: String, src: Option<String>, json: bool) -
     Ok(())
 }
 
-pub async fn get(gw: SocketAddr, key: String, out: Option<String>, json: bool) -> Result<()> {
-    let c = connect(gw).await?;
+pub async fn get(gw: Gw, key: String, out: Option<String>, json: bool) -> Result<()> {
+    let c = connect(&gw).await?;
     let info = c.stat(&key).await?;
     let b = bar(info.size, &format!("get {key}"));
     let mut progress = |n: u64| {
@@ -180,8 +191,8 @@ pub async fn get(gw: SocketAddr, key: String, out: Option<String>, json: bool) -
     Ok(())
 }
 
-pub async fn stat(gw: SocketAddr, key: String, json: bool) -> Result<()> {
-    let c = connect(gw).await?;
+pub async fn stat(gw: Gw, key: String, json: bool) -> Result<()> {
+    let c = connect(&gw).await?;
     let i = c.stat(&key).await?;
     if json {
         println!("{}", info_json(&i));
@@ -209,8 +220,8 @@ pub async fn stat(gw: SocketAddr, key: String, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn rm(gw: SocketAddr, key: String, json: bool) -> Result<()> {
-    let c = connect(gw).await?;
+pub async fn rm(gw: Gw, key: String, json: bool) -> Result<()> {
+    let c = connect(&gw).await?;
     let existed = c.delete(&key).await?;
     if json {
         println!("{}", serde_json::json!({"key": key, "existed": existed}));
@@ -222,8 +233,8 @@ pub async fn rm(gw: SocketAddr, key: String, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn ls(gw: SocketAddr, prefix: String, limit: Option<u64>, json: bool) -> Result<()> {
-    let c = connect(gw).await?;
+pub async fn ls(gw: Gw, prefix: String, limit: Option<u64>, json: bool) -> Result<()> {
+    let c = connect(&gw).await?;
     let mut after = String::new();
     let mut shown = 0u64;
     let mut items = Vec::new();
@@ -275,14 +286,8 @@ pub fn read_json_arg(arg: &str) -> Result<String> {
     Ok(arg.to_string())
 }
 
-pub async fn doc_put(
-    gw: SocketAddr,
-    key: String,
-    doc: String,
-    hot: Vec<String>,
-    json: bool,
-) -> Result<()> {
-    let c = connect(gw).await?;
+pub async fn doc_put(gw: Gw, key: String, doc: String, hot: Vec<String>, json: bool) -> Result<()> {
+    let c = connect(&gw).await?;
     let hot: Vec<&str> = hot.iter().map(String::as_str).collect();
     let (info, outcome, skipped) = c.put_doc(&key, &doc, &hot).await?;
     let oc = match outcome {
@@ -303,8 +308,8 @@ pub async fn doc_put(
     Ok(())
 }
 
-pub async fn doc_get(gw: SocketAddr, key: String, json: bool) -> Result<()> {
-    let c = connect(gw).await?;
+pub async fn doc_get(gw: Gw, key: String, json: bool) -> Result<()> {
+    let c = connect(&gw).await?;
     let (doc, _) = c.get_doc(&key).await?;
     // The document is JSON either way; --json changes nothing here.
     let _ = json;
@@ -313,11 +318,11 @@ pub async fn doc_get(gw: SocketAddr, key: String, json: bool) -> Result<()> {
 }
 
 pub async fn status(
-    gw: SocketAddr,
+    gw: Gw,
     cluster: Option<tessera_rpc::cluster::ClusterFile>,
     json: bool,
 ) -> Result<()> {
-    let c = connect(gw).await?;
+    let c = connect(&gw).await?;
     let s = c.status().await?;
     // Object counts: one pass over the listing (bounded by the page size
     // times pages; fine for a dev cluster, the healer keeps counts later).
@@ -335,7 +340,11 @@ pub async fn status(
             _ => break,
         }
     }
-    let healer = match cluster.as_ref().map(|c| crate::heal::bridge(&c.metad)) {
+    let healer = match cluster.as_ref().map(|c| {
+        crate::access::Access::new(Some(c))
+            .and_then(|a| a.metad())
+            .and_then(|sec| crate::heal::bridge(&c.metad, sec))
+    }) {
         Some(Ok(b)) => crate::heal::healer_state(&b).await.ok(),
         _ => None,
     };
@@ -414,4 +423,78 @@ pub fn human(b: u64) -> String {
     } else {
         format!("{v:.1} {}", U[i])
     }
+}
+
+/// `tessera key create`: prints the new key's id and secret (shown once).
+pub async fn key_create(
+    gw: Gw,
+    name: String,
+    permissions: String,
+    prefix: String,
+    json: bool,
+) -> Result<()> {
+    let c = connect(&gw).await?;
+    let k = c.create_key(&name, &permissions, &prefix).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"key_id": k.key_id, "secret": k.secret, "permissions": permissions, "prefix": prefix})
+        );
+    } else {
+        println!("key id: {}", k.key_id);
+        println!("secret: {}", k.secret);
+        println!(
+            "permissions {permissions:?}{}; the secret is shown only now: use it with \
+             TESSERA_KEY_ID and TESSERA_SECRET, or in a cluster file",
+            if prefix.is_empty() {
+                String::new()
+            } else {
+                format!(", object keys under {prefix:?}")
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `tessera key list`.
+pub async fn key_list(gw: Gw, json: bool) -> Result<()> {
+    let c = connect(&gw).await?;
+    let keys = c.list_keys().await?;
+    if json {
+        let v: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({"key_id": k.key_id, "name": k.name, "permissions": k.permissions,
+                    "prefix": k.prefix, "created_unix_millis": k.created_unix_millis, "revoked": k.revoked})
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "keys": v }));
+    } else {
+        for k in &keys {
+            println!(
+                "{:<24} {:<4} {:<8} {:<20} {}",
+                k.key_id,
+                k.permissions,
+                if k.revoked { "revoked" } else { "active" },
+                if k.prefix.is_empty() { "*" } else { &k.prefix },
+                k.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `tessera key revoke ID`.
+pub async fn key_revoke(gw: Gw, key_id: String, json: bool) -> Result<()> {
+    let c = connect(&gw).await?;
+    let existed = c.revoke_key(&key_id).await?;
+    if !existed {
+        anyhow::bail!("no access key {key_id:?}; `tessera key list` shows them");
+    }
+    if json {
+        println!("{}", serde_json::json!({"key_id": key_id, "revoked": true}));
+    } else {
+        println!("{key_id} revoked: it authenticates nothing from now on (open connections stop within seconds)");
+    }
+    Ok(())
 }

@@ -116,7 +116,7 @@ fn dev_cluster_end_to_end() {
         objects.push((format!("rand/{i:02}"), 1000 + i, len));
     }
     let put = objects.clone();
-    with_client(gw, move |c| async move {
+    with_client(gw.clone(), move |c| async move {
         for (key, seed, len) in &put {
             let data = blob(*seed, *len);
             let (info, outcome) = c
@@ -171,7 +171,7 @@ fn dev_cluster_end_to_end() {
     // 1b. JSON documents.
     let docs = documents();
     let d2 = docs.clone();
-    with_client(gw, move |c| async move {
+    with_client(gw.clone(), move |c| async move {
         for (key, doc, hot) in &d2 {
             let hot: Vec<&str> = hot.iter().map(String::as_str).collect();
             let (_, outcome, skipped) = c
@@ -294,17 +294,15 @@ fn dev_cluster_end_to_end() {
     // lists it): stripes with a data shard on it are read by hedging one
     // parity shard, and every object still reads.
     let frozen = pid_of(&dev, "chunkd-4");
-    let before = with_client(
-        gw,
-        |c| async move { c.status().await.unwrap().reads_hedged },
-    );
+    let before = with_client(gw.clone(), |c| async move {
+        c.status().await.unwrap().reads_hedged
+    });
     // SAFETY: kill(2) on a process of the dev cluster this test started.
     unsafe { libc::kill(frozen, libc::SIGSTOP) };
-    check_all(gw, objects.clone());
-    let after = with_client(
-        gw,
-        |c| async move { c.status().await.unwrap().reads_hedged },
-    );
+    check_all(&gw, objects.clone());
+    let after = with_client(gw.clone(), |c| async move {
+        c.status().await.unwrap().reads_hedged
+    });
     // SAFETY: as above.
     unsafe { libc::kill(frozen, libc::SIGCONT) };
     assert!(
@@ -325,8 +323,9 @@ fn dev_cluster_end_to_end() {
         .collect();
     let writer = {
         let (acked, tried) = (acked.clone(), tried.clone());
+        let gw = gw.clone();
         std::thread::spawn(move || {
-            with_client(gw, move |c| async move {
+            with_client(gw.clone(), move |c| async move {
                 let c = std::rc::Rc::new(c);
                 // Four writers, so that some writes are acknowledged and
                 // others are in flight when the gateway dies.
@@ -369,7 +368,7 @@ fn dev_cluster_end_to_end() {
     let mut gateway2 = Command::new(Path::new(TESSERA).with_file_name("tessera-gateway"))
         .args([
             "--listen",
-            &gw.to_string(),
+            &gw.addr.to_string(),
             "--metad",
             &metad_addrs(&dev).join(","),
             "--id",
@@ -381,6 +380,7 @@ fn dev_cluster_end_to_end() {
             "--pool",
             "pool31/=3+1:cauchy256",
         ])
+        .args(tls_flags(&dev))
         .stdout(Stdio::piped())
         .stderr(Stdio::from(gw_log))
         .spawn()
@@ -388,17 +388,20 @@ fn dev_cluster_end_to_end() {
     {
         use std::io::BufRead;
         let mut lines = std::io::BufReader::new(gateway2.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
+        let first = lines
+            .next()
+            .expect("the restarted gateway printed nothing: see gateway2.log")
+            .unwrap();
         assert!(first.contains("listening"), "{first}");
         std::thread::spawn(move || for _ in lines {});
     }
-    check_all(gw, acked.clone());
+    check_all(&gw, acked.clone());
     let unacked: Vec<_> = tried
         .iter()
         .filter(|t| !acked.contains(t))
         .cloned()
         .collect();
-    with_client(gw, move |c| async move {
+    with_client(gw.clone(), move |c| async move {
         for (k, s, l) in unacked {
             match c.get(&k).await {
                 Ok(b) => assert!(
@@ -413,20 +416,20 @@ fn dev_cluster_end_to_end() {
             }
         }
     });
-    wal_holds_only_dirty_entries(&dev, gw);
+    wal_holds_only_dirty_entries(&dev, gw.clone());
 
     // 4. Two chunk servers killed.
     kill9(pid_of(&dev, "chunkd-1"));
     kill9(pid_of(&dev, "chunkd-2"));
     let mut all = objects.clone();
     all.extend(acked);
-    check_all(gw, all.clone());
+    check_all(&gw, all.clone());
     let fresh: Vec<(String, u64, usize)> = [(0usize, 10), (1, 70_000), (2, 5 << 20)]
         .iter()
         .map(|&(i, l)| (format!("degraded/{i}"), 9000 + i as u64, l))
         .collect();
     let f2 = fresh.clone();
-    with_client(gw, move |c| async move {
+    with_client(gw.clone(), move |c| async move {
         for (k, s, l) in &f2 {
             let (info, outcome) = c
                 .put(k, &blob(*s, *l))
@@ -438,8 +441,8 @@ fn dev_cluster_end_to_end() {
             }
         }
     });
-    check_all(gw, fresh);
-    with_client(gw, |c| async move {
+    check_all(&gw, fresh);
+    with_client(gw.clone(), |c| async move {
         let data = blob(77, 200_000);
         let (info, _) = c.put("pool31/obj", &data).await.unwrap();
         assert!(
@@ -450,7 +453,7 @@ fn dev_cluster_end_to_end() {
         assert!(c.get("pool31/obj").await.unwrap() == data);
     });
     let d3 = docs.clone();
-    with_client(gw, move |c| async move {
+    with_client(gw.clone(), move |c| async move {
         for (key, doc, _) in &d3 {
             let (back, _) = c
                 .get_doc(key)
@@ -467,7 +470,7 @@ fn dev_cluster_end_to_end() {
     kill9(pid_of(&dev, "chunkd-3"));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let live = with_client(gw, |c| async move {
+        let live = with_client(gw.clone(), |c| async move {
             c.status()
                 .await
                 .unwrap()
@@ -504,9 +507,9 @@ fn dev_cluster_end_to_end() {
     let _ = gateway2.wait();
     restart_dev(&mut dev, 6);
     let gw = gateway_addr(&dev);
-    check_all(gw, all);
+    check_all(&gw, all);
     let d4 = docs.clone();
-    with_client(gw, move |c| async move {
+    with_client(gw.clone(), move |c| async move {
         for (key, doc, _) in &d4 {
             let (back, _) = c.get_doc(key).await.unwrap();
             assert_eq!(
@@ -519,7 +522,7 @@ fn dev_cluster_end_to_end() {
     // 7. A flood of connections from one address (127.0.0.2) is cut at the
     // per-peer limit, and a client from another address is still served.
     let flood: Vec<std::net::TcpStream> = (0..FLOOD_CONNECTIONS)
-        .map(|_| connect_from([127, 0, 0, 2], gw))
+        .map(|_| connect_from([127, 0, 0, 2], gw.addr))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let closed = flood
@@ -535,7 +538,7 @@ fn dev_cluster_end_to_end() {
         closed >= FLOOD_CONNECTIONS - PER_PEER_DEFAULT,
         "{closed} of {FLOOD_CONNECTIONS} flood connections were closed; the cap is {PER_PEER_DEFAULT} per peer"
     );
-    with_client(gw, |c| async move {
+    with_client(gw.clone(), |c| async move {
         c.put("flood/ok", b"served")
             .await
             .expect("a put beside a flood");
@@ -563,14 +566,15 @@ fn connect_from(from: [u8; 4], to: SocketAddr) -> std::net::TcpStream {
 
 /// Every unfinished WAL entry of the gateway names a committed, dirty
 /// version (the healer finishes those); nothing else is left behind.
-fn wal_holds_only_dirty_entries(dev: &Dev, gw: SocketAddr) {
+fn wal_holds_only_dirty_entries(dev: &Dev, gw: Gw) {
     let metad = metad_addrs(dev);
+    let opts = node_metad_options(dev);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let entries = tokio::task::LocalSet::new().block_on(&rt, async move {
-        let c = tessera_metad::client::MetaClient::connect(&metad, Default::default())
+        let c = tessera_metad::client::MetaClient::connect(&metad, opts)
             .await
             .unwrap();
         let mut out = Vec::new();
@@ -586,7 +590,7 @@ fn wal_holds_only_dirty_entries(dev: &Dev, gw: SocketAddr) {
     for e in entries {
         let intent = tessera_gateway::meta::WalIntent::decode(&e.data).unwrap();
         let key = intent.key.clone();
-        let info = with_client(gw, move |c| async move { c.stat(&key).await });
+        let info = with_client(gw.clone(), move |c| async move { c.stat(&key).await });
         match info {
             Ok(i) => assert!(
                 i.version_id == intent.version_id && i.dirty,

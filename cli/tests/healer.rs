@@ -124,18 +124,6 @@ fn node_id_of(dev: &Dev, name: &str) -> String {
         .to_string()
 }
 
-fn addr_of(dev: &Dev, name: &str) -> String {
-    cluster(dev)["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"].as_str() == Some(name))
-        .unwrap()["addr"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn data_dir(dev: &Dev) -> PathBuf {
     dev.dir.join("data")
 }
@@ -156,6 +144,7 @@ fn start_chunkd(dev: &Dev, name: &str, addr: &str) -> Extra {
         .arg("--data")
         .arg(data.join(name))
         .args(["--listen", addr, "--metad", &metad_addrs(dev).join(",")])
+        .args(tls_flags(dev))
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
@@ -305,8 +294,8 @@ fn objects() -> (Vec<(String, u64, usize)>, u64) {
     (v, stripes)
 }
 
-fn put_all(gw: SocketAddr, objs: Vec<(String, u64, usize)>) {
-    with_client(gw, move |c| async move {
+fn put_all(gw: &Gw, objs: Vec<(String, u64, usize)>) {
+    with_client(gw.clone(), move |c| async move {
         for (key, seed, len) in objs {
             c.put(&key, &blob(seed, len))
                 .await
@@ -321,7 +310,7 @@ fn healer_end_to_end() {
     let gw = gateway_addr(&dev);
     let (objs, stripes) = objects();
     let n = objs.len() as u64;
-    put_all(gw, objs.clone());
+    put_all(&gw, objs.clone());
     let t0 = now_ms();
     wait_healer(&dev, "a first clean pass", |h| settled(h, t0, n));
 
@@ -330,13 +319,17 @@ fn healer_end_to_end() {
     let stray_id: Vec<u8> = (0..21u8).map(|i| 0xA0 ^ i).collect();
     let id2 = stray_id.clone();
     let sa: SocketAddr = stray_node.parse().unwrap();
+    let tls = node_tls(&dev);
     let stray_exists = move |id: Vec<u8>, put: bool| {
+        let tls = tls.clone();
         tessera_engine::raise_memlock().unwrap();
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .spawn(move || async move {
-                let c = tessera_rpc::ChunkClient::connect(sa, Default::default())
-                    .await
-                    .unwrap();
+                let opts = tessera_rpc::ClientOptions {
+                    tls: Some(tls),
+                    ..Default::default()
+                };
+                let c = tessera_rpc::ChunkClient::connect(sa, opts).await.unwrap();
                 if put {
                     c.put(&id, &[7u8; 4096]).await.unwrap();
                 }
@@ -372,7 +365,7 @@ fn healer_end_to_end() {
         bad > 0,
         "{flipped} flipped bytes, but the scrub found nothing: {scrub}"
     );
-    check_all(gw, objs.clone());
+    check_all(&gw, objs.clone());
     let t1 = now_ms();
     let h = wait_healer(&dev, "rewriting the bad shards", |h| {
         settled(h, t1, n) && h["status"]["shards_rebuilt"].as_u64().unwrap_or(0) >= bad
@@ -384,7 +377,7 @@ fn healer_end_to_end() {
         again["bad_found"], 0,
         "a second scrub still finds bad shards: {again}; healer {h:#}"
     );
-    check_all(gw, objs.clone());
+    check_all(&gw, objs.clone());
 
     // Metrics: each daemon's scrape parses and moves with traffic.
     let leader = status(&dev)["healer"]["leader"]
@@ -400,7 +393,7 @@ fn healer_end_to_end() {
         )
     };
     let g0 = gets(&scrape(&dev, "gateway"));
-    check_all(gw, objs.clone());
+    check_all(&gw, objs.clone());
     let g1 = gets(&scrape(&dev, "gateway"));
     assert!(
         g1 >= g0 + n as f64,
@@ -522,7 +515,7 @@ fn healer_end_to_end() {
         "phase 2: {old_leader} (epoch {old_epoch}) killed after it began repairing; {new_leader} (epoch {}) led from {new_start} and repaired {new_repairs} object(s)",
         h["epoch"]
     );
-    check_all(gw, objs.clone());
+    check_all(&gw, objs.clone());
 
     // 3. A chunk server joins: only shards whose placement changed move,
     // and every object reads throughout.
@@ -545,9 +538,10 @@ fn healer_end_to_end() {
     let rounds = Arc::new(AtomicU64::new(0));
     let reader = {
         let (stop, rounds, objs) = (stop.clone(), rounds.clone(), objs.clone());
+        let gw = gw.clone();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                check_all(gw, objs.clone());
+                check_all(&gw, objs.clone());
                 rounds.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -607,10 +601,10 @@ fn healer_end_to_end() {
         "remove: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    check_all(gw, objs.clone());
+    check_all(&gw, objs.clone());
 
     // 4. Any two other chunk servers down: every object reads.
     kill9(pid_of(&dev, "chunkd-3"));
     kill9(pid_of(&dev, "chunkd-4"));
-    check_all(gw, objs);
+    check_all(&gw, objs);
 }

@@ -27,7 +27,9 @@ pub struct MetaBridge {
 impl MetaBridge {
     /// Starts the thread and connects to metad at `seeds` (any replica
     /// addresses); fails with what went wrong when none answers.
-    pub fn start(seeds: Vec<String>) -> Result<Self> {
+    /// `security`: TLS (and credentials, for an operator's CLI) of every
+    /// metad connection.
+    pub fn start(seeds: Vec<String>, security: tessera_metad::net::Security) -> Result<Self> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(u32, u32)>>();
         std::thread::Builder::new()
@@ -45,7 +47,15 @@ impl MetaBridge {
                 };
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&rt, async move {
-                    let client = match MetaClient::connect(&seeds, ClientOptions::default()).await {
+                    let client = match MetaClient::connect(
+                        &seeds,
+                        ClientOptions {
+                            security,
+                            ..ClientOptions::default()
+                        },
+                    )
+                    .await
+                    {
                         Ok(c) => c,
                         Err(e) => {
                             let _ = ready_tx.send(Err(Error::Unavailable(format!(

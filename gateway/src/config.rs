@@ -25,6 +25,11 @@ pub struct GatewayFile {
     pub metrics: Option<SocketAddr>,
     pub log: Option<String>,
     pub connections_per_peer: Option<usize>,
+    /// Accept plaintext connections with no access keys (no `[tls]`).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Certificate files (`ca`, `cert`, `key`).
+    pub tls: Option<tessera_tls::TlsFiles>,
 }
 
 impl GatewayFile {

@@ -21,6 +21,10 @@ pub enum Error {
     DataLoss(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

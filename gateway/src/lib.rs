@@ -13,6 +13,7 @@
 //! - [`service`] serves the Cap'n Proto `Gateway` interface.
 
 pub mod admission;
+pub mod auth;
 pub mod bridge;
 pub mod codec;
 pub mod config;

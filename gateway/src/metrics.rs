@@ -15,6 +15,8 @@ fn result_name(e: Option<&Error>) -> &'static str {
         Some(Error::InsufficientNodes(_)) => "insufficient_nodes",
         Some(Error::DataLoss(_)) => "data_loss",
         Some(Error::Internal(_)) => "internal",
+        Some(Error::Unauthenticated(_)) => "unauthenticated",
+        Some(Error::PermissionDenied(_)) => "permission_denied",
     }
 }
 

@@ -74,12 +74,15 @@ pub struct Nodes {
     refreshed: RefCell<Option<Instant>>,
     clients: RefCell<HashMap<String, (String, Rc<ChunkClient>)>>,
     latency_us: RefCell<HashMap<String, f64>>,
+    /// TLS to chunk servers.
+    tls: Option<tessera_tls::Connector>,
 }
 
 impl Nodes {
-    pub fn new(bridge: MetaBridge) -> Rc<Self> {
+    pub fn new(bridge: MetaBridge, tls: Option<tessera_tls::Connector>) -> Rc<Self> {
         Rc::new(Nodes {
             bridge,
+            tls,
             recent_us: RefCell::new(std::collections::VecDeque::with_capacity(RECENT_READS_MAX)),
             p95: std::cell::Cell::new(HEDGE_MIN),
             samples: std::cell::Cell::new(0),
@@ -198,6 +201,7 @@ impl Nodes {
             call_timeout: CHUNK_CALL_TIMEOUT,
             attempts: crate::limits::CHUNK_CALL_ATTEMPTS,
             expect_node_id: Some(node_id.to_string()),
+            tls: self.tls.clone(),
             ..Default::default()
         };
         let c =

@@ -82,6 +82,8 @@ pub struct ObjectsConfig {
     pub codec: CodecId,
     /// Other codes for keys under given prefixes (the longest match wins).
     pub pools: Vec<Pool>,
+    /// TLS to chunk servers (with the node certificate); `None` = plaintext.
+    pub chunk_tls: Option<tessera_tls::Connector>,
 }
 
 impl Default for ObjectsConfig {
@@ -94,6 +96,7 @@ impl Default for ObjectsConfig {
             inline_max: INLINE_MAX_BYTES_DEFAULT,
             codec: CodecId::Cauchy256,
             pools: Vec::new(),
+            chunk_tls: None,
         }
     }
 }
@@ -242,7 +245,7 @@ impl Objects {
     pub fn new(cfg: ObjectsConfig, bridge: MetaBridge) -> Result<Rc<Self>> {
         cfg.validate()?;
         Ok(Rc::new(Objects {
-            nodes: Nodes::new(bridge.clone()),
+            nodes: Nodes::new(bridge.clone(), cfg.chunk_tls.clone()),
             cfg,
             bridge,
             stats: Stats::default(),

@@ -8,15 +8,53 @@ use crate::meta::ObjectMeta;
 use crate::objects::{Objects, Outcome, PutWriter};
 use futures::lock::Mutex;
 use std::rc::Rc;
+use tessera_auth::{Permission, Session};
 use tessera_schema::gateway_capnp::{error as wire_error, gateway, object_info, put_sink};
 
 pub struct GatewayService {
     objects: Rc<Objects>,
+    /// What this connection's peer proved (one service per connection).
+    session: Rc<Session>,
 }
 
 impl GatewayService {
-    pub fn new(objects: Rc<Objects>) -> Self {
-        GatewayService { objects }
+    pub fn new(objects: Rc<Objects>, session: Rc<Session>) -> Self {
+        GatewayService { objects, session }
+    }
+
+    /// The service of one connection behind its call gate
+    /// ([`crate::auth::policy`]).
+    pub fn gated(objects: Rc<Objects>, session: Rc<Session>) -> gateway::Client {
+        let policy = crate::auth::policy(session.clone(), objects.bridge.clone());
+        tessera_auth::gated::<gateway::Client, _>(GatewayService::new(objects, session), policy)
+    }
+
+    /// May this connection do `need` to object `key` (permission and the
+    /// key's prefix)?
+    fn allow(&self, need: Permission, key: &str) -> Result<(), Error> {
+        let Some(g) = self.session.effective() else {
+            crate::auth::refused("unauthenticated");
+            return Err(Error::Unauthenticated(
+                "unauthenticated: call authenticate with an access key first".into(),
+            ));
+        };
+        g.check(need, key).map_err(|m| {
+            crate::auth::refused("permission");
+            Error::PermissionDenied(m)
+        })
+    }
+
+    /// The prefix a list may cover for this connection's key.
+    fn list_prefix(&self, asked: &str) -> Result<String, Error> {
+        let Some(g) = self.session.effective() else {
+            return Err(Error::Unauthenticated(
+                "unauthenticated: call authenticate with an access key first".into(),
+            ));
+        };
+        g.list_prefix(asked).map_err(|m| {
+            crate::auth::refused("permission");
+            Error::PermissionDenied(m)
+        })
     }
 }
 
@@ -31,6 +69,8 @@ fn write_error(mut w: wire_error::Builder<'_>, e: &Error) {
         Error::InsufficientNodes(_) => K::InsufficientNodes,
         Error::DataLoss(_) => K::DataLoss,
         Error::Internal(_) => K::Internal,
+        Error::Unauthenticated(_) => K::Unauthenticated,
+        Error::PermissionDenied(_) => K::PermissionDenied,
     };
     w.set_kind(kind);
     w.set_message(e.to_string());
@@ -96,6 +136,7 @@ impl gateway::Server for GatewayService {
         let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
+            self.allow(Permission::Write, &key)?;
             let data = p.get_data().map_err(|e| Error::Invalid(format!("data: {e}")))?;
             if data.len() > MESSAGE_DATA_MAX_BYTES {
                 return Err(Error::TooLarge(format!(
@@ -127,6 +168,7 @@ impl gateway::Server for GatewayService {
         let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
+            self.allow(Permission::Write, &key)?;
             let w = self.objects.begin_put(&key, p.get_size()).await?;
             Ok((key, w))
         }
@@ -154,6 +196,7 @@ impl gateway::Server for GatewayService {
         let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
+            self.allow(Permission::Read, &key)?;
             let meta = self.objects.stat(&key).await?;
             blob_only(&key, &meta)?;
             let (off, len) = range(meta.size, p.get_offset(), p.get_length())?;
@@ -208,6 +251,7 @@ impl gateway::Server for GatewayService {
         let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
+            self.allow(Permission::Read, &key)?;
             let meta = self.objects.stat(&key).await?;
             blob_only(&key, &meta)?;
             let (off, len) = range(meta.size, p.get_offset(), p.get_length())?;
@@ -260,6 +304,7 @@ impl gateway::Server for GatewayService {
         let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
+            self.allow(Permission::Read, &key)?;
             let meta = self.objects.stat(&key).await?;
             Ok((key, meta))
         }
@@ -281,6 +326,7 @@ impl gateway::Server for GatewayService {
         let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
+            self.allow(Permission::Write, &key)?;
             self.objects.delete(&key).await
         }
         .await;
@@ -301,6 +347,7 @@ impl gateway::Server for GatewayService {
         let started = std::time::Instant::now();
         let r = async {
             let prefix = text(p.get_prefix(), "prefix")?;
+            let prefix = self.list_prefix(&prefix)?;
             let after = text(p.get_start_after(), "startAfter")?;
             self.objects.list(&prefix, &after, p.get_limit()).await
         }
@@ -329,6 +376,7 @@ impl gateway::Server for GatewayService {
         let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
+            self.allow(Permission::Write, &key)?;
             let json = text(p.get_json(), "json")?;
             let mut hot = Vec::new();
             for h in p
@@ -364,6 +412,7 @@ impl gateway::Server for GatewayService {
         let started = std::time::Instant::now();
         let r = async {
             let key = text(p.get_key(), "key")?;
+            self.allow(Permission::Read, &key)?;
             let (meta, json) = self.objects.get_doc(&key).await?;
             Ok((key, meta, json))
         }
@@ -374,6 +423,193 @@ impl gateway::Server for GatewayService {
                 let mut b = results.get();
                 fill_info(b.reborrow().init_info(), &key, &meta);
                 b.set_json(&json);
+            }
+            Err(e) => write_error(results.get().init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn authenticate(
+        self: Rc<Self>,
+        params: gateway::AuthenticateParams,
+        mut results: gateway::AuthenticateResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let started = std::time::Instant::now();
+        let r = async {
+            let creds = tessera_auth::Credentials {
+                key_id: text(p.get_key_id(), "keyId")?,
+                secret: text(p.get_secret(), "secret")?,
+            };
+            crate::auth::authenticate(&self.objects.bridge, &self.session, &creds).await
+        }
+        .await;
+        crate::metrics::observe("authenticate", started, r.as_ref().err());
+        match r {
+            Ok(g) => {
+                let mut b = results.get();
+                b.set_permissions(g.permissions.to_string());
+                b.set_prefix(&g.prefix);
+            }
+            Err(e) => write_error(results.get().init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn create_key(
+        self: Rc<Self>,
+        params: gateway::CreateKeyParams,
+        mut results: gateway::CreateKeyResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let started = std::time::Instant::now();
+        let r = async {
+            self.allow(Permission::Admin, "")?;
+            let name = text(p.get_name(), "name")?;
+            let perms = text(p.get_permissions(), "permissions")?;
+            let prefix = text(p.get_prefix(), "prefix")?;
+            crate::auth::create(&self.objects.bridge, &name, &perms, &prefix).await
+        }
+        .await;
+        crate::metrics::observe("create_key", started, r.as_ref().err());
+        match r {
+            Ok((rec, creds)) => {
+                tracing::info!(key_id = %rec.id, permissions = %rec.permissions, prefix = %rec.prefix, "access key created");
+                let mut b = results.get();
+                b.set_key_id(&creds.key_id);
+                b.set_secret(&creds.secret);
+            }
+            Err(e) => write_error(results.get().init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn list_keys(
+        self: Rc<Self>,
+        _: gateway::ListKeysParams,
+        mut results: gateway::ListKeysResults,
+    ) -> Result<(), capnp::Error> {
+        let started = std::time::Instant::now();
+        let r = async {
+            self.allow(Permission::Admin, "")?;
+            crate::auth::list(&self.objects.bridge).await
+        }
+        .await;
+        crate::metrics::observe("list_keys", started, r.as_ref().err());
+        match r {
+            Ok(keys) => {
+                let mut l = results.get().init_keys(keys.len() as u32);
+                for (i, k) in keys.iter().enumerate() {
+                    let mut w = l.reborrow().get(i as u32);
+                    w.set_key_id(&k.id);
+                    w.set_name(&k.name);
+                    w.set_permissions(k.permissions.to_string());
+                    w.set_prefix(&k.prefix);
+                    w.set_created_unix_millis(k.created_unix_millis);
+                    w.set_revoked(k.revoked_unix_millis.is_some());
+                }
+            }
+            Err(e) => write_error(results.get().init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn revoke_key(
+        self: Rc<Self>,
+        params: gateway::RevokeKeyParams,
+        mut results: gateway::RevokeKeyResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let started = std::time::Instant::now();
+        let r = async {
+            self.allow(Permission::Admin, "")?;
+            let id = text(p.get_key_id(), "keyId")?;
+            let existed = crate::auth::revoke(&self.objects.bridge, &id).await?;
+            if existed {
+                tracing::info!(key_id = %id, "access key revoked");
+            }
+            Ok(existed)
+        }
+        .await;
+        crate::metrics::observe("revoke_key", started, r.as_ref().err());
+        match r {
+            Ok(existed) => results.get().set_existed(existed),
+            Err(e) => write_error(results.get().init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn scrub(
+        self: Rc<Self>,
+        params: gateway::ScrubParams,
+        mut results: gateway::ScrubResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let started = std::time::Instant::now();
+        let r = async {
+            self.allow(Permission::Admin, "")?;
+            let node = text(p.get_node(), "node")?;
+            let (start, rate) = (p.get_start(), p.get_bytes_per_sec());
+            let o = &self.objects;
+            o.nodes.refresh().await?;
+            let chosen: Vec<_> = o
+                .nodes
+                .all()
+                .into_iter()
+                .filter(|n| n.live && (node.is_empty() || node == n.node_id || node == n.addr))
+                .collect();
+            if chosen.is_empty() {
+                return Err(if node.is_empty() {
+                    Error::Unavailable("no chunk server is live".into())
+                } else {
+                    Error::NotFound(format!(
+                        "no live chunk server has the id or address {node:?}; `tessera status` lists them"
+                    ))
+                });
+            }
+            let mut out = Vec::with_capacity(chosen.len());
+            for n in chosen {
+                let asked = async {
+                    let c = o.nodes.client(&n.node_id).await?;
+                    let started = if start {
+                        c.start_scrub(rate)
+                            .await
+                            .map_err(|e| Error::Unavailable(e.to_string()))?
+                    } else {
+                        false
+                    };
+                    let s = c
+                        .scrub_status()
+                        .await
+                        .map_err(|e| Error::Unavailable(e.to_string()))?;
+                    Ok::<_, Error>((s, started))
+                }
+                .await;
+                out.push((n, asked));
+            }
+            Ok(out)
+        }
+        .await;
+        crate::metrics::observe("scrub", started, r.as_ref().err());
+        match r {
+            Ok(nodes) => {
+                let mut l = results.get().init_nodes(nodes.len() as u32);
+                for (i, (n, asked)) in nodes.iter().enumerate() {
+                    let mut w = l.reborrow().get(i as u32);
+                    w.set_node_id(&n.node_id);
+                    w.set_addr(&n.addr);
+                    match asked {
+                        Ok((s, started)) => {
+                            w.set_passes(s.passes);
+                            w.set_running(s.running);
+                            w.set_bytes_verified(s.bytes_verified);
+                            w.set_bytes_total(s.bytes_total);
+                            w.set_bad_found(s.bad_found);
+                            w.set_started(*started);
+                        }
+                        Err(e) => w.set_error(e.to_string()),
+                    }
+                }
             }
             Err(e) => write_error(results.get().init_error(), &e),
         }

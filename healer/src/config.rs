@@ -33,6 +33,11 @@ pub struct HealerFile {
     pub log: Option<String>,
     /// Where to serve Prometheus metrics (`host:port`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Plaintext connections (no `[tls]`).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Certificate files (`ca`, `cert`, `key`).
+    pub tls: Option<tessera_tls::TlsFiles>,
 }
 
 impl HealerFile {

@@ -37,7 +37,7 @@ impl From<tessera_gateway::Error> for Error {
             G::Conflict(m) => Error::Changed(m),
             G::Invalid(m) | G::TooLarge(m) => Error::Invalid(m),
             G::DataLoss(m) => Error::DataLoss(m),
-            G::Internal(m) => Error::Internal(m),
+            G::Internal(m) | G::Unauthenticated(m) | G::PermissionDenied(m) => Error::Internal(m),
             G::NotFound(m) | G::Unavailable(m) | G::InsufficientNodes(m) => Error::Unavailable(m),
         }
     }

@@ -43,6 +43,8 @@ pub struct HealerConfig {
     pub gc_grace: Duration,
     pub concurrency: usize,
     pub bytes_per_sec: u64,
+    /// TLS to chunk servers (with the node certificate).
+    pub chunk_tls: Option<tessera_tls::Connector>,
 }
 
 impl Default for HealerConfig {
@@ -54,6 +56,7 @@ impl Default for HealerConfig {
             gc_grace: Duration::from_secs(GC_GRACE_DEFAULT_SECS),
             concurrency: REPAIR_CONCURRENCY_DEFAULT,
             bytes_per_sec: REPAIR_BYTES_PER_SEC_DEFAULT,
+            chunk_tls: None,
         }
     }
 }
@@ -213,7 +216,7 @@ impl Healer {
     pub fn new(cfg: HealerConfig, bridge: MetaBridge, stop: Rc<Cell<bool>>) -> Result<Rc<Self>> {
         cfg.validate()?;
         Ok(Rc::new(Healer {
-            nodes: Nodes::new(bridge.clone()),
+            nodes: Nodes::new(bridge.clone(), cfg.chunk_tls.clone()),
             lead: Rc::new(Leadership::new(bridge.clone(), &cfg.id)),
             throttle: Rc::new(Throttle::new(cfg.bytes_per_sec)),
             counters: Rc::new(Counters::default()),

@@ -56,7 +56,7 @@ fn start_metad() -> Metad {
     let cfg = dir.path().join("metad.toml");
     std::fs::write(
         &cfg,
-        "[raft]\nheartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n",
+        "insecure = true\n[raft]\nheartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n",
     )
     .unwrap();
     let mut child = Command::new(metad_bin())
@@ -134,7 +134,7 @@ fn only_the_newest_epoch_commits() {
             let r = round.get();
             on_executor(move || {
                 Box::pin(async move {
-                    let bridge = MetaBridge::start(vec![addr]).unwrap();
+                    let bridge = MetaBridge::start(vec![addr], Default::default()).unwrap();
                     // Epochs grow across cases too: start above the last.
                     let base = r * 1000;
                     let mut leaders: Vec<(u64, Option<Rc<Fence>>)> = Vec::new();
@@ -218,7 +218,7 @@ fn one_lease_holder_and_a_larger_epoch_after_release() {
     let addr = m.addr.clone();
     on_executor(move || {
         Box::pin(async move {
-            let bridge = MetaBridge::start(vec![addr]).unwrap();
+            let bridge = MetaBridge::start(vec![addr], Default::default()).unwrap();
             let a = Leadership::new(bridge.clone(), "a");
             let b = Leadership::new(bridge.clone(), "b");
             assert!(a.try_acquire().await.unwrap());

@@ -34,6 +34,8 @@ pub struct ClientOptions {
     pub call_timeout: Duration,
     /// Retries stop after this long.
     pub retry_deadline: Duration,
+    /// TLS and credentials of every connection.
+    pub security: crate::net::Security,
 }
 
 impl Default for ClientOptions {
@@ -41,6 +43,7 @@ impl Default for ClientOptions {
         ClientOptions {
             call_timeout: Duration::from_secs(3),
             retry_deadline: Duration::from_secs(15),
+            security: crate::net::Security::default(),
         }
     }
 }
@@ -156,6 +159,7 @@ fn remote_kind(k: wire_error::Kind) -> RemoteKind {
         wire_error::Kind::Internal => RemoteKind::Internal,
         wire_error::Kind::Stale => RemoteKind::Stale,
         wire_error::Kind::Full => RemoteKind::Full,
+        wire_error::Kind::Unauthenticated => RemoteKind::Unauthenticated,
     }
 }
 
@@ -236,6 +240,13 @@ impl MetaClient {
                         }
                         return Ok(Rc::new(c));
                     }
+                    // A refused key will not be accepted on a retry.
+                    Err(
+                        e @ Error::Remote {
+                            kind: RemoteKind::Unauthenticated,
+                            ..
+                        },
+                    ) => return Err(e),
                     Err(e) => last = e.to_string(),
                 }
             }
@@ -262,9 +273,17 @@ impl MetaClient {
         if let Some(c) = self.conns.borrow().get(addr) {
             return Ok(c.clone());
         }
-        let c = connect(addr)
-            .await
-            .map_err(|e| Attempt::Transport(format!("{addr}: {e}")))?;
+        let c = connect(addr, &self.opts.security).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                Attempt::Remote {
+                    kind: RemoteKind::Unauthenticated,
+                    message: format!("metad at {addr} refused the access key: {e}"),
+                    leader: String::new(),
+                }
+            } else {
+                Attempt::Transport(format!("{addr}: {e}"))
+            }
+        })?;
         self.conns.borrow_mut().insert(addr.to_string(), c.clone());
         Ok(c)
     }

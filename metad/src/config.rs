@@ -23,6 +23,11 @@ pub struct FileConfig {
     pub join: Option<bool>,
     /// Where to serve Prometheus metrics (`host:port`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Accept plaintext, unauthenticated connections (no `[tls]`).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Certificate files (`ca`, `cert`, `key`).
+    pub tls: Option<tessera_tls::TlsFiles>,
     #[serde(default)]
     pub raft: RaftTuning,
 }

@@ -61,6 +61,8 @@ pub enum RemoteKind {
     Stale,
     /// A WAL partition is at its limit of unfinished bytes.
     Full,
+    /// No node certificate and no (valid) admin access key.
+    Unauthenticated,
 }
 
 impl Error {

@@ -52,6 +52,8 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    tls: tessera_tls::TlsArgs,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, default_value = "info,openraft=off")]
     log: String,
@@ -86,6 +88,23 @@ fn main() -> anyhow::Result<()> {
         (None, Some(t)) => peers_from_table(t)?,
         (None, None) => [(id, advertise.clone())].into_iter().collect(),
     };
+    let tls = tessera_tls::resolve(&args.tls, file.tls.as_ref(), file.insecure)?;
+    let (acceptor, peer_security) = match &tls {
+        None => {
+            tracing::warn!("--insecure: plaintext connections, no authentication");
+            (None, tessera_metad::net::Security::default())
+        }
+        Some(f) => (
+            Some(tokio_rustls::TlsAcceptor::from(tessera_tls::server_config(
+                f,
+                tessera_tls::ClientAuth::Optional,
+            )?)),
+            tessera_metad::net::Security {
+                tls: Some(tessera_tls::Connector::node(f)?),
+                credentials: None,
+            },
+        ),
+    };
     let cfg = ReplicaConfig {
         id,
         data_dir: data,
@@ -98,6 +117,7 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or(tessera_metad::replica::WAL_PARTITIONS_DEFAULT),
         join: args.join || file.join.unwrap_or(false),
         raft: file.raft,
+        peer_security,
     };
     let metrics = args.metrics.or(file.metrics);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -127,7 +147,7 @@ fn main() -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {},
             }
         };
-        tessera_metad::server::run(listener, replica, stop).await;
+        tessera_metad::server::run(listener, replica, acceptor, stop).await;
         println!("metad {id} stopped cleanly");
         Ok::<_, anyhow::Error>(())
     })

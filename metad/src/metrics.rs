@@ -69,3 +69,14 @@ pub async fn raft_gauges(rep: Rc<Replica>) {
         tokio::time::sleep(RAFT_GAUGES_EVERY).await;
     }
 }
+
+/// Counts a refused authentication or call, by reason.
+pub fn auth_refused(reason: &'static str) {
+    global()
+        .counter(
+            "tessera_metad_auth_refusals_total",
+            "Calls and authentications refused, by reason.",
+            &[("reason", reason)],
+        )
+        .inc();
+}

@@ -8,6 +8,9 @@
 //! Invariants: a failed call drops the cached connection so the next call
 //! reconnects; a peer's answer is decoded with a size bound and never
 //! trusted to be well-formed (a bad one is a network error, not a panic).
+//! With TLS, every connection is TLS 1.3 (handshake bounded by
+//! `tessera_tls::HANDSHAKE_TIMEOUT`); a client with credentials
+//! authenticates each new connection before using it.
 
 use crate::limits::{MESSAGE_TRAVERSAL_LIMIT_WORDS, RAFT_MESSAGE_MAX_BYTES};
 use crate::types::{NodeId, TypeConfig};
@@ -30,8 +33,60 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 use tessera_schema::metad_capnp::metad;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+/// How a process talks to metad: TLS (with its node certificate, or only
+/// the CA for an operator's CLI) and the access key it authenticates with
+/// when it has no node certificate. The default is the plaintext of an
+/// `--insecure` cluster.
+#[derive(Clone, Default, Debug)]
+pub struct Security {
+    pub tls: Option<tessera_tls::Connector>,
+    pub credentials: Option<tessera_auth::Credentials>,
+}
+
+/// A tokio byte stream a connection runs over: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// `fut` within `limit`, else a `TimedOut` error naming `what`.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, fut).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what} took longer than {limit:?}"),
+        )
+    })?
+}
+
+/// Completes the server side of an accepted connection: TLS when `tls` is
+/// given; returns the stream and whether the peer showed a node
+/// certificate (always true without TLS: an insecure cluster trusts all).
+pub async fn accept(
+    stream: TcpStream,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<(Box<dyn Io>, bool)> {
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => Ok((Box::new(stream), true)),
+        Some(a) => {
+            let s = within(
+                tessera_tls::HANDSHAKE_TIMEOUT,
+                "the TLS handshake",
+                a.accept(stream),
+            )
+            .await?;
+            let node = s.get_ref().1.peer_certificates().is_some();
+            Ok((Box::new(s), node))
+        }
+    }
+}
 
 /// Buffer sizes of a connection's halves (a small message leaves in one send).
 const CONN_BUFFER_BYTES: usize = 64 << 10;
@@ -51,9 +106,8 @@ pub fn reader_options() -> ReaderOptions {
 
 /// Makes `stream` the client side of a connection; its driver runs as a
 /// local task until the returned client and everything from it is dropped.
-pub fn client_side(stream: TcpStream) -> metad::Client {
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+pub fn client_side<S: Io>(stream: S) -> metad::Client {
+    let (r, w) = tokio::io::split(stream);
     let r = futures::io::BufReader::with_capacity(CONN_BUFFER_BYTES, r.compat());
     let w = futures::io::BufWriter::with_capacity(CONN_BUFFER_BYTES, w.compat_write());
     let network = twoparty::VatNetwork::new(r, w, Side::Client, reader_options());
@@ -70,9 +124,8 @@ pub fn client_side(stream: TcpStream) -> metad::Client {
 }
 
 /// Serves `server` on an accepted `stream` until the peer goes away.
-pub fn serve(stream: TcpStream, server: metad::Client) -> impl std::future::Future<Output = ()> {
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+pub fn serve<S: Io>(stream: S, server: metad::Client) -> impl std::future::Future<Output = ()> {
+    let (r, w) = tokio::io::split(stream);
     let r = futures::io::BufReader::with_capacity(CONN_BUFFER_BYTES, r.compat());
     let w = futures::io::BufWriter::with_capacity(CONN_BUFFER_BYTES, w.compat_write());
     let network = twoparty::VatNetwork::new(r, w, Side::Server, reader_options());
@@ -86,22 +139,76 @@ pub fn serve(stream: TcpStream, server: metad::Client) -> impl std::future::Futu
     }
 }
 
-/// Opens a connection to `addr` within [`CONNECT_TIMEOUT`].
-pub async fn connect(addr: &str) -> std::io::Result<metad::Client> {
-    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("connecting to {addr} timed out"),
+/// Opens a connection to `addr` within [`CONNECT_TIMEOUT`] (TLS and
+/// authentication as `security` says).
+pub async fn connect(addr: &str, security: &Security) -> std::io::Result<metad::Client> {
+    let s = within(
+        CONNECT_TIMEOUT,
+        &format!("connecting to {addr}"),
+        TcpStream::connect(addr),
+    )
+    .await?;
+    let _ = s.set_nodelay(true);
+    let client = match &security.tls {
+        None => client_side(s),
+        Some(c) => {
+            let connector = tokio_rustls::TlsConnector::from(c.config.clone());
+            let tls = within(
+                tessera_tls::HANDSHAKE_TIMEOUT,
+                "the TLS handshake",
+                connector.connect(c.server_name.clone(), s),
             )
-        })??;
-    Ok(client_side(s))
+            .await
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("TLS with metad at {addr} failed: {e} (is it the same cluster CA?)"),
+                )
+            })?;
+            client_side(tls)
+        }
+    };
+    if let Some(creds) = &security.credentials {
+        authenticate(&client, creds)
+            .await
+            .map_err(|m| std::io::Error::new(std::io::ErrorKind::PermissionDenied, m))?;
+    }
+    Ok(client)
+}
+
+/// Proves `creds` on a fresh connection; the error says why not (never
+/// the secret).
+async fn authenticate(
+    client: &metad::Client,
+    creds: &tessera_auth::Credentials,
+) -> Result<(), String> {
+    let mut req = client.authenticate_request();
+    req.get().set_key_id(&creds.key_id);
+    req.get().set_secret(&creds.secret);
+    let fut = async {
+        let resp = req.send().promise.await.map_err(|e| e.to_string())?;
+        let r = resp.get().map_err(|e| e.to_string())?;
+        if r.has_error() {
+            let e = r.get_error().map_err(|e| e.to_string())?;
+            return Err(e
+                .get_message()
+                .ok()
+                .and_then(|m| m.to_str().ok())
+                .unwrap_or("refused")
+                .to_string());
+        }
+        Ok(())
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, fut)
+        .await
+        .map_err(|_| format!("authenticating took longer than {CONNECT_TIMEOUT:?}"))?
 }
 
 /// The connections to peer replicas, one each, shared by all groups.
 #[derive(Default)]
 pub struct Peers {
+    /// TLS with this replica's node certificate (none when insecure).
+    pub security: Security,
     conns: RefCell<HashMap<NodeId, (String, metad::Client)>>,
     /// Calls to each peer that timed out in a row since its last answer.
     timeouts_in_a_row: RefCell<HashMap<NodeId, u32>>,
@@ -124,13 +231,20 @@ pub enum PeerError {
 }
 
 impl Peers {
+    pub fn new(security: Security) -> Self {
+        Peers {
+            security,
+            ..Peers::default()
+        }
+    }
+
     async fn client(&self, target: NodeId, addr: &str) -> Result<metad::Client, PeerError> {
         if let Some((a, c)) = self.conns.borrow().get(&target) {
             if a == addr {
                 return Ok(c.clone());
             }
         }
-        let c = connect(addr)
+        let c = connect(addr, &self.security)
             .await
             .map_err(|e| PeerError::Unreachable(target, e.to_string()))?;
         self.conns

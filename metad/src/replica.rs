@@ -83,6 +83,8 @@ pub struct ReplicaConfig {
     /// Start empty and wait to be added (do not initialise groups).
     pub join: bool,
     pub raft: RaftTuning,
+    /// TLS to peer replicas (with this replica's node certificate).
+    pub peer_security: crate::net::Security,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -399,7 +401,7 @@ impl Replica {
         );
         let config = raft_config(&cfg.raft, false)?;
         let wal_config = raft_config(&cfg.raft, true)?;
-        let peers = Rc::new(Peers::default());
+        let peers = Rc::new(Peers::new(cfg.peer_security.clone()));
         let members: BTreeMap<NodeId, BasicNode> = cfg
             .peers
             .iter()

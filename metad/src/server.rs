@@ -1,9 +1,11 @@
-//! The listener: accepts connections (at most [`CONNECTIONS_MAX`]), serves
-//! each with the `Metad` service, and on shutdown stops accepting, stops
-//! the groups and makes the log durable.
+//! The listener: accepts connections (at most [`CONNECTIONS_MAX`]), runs
+//! each one's TLS handshake (bounded) off the accept loop, serves each with
+//! its own gated `Metad` service (its session: node certificate or admin
+//! key), and on shutdown stops accepting, stops the groups and makes the
+//! log durable.
 
 use crate::limits::CONNECTIONS_MAX;
-use crate::net::serve;
+use crate::net::{accept, serve};
 use crate::replica::Replica;
 use crate::service::MetadService;
 use std::cell::Cell;
@@ -16,9 +18,9 @@ use tokio::net::TcpListener;
 pub async fn run(
     listener: TcpListener,
     replica: Rc<Replica>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let client: metad::Client = capnp_rpc::new_client(MetadService::new(replica.clone()));
     let open = Rc::new(Cell::new(0usize));
     tokio::pin!(stop);
     loop {
@@ -40,9 +42,20 @@ pub async fn run(
                 }
                 open.set(open.get() + 1);
                 let open2 = open.clone();
-                let fut = serve(stream, client.clone());
+                let tls = tls.clone();
+                let replica = replica.clone();
                 tokio::task::spawn_local(async move {
-                    fut.await;
+                    match accept(stream, tls.as_ref()).await {
+                        Ok((stream, node)) => {
+                            let session = tessera_auth::Session::new(node);
+                            let client: metad::Client = MetadService::gated(replica, session);
+                            serve(stream, client).await;
+                        }
+                        Err(e) => {
+                            crate::metrics::auth_refused("tls_handshake");
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                    }
                     open2.set(open2.get() - 1);
                 });
             }

@@ -45,6 +45,7 @@ impl Failure {
             ErrorKind::Internal => "internal",
             ErrorKind::Stale => "stale",
             ErrorKind::Full => "full",
+            ErrorKind::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -189,11 +190,99 @@ fn write_lease(
 
 pub struct MetadService {
     replica: Rc<Replica>,
+    /// What this connection's peer proved (one service per connection).
+    session: Rc<tessera_auth::Session>,
 }
 
+/// How stale a replica's copy of a key record may be when it checks an
+/// access key: a revocation reaches every replica within this.
+pub const KEY_READ_STALENESS_MS: u32 = 2_000;
+/// An operator connection re-checks its key this often, so that a revoked
+/// key stops working on connections it opened before.
+pub const SESSION_RECHECK: Duration = Duration::from_secs(10);
+/// Method ids of the `Metad` interface the gate treats specially (the
+/// schema's ordinals; `tests/auth.rs` proves them by calling).
+pub const METHOD_RAFT: u16 = 15;
+pub const METHOD_AUTHENTICATE: u16 = 22;
+
 impl MetadService {
-    pub fn new(replica: Rc<Replica>) -> Self {
-        MetadService { replica }
+    pub fn new(replica: Rc<Replica>, session: Rc<tessera_auth::Session>) -> Self {
+        MetadService { replica, session }
+    }
+
+    /// This service behind the call gate: a peer without a node
+    /// certificate may only `authenticate` until it has proved an admin
+    /// key; raft traffic always needs a node certificate.
+    pub fn gated(replica: Rc<Replica>, session: Rc<tessera_auth::Session>) -> metad::Client {
+        let svc = Rc::new(MetadService::new(replica.clone(), session.clone()));
+        let checker = svc.clone();
+        let iface = <metad::Client as capnp::traits::HasTypeId>::TYPE_ID;
+        tessera_auth::gated::<metad::Client, _>(
+            MetadService::new(replica, session.clone()),
+            move |interface, method| {
+                use tessera_auth::Check;
+                if interface != iface || method == METHOD_AUTHENTICATE || session.node {
+                    return Check::Allow;
+                }
+                if method == METHOD_RAFT {
+                    crate::metrics::auth_refused("raft_without_certificate");
+                    return Check::Refuse(
+                        "raft traffic needs a node certificate from the cluster CA".into(),
+                    );
+                }
+                match session.current() {
+                    None => {
+                        crate::metrics::auth_refused("unauthenticated");
+                        Check::Refuse(
+                            "unauthenticated: this connection showed no node certificate; call \
+                             authenticate with an admin access key first (the CLI does this \
+                             with the key in its cluster file, or TESSERA_KEY_ID and \
+                             TESSERA_SECRET)"
+                                .into(),
+                        )
+                    }
+                    Some((_, at)) if at.elapsed() < SESSION_RECHECK => Check::Allow,
+                    Some((grant, _)) => {
+                        let svc = checker.clone();
+                        Check::After(Box::pin(async move { svc.recheck(&grant.key_id).await }))
+                    }
+                }
+            },
+        )
+    }
+
+    /// The stored record of `key_id` (`None` if there is none), from this
+    /// replica's state if it is at most [`KEY_READ_STALENESS_MS`] old.
+    async fn key_record(&self, key_id: &str) -> Result<Option<tessera_auth::KeyRecord>, Failure> {
+        let key = tessera_auth::keys::record_key(key_id).into_bytes();
+        let g = self.group_for_key(&key).clone();
+        self.read_gate(&g, ReadMode::Follower, KEY_READ_STALENESS_MS)
+            .await?;
+        match g.sm.with(|d| d.kv.get(&key).cloned()) {
+            None => Ok(None),
+            Some(v) => tessera_auth::KeyRecord::from_json(&v.value)
+                .map(Some)
+                .map_err(|e| fail(ErrorKind::Internal, e.to_string())),
+        }
+    }
+
+    /// Checks again that the session's key is neither revoked nor gone.
+    async fn recheck(&self, key_id: &str) -> Result<(), String> {
+        let rec = self.key_record(key_id).await.map_err(|f| f.message)?;
+        match rec {
+            Some(r) if r.revoked_unix_millis.is_none() && r.permissions.admin => {
+                self.session.rechecked();
+                Ok(())
+            }
+            _ => {
+                self.session.revoke();
+                crate::metrics::auth_refused("revoked");
+                Err(format!(
+                    "unauthenticated: access key {key_id} was revoked or lost admin; \
+                     authenticate again with another admin key"
+                ))
+            }
+        }
     }
 
     fn meta_group(&self, g: u32) -> Result<&Rc<Group>, Failure> {
@@ -1355,6 +1444,59 @@ impl metad::Server for MetadService {
                     e.set_offset(*off);
                 }
             })
+        }
+    }
+
+    fn authenticate(
+        self: Rc<Self>,
+        params: metad::AuthenticateParams,
+        mut results: metad::AuthenticateResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        async move {
+            let started = std::time::Instant::now();
+            let r = async {
+                let p = params.get()?;
+                let text = |t: capnp::Result<capnp::text::Reader<'_>>| {
+                    t.ok()
+                        .and_then(|t| t.to_str().ok())
+                        .map(str::to_string)
+                        .unwrap_or_default()
+                };
+                let creds = tessera_auth::Credentials {
+                    key_id: text(p.get_key_id()),
+                    secret: text(p.get_secret()),
+                };
+                let rec = if tessera_auth::keys::check_key_id(&creds.key_id).is_ok() {
+                    self.key_record(&creds.key_id).await?
+                } else {
+                    None
+                };
+                let refused = |why: &'static str| {
+                    crate::metrics::auth_refused(why);
+                    fail(
+                        ErrorKind::Unauthenticated,
+                        format!(
+                            "access key {:?} was refused (unknown, wrong secret, revoked, or \
+                             not admin); operator commands need an admin key",
+                            creds.key_id.chars().take(32).collect::<String>()
+                        ),
+                    )
+                };
+                let grant = tessera_auth::keys::authenticate(&creds, rec.as_ref())
+                    .map_err(|r| refused(r.name()))?;
+                if !grant.permissions.admin {
+                    return Err(refused("not_admin"));
+                }
+                self.session.grant(grant);
+                Ok::<_, Failure>(())
+            }
+            .await;
+            crate::metrics::observe(
+                "authenticate",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
+            respond!(results, r, |()| ())
         }
     }
 

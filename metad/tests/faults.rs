@@ -24,6 +24,7 @@ fn opts() -> ClientOptions {
     ClientOptions {
         call_timeout: Duration::from_secs(2),
         retry_deadline: Duration::from_secs(20),
+        ..Default::default()
     }
 }
 

@@ -2,28 +2,37 @@
 //!
 //! ```sh
 //! cargo build --release && cargo run --release --bin tessera -- dev   # in one terminal
-//! cargo run --release -p tessera-rpc --example objects -- 127.0.0.1:PORT
+//! cargo run --release -p tessera-rpc --example objects [-- CLUSTER_FILE]
 //! ```
-//! (PORT: the gateway address `tessera dev` prints.)
+//! The cluster file (default: the one `tessera dev` writes) says where the
+//! gateway is, which CA signed its certificate and which access key to use.
 
 use std::net::SocketAddr;
-use tessera_rpc::{GatewayClient, PutOutcome};
+use tessera_rpc::{ConnectOptions, GatewayClient, PutOutcome};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
-        .ok_or("usage: objects GATEWAY_ADDR (what `tessera dev` prints)")?
-        .parse()?;
+    let flag = std::env::args().nth(1).map(std::path::PathBuf::from);
+    let file = tessera_rpc::cluster::read(&tessera_rpc::cluster::path(flag.as_deref()))?;
+    let addr = file.gateway_addr()?;
+    // TLS against the cluster CA, and an access key (an `--insecure`
+    // cluster's file has neither: plaintext).
+    let opts = ConnectOptions {
+        tls: match &file.ca {
+            Some(ca) => Some(tessera_tls::Connector::client(ca)?),
+            None => None,
+        },
+        credentials: file.credentials.clone(),
+    };
     // The client runs on a glommio executor (io_uring), like the servers.
     tessera_engine::raise_memlock()?;
     let r = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(move || async move { tour(addr).await.map_err(|e| e.to_string()) })?
+        .spawn(move || async move { tour(addr, opts).await.map_err(|e| e.to_string()) })?
         .join()?;
     r.map_err(Into::into)
 }
 
-async fn tour(addr: SocketAddr) -> tessera_rpc::Result<()> {
-    let gw = GatewayClient::connect(addr).await?;
+async fn tour(addr: SocketAddr, opts: ConnectOptions) -> tessera_rpc::Result<()> {
+    let gw = GatewayClient::connect_with(addr, opts).await?;
 
     // Small objects are replicated three times; large ones erasure coded.
     let (info, outcome) = gw.put("example/hello.txt", b"hello, tessera").await?;

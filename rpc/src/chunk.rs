@@ -40,6 +40,9 @@ pub struct ClientOptions {
     /// so that a client never reads or writes a node's shards on another
     /// node that took over its address. `None` trusts the address.
     pub expect_node_id: Option<String>,
+    /// TLS to the server (with this node's certificate); `None` = plaintext
+    /// (an `--insecure` cluster).
+    pub tls: Option<tessera_tls::Connector>,
 }
 
 impl Default for ClientOptions {
@@ -50,6 +53,7 @@ impl Default for ClientOptions {
             attempts: ATTEMPTS_DEFAULT,
             stream_chunk_bytes: STREAM_CHUNK_DEFAULT_BYTES,
             expect_node_id: None,
+            tls: None,
         }
     }
 }
@@ -159,12 +163,13 @@ impl ChunkClient {
     /// Opens a connection and asks which engine shard serves it (and how
     /// many the server has).
     async fn open_conn(&self) -> Result<(chunk_server::Client, Disconnect, usize, usize)> {
-        let stream = crate::conn::connect_tcp(self.addr, self.opts.connect_timeout)
-            .await
-            .map_err(|source| Error::Connect {
-                addr: self.addr,
-                source,
-            })?;
+        let stream =
+            crate::conn::connect(self.addr, self.opts.connect_timeout, self.opts.tls.as_ref())
+                .await
+                .map_err(|source| Error::Connect {
+                    addr: self.addr,
+                    source,
+                })?;
         let (c, disconnector) = crate::conn::client_side_with_disconnector(stream);
         let c: chunk_server::Client = c;
         let asked = {

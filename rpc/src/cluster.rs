@@ -19,6 +19,14 @@ pub struct ClusterFile {
     /// Processes of a dev cluster: (role and number, address, pid).
     #[serde(default)]
     pub processes: Vec<Process>,
+    /// The cluster CA (PEM) servers' certificates are checked against;
+    /// none for an `--insecure` cluster (plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// The access key commands authenticate with (`TESSERA_KEY_ID` and
+    /// `TESSERA_SECRET` override it). The file is written 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<tessera_auth::Credentials>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -79,6 +87,16 @@ pub fn write(path: &Path, c: &ClusterFile) -> std::io::Result<()> {
     }
     let tmp = path.with_extension("tmp");
     let text = toml::to_string_pretty(c).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text)?;
+    // It may hold an access key's secret: only its owner reads it.
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
     std::fs::rename(&tmp, path)
 }

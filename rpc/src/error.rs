@@ -63,6 +63,10 @@ pub enum GatewayErrorKind {
     InsufficientNodes,
     DataLoss,
     Internal,
+    /// No, a wrong, or a revoked access key.
+    Unauthenticated,
+    /// The key lacks the permission or prefix the call needs.
+    PermissionDenied,
 }
 
 impl GatewayErrorKind {
@@ -77,6 +81,8 @@ impl GatewayErrorKind {
             K::InsufficientNodes => Self::InsufficientNodes,
             K::DataLoss => Self::DataLoss,
             K::Internal => Self::Internal,
+            K::Unauthenticated => Self::Unauthenticated,
+            K::PermissionDenied => Self::PermissionDenied,
         }
     }
 }

@@ -15,6 +15,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A secured cluster (the default) needs TLS and an access key:
+//! [`GatewayClient::connect_with`] with [`ConnectOptions`] (the cluster CA
+//! and the key's id and secret); every new connection authenticates before
+//! its first call. [`GatewayClient::connect`] is for `--insecure` clusters.
+//!
 //! Runs on a glommio executor (see `examples/objects.rs` in this crate).
 //! Objects of any size stream in both directions: [`GatewayClient::put_reader`]
 //! sends from any `AsyncRead` with bounded memory, [`GatewayClient::get_to`]
@@ -37,6 +42,43 @@ pub const PUT_MESSAGE_MAX_BYTES: usize = 4 << 20;
 /// Bytes per streamed chunk.
 pub const STREAM_CHUNK_BYTES: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub use tessera_auth::Credentials;
+
+/// How to reach a gateway: TLS (checking its certificate against the
+/// cluster CA) and the access key to authenticate with. The default is
+/// plaintext with no key (an `--insecure` cluster).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    pub tls: Option<tessera_tls::Connector>,
+    pub credentials: Option<Credentials>,
+}
+
+/// An access key as `listKeys` describes it (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub key_id: String,
+    pub name: String,
+    pub permissions: String,
+    pub prefix: String,
+    pub created_unix_millis: u64,
+    pub revoked: bool,
+}
+
+/// One chunk server's scrub progress as the gateway reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeScrub {
+    pub node_id: String,
+    pub addr: String,
+    pub passes: u64,
+    pub running: bool,
+    pub bytes_verified: u64,
+    pub bytes_total: u64,
+    pub bad_found: u64,
+    pub started: bool,
+    /// Non-empty when the gateway could not ask the node.
+    pub error: String,
+}
 
 /// An object as the gateway describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +136,7 @@ pub struct GatewayStatus {
 
 pub struct GatewayClient {
     addr: SocketAddr,
+    opts: ConnectOptions,
     conn: RefCell<Option<gateway::Client>>,
 }
 
@@ -117,10 +160,17 @@ fn outcome(o: std::result::Result<Outcome, capnp::NotInSchema>) -> PutOutcome {
 }
 
 impl GatewayClient {
-    /// Connects to the gateway at `addr`.
+    /// Connects to the gateway of an `--insecure` cluster at `addr`.
     pub async fn connect(addr: SocketAddr) -> Result<Self> {
+        Self::connect_with(addr, ConnectOptions::default()).await
+    }
+
+    /// Connects to the gateway at `addr` with TLS and an access key as
+    /// `opts` says; a refused key fails here.
+    pub async fn connect_with(addr: SocketAddr, opts: ConnectOptions) -> Result<Self> {
         let c = GatewayClient {
             addr,
+            opts,
             conn: RefCell::new(None),
         };
         c.client().await?;
@@ -131,21 +181,168 @@ impl GatewayClient {
         if let Some(c) = self.conn.borrow().as_ref() {
             return Ok(c.clone());
         }
-        let s = crate::conn::connect_tcp(self.addr, CONNECT_TIMEOUT)
+        let s = crate::conn::connect(self.addr, CONNECT_TIMEOUT, self.opts.tls.as_ref())
             .await
             .map_err(|source| Error::Connect {
                 addr: self.addr,
                 source,
             })?;
         let c: gateway::Client = crate::conn::client_side(s);
+        if let Some(creds) = &self.opts.credentials {
+            self.authenticate(&c, creds).await?;
+        }
         *self.conn.borrow_mut() = Some(c.clone());
         Ok(c)
+    }
+
+    /// Proves `creds` on a new connection.
+    async fn authenticate(&self, c: &gateway::Client, creds: &Credentials) -> Result<()> {
+        let mut req = c.authenticate_request();
+        req.get().set_key_id(&creds.key_id);
+        req.get().set_secret(&creds.secret);
+        let resp = req.send().promise.await.map_err(self.transport())?;
+        let r = resp.get().map_err(self.transport())?;
+        if r.has_error() {
+            return Err(self.remote(r.get_error().map_err(self.transport())?));
+        }
+        Ok(())
+    }
+
+    /// Makes an access key (admin); the secret is in this answer only.
+    pub async fn create_key(
+        &self,
+        name: &str,
+        permissions: &str,
+        prefix: &str,
+    ) -> Result<Credentials> {
+        let c = self.client().await?;
+        let mut req = c.create_key_request();
+        req.get().set_name(name);
+        req.get().set_permissions(permissions);
+        req.get().set_prefix(prefix);
+        let resp = req.send().promise.await.map_err(self.transport())?;
+        let r = resp.get().map_err(self.transport())?;
+        if r.has_error() {
+            return Err(self.remote(r.get_error().map_err(self.transport())?));
+        }
+        let t = |x: capnp::Result<capnp::text::Reader<'_>>| {
+            x.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
+        };
+        Ok(Credentials {
+            key_id: t(r.get_key_id()),
+            secret: t(r.get_secret()),
+        })
+    }
+
+    /// Every access key (admin).
+    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        self.idempotent(|c| async move {
+            let resp = c
+                .list_keys_request()
+                .send()
+                .promise
+                .await
+                .map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            if r.has_error() {
+                return Err(self.remote(r.get_error().map_err(self.transport())?));
+            }
+            let t = |x: capnp::Result<capnp::text::Reader<'_>>| {
+                x.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
+            };
+            let mut out = Vec::new();
+            for k in r.get_keys().map_err(self.transport())?.iter() {
+                out.push(KeyInfo {
+                    key_id: t(k.get_key_id()),
+                    name: t(k.get_name()),
+                    permissions: t(k.get_permissions()),
+                    prefix: t(k.get_prefix()),
+                    created_unix_millis: k.get_created_unix_millis(),
+                    revoked: k.get_revoked(),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Revokes an access key (admin); false when there is no such key.
+    pub async fn revoke_key(&self, key_id: &str) -> Result<bool> {
+        self.idempotent(|c| async move {
+            let mut req = c.revoke_key_request();
+            req.get().set_key_id(key_id);
+            let resp = req.send().promise.await.map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            if r.has_error() {
+                return Err(self.remote(r.get_error().map_err(self.transport())?));
+            }
+            Ok(r.get_existed())
+        })
+        .await
+    }
+
+    /// Scrub progress of the live chunk servers, or of the one whose id or
+    /// address is `node` (admin); `start` starts a pass first, read at
+    /// `bytes_per_sec` (0 = the server's setting).
+    pub async fn scrub(
+        &self,
+        node: &str,
+        start: bool,
+        bytes_per_sec: u64,
+    ) -> Result<Vec<NodeScrub>> {
+        self.idempotent(|c| async move {
+            let mut req = c.scrub_request();
+            req.get().set_node(node);
+            req.get().set_start(start);
+            req.get().set_bytes_per_sec(bytes_per_sec);
+            let resp = req.send().promise.await.map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            if r.has_error() {
+                return Err(self.remote(r.get_error().map_err(self.transport())?));
+            }
+            let t = |x: capnp::Result<capnp::text::Reader<'_>>| {
+                x.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
+            };
+            let mut out = Vec::new();
+            for n in r.get_nodes().map_err(self.transport())?.iter() {
+                out.push(NodeScrub {
+                    node_id: t(n.get_node_id()),
+                    addr: t(n.get_addr()),
+                    passes: n.get_passes(),
+                    running: n.get_running(),
+                    bytes_verified: n.get_bytes_verified(),
+                    bytes_total: n.get_bytes_total(),
+                    bad_found: n.get_bad_found(),
+                    started: n.get_started(),
+                    error: t(n.get_error()),
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     fn transport(&self) -> impl Fn(capnp::Error) -> Error + '_ {
         move |source| {
             if source.kind == capnp::ErrorKind::Disconnected {
                 self.conn.borrow_mut().take();
+            }
+            // The gateway's call gate refuses with an exception whose text
+            // starts with what was wrong: a typed error for the caller.
+            if source.kind == capnp::ErrorKind::Failed {
+                let text = source.extra.as_str();
+                for (prefix, kind) in [
+                    ("unauthenticated", GatewayErrorKind::Unauthenticated),
+                    ("permission denied", GatewayErrorKind::PermissionDenied),
+                ] {
+                    if let Some(at) = text.find(prefix) {
+                        return Error::Gateway {
+                            addr: self.addr,
+                            kind,
+                            message: text[at..].to_string(),
+                        };
+                    }
+                }
             }
             Error::Transport {
                 addr: self.addr,

@@ -17,5 +17,7 @@ pub mod ports;
 
 pub use chunk::{ChunkClient, ClientOptions, NodeInfo, ScrubStatus, ShardInfo};
 pub use error::{Error, GatewayErrorKind, RemoteKind, Result};
-pub use gateway::{GatewayClient, ObjectInfo, PutOutcome};
+pub use gateway::{
+    ConnectOptions, Credentials, GatewayClient, KeyInfo, NodeScrub, ObjectInfo, PutOutcome,
+};
 pub use tessera_schema::chunk_capnp;

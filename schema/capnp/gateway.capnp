@@ -24,6 +24,8 @@ struct Error {
     insufficientNodes @5;  # fewer live chunk servers than the layout needs
     dataLoss @6;           # too few intact shards to rebuild the bytes
     internal @7;           # a bug: please report it
+    unauthenticated @8;    # no, a wrong, or a revoked access key
+    permissionDenied @9;   # the key lacks the permission or prefix the call needs
   }
 }
 
@@ -112,4 +114,41 @@ interface Gateway {
 
   # The document, equal as a JSON value to the one stored (keys sorted).
   getDoc @9 (key :Text) -> (json :Text, info :ObjectInfo, error :Error);
+
+  # Proves who the caller is with an access key. On a TLS gateway every
+  # other call of a connection fails until this succeeds (the secret only
+  # travels inside TLS). Answers the key's permissions ("rwa" letters) and
+  # object-key prefix.
+  authenticate @10 (keyId :Text, secret :Text) -> (error :Error, permissions :Text, prefix :Text);
+
+  # Access keys (admin): the secret is in this answer only, never stored
+  # (metad keeps a salted HMAC of it).
+  createKey @11 (name :Text, permissions :Text, prefix :Text) -> (keyId :Text, secret :Text, error :Error);
+  listKeys @12 () -> (keys :List(KeyInfo), error :Error);
+  revokeKey @13 (keyId :Text) -> (existed :Bool, error :Error);
+
+  # Scrub progress of the live chunk servers (or the one whose id or
+  # address is `node`), starting a pass first when `start` (admin).
+  scrub @14 (node :Text, start :Bool, bytesPerSec :UInt64) -> (nodes :List(NodeScrub), error :Error);
+}
+
+struct KeyInfo {
+  keyId @0 :Text;
+  name @1 :Text;
+  permissions @2 :Text;
+  prefix @3 :Text;
+  createdUnixMillis @4 :UInt64;
+  revoked @5 :Bool;
+}
+
+struct NodeScrub {
+  nodeId @0 :Text;
+  addr @1 :Text;
+  passes @2 :UInt64;
+  running @3 :Bool;
+  bytesVerified @4 :UInt64;
+  bytesTotal @5 :UInt64;
+  badFound @6 :UInt64;
+  started @7 :Bool;     # a pass was started by this call
+  error @8 :Text;       # non-empty when the node could not be asked
 }

@@ -35,6 +35,7 @@ struct Error {
     internal @5;         # a bug: please report it
     stale @6;            # a follower read could not meet the staleness bound
     full @7;             # the WAL partition holds its limit of unfinished bytes; finish entries or retry later
+    unauthenticated @8;  # the connection has no node certificate and no admin access key
   }
 }
 
@@ -201,4 +202,9 @@ interface Metad {
   walStatus @21 (partition :UInt32)
       -> (error :Error, nextOffset :UInt64, truncatedBefore :UInt64, unfinished :UInt64,
           unfinishedBytes :UInt64, positions :List(WalPosition), partitions :UInt32);
+
+  # A connection without a node certificate (an operator's CLI) proves an
+  # admin access key here; every other call fails until it does. Raft
+  # traffic always needs a node certificate.
+  authenticate @22 (keyId :Text, secret :Text) -> (error :Error);
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use tessera_rpc::GatewayClient;
+use tessera_rpc::{ConnectOptions, GatewayClient};
 
 pub const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 
@@ -117,8 +117,52 @@ pub fn cluster(dev: &Dev) -> toml::Value {
     toml::from_str(&std::fs::read_to_string(&dev.cluster).unwrap()).unwrap()
 }
 
-pub fn gateway_addr(dev: &Dev) -> SocketAddr {
-    cluster(dev)["gateway"].as_str().unwrap().parse().unwrap()
+/// A gateway and how to reach it (the cluster file's CA and key).
+#[derive(Debug, Clone)]
+pub struct Gw {
+    pub addr: SocketAddr,
+    pub opts: ConnectOptions,
+}
+
+/// The dev cluster's gateway, with TLS and the admin key of its cluster
+/// file.
+pub fn gateway_addr(dev: &Dev) -> Gw {
+    let file = tessera_rpc::cluster::read(&dev.cluster).unwrap();
+    let opts = ConnectOptions {
+        tls: file
+            .ca
+            .as_ref()
+            .map(|ca| tessera_tls::Connector::client(ca).unwrap()),
+        credentials: file.credentials.clone(),
+    };
+    Gw {
+        addr: file.gateway.parse().unwrap(),
+        opts,
+    }
+}
+
+/// The dev cluster's node certificate (what its daemons use): tests that
+/// talk to chunk servers or metad directly act as a node.
+pub fn node_tls(dev: &Dev) -> tessera_tls::Connector {
+    let files = tessera_tls::dev::ensure(&dev.dir.join("data").join("tls")).unwrap();
+    tessera_tls::Connector::node(&files).unwrap()
+}
+
+/// The daemon flags of the dev cluster's certificates.
+pub fn tls_flags(dev: &Dev) -> Vec<std::ffi::OsString> {
+    let f = tessera_tls::dev::ensure(&dev.dir.join("data").join("tls")).unwrap();
+    tessera_tls::daemon_args(Some(&f))
+}
+
+/// metad options of a node of the dev cluster.
+pub fn node_metad_options(dev: &Dev) -> tessera_metad::client::ClientOptions {
+    tessera_metad::client::ClientOptions {
+        security: tessera_metad::net::Security {
+            tls: Some(node_tls(dev)),
+            credentials: None,
+        },
+        ..Default::default()
+    }
 }
 
 pub fn metad_addrs(dev: &Dev) -> Vec<String> {
@@ -128,6 +172,19 @@ pub fn metad_addrs(dev: &Dev) -> Vec<String> {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect()
+}
+
+/// The address of the dev cluster's process `name` (`chunkd-1` ...).
+pub fn addr_of(dev: &Dev, name: &str) -> String {
+    cluster(dev)["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some(name))
+        .unwrap()["addr"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 pub fn pid_of(dev: &Dev, name: &str) -> i32 {
@@ -165,7 +222,7 @@ pub fn tessera(dev: &Dev, args: &[&str], stdin: Option<&[u8]>) -> Output {
 }
 
 /// Runs `f` with a client on a glommio executor of its own.
-pub fn with_client<T: Send + 'static, F, Fut>(gw: SocketAddr, f: F) -> T
+pub fn with_client<T: Send + 'static, F, Fut>(gw: Gw, f: F) -> T
 where
     F: FnOnce(GatewayClient) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = T> + 'static,
@@ -173,7 +230,7 @@ where
     tessera_engine::raise_memlock().unwrap();
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move {
-            let c = GatewayClient::connect(gw)
+            let c = GatewayClient::connect_with(gw.addr, gw.opts)
                 .await
                 .expect("connect to the gateway");
             f(c).await
@@ -191,8 +248,8 @@ pub fn blob(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Every `(key, seed, len)` must read back exactly.
-pub fn check_all(gw: SocketAddr, objects: Vec<(String, u64, usize)>) {
-    with_client(gw, move |c| async move {
+pub fn check_all(gw: &Gw, objects: Vec<(String, u64, usize)>) {
+    with_client(gw.clone(), move |c| async move {
         for (key, seed, len) in objects {
             let got = c
                 .get(&key)

@@ -67,6 +67,8 @@ struct Cli {
     #[arg(long)]
     connections_per_peer: Option<usize>,
     /// Log filter (else the file's, else TESSERA_LOG, else "info").
+    #[command(flatten)]
+    tls: tessera_tls::TlsArgs,
     #[arg(long)]
     log: Option<String>,
 }
@@ -103,7 +105,17 @@ fn main() -> Result<()> {
         .listen
         .or(file.listen)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], LISTEN_PORT_DEFAULT)));
+    let tls = tessera_tls::resolve(&cli.tls, file.tls.as_ref(), file.insecure)?;
+    if tls.is_none() {
+        tracing::warn!("--insecure: plaintext connections, no access keys");
+    }
+    let node_tls = tls.as_ref().map(tessera_tls::Connector::node).transpose()?;
+    let server_tls = tls
+        .as_ref()
+        .map(|f| tessera_tls::server_config(f, tessera_tls::ClientAuth::None))
+        .transpose()?;
     let cfg = ObjectsConfig {
+        chunk_tls: node_tls.clone(),
         gateway_id: cli
             .id
             .clone()
@@ -143,7 +155,14 @@ fn main() -> Result<()> {
         signal_hook::consts::SIGINT,
     ])
     .context("installing signal handlers")?;
-    let bridge = MetaBridge::start(metad).context("connecting to metad")?;
+    let bridge = MetaBridge::start(
+        metad,
+        tessera_metad::net::Security {
+            tls: node_tls,
+            credentials: None,
+        },
+    )
+    .context("connecting to metad")?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let _executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("tessera-gateway")
@@ -168,8 +187,7 @@ fn main() -> Result<()> {
                 }
             };
             let _ = ready_tx.send(listener.local_addr().map_err(|e| e.to_string()));
-            let service: gateway::Client =
-                capnp_rpc::new_client(GatewayService::new(objects.clone()));
+            let acceptor = server_tls.map(tessera_rpc::conn::acceptor);
             let admission = tessera_gateway::admission::Admission::new(per_peer);
             let refused = |why: &'static str| {
                 tessera_metrics::global()
@@ -206,7 +224,21 @@ fn main() -> Result<()> {
                         continue;
                     }
                 };
-                let conn = tessera_rpc::conn::serve(stream, service.clone().client);
+                let objects = objects.clone();
+                let acceptor = acceptor.clone();
+                let conn = async move {
+                    // The handshake runs in the connection's own task.
+                    let (stream, peer) = tessera_rpc::conn::accept(stream, acceptor.as_ref())
+                        .await
+                        .map_err(|e| {
+                            tessera_gateway::auth::refused("tls_handshake");
+                            capnp::Error::failed(format!("TLS handshake: {e}"))
+                        })?;
+                    // With TLS nobody is a node here: every client shows a key.
+                    let session = tessera_auth::Session::new(acceptor.is_none() && peer.node_certificate);
+                    let service: gateway::Client = GatewayService::gated(objects, session);
+                    tessera_rpc::conn::serve(stream, service.client).await
+                };
                 glommio::spawn_local(async move {
                     match std::panic::AssertUnwindSafe(conn).catch_unwind().await {
                         Ok(Ok(())) => {}

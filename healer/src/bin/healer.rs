@@ -57,6 +57,8 @@ struct Cli {
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
     /// Log filter (else the file's, else TESSERA_LOG, else "info").
+    #[command(flatten)]
+    tls: tessera_tls::TlsArgs,
     #[arg(long)]
     log: Option<String>,
 }
@@ -84,7 +86,13 @@ fn main() -> Result<()> {
         .clone()
         .or(file.id.clone())
         .unwrap_or_else(|| "healer-1".into());
+    let tls = tessera_tls::resolve(&cli.tls, file.tls.as_ref(), file.insecure)?;
+    if tls.is_none() {
+        tracing::warn!("--insecure: plaintext connections");
+    }
+    let node_tls = tls.as_ref().map(tessera_tls::Connector::node).transpose()?;
     let cfg = HealerConfig {
+        chunk_tls: node_tls.clone(),
         id: id.clone(),
         pass_interval: Duration::from_secs(
             cli.pass_interval_secs
@@ -122,7 +130,14 @@ fn main() -> Result<()> {
         signal_hook::consts::SIGINT,
     ])
     .context("installing signal handlers")?;
-    let bridge = MetaBridge::start(metad.clone()).context("connecting to metad")?;
+    let bridge = MetaBridge::start(
+        metad.clone(),
+        tessera_metad::net::Security {
+            tls: node_tls,
+            credentials: None,
+        },
+    )
+    .context("connecting to metad")?;
     let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_seen = stop_flag.clone();
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)

@@ -26,7 +26,7 @@ fn free_addr() -> String {
 
 /// Fast raft timing for tests (elections in well under a second).
 const TEST_CONFIG: &str =
-    "[raft]\nheartbeat_ms = 50\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\n";
+    "insecure = true\n[raft]\nheartbeat_ms = 50\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\n";
 
 impl Cluster {
     pub fn start(n: usize, groups: u32) -> Cluster {

@@ -1,0 +1,9 @@
+//! Who may do what: access keys ([`keys`]) and the per-connection gate in
+//! front of every Cap'n Proto service ([`gate`]). ARCHITECTURE.md,
+//! "Security", has the whole model.
+
+pub mod gate;
+pub mod keys;
+
+pub use gate::{gated, Check, Session};
+pub use keys::{Credentials, Grant, KeyRecord, Permission, Permissions, Refusal};

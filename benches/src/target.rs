@@ -1,0 +1,67 @@
+//! How a benchmark reaches a cluster: its gateway with the cluster file's
+//! CA and access key, and (for a dev cluster on this machine) the node
+//! certificate it needs to read chunk servers' statistics directly.
+
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use tessera_rpc::cluster::ClusterFile;
+use tessera_rpc::ConnectOptions;
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub gateway: SocketAddr,
+    pub opts: ConnectOptions,
+    /// TLS with the dev cluster's node certificate (`None` = plaintext).
+    pub node_tls: Option<tessera_tls::Connector>,
+}
+
+impl Target {
+    /// A plaintext (`--insecure`) cluster's gateway.
+    pub fn insecure(gateway: SocketAddr) -> Self {
+        Target {
+            gateway,
+            opts: ConnectOptions::default(),
+            node_tls: None,
+        }
+    }
+
+    pub fn from_file(file: &ClusterFile) -> Result<Self> {
+        let gateway = file.gateway_addr()?;
+        let Some(ca) = &file.ca else {
+            return Ok(Self::insecure(gateway));
+        };
+        let node_tls = match &file.data {
+            Some(d) => Some(tessera_tls::Connector::node(&tessera_tls::dev::ensure(
+                &d.join("tls"),
+            )?)?),
+            None => None,
+        };
+        Ok(Target {
+            gateway,
+            opts: ConnectOptions {
+                tls: Some(
+                    tessera_tls::Connector::client(ca)
+                        .with_context(|| format!("the cluster CA {}", ca.display()))?,
+                ),
+                credentials: file.credentials.clone(),
+            },
+            node_tls,
+        })
+    }
+
+    /// Options of a chunk client (TLS with the node certificate).
+    pub fn chunk_options(&self) -> tessera_rpc::ClientOptions {
+        tessera_rpc::ClientOptions {
+            tls: self.node_tls.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// metad access as a node (the bench runs beside a dev cluster).
+    pub fn metad_security(&self) -> tessera_metad::net::Security {
+        tessera_metad::net::Security {
+            tls: self.node_tls.clone(),
+            credentials: None,
+        }
+    }
+}
