@@ -5,5 +5,5 @@
 pub mod gate;
 pub mod keys;
 
-pub use gate::{gated, Check, Session};
+pub use gate::{gated, Bounds, Budget, Check, Held, Names, Session};
 pub use keys::{Credentials, Grant, KeyRecord, Permission, Permissions, Refusal};

@@ -43,6 +43,31 @@ pub fn engine(s: &tessera_engine::Stats) {
         ),
         ("tessera_chunkd_live_shards", "Live shards.", s.live_shards),
         (
+            "tessera_chunkd_scrub_bytes_verified",
+            "Bytes the current (or last) scrub pass has verified.",
+            s.scrub.pass_bytes_done,
+        ),
+        (
+            "tessera_chunkd_scrub_bytes_total",
+            "Live bytes the current (or last) scrub pass covers.",
+            s.scrub.pass_bytes_total,
+        ),
+        (
+            "tessera_chunkd_scrub_running",
+            "1 while a scrub pass runs.",
+            s.scrub.running as u64,
+        ),
+        (
+            "tessera_chunkd_scrub_passes",
+            "Scrub passes completed since start.",
+            s.scrub.passes_done,
+        ),
+        (
+            "tessera_chunkd_scrub_bad_found",
+            "Bad shards scrubs found since start.",
+            s.scrub.bad_found,
+        ),
+        (
             "tessera_chunkd_segments",
             "Segment files in use.",
             s.segments,

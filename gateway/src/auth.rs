@@ -39,6 +39,45 @@ mod method {
     pub const SCRUB: u16 = 14;
 }
 
+/// Method names by ordinal, for request spans.
+pub const NAMES: tessera_auth::Names = tessera_auth::Names {
+    service: "gateway",
+    methods: &[
+        "put",
+        "put_stream",
+        "get",
+        "get_stream",
+        "stat",
+        "delete",
+        "list",
+        "status",
+        "put_doc",
+        "get_doc",
+        "authenticate",
+        "create_key",
+        "list_keys",
+        "revoke_key",
+        "scrub",
+    ],
+};
+
+/// The gateway's bounds on what clients hold (see `tessera_auth::gate`):
+/// one value shared by every connection.
+pub fn bounds() -> Rc<tessera_auth::Bounds> {
+    use crate::limits::*;
+    fn sleep(d: Duration) -> futures::future::LocalBoxFuture<'static, ()> {
+        Box::pin(glommio::timer::sleep(d))
+    }
+    Rc::new(tessera_auth::Bounds {
+        calls_per_connection: CALLS_PER_CONNECTION_MAX,
+        bytes_per_connection: REQUEST_BYTES_PER_CONNECTION_MAX,
+        total: tessera_auth::Budget::new(REQUEST_BYTES_TOTAL_MAX),
+        timeout: Some((REQUEST_TIMEOUT, sleep)),
+        // A download streams as fast as the client reads it.
+        untimed: &[method::GET_STREAM],
+    })
+}
+
 /// The permission a `Gateway` method needs (`None`: anyone may call it).
 pub fn needed(method: u16) -> Option<Permission> {
     use method::*;

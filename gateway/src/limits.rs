@@ -76,3 +76,15 @@ pub const LISTEN_PORT_DEFAULT: u16 = 7300;
 /// Open connections one peer address may hold by default (a client
 /// flooding connections cannot lock the others out).
 pub const CONNECTIONS_PER_PEER_DEFAULT: usize = 512;
+
+/// Calls one client connection may have running at once (the client
+/// library keeps 8 per connection; more are refused as overloaded).
+pub const CALLS_PER_CONNECTION_MAX: usize = 256;
+/// Request bytes one connection's running calls may hold: a client cannot
+/// pin more memory than this by sending and not waiting.
+pub const REQUEST_BYTES_PER_CONNECTION_MAX: u64 = 64 << 20;
+/// Request bytes all connections' running calls may hold.
+pub const REQUEST_BYTES_TOTAL_MAX: u64 = 1 << 30;
+/// Longest a call may run before it is cancelled (`getStream` excepted: it
+/// goes at the reader's pace).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);

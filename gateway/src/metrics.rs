@@ -1,5 +1,6 @@
 //! The gateway's Prometheus metrics (served with `--metrics ADDR`):
-//! requests by operation and result, and their latency.
+//! requests by operation and result, their latency, and object bytes in
+//! and out.
 
 use crate::error::Error;
 use std::time::Instant;
@@ -23,4 +24,19 @@ fn result_name(e: Option<&Error>) -> &'static str {
 /// Records one request of `op` that started at `started`.
 pub fn observe(op: &'static str, started: Instant, err: Option<&Error>) {
     tessera_metrics::observe_request("gateway", op, started, result_name(err));
+}
+
+/// Object bytes received from clients (`in`) or sent to them (`out`).
+pub fn bytes(direction: &'static str, n: u64) {
+    thread_local! {
+        static COUNTERS: [std::sync::Arc<tessera_metrics::Counter>; 2] = ["in", "out"].map(|d| {
+            tessera_metrics::global().counter(
+                "tessera_gateway_object_bytes_total",
+                "Object bytes received from clients (in) and sent to them (out).",
+                &[("direction", d)],
+            )
+        });
+    }
+    let i = usize::from(direction == "out");
+    COUNTERS.with(|c| c[i].add(n));
 }

@@ -15,18 +15,50 @@ pub struct GatewayService {
     objects: Rc<Objects>,
     /// What this connection's peer proved (one service per connection).
     session: Rc<Session>,
+    /// The bounds on what clients hold (shared by all connections).
+    bounds: Rc<tessera_auth::Bounds>,
+}
+
+/// Holds `n` payload bytes for this connection while the value lives.
+fn hold(
+    session: &Rc<Session>,
+    bounds: &tessera_auth::Bounds,
+    n: usize,
+) -> Result<tessera_auth::gate::Held, Error> {
+    session.hold_bytes(bounds, n as u64).map_err(|m| {
+        crate::auth::refused("overloaded");
+        Error::Unavailable(m)
+    })
 }
 
 impl GatewayService {
-    pub fn new(objects: Rc<Objects>, session: Rc<Session>) -> Self {
-        GatewayService { objects, session }
+    pub fn new(
+        objects: Rc<Objects>,
+        session: Rc<Session>,
+        bounds: Rc<tessera_auth::Bounds>,
+    ) -> Self {
+        GatewayService {
+            objects,
+            session,
+            bounds,
+        }
     }
 
     /// The service of one connection behind its call gate
     /// ([`crate::auth::policy`]).
-    pub fn gated(objects: Rc<Objects>, session: Rc<Session>) -> gateway::Client {
+    pub fn gated(
+        objects: Rc<Objects>,
+        session: Rc<Session>,
+        bounds: Rc<tessera_auth::Bounds>,
+    ) -> gateway::Client {
         let policy = crate::auth::policy(session.clone(), objects.bridge.clone());
-        tessera_auth::gated::<gateway::Client, _>(GatewayService::new(objects, session), policy)
+        tessera_auth::gated::<gateway::Client, _>(
+            GatewayService::new(objects, session.clone(), bounds.clone()),
+            session,
+            crate::auth::NAMES,
+            Some(bounds),
+            policy,
+        )
     }
 
     /// May this connection do `need` to object `key` (permission and the
@@ -138,6 +170,8 @@ impl gateway::Server for GatewayService {
             let key = text(p.get_key(), "key")?;
             self.allow(Permission::Write, &key)?;
             let data = p.get_data().map_err(|e| Error::Invalid(format!("data: {e}")))?;
+            let _held = hold(&self.session, &self.bounds, data.len())?;
+            crate::metrics::bytes("in", data.len() as u64);
             if data.len() > MESSAGE_DATA_MAX_BYTES {
                 return Err(Error::TooLarge(format!(
                     "put carries at most {MESSAGE_DATA_MAX_BYTES} bytes; use putStream for larger objects"
@@ -179,6 +213,8 @@ impl gateway::Server for GatewayService {
                 let sink: put_sink::Client = capnp_rpc::new_client(PutSinkImpl {
                     key,
                     writer: Mutex::new(Some(w)),
+                    session: self.session.clone(),
+                    bounds: self.bounds.clone(),
                 });
                 results.get().set_sink(sink);
             }
@@ -231,6 +267,7 @@ impl gateway::Server for GatewayService {
                     }
                 }
                 debug_assert_eq!(at as u64, len, "read() delivers exactly the range");
+                crate::metrics::bytes("out", len);
             }
             Err(e) => write_error(results.get().init_error(), &e),
         }
@@ -289,6 +326,7 @@ impl gateway::Server for GatewayService {
                 let mut b = results.get();
                 fill_info(b.reborrow().init_info(), &key, &meta);
                 b.set_sent(sent);
+                crate::metrics::bytes("out", sent);
             }
             Err(e) => write_error(results.get().init_error(), &e),
         }
@@ -378,6 +416,7 @@ impl gateway::Server for GatewayService {
             let key = text(p.get_key(), "key")?;
             self.allow(Permission::Write, &key)?;
             let json = text(p.get_json(), "json")?;
+            let _held = hold(&self.session, &self.bounds, json.len())?;
             let mut hot = Vec::new();
             for h in p
                 .get_hot()
@@ -666,12 +705,19 @@ impl gateway::Server for GatewayService {
 struct PutSinkImpl {
     key: String,
     writer: Mutex<Option<PutWriter>>,
+    /// The connection's session and bounds: chunks waiting for the writer
+    /// hold their bytes, so a client that floods writes is refused.
+    session: Rc<Session>,
+    bounds: Rc<tessera_auth::Bounds>,
 }
 
 impl put_sink::Server for PutSinkImpl {
     async fn write(self: Rc<Self>, params: put_sink::WriteParams) -> Result<(), capnp::Error> {
         let p = params.get()?;
         let chunk = p.get_chunk()?;
+        let _held = hold(&self.session, &self.bounds, chunk.len())
+            .map_err(|e| capnp::Error::overloaded(e.to_string()))?;
+        crate::metrics::bytes("in", chunk.len() as u64);
         let mut g = self.writer.lock().await;
         let w = g
             .as_mut()

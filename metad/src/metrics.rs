@@ -66,6 +66,39 @@ pub async fn raft_gauges(rep: Rc<Replica>) {
                 .inc();
             }
         }
+        // WAL lag, as this replica's state shows it: what gateways logged
+        // and have not finished yet (the healer finishes what they leave).
+        for p in 0..rep.wal_partitions {
+            let Some(g) = rep.wal_group(p) else { continue };
+            let (unfinished, bytes, next) = g.sm.with(|d| {
+                let w = &d.wal;
+                (
+                    w.entries.values().filter(|r| !r.finished).count(),
+                    w.unfinished_bytes,
+                    w.next_offset,
+                )
+            });
+            let part = p.to_string();
+            let l = [("partition", part.as_str())];
+            reg.gauge(
+                "tessera_metad_wal_unfinished_entries",
+                "WAL entries appended and not yet finished, per partition.",
+                &l,
+            )
+            .set(unfinished as f64);
+            reg.gauge(
+                "tessera_metad_wal_unfinished_bytes",
+                "Bytes of unfinished WAL entries, per partition.",
+                &l,
+            )
+            .set(bytes as f64);
+            reg.gauge(
+                "tessera_metad_wal_next_offset",
+                "Offset the next WAL append gets, per partition.",
+                &l,
+            )
+            .set(next as f64);
+        }
         tokio::time::sleep(RAFT_GAUGES_EVERY).await;
     }
 }

@@ -205,6 +205,36 @@ pub const SESSION_RECHECK: Duration = Duration::from_secs(10);
 pub const METHOD_RAFT: u16 = 15;
 pub const METHOD_AUTHENTICATE: u16 = 22;
 
+/// Method names by ordinal, for request spans.
+const NAMES: tessera_auth::Names = tessera_auth::Names {
+    service: "metad",
+    methods: &[
+        "get",
+        "write",
+        "batch",
+        "list",
+        "register_node",
+        "heartbeat",
+        "list_nodes",
+        "acquire_lease",
+        "renew_lease",
+        "release_lease",
+        "get_lease",
+        "status",
+        "add_voter",
+        "remove_voter",
+        "snapshot",
+        "raft",
+        "wal_append",
+        "wal_read",
+        "wal_finish",
+        "wal_claim",
+        "wal_set_position",
+        "wal_status",
+        "authenticate",
+    ],
+};
+
 impl MetadService {
     pub fn new(replica: Rc<Replica>, session: Rc<tessera_auth::Session>) -> Self {
         MetadService { replica, session }
@@ -219,6 +249,9 @@ impl MetadService {
         let iface = <metad::Client as capnp::traits::HasTypeId>::TYPE_ID;
         tessera_auth::gated::<metad::Client, _>(
             MetadService::new(replica, session.clone()),
+            session.clone(),
+            NAMES,
+            None,
             move |interface, method| {
                 use tessera_auth::Check;
                 if interface != iface || method == METHOD_AUTHENTICATE || session.node {

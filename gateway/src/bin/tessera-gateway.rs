@@ -188,6 +188,7 @@ fn main() -> Result<()> {
             };
             let _ = ready_tx.send(listener.local_addr().map_err(|e| e.to_string()));
             let acceptor = server_tls.map(tessera_rpc::conn::acceptor);
+            let bounds = tessera_gateway::auth::bounds();
             let admission = tessera_gateway::admission::Admission::new(per_peer);
             let refused = |why: &'static str| {
                 tessera_metrics::global()
@@ -226,6 +227,7 @@ fn main() -> Result<()> {
                 };
                 let objects = objects.clone();
                 let acceptor = acceptor.clone();
+                let bounds = bounds.clone();
                 let conn = async move {
                     // The handshake runs in the connection's own task.
                     let (stream, peer) = tessera_rpc::conn::accept(stream, acceptor.as_ref())
@@ -236,7 +238,7 @@ fn main() -> Result<()> {
                         })?;
                     // With TLS nobody is a node here: every client shows a key.
                     let session = tessera_auth::Session::new(acceptor.is_none() && peer.node_certificate);
-                    let service: gateway::Client = GatewayService::gated(objects, session);
+                    let service: gateway::Client = GatewayService::gated(objects, session, bounds);
                     tessera_rpc::conn::serve(stream, service.client).await
                 };
                 glommio::spawn_local(async move {
