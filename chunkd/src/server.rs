@@ -27,6 +27,24 @@ use tessera_schema::chunk_capnp::chunk_server;
 /// does not spin.
 const ACCEPT_RETRY_MILLIS: u64 = 20;
 
+/// Method names by ordinal (schema/capnp/chunk.capnp), for request spans.
+const NAMES: tessera_auth::Names = tessera_auth::Names {
+    service: "chunkd",
+    methods: &[
+        "put_shard",
+        "put_shard_stream",
+        "get_shard",
+        "get_shard_stream",
+        "delete_shard",
+        "stat_shard",
+        "inventory",
+        "scrub_status",
+        "start_scrub",
+        "bad_shards",
+        "node_info",
+    ],
+};
+
 /// How often the drain checks for in-flight requests.
 const DRAIN_POLL_MILLIS: u64 = 5;
 
@@ -99,8 +117,17 @@ impl Server {
                         })
                         .detach();
                     }
+                    // Behind a gate that allows everything (only peers with a
+                    // node certificate get this far) for one tracing span
+                    // per request.
                     let service: chunk_server::Client =
-                        capnp_rpc::new_client(ChunkService::new(local.clone()));
+                        tessera_auth::gated::<chunk_server::Client, _>(
+                            ChunkService::new(local.clone()),
+                            tessera_auth::Session::new(true),
+                            NAMES,
+                            None,
+                            |_, _| tessera_auth::Check::Allow,
+                        );
                     let conns = Conns::default();
                     let acceptor = tls.map(tessera_rpc::conn::acceptor);
                     accept_loop(&listener, &service, acceptor, conns_max, &stop_rx, &conns).await;

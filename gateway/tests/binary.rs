@@ -17,12 +17,38 @@ fn run(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn bad_settings_are_refused_with_a_reason() {
-    let (ok, err) = run(&["--metad", "127.0.0.1:1", "--k", "0"]);
+    // Security is never off by accident: no certificates and no
+    // --insecure is refused, saying what to give.
+    let (ok, err) = run(&["--metad", "127.0.0.1:1"]);
+    assert!(!ok);
+    assert!(
+        err.contains("no TLS certificates") && err.contains("--insecure"),
+        "{err}"
+    );
+    let (ok, err) = run(&["--metad", "127.0.0.1:1", "--insecure", "--k", "0"]);
     assert!(!ok);
     assert!(err.contains("k must be"), "{err}");
-    let (ok, err) = run(&["--metad", "127.0.0.1:1", "--shard-bytes", "1000"]);
+    let (ok, err) = run(&[
+        "--metad",
+        "127.0.0.1:1",
+        "--insecure",
+        "--shard-bytes",
+        "1000",
+    ]);
     assert!(!ok);
     assert!(err.contains("shard size"), "{err}");
+    let (ok, err) = run(&[
+        "--metad",
+        "127.0.0.1:1",
+        "--tls-ca",
+        "/nonexistent/ca.pem",
+        "--tls-cert",
+        "/nonexistent/c.pem",
+        "--tls-key",
+        "/nonexistent/k.pem",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     let (ok, err) = run(&[]);
     assert!(!ok);
     assert!(err.contains("--metad"), "{err}");

@@ -88,6 +88,8 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let metad = tessera_metad::client::seeds_from(&cli.metad, file.metad.as_ref())
         .context(tessera_metad::client::NO_SEEDS_MESSAGE)?;
