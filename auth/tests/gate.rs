@@ -60,6 +60,7 @@ fn thread_sleep(d: Duration) -> LocalBoxFuture<'static, ()> {
 
 const NAMES: Names = Names {
     service: "test",
+    hot_path: false,
     methods: &[],
 };
 

@@ -364,7 +364,7 @@ async fn run_inner(
     glommio::timer::sleep(KILL_SETTLE).await;
     std::fs::remove_dir_all(data.join("chunkd-1"))?;
     let tls = match &file.ca {
-        Some(_) => Some(tessera_tls::dev::ensure(&data.join("tls"))?),
+        Some(_) => Some(tessera_tls::dev::existing(&data.join("tls"))?),
         None => None,
     };
     let extra = Command::new(sibling("chunkd")?)

@@ -31,7 +31,7 @@ impl Target {
             return Ok(Self::insecure(gateway));
         };
         let node_tls = match &file.data {
-            Some(d) => Some(tessera_tls::Connector::node(&tessera_tls::dev::ensure(
+            Some(d) => Some(tessera_tls::Connector::node(&tessera_tls::dev::existing(
                 &d.join("tls"),
             )?)?),
             None => None,

@@ -30,6 +30,7 @@ const ACCEPT_RETRY_MILLIS: u64 = 20;
 /// Method names by ordinal (schema/capnp/chunk.capnp), for request spans.
 const NAMES: tessera_auth::Names = tessera_auth::Names {
     service: "chunkd",
+    hot_path: true,
     methods: &[
         "put_shard",
         "put_shard_stream",

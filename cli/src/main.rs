@@ -214,7 +214,7 @@ fn node_tls(file: &cluster::ClusterFile) -> Result<Option<tessera_tls::TlsFiles>
              on a dev cluster's machine (the cluster file names its data directory)"
         );
     };
-    Ok(Some(tessera_tls::dev::ensure(&data.join("tls"))?))
+    Ok(Some(tessera_tls::dev::existing(&data.join("tls"))?))
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -42,6 +42,7 @@ mod method {
 /// Method names by ordinal, for request spans.
 pub const NAMES: tessera_auth::Names = tessera_auth::Names {
     service: "gateway",
+    hot_path: false,
     methods: &[
         "put",
         "put_stream",
@@ -135,13 +136,14 @@ pub fn policy(session: Rc<Session>, bridge: MetaBridge) -> impl Fn(u64, u16) -> 
         if checked.elapsed() < SESSION_RECHECK {
             return Check::Allow;
         }
+        // Claimed now: calls in the meantime ride on this one check (no
+        // fetch per call), and an unreachable metad is asked again only
+        // after another SESSION_RECHECK, not by every call.
+        session.rechecked();
         let (session, bridge) = (session.clone(), bridge.clone());
         Check::After(Box::pin(async move {
             match fetch(&bridge, &grant.key_id).await {
-                Ok(Some(r)) if r.revoked_unix_millis.is_none() => {
-                    session.rechecked();
-                    Ok(())
-                }
+                Ok(Some(r)) if r.revoked_unix_millis.is_none() => Ok(()),
                 Ok(_) => {
                     session.revoke();
                     refused("revoked");
@@ -151,7 +153,7 @@ pub fn policy(session: Rc<Session>, bridge: MetaBridge) -> impl Fn(u64, u16) -> 
                     ))
                 }
                 // metad unreachable: keep serving on the last check rather
-                // than fail every call; the next call tries again.
+                // than fail every call; asked again after SESSION_RECHECK.
                 Err(_) => Ok(()),
             }
         }))

@@ -201,13 +201,15 @@ pub const KEY_READ_STALENESS_MS: u32 = 2_000;
 /// key stops working on connections it opened before.
 pub const SESSION_RECHECK: Duration = Duration::from_secs(10);
 /// Method ids of the `Metad` interface the gate treats specially (the
-/// schema's ordinals; `tests/auth.rs` proves them by calling).
+/// schema's ordinals; `cli/tests/security.rs` exercises them: an admin key
+/// authenticates, raft between replicas runs).
 pub const METHOD_RAFT: u16 = 15;
 pub const METHOD_AUTHENTICATE: u16 = 22;
 
 /// Method names by ordinal, for request spans.
 const NAMES: tessera_auth::Names = tessera_auth::Names {
     service: "metad",
+    hot_path: false,
     methods: &[
         "get",
         "write",

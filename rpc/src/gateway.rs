@@ -152,6 +152,11 @@ fn info(r: object_info::Reader<'_>) -> capnp::Result<ObjectInfo> {
     })
 }
 
+/// A text field, or "" if absent or not UTF-8 (descriptive fields only).
+fn text_or_empty(x: capnp::Result<capnp::text::Reader<'_>>) -> String {
+    x.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
+}
+
 fn outcome(o: std::result::Result<Outcome, capnp::NotInSchema>) -> PutOutcome {
     match o {
         Ok(Outcome::Ok) => PutOutcome::Ok,
@@ -225,9 +230,7 @@ impl GatewayClient {
         if r.has_error() {
             return Err(self.remote(r.get_error().map_err(self.transport())?));
         }
-        let t = |x: capnp::Result<capnp::text::Reader<'_>>| {
-            x.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
-        };
+        let t = text_or_empty;
         Ok(Credentials {
             key_id: t(r.get_key_id()),
             secret: t(r.get_secret()),
@@ -247,9 +250,7 @@ impl GatewayClient {
             if r.has_error() {
                 return Err(self.remote(r.get_error().map_err(self.transport())?));
             }
-            let t = |x: capnp::Result<capnp::text::Reader<'_>>| {
-                x.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
-            };
+            let t = text_or_empty;
             let mut out = Vec::new();
             for k in r.get_keys().map_err(self.transport())?.iter() {
                 out.push(KeyInfo {
@@ -300,9 +301,7 @@ impl GatewayClient {
             if r.has_error() {
                 return Err(self.remote(r.get_error().map_err(self.transport())?));
             }
-            let t = |x: capnp::Result<capnp::text::Reader<'_>>| {
-                x.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
-            };
+            let t = text_or_empty;
             let mut out = Vec::new();
             for n in r.get_nodes().map_err(self.transport())?.iter() {
                 out.push(NodeScrub {
@@ -711,9 +710,7 @@ impl GatewayClient {
                 return Err(self.remote(r.get_error().map_err(self.transport())?));
             }
             let s = r.get_status().map_err(self.transport())?;
-            let t = |x: capnp::Result<capnp::text::Reader<'_>>| {
-                x.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
-            };
+            let t = text_or_empty;
             let mut nodes = Vec::new();
             for n in s.get_nodes().map_err(self.transport())?.iter() {
                 nodes.push(NodeStatus {

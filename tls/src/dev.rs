@@ -70,13 +70,35 @@ fn make_node(ca: &rcgen::Certificate, ca_key: &KeyPair) -> Result<(rcgen::Certif
     Ok((cert, key))
 }
 
-/// The dev cluster's certificate files in `dir`, made if absent.
-pub fn ensure(dir: &Path) -> Result<TlsFiles> {
-    let files = TlsFiles {
+fn files_in(dir: &Path) -> TlsFiles {
+    TlsFiles {
         ca: dir.join("ca.pem"),
         cert: dir.join("node.pem"),
         key: dir.join("node.key"),
-    };
+    }
+}
+
+/// The dev cluster's certificate files in `dir`, which must exist: a
+/// process joining a running cluster never makes a CA of its own.
+pub fn existing(dir: &Path) -> Result<TlsFiles> {
+    let files = files_in(dir);
+    for p in [&files.ca, &files.cert, &files.key] {
+        if !p.is_file() {
+            return Err(Error::Config(format!(
+                "{} is missing: this dev cluster's certificates are not in {} (was the data \
+                 directory moved, or started with --insecure?)",
+                p.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(files)
+}
+
+/// The dev cluster's certificate files in `dir`, made if absent (only
+/// `tessera dev` itself calls this).
+pub fn ensure(dir: &Path) -> Result<TlsFiles> {
+    let files = files_in(dir);
     let ca_key = dir.join("ca.key");
     let present = [&files.ca, &ca_key, &files.cert, &files.key].map(|p| p.exists());
     if present.iter().all(|&p| p) {

@@ -144,13 +144,13 @@ pub fn gateway_addr(dev: &Dev) -> Gw {
 /// The dev cluster's node certificate (what its daemons use): tests that
 /// talk to chunk servers or metad directly act as a node.
 pub fn node_tls(dev: &Dev) -> tessera_tls::Connector {
-    let files = tessera_tls::dev::ensure(&dev.dir.join("data").join("tls")).unwrap();
+    let files = tessera_tls::dev::existing(&dev.dir.join("data").join("tls")).unwrap();
     tessera_tls::Connector::node(&files).unwrap()
 }
 
 /// The daemon flags of the dev cluster's certificates.
 pub fn tls_flags(dev: &Dev) -> Vec<std::ffi::OsString> {
-    let f = tessera_tls::dev::ensure(&dev.dir.join("data").join("tls")).unwrap();
+    let f = tessera_tls::dev::existing(&dev.dir.join("data").join("tls")).unwrap();
     tessera_tls::daemon_args(Some(&f))
 }
 
