@@ -156,6 +156,11 @@ pub struct KeyRecord {
     /// Set when revoked; a revoked key authenticates nothing.
     #[serde(default)]
     pub revoked_unix_millis: Option<u64>,
+    /// The secret sealed with the cluster's seal key ([`crate::seal`]),
+    /// when the key was made by a gateway that had one: what lets the S3
+    /// front check SigV4 signatures. Absent: the key has no S3 access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_secret: Option<String>,
 }
 
 /// An id and its secret, as a client holds them.
@@ -215,6 +220,7 @@ pub fn new_key(
     permissions: Permissions,
     prefix: &str,
     now_unix_millis: u64,
+    seal: Option<&crate::seal::SealKey>,
 ) -> Result<(KeyRecord, Credentials), KeyError> {
     if prefix.len() > PREFIX_LEN_MAX_BYTES {
         return Err(KeyError::PrefixTooLong(prefix.len()));
@@ -232,6 +238,13 @@ pub fn new_key(
     let key_id = format!("TK{}", hex(&id).to_uppercase());
     let secret = hex(&secret);
     let hash = hex(&mac(&salt, &secret).finalize().into_bytes());
+    let sealed_secret = match seal {
+        Some(k) => Some(
+            k.seal(&key_id, &secret)
+                .map_err(|e| KeyError::BadRecord(e.to_string()))?,
+        ),
+        None => None,
+    };
     Ok((
         KeyRecord {
             id: key_id.clone(),
@@ -242,6 +255,7 @@ pub fn new_key(
             prefix: prefix.into(),
             created_unix_millis: now_unix_millis,
             revoked_unix_millis: None,
+            sealed_secret,
         },
         Credentials { key_id, secret },
     ))
@@ -383,7 +397,7 @@ mod tests {
 
     #[test]
     fn a_new_key_verifies_and_nothing_else_does() {
-        let (rec, creds) = new_key("t", Permissions::ALL, "", 1).unwrap();
+        let (rec, creds) = new_key("t", Permissions::ALL, "", 1, None).unwrap();
         check_key_id(&creds.key_id).unwrap();
         assert_eq!(creds.secret.len(), SECRET_LEN_BYTES);
         assert!(authenticate(&creds, Some(&rec)).is_ok());
@@ -401,7 +415,7 @@ mod tests {
     proptest! {
         #[test]
         fn any_other_secret_is_refused(flip in 0usize..SECRET_LEN_BYTES, junk in "[ -~]{0,80}") {
-            let (rec, creds) = new_key("t", Permissions::ALL, "", 1).unwrap();
+            let (rec, creds) = new_key("t", Permissions::ALL, "", 1, None).unwrap();
             let mut wrong = creds.clone();
             let mut b = wrong.secret.into_bytes();
             b[flip] = if b[flip] == b'0' { b'1' } else { b'0' };

@@ -4,6 +4,8 @@
 
 pub mod gate;
 pub mod keys;
+pub mod seal;
 
 pub use gate::{gated, Bounds, Budget, Check, Held, Names, Session};
 pub use keys::{Credentials, Grant, KeyRecord, Permission, Permissions, Refusal};
+pub use seal::{SealError, SealKey};

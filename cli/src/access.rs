@@ -106,6 +106,7 @@ pub fn dev_key_path(data: &Path) -> PathBuf {
 pub async fn dev_admin_key(
     data: &Path,
     bridge: &tessera_gateway::bridge::MetaBridge,
+    seal: Option<&tessera_auth::SealKey>,
 ) -> Result<Credentials> {
     let path = dev_key_path(data);
     if let Ok(text) = std::fs::read_to_string(&path) {
@@ -115,8 +116,13 @@ pub async fn dev_admin_key(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let (rec, creds) =
-        tessera_auth::keys::new_key("tessera dev admin", tessera_auth::Permissions::ALL, "", now)?;
+    let (rec, creds) = tessera_auth::keys::new_key(
+        "tessera dev admin",
+        tessera_auth::Permissions::ALL,
+        "",
+        now,
+        seal,
+    )?;
     tessera_gateway::auth::store_new(bridge, &rec)
         .await
         .context("storing the dev admin key in metad")?;

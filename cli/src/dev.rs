@@ -56,6 +56,9 @@ struct Layout {
     metad_ports: Vec<u16>,
     chunk_ports: Vec<u16>,
     gateway_port: u16,
+    /// The S3 front's port (added later: older layouts get one).
+    #[serde(default)]
+    s3_port: Option<u16>,
 }
 
 /// A listening port for a child (below the ephemeral range: see
@@ -94,8 +97,12 @@ fn layout(data: &Path, args: &DevArgs) -> Result<Layout> {
                 .collect::<Result<_>>()?,
             chunk_ports: Vec::new(),
             gateway_port: free_port()?,
+            s3_port: None,
         },
     };
+    if l.s3_port.is_none() {
+        l.s3_port = Some(free_port()?);
+    }
     if l.metad_ports.len() != args.metad {
         bail!(
             "{} was made with {} metad replicas; run with --metad {} or use a new --data directory",
@@ -205,7 +212,7 @@ fn log_tail(path: &Path) -> String {
 fn stop_all(procs: &mut Vec<Running>) {
     // Healers and gateway first, then chunk servers, then metad: nothing is left
     // writing to a service that is already gone.
-    for role in ["healer", "gateway", "chunkd", "metad"] {
+    for role in ["s3", "healer", "gateway", "chunkd", "metad"] {
         let group: Vec<&mut Running> = procs
             .iter_mut()
             .filter(|p| p.name.starts_with(role))
@@ -276,11 +283,12 @@ pub fn run(args: DevArgs) -> Result<()> {
             args.k as usize + args.m as usize
         );
     }
-    let (metad_bin, chunkd_bin, gateway_bin, healer_bin) = (
+    let (metad_bin, chunkd_bin, gateway_bin, healer_bin, s3_bin) = (
         sibling("metad")?,
         sibling("chunkd")?,
         sibling("tessera-gateway")?,
         sibling("healer")?,
+        sibling("tessera-s3")?,
     );
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
@@ -296,6 +304,14 @@ pub fn run(args: DevArgs) -> Result<()> {
             tessera_tls::dev::ensure(&data.join("tls"))
                 .context("making the dev cluster's CA and node certificate")?,
         )
+    };
+    // The seal key lets the gateway seal new keys' secrets for the S3 front.
+    let seal_path = data.join("tls").join("seal.key");
+    let seal = match &tls {
+        Some(_) => Some(std::sync::Arc::new(
+            tessera_auth::SealKey::load_or_create(&seal_path).context("the dev seal key")?,
+        )),
+        None => None,
     };
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -338,6 +354,7 @@ pub fn run(args: DevArgs) -> Result<()> {
         let metad_list = metad_addrs.join(",");
         if let Some(f) = &tls {
             let (data, seeds, f) = (data.clone(), metad_addrs.clone(), f.clone());
+            let seal = seal.clone();
             let creds = crate::ops::on_executor(move || async move {
                 let b = tessera_gateway::bridge::MetaBridge::start(
                     seeds,
@@ -346,7 +363,7 @@ pub fn run(args: DevArgs) -> Result<()> {
                         credentials: None,
                     },
                 )?;
-                crate::access::dev_admin_key(&data, &b).await
+                crate::access::dev_admin_key(&data, &b, seal.as_deref()).await
             })?;
             credentials = Some(creds);
         }
@@ -391,6 +408,9 @@ pub fn run(args: DevArgs) -> Result<()> {
         let m = metrics_addr()?;
         c.args(["--metrics", &m]);
         c.args(tessera_tls::daemon_args(tls.as_ref()));
+        if seal.is_some() {
+            c.arg("--seal-key").arg(&seal_path);
+        }
         let mut r = spawn(&data, "gateway", &gw, c)?;
         r.metrics = Some(m);
         procs.push(r);
@@ -399,6 +419,20 @@ pub fn run(args: DevArgs) -> Result<()> {
             credentials: credentials.clone(),
         };
         wait_registry(access.gateway(gw.parse()?)?, l.chunk_ports.len())?;
+        let s3 = format!("127.0.0.1:{}", l.s3_port.unwrap_or_default());
+        let mut c = Command::new(&s3_bin);
+        c.args(["--listen", &s3, "--gateway", &gw]);
+        match &tls {
+            Some(f) => {
+                c.arg("--tls-ca").arg(&f.ca);
+                c.arg("--seal-key").arg(&seal_path);
+                c.arg("--key-file").arg(crate::access::dev_key_path(&data));
+            }
+            None => {
+                c.arg("--insecure");
+            }
+        }
+        procs.push(spawn(&data, "s3", &s3, c)?);
         for i in 1..=DEV_HEALERS {
             let name = format!("healer-{i}");
             let mut c = Command::new(&healer_bin);
@@ -439,6 +473,10 @@ pub fn run(args: DevArgs) -> Result<()> {
             .collect(),
         ca: tls.as_ref().map(|f| f.ca.clone()),
         credentials: credentials.clone(),
+        s3: Some(format!(
+            "http://127.0.0.1:{}",
+            l.s3_port.unwrap_or_default()
+        )),
     };
     cluster::write(&args.cluster, &file)
         .with_context(|| format!("writing the cluster file {}", args.cluster.display()))?;
@@ -454,6 +492,17 @@ pub fn run(args: DevArgs) -> Result<()> {
         let _ = writeln!(out, "  {:<10} {:<21} pid {}", p.name, p.addr, p.child.id());
     }
     let _ = writeln!(out, "gateway listening on {}", file.gateway);
+    if let Some(s3) = &file.s3 {
+        let _ = writeln!(out, "S3 endpoint {s3} (path-style; region any)");
+    }
+    if let Some(c) = &credentials {
+        let _ = writeln!(
+            out,
+            "admin access key {} (its secret, also for S3, is in {})",
+            c.key_id,
+            crate::access::dev_key_path(&data).display()
+        );
+    }
     let _ = writeln!(
         out,
         "cluster file {} (other tessera commands use it); Ctrl-C stops the cluster",

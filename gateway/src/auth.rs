@@ -211,14 +211,16 @@ fn now_millis() -> u64 {
 }
 
 /// Makes a key and stores its record; the credentials are returned once.
+/// With a seal key the record also carries the sealed secret (S3 access).
 pub async fn create(
     bridge: &MetaBridge,
     name: &str,
     permissions: &str,
     prefix: &str,
+    seal: Option<&tessera_auth::SealKey>,
 ) -> Result<(KeyRecord, Credentials)> {
     let perms = Permissions::parse(permissions).map_err(|e| Error::Invalid(e.to_string()))?;
-    let (rec, creds) = keys::new_key(name, perms, prefix, now_millis())
+    let (rec, creds) = keys::new_key(name, perms, prefix, now_millis(), seal)
         .map_err(|e| Error::Invalid(e.to_string()))?;
     store_new(bridge, &rec).await?;
     Ok((rec, creds))

@@ -30,6 +30,8 @@ pub struct GatewayFile {
     pub insecure: bool,
     /// Certificate files (`ca`, `cert`, `key`).
     pub tls: Option<tessera_tls::TlsFiles>,
+    /// The cluster's seal key file (S3 access for new keys).
+    pub seal_key: Option<std::path::PathBuf>,
 }
 
 impl GatewayFile {

@@ -88,3 +88,5 @@ pub const REQUEST_BYTES_TOTAL_MAX: u64 = 1 << 30;
 /// Longest a call may run before it is cancelled (`getStream` excepted: it
 /// goes at the reader's pace).
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Largest attribute blob an object carries (the S3 front's ETag, content type and user metadata; S3 allows 2 KiB of user metadata).
+pub const OBJECT_ATTRS_MAX_BYTES: usize = 8 << 10;

@@ -15,9 +15,11 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// Format bytes of [`ObjectMeta`] and [`WalIntent`] encodings: v2 added
-/// JSON documents; v1 records and intents still decode.
+/// JSON documents, v3 the application's attributes; v1 and v2 records and
+/// intents still decode.
 const FORMAT_V1: u8 = 1;
 const FORMAT_V2: u8 = 2;
+const FORMAT_V3: u8 = 3;
 /// Marks a shard with no node (it did not land).
 pub const NO_NODE: u16 = u16::MAX;
 /// Shards are a multiple of this many bytes (the codec's requirement).
@@ -80,6 +82,38 @@ pub struct ObjectMeta {
     /// Set for a JSON document: `layout` and `size` then describe its cold
     /// part.
     pub doc: Option<DocMeta>,
+    /// The application's opaque attributes (at most
+    /// [`crate::limits::OBJECT_ATTRS_MAX_BYTES`]), as given to put.
+    #[serde(with = "serde_bytes")]
+    pub attrs: Vec<u8>,
+}
+
+/// The v2 record (no attributes).
+#[derive(Deserialize)]
+struct ObjectMetaV2 {
+    #[serde(with = "serde_bytes")]
+    version_id: Vec<u8>,
+    size: u64,
+    created_unix_millis: u64,
+    dirty: bool,
+    layout: Layout,
+    nodes: Vec<String>,
+    doc: Option<DocMeta>,
+}
+
+impl From<ObjectMetaV2> for ObjectMeta {
+    fn from(v: ObjectMetaV2) -> Self {
+        ObjectMeta {
+            version_id: v.version_id,
+            size: v.size,
+            created_unix_millis: v.created_unix_millis,
+            dirty: v.dirty,
+            layout: v.layout,
+            nodes: v.nodes,
+            doc: v.doc,
+            attrs: Vec::new(),
+        }
+    }
 }
 
 /// The hot part of a JSON document and what identifies its cold part.
@@ -154,16 +188,18 @@ pub fn object_key(key: &str) -> Vec<u8> {
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_V2];
+    let mut out = vec![FORMAT_V3];
     bincode::serialize_into(&mut out, v).expect("bincode into a Vec");
     out
 }
 
-/// Decodes `bytes` as `V2`, or as `V1` converted: the format byte says which.
-fn decode<V2, V1>(what: &str, bytes: &[u8]) -> Result<V2>
+/// Decodes `bytes` as `V3`, or as `V2` or `V1` converted: the format byte
+/// says which.
+fn decode<V3, V2, V1>(what: &str, bytes: &[u8]) -> Result<V3>
 where
-    V2: for<'de> Deserialize<'de>,
-    V1: for<'de> Deserialize<'de> + Into<V2>,
+    V3: for<'de> Deserialize<'de>,
+    V2: for<'de> Deserialize<'de> + Into<V3>,
+    V1: for<'de> Deserialize<'de> + Into<V3>,
 {
     use bincode::Options;
     let opts = || {
@@ -173,7 +209,8 @@ where
     };
     let bad = |e: bincode::Error| Error::Internal(format!("{what} does not decode: {e}"));
     match bytes.split_first() {
-        Some((&FORMAT_V2, rest)) => opts().deserialize(rest).map_err(bad),
+        Some((&FORMAT_V3, rest)) => opts().deserialize(rest).map_err(bad),
+        Some((&FORMAT_V2, rest)) => opts().deserialize::<V2>(rest).map(Into::into).map_err(bad),
         Some((&FORMAT_V1, rest)) => opts().deserialize::<V1>(rest).map(Into::into).map_err(bad),
         Some((f, _)) => Err(Error::Internal(format!(
             "{what} has format {f}, which this gateway does not know: upgrade the gateway"
@@ -192,6 +229,7 @@ impl From<ObjectMetaV1> for ObjectMeta {
             layout: v.layout,
             nodes: v.nodes,
             doc: None,
+            attrs: Vec::new(),
         }
     }
 }
@@ -202,7 +240,8 @@ impl ObjectMeta {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let m: ObjectMeta = decode::<ObjectMeta, ObjectMetaV1>("an object record", bytes)?;
+        let m: ObjectMeta =
+            decode::<ObjectMeta, ObjectMetaV2, ObjectMetaV1>("an object record", bytes)?;
         m.check()?;
         Ok(m)
     }
@@ -316,6 +355,43 @@ pub struct WalIntent {
     /// For a JSON document: the hot field names asked for (the payload,
     /// when present, is the document's JSON).
     pub doc_hot: Option<Vec<String>>,
+    /// The application's attributes when known at the start (a streamed
+    /// put gives them at its end: replay then stores none).
+    #[serde(with = "serde_bytes")]
+    pub attrs: Vec<u8>,
+}
+
+/// The v2 intent (no attributes).
+#[derive(Deserialize)]
+struct WalIntentV2 {
+    key: String,
+    #[serde(with = "serde_bytes")]
+    version_id: Vec<u8>,
+    size: u64,
+    created_unix_millis: u64,
+    candidates: Vec<String>,
+    erasure: Option<(u8, u8, u32)>,
+    #[serde(with = "serde_bytes")]
+    payload: Vec<u8>,
+    has_payload: bool,
+    doc_hot: Option<Vec<String>>,
+}
+
+impl From<WalIntentV2> for WalIntent {
+    fn from(v: WalIntentV2) -> Self {
+        WalIntent {
+            key: v.key,
+            version_id: v.version_id,
+            size: v.size,
+            created_unix_millis: v.created_unix_millis,
+            candidates: v.candidates,
+            erasure: v.erasure,
+            payload: v.payload,
+            has_payload: v.has_payload,
+            doc_hot: v.doc_hot,
+            attrs: Vec::new(),
+        }
+    }
 }
 
 /// The v1 intent (no documents).
@@ -345,6 +421,7 @@ impl From<WalIntentV1> for WalIntent {
             payload: v.payload,
             has_payload: v.has_payload,
             doc_hot: None,
+            attrs: Vec::new(),
         }
     }
 }
@@ -354,7 +431,7 @@ impl WalIntent {
         encode(self)
     }
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        decode::<WalIntent, WalIntentV1>("a WAL intent", bytes)
+        decode::<WalIntent, WalIntentV2, WalIntentV1>("a WAL intent", bytes)
     }
 }
 
@@ -401,15 +478,22 @@ mod tests {
                     cold_shards_version: vec![2; 16],
                     whole_cold: false,
                 }),
+                attrs: if cut % 3 == 0 { Vec::new() } else { vec![b'a'; cut] },
             };
             let b = m.encode();
             prop_assert_eq!(ObjectMeta::decode(&b).unwrap(), m.clone());
-            // A v1 encoding (no doc) still decodes.
-            if m.doc.is_none() {
-                let mut v1 = b.clone();
-                v1[0] = 1;
-                v1.truncate(v1.len() - 1); // the v2 `None` tag
-                prop_assert_eq!(ObjectMeta::decode(&v1).unwrap(), m.clone());
+            // v2 (no attrs) and v1 (no doc either) encodings still decode.
+            if m.attrs.is_empty() {
+                let mut v2 = b.clone();
+                v2[0] = 2;
+                v2.truncate(v2.len() - 8); // the v3 attrs length
+                prop_assert_eq!(ObjectMeta::decode(&v2).unwrap(), m.clone());
+                if m.doc.is_none() {
+                    let mut v1 = v2.clone();
+                    v1[0] = 1;
+                    v1.truncate(v1.len() - 1); // the v2 `None` tag
+                    prop_assert_eq!(ObjectMeta::decode(&v1).unwrap(), m.clone());
+                }
             }
             let mut bad = b.clone();
             bad[0] = 9;

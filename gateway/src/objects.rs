@@ -84,6 +84,9 @@ pub struct ObjectsConfig {
     pub pools: Vec<Pool>,
     /// TLS to chunk servers (with the node certificate); `None` = plaintext.
     pub chunk_tls: Option<tessera_tls::Connector>,
+    /// The cluster's seal key: keys made here carry their sealed secret
+    /// and can sign S3 requests. `None`: new keys have no S3 access.
+    pub seal_key: Option<std::sync::Arc<tessera_auth::SealKey>>,
 }
 
 impl Default for ObjectsConfig {
@@ -97,6 +100,7 @@ impl Default for ObjectsConfig {
             codec: CodecId::Cauchy256,
             pools: Vec::new(),
             chunk_tls: None,
+            seal_key: None,
         }
     }
 }
@@ -163,6 +167,17 @@ pub fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Checks an attribute blob: at most [`OBJECT_ATTRS_MAX_BYTES`].
+pub fn check_attrs(attrs: &[u8]) -> Result<()> {
+    if attrs.len() > OBJECT_ATTRS_MAX_BYTES {
+        return Err(Error::TooLarge(format!(
+            "an object's attributes may be at most {OBJECT_ATTRS_MAX_BYTES} bytes; these are {}",
+            attrs.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a key: 1..=[`KEY_LEN_MAX_BYTES`] bytes, no NUL.
@@ -356,6 +371,7 @@ impl Objects {
             landed: Vec::new(),
             wal: None,
             replaying,
+            attrs: Vec::new(),
         };
         if erasure && !replaying {
             w.log_intent(Vec::new()).await?;
@@ -365,7 +381,20 @@ impl Objects {
 
     /// Writes a whole object held in memory.
     pub async fn put(self: &Rc<Self>, key: &str, data: &[u8]) -> Result<(ObjectMeta, Outcome)> {
+        self.put_with_attrs(key, data, Vec::new()).await
+    }
+
+    /// Writes a whole object held in memory with the application's
+    /// attributes (see [`PutWriter::set_attrs`]).
+    pub async fn put_with_attrs(
+        self: &Rc<Self>,
+        key: &str,
+        data: &[u8],
+        attrs: Vec<u8>,
+    ) -> Result<(ObjectMeta, Outcome)> {
+        check_attrs(&attrs)?;
         let mut w = self.begin_put(key, data.len() as u64).await?;
+        w.set_attrs(attrs)?;
         w.write(data).await?;
         w.finish().await
     }
@@ -538,6 +567,7 @@ impl Objects {
                 },
                 has_payload,
                 doc_hot: Some(hot.to_vec()),
+                attrs: Vec::new(),
             };
             let p = self.partition_of(key);
             let gw = self.cfg.gateway_id.clone();
@@ -605,6 +635,7 @@ impl Objects {
                 cold_shards_version: cold_version,
                 whole_cold: split.whole_cold,
             }),
+            attrs: Vec::new(),
         };
         // 4. Commit, 5. answer.
         let (meta, outcome) = self.commit_and_finish(key, meta, replaying, wal).await?;
@@ -1120,6 +1151,7 @@ impl Objects {
         if intent.has_payload && intent.doc_hot.is_none() {
             let replay = Some((intent.version_id.clone(), intent.created_unix_millis));
             let mut w = self.begin(&intent.key, intent.size, replay).await?;
+            w.set_attrs(intent.attrs.clone())?;
             w.write(&intent.payload).await?;
             match w.finish_inner(true).await {
                 Ok(_) | Err(Error::Conflict(_)) => return Ok(true),
@@ -1224,11 +1256,22 @@ pub struct PutWriter {
     /// (partition, offset) of the WAL entry once logged.
     wal: Option<(u32, u64)>,
     replaying: bool,
+    /// The application's attributes for the record.
+    attrs: Vec<u8>,
 }
 
 impl PutWriter {
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Sets the attributes the record will carry (any time before
+    /// `finish`; a replicated object logs them in its WAL entry, a streamed
+    /// erasure-coded one, whose entry was logged at the start, does not).
+    pub fn set_attrs(&mut self, attrs: Vec<u8>) -> Result<()> {
+        check_attrs(&attrs)?;
+        self.attrs = attrs;
+        Ok(())
     }
 
     async fn log_intent(&mut self, payload: Vec<u8>) -> Result<()> {
@@ -1247,6 +1290,7 @@ impl PutWriter {
             has_payload: !payload.is_empty() || self.size == 0,
             payload,
             doc_hot: None,
+            attrs: self.attrs.clone(),
         };
         let p = self.objects.partition_of(&self.key);
         let gw = self.objects.cfg.gateway_id.clone();
@@ -1397,6 +1441,7 @@ impl PutWriter {
             layout,
             nodes: names,
             doc: None,
+            attrs: std::mem::take(&mut self.attrs),
         };
         objects
             .commit_and_finish(&self.key, meta, replay, self.wal)

@@ -116,6 +116,17 @@ fn fill_info(mut w: object_info::Builder<'_>, key: &str, m: &ObjectMeta) {
     w.set_layout(m.layout_name());
     w.set_dirty(m.dirty);
     w.set_stripes(m.stripes());
+    w.set_attrs(&m.attrs);
+}
+
+/// Refuses to read `meta` when the caller pinned another version.
+fn check_version(key: &str, meta: &ObjectMeta, want: &[u8]) -> Result<(), Error> {
+    if !want.is_empty() && want != meta.version_id.as_slice() {
+        return Err(Error::Conflict(format!(
+            "{key} was replaced by a newer version while it was being read; read it again"
+        )));
+    }
+    Ok(())
 }
 
 fn text(r: capnp::Result<capnp::text::Reader<'_>>, what: &str) -> Result<String, Error> {
@@ -177,7 +188,11 @@ impl gateway::Server for GatewayService {
                     "put carries at most {MESSAGE_DATA_MAX_BYTES} bytes; use putStream for larger objects"
                 )));
             }
-            let (meta, outcome) = self.objects.put(&key, data).await?;
+            let attrs = p
+                .get_attrs()
+                .map_err(|e| Error::Invalid(format!("attrs: {e}")))?
+                .to_vec();
+            let (meta, outcome) = self.objects.put_with_attrs(&key, data, attrs).await?;
             Ok((key, meta, outcome))
         }
         .await;
@@ -235,6 +250,7 @@ impl gateway::Server for GatewayService {
             self.allow(Permission::Read, &key)?;
             let meta = self.objects.stat(&key).await?;
             blob_only(&key, &meta)?;
+            check_version(&key, &meta, p.get_if_version().unwrap_or_default())?;
             let (off, len) = range(meta.size, p.get_offset(), p.get_length())?;
             if len > MESSAGE_DATA_MAX_BYTES as u64 {
                 return Err(Error::TooLarge(format!(
@@ -291,6 +307,7 @@ impl gateway::Server for GatewayService {
             self.allow(Permission::Read, &key)?;
             let meta = self.objects.stat(&key).await?;
             blob_only(&key, &meta)?;
+            check_version(&key, &meta, p.get_if_version().unwrap_or_default())?;
             let (off, len) = range(meta.size, p.get_offset(), p.get_length())?;
             let sent = std::cell::Cell::new(0u64);
             self.objects
@@ -507,7 +524,14 @@ impl gateway::Server for GatewayService {
             let name = text(p.get_name(), "name")?;
             let perms = text(p.get_permissions(), "permissions")?;
             let prefix = text(p.get_prefix(), "prefix")?;
-            crate::auth::create(&self.objects.bridge, &name, &perms, &prefix).await
+            crate::auth::create(
+                &self.objects.bridge,
+                &name,
+                &perms,
+                &prefix,
+                self.objects.cfg.seal_key.as_deref(),
+            )
+            .await
         }
         .await;
         crate::metrics::observe("create_key", started, r.as_ref().err());
@@ -546,6 +570,9 @@ impl gateway::Server for GatewayService {
                     w.set_prefix(&k.prefix);
                     w.set_created_unix_millis(k.created_unix_millis);
                     w.set_revoked(k.revoked_unix_millis.is_some());
+                    if let Some(s) = &k.sealed_secret {
+                        w.set_sealed_secret(s);
+                    }
                 }
             }
             Err(e) => write_error(results.get().init_error(), &e),
@@ -732,12 +759,16 @@ impl put_sink::Server for PutSinkImpl {
 
     async fn finish(
         self: Rc<Self>,
-        _: put_sink::FinishParams,
+        params: put_sink::FinishParams,
         mut results: put_sink::FinishResults,
     ) -> Result<(), capnp::Error> {
+        let attrs = params.get()?.get_attrs().unwrap_or_default().to_vec();
         let w = self.writer.lock().await.take();
         let r = match w {
-            Some(w) => w.finish().await,
+            Some(mut w) => match w.set_attrs(attrs) {
+                Ok(()) => w.finish().await,
+                Err(e) => Err(e),
+            },
             None => Err(Error::Invalid(
                 "this put failed or finished earlier; start a new one".into(),
             )),

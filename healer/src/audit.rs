@@ -462,6 +462,7 @@ mod tests {
             layout,
             nodes: names.to_vec(),
             doc: None,
+            attrs: Vec::new(),
         }
     }
 

@@ -27,6 +27,9 @@ pub struct ClusterFile {
     /// `TESSERA_SECRET` override it). The file is written 0600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<tessera_auth::Credentials>,
+    /// The S3 endpoint of a dev cluster (`http://HOST:PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 use tessera_schema::gateway_capnp::{
-    byte_sink, error as wire_error, gateway, object_info, Outcome,
+    byte_sink, error as wire_error, gateway, object_info, put_sink, Outcome,
 };
 
 /// Most bytes one `put` message carries; larger objects stream.
@@ -63,6 +63,9 @@ pub struct KeyInfo {
     pub prefix: String,
     pub created_unix_millis: u64,
     pub revoked: bool,
+    /// The secret sealed with the cluster's seal key ("" = no S3 access);
+    /// only the S3 front, which holds the seal key, can open it.
+    pub sealed_secret: String,
 }
 
 /// One chunk server's scrub progress as the gateway reports it.
@@ -92,6 +95,8 @@ pub struct ObjectInfo {
     /// Not yet at full redundancy (the healer completes it).
     pub dirty: bool,
     pub stripes: u32,
+    /// The application's attributes given to put (opaque, ≤ 8 KiB).
+    pub attrs: Vec<u8>,
 }
 
 /// How a put ended.
@@ -149,6 +154,7 @@ fn info(r: object_info::Reader<'_>) -> capnp::Result<ObjectInfo> {
         layout: r.get_layout()?.to_string().unwrap_or_default(),
         dirty: r.get_dirty(),
         stripes: r.get_stripes(),
+        attrs: r.get_attrs()?.to_vec(),
     })
 }
 
@@ -260,6 +266,7 @@ impl GatewayClient {
                     prefix: t(k.get_prefix()),
                     created_unix_millis: k.get_created_unix_millis(),
                     revoked: k.get_revoked(),
+                    sealed_secret: t(k.get_sealed_secret()),
                 });
             }
             Ok(out)
@@ -385,15 +392,27 @@ impl GatewayClient {
 
     /// Stores `data` under `key` (any size: above 4 MiB it streams).
     pub async fn put(&self, key: &str, data: &[u8]) -> Result<(ObjectInfo, PutOutcome)> {
+        self.put_with_attrs(key, data, &[]).await
+    }
+
+    /// Stores `data` under `key` with opaque attributes (at most 8 KiB)
+    /// that come back in every [`ObjectInfo`] of this version.
+    pub async fn put_with_attrs(
+        &self,
+        key: &str,
+        data: &[u8],
+        attrs: &[u8],
+    ) -> Result<(ObjectInfo, PutOutcome)> {
         if data.len() > PUT_MESSAGE_MAX_BYTES {
-            return self
-                .put_reader(key, data.len() as u64, data, &mut |_| {})
-                .await;
+            let mut w = self.put_open(key, data.len() as u64).await?;
+            w.write(data).await?;
+            return w.finish(attrs).await;
         }
         let c = self.client().await?;
         let mut req = c.put_request();
         req.get().set_key(key);
         req.get().set_data(data);
+        req.get().set_attrs(attrs);
         let resp = req.send().promise.await.map_err(self.transport())?;
         let r = resp.get().map_err(self.transport())?;
         if r.has_error() {
@@ -401,6 +420,28 @@ impl GatewayClient {
         }
         let i = info(r.get_info().map_err(self.transport())?).map_err(self.transport())?;
         Ok((i, outcome(r.get_outcome())))
+    }
+
+    /// Opens a streamed put of exactly `size` bytes under `key`: write the
+    /// bytes with [`PutStream::write`], then [`PutStream::finish`]. Dropped
+    /// before `finish`, nothing is stored.
+    pub async fn put_open(&self, key: &str, size: u64) -> Result<PutStream<'_>> {
+        let c = self.client().await?;
+        let mut req = c.put_stream_request();
+        req.get().set_key(key);
+        req.get().set_size(size);
+        let resp = req.send().promise.await.map_err(self.transport())?;
+        let r = resp.get().map_err(self.transport())?;
+        if r.has_error() {
+            return Err(self.remote(r.get_error().map_err(self.transport())?));
+        }
+        let sink = r.get_sink().map_err(self.transport())?;
+        Ok(PutStream {
+            gw: self,
+            sink,
+            size,
+            sent: 0,
+        })
     }
 
     /// Streams exactly `size` bytes from `reader` under `key`, calling
@@ -412,47 +453,24 @@ impl GatewayClient {
         mut reader: R,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(ObjectInfo, PutOutcome)> {
-        let c = self.client().await?;
-        let mut req = c.put_stream_request();
-        req.get().set_key(key);
-        req.get().set_size(size);
-        let resp = req.send().promise.await.map_err(self.transport())?;
-        let r = resp.get().map_err(self.transport())?;
-        if r.has_error() {
-            return Err(self.remote(r.get_error().map_err(self.transport())?));
-        }
-        let sink = r.get_sink().map_err(self.transport())?;
+        let mut w = self.put_open(key, size).await?;
         let mut buf = vec![0u8; STREAM_CHUNK_BYTES];
-        let mut sent = 0u64;
-        while sent < size {
-            let want = ((size - sent) as usize).min(buf.len());
+        while w.sent < size {
+            let want = ((size - w.sent) as usize).min(buf.len());
             let n = reader
                 .read(&mut buf[..want])
                 .await
                 .map_err(|e| Error::Invalid(format!("reading the input: {e}")))?;
             if n == 0 {
                 return Err(Error::Invalid(format!(
-                    "the input ended after {sent} of the {size} bytes announced; nothing was stored"
+                    "the input ended after {} of the {size} bytes announced; nothing was stored",
+                    w.sent
                 )));
             }
-            let mut w = sink.write_request();
-            w.get().set_chunk(&buf[..n]);
-            w.send().await.map_err(self.transport())?;
-            sent += n as u64;
-            progress(sent);
+            w.write(&buf[..n]).await?;
+            progress(w.sent);
         }
-        let resp = sink
-            .finish_request()
-            .send()
-            .promise
-            .await
-            .map_err(self.transport())?;
-        let r = resp.get().map_err(self.transport())?;
-        if r.has_error() {
-            return Err(self.remote(r.get_error().map_err(self.transport())?));
-        }
-        let i = info(r.get_info().map_err(self.transport())?).map_err(self.transport())?;
-        Ok((i, outcome(r.get_outcome())))
+        w.finish(&[]).await
     }
 
     /// The whole object.
@@ -495,6 +513,90 @@ impl GatewayClient {
             .await?;
         let v = std::mem::take(&mut *out.lock().await);
         Ok(v)
+    }
+
+    /// Bytes `[offset, offset + len)` (at most 4 MiB; len 0: to the end) in
+    /// one round trip, with the object's description. A non-empty
+    /// `if_version` must be the object's version id, else `Conflict`.
+    pub async fn get_range_info(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        if_version: &[u8],
+    ) -> Result<(Vec<u8>, ObjectInfo)> {
+        self.idempotent(|c| async move {
+            let mut req = c.get_request();
+            {
+                let mut p = req.get();
+                p.set_key(key);
+                p.set_offset(offset);
+                p.set_length(len);
+                p.set_if_version(if_version);
+            }
+            let resp = req.send().promise.await.map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            if r.has_error() {
+                return Err(self.remote(r.get_error().map_err(self.transport())?));
+            }
+            let i = info(r.get_info().map_err(self.transport())?).map_err(self.transport())?;
+            Ok((r.get_data().map_err(self.transport())?.to_vec(), i))
+        })
+        .await
+    }
+
+    /// Streams bytes `[offset, offset + len)` (len 0: to the end) of the
+    /// version `if_version` (empty: whichever is current) to `chunk`, one
+    /// call per chunk of at most 1 MiB, in order; an `Err` from `chunk`
+    /// stops the stream. Not retried (chunks may already have gone out).
+    pub async fn get_chunks<F, Fut>(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        if_version: &[u8],
+        chunk: F,
+    ) -> Result<ObjectInfo>
+    where
+        F: Fn(Vec<u8>) -> Fut + 'static,
+        Fut: std::future::Future<Output = std::result::Result<(), String>> + 'static,
+    {
+        let c = self.client().await?;
+        let received = Rc::new(std::cell::Cell::new(0u64));
+        let failed = Rc::new(RefCell::new(None::<String>));
+        let sink: byte_sink::Client = capnp_rpc::new_client(ChunkSink {
+            chunk,
+            received: received.clone(),
+            failed: failed.clone(),
+        });
+        let mut req = c.get_stream_request();
+        {
+            let mut p = req.get();
+            p.set_key(key);
+            p.set_offset(offset);
+            p.set_length(len);
+            p.set_sink(sink);
+            p.set_chunk_bytes(STREAM_CHUNK_BYTES as u32);
+            p.set_if_version(if_version);
+        }
+        let r = req.send().promise.await;
+        if let Some(why) = failed.borrow_mut().take() {
+            return Err(Error::Invalid(format!("passing the bytes on: {why}")));
+        }
+        let resp = r.map_err(self.transport())?;
+        let r = resp.get().map_err(self.transport())?;
+        if r.has_error() {
+            return Err(self.remote(r.get_error().map_err(self.transport())?));
+        }
+        let i = info(r.get_info().map_err(self.transport())?).map_err(self.transport())?;
+        if r.get_sent() != received.get() {
+            return Err(Error::Invalid(format!(
+                "the gateway sent {} bytes but {} arrived",
+                r.get_sent(),
+                received.get()
+            )));
+        }
+        Ok(i)
     }
 
     /// Streams the object into `writer`, calling `progress` with the bytes
@@ -739,6 +841,92 @@ impl GatewayClient {
             })
         })
         .await
+    }
+}
+
+/// A streamed put in progress (see [`GatewayClient::put_open`]).
+pub struct PutStream<'a> {
+    gw: &'a GatewayClient,
+    sink: put_sink::Client,
+    size: u64,
+    sent: u64,
+}
+
+impl PutStream<'_> {
+    /// Bytes sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Sends the next bytes (in messages of at most 1 MiB; flow controlled).
+    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+        if self.sent + bytes.len() as u64 > self.size {
+            return Err(Error::Invalid(format!(
+                "more than the {} bytes announced for this object; nothing was stored",
+                self.size
+            )));
+        }
+        while !bytes.is_empty() {
+            let n = bytes.len().min(STREAM_CHUNK_BYTES);
+            let mut w = self.sink.write_request();
+            w.get().set_chunk(&bytes[..n]);
+            w.send().await.map_err(self.gw.transport())?;
+            self.sent += n as u64;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Stores the object once every announced byte was sent, with opaque
+    /// `attrs` (at most 8 KiB) kept in its record.
+    pub async fn finish(self, attrs: &[u8]) -> Result<(ObjectInfo, PutOutcome)> {
+        if self.sent != self.size {
+            return Err(Error::Invalid(format!(
+                "{} of the {} bytes announced were sent; nothing was stored",
+                self.sent, self.size
+            )));
+        }
+        let mut req = self.sink.finish_request();
+        req.get().set_attrs(attrs);
+        let resp = req.send().promise.await.map_err(self.gw.transport())?;
+        let r = resp.get().map_err(self.gw.transport())?;
+        if r.has_error() {
+            return Err(self.gw.remote(r.get_error().map_err(self.gw.transport())?));
+        }
+        let i = info(r.get_info().map_err(self.gw.transport())?).map_err(self.gw.transport())?;
+        Ok((i, outcome(r.get_outcome())))
+    }
+}
+
+/// Receives a streamed get chunk by chunk.
+struct ChunkSink<F> {
+    chunk: F,
+    received: Rc<std::cell::Cell<u64>>,
+    failed: Rc<RefCell<Option<String>>>,
+}
+
+impl<F, Fut> byte_sink::Server for ChunkSink<F>
+where
+    F: Fn(Vec<u8>) -> Fut + 'static,
+    Fut: std::future::Future<Output = std::result::Result<(), String>> + 'static,
+{
+    async fn write(self: Rc<Self>, params: byte_sink::WriteParams) -> Result<(), capnp::Error> {
+        let chunk = params.get()?.get_chunk()?.to_vec();
+        let n = chunk.len() as u64;
+        if let Err(e) = (self.chunk)(chunk).await {
+            *self.failed.borrow_mut() = Some(e.clone());
+            return Err(capnp::Error::failed(e));
+        }
+        self.received.set(self.received.get() + n);
+        Ok(())
+    }
+
+    async fn done(
+        self: Rc<Self>,
+        _: byte_sink::DoneParams,
+        _: byte_sink::DoneResults,
+    ) -> Result<(), capnp::Error> {
+        Ok(())
     }
 }
 

@@ -43,6 +43,7 @@ struct ObjectInfo {
   layout @4 :Text;             # "replicated x3" or "rs 4+2 (1048576-byte shards)"
   dirty @5 :Bool;              # not yet at full redundancy
   stripes @6 :UInt32;
+  attrs @7 :Data;              # the application's attributes, as given to put (at most 8 KiB)
 }
 
 struct NodeStatus {
@@ -77,24 +78,32 @@ interface ByteSink {
 
 interface PutSink {
   write @0 (chunk :Data) -> stream;
-  finish @1 () -> (info :ObjectInfo, outcome :Outcome, error :Error);
+  # `attrs`: opaque attributes kept with the object (at most 8 KiB), known
+  # only now to a writer that hashes what it streams (an S3 ETag).
+  finish @1 (attrs :Data) -> (info :ObjectInfo, outcome :Outcome, error :Error);
 }
 
 interface Gateway {
   # Stores `data` (at most 4 MiB) under `key`, replacing any older version.
-  put @0 (key :Text, data :Data) -> (info :ObjectInfo, outcome :Outcome, error :Error);
+  # `attrs`: opaque attributes kept in the object's record and returned in
+  # its ObjectInfo (at most 8 KiB; the S3 front keeps ETag, content type
+  # and user metadata there).
+  put @0 (key :Text, data :Data, attrs :Data) -> (info :ObjectInfo, outcome :Outcome, error :Error);
 
   # Opens a streamed put of exactly `size` bytes; the object exists once
   # `finish` answers without error.
   putStream @1 (key :Text, size :UInt64) -> (sink :PutSink, error :Error);
 
   # Bytes [offset, offset + length) of the object (length 0 = to the end),
-  # at most 4 MiB.
-  get @2 (key :Text, offset :UInt64, length :UInt64) -> (data :Data, info :ObjectInfo, error :Error);
+  # at most 4 MiB. A non-empty `ifVersion` must be the object's version
+  # id, else `conflict` (a reader that pieces one object from several calls
+  # never mixes two versions).
+  get @2 (key :Text, offset :UInt64, length :UInt64, ifVersion :Data) -> (data :Data, info :ObjectInfo, error :Error);
 
   # Streams bytes [offset, offset + length) (0 = to the end) into `sink` in
   # chunks of `chunkBytes` (0 = 1 MiB), then calls `sink.done`.
-  getStream @3 (key :Text, offset :UInt64, length :UInt64, sink :ByteSink, chunkBytes :UInt32) -> (info :ObjectInfo, sent :UInt64, error :Error);
+  # `ifVersion` as for `get`.
+  getStream @3 (key :Text, offset :UInt64, length :UInt64, sink :ByteSink, chunkBytes :UInt32, ifVersion :Data) -> (info :ObjectInfo, sent :UInt64, error :Error);
 
   stat @4 (key :Text) -> (info :ObjectInfo, error :Error);
 
@@ -139,6 +148,7 @@ struct KeyInfo {
   prefix @3 :Text;
   createdUnixMillis @4 :UInt64;
   revoked @5 :Bool;
+  sealedSecret @6 :Text;   # the secret sealed with the cluster's seal key ("" = no S3 access)
 }
 
 struct NodeScrub {

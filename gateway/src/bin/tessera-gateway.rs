@@ -66,9 +66,14 @@ struct Cli {
     /// Open connections one peer address may hold [default: 512].
     #[arg(long)]
     connections_per_peer: Option<usize>,
-    /// Log filter (else the file's, else TESSERA_LOG, else "info").
+    /// The cluster's seal key file (64 hex digits): keys made here then
+    /// carry their secret sealed with it, which lets the S3 front check
+    /// their signatures. Without it new keys have no S3 access.
+    #[arg(long)]
+    seal_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     tls: tessera_tls::TlsArgs,
+    /// Log filter (else the file's, else TESSERA_LOG, else "info").
     #[arg(long)]
     log: Option<String>,
 }
@@ -140,6 +145,12 @@ fn main() -> Result<()> {
             .map(|p| tessera_gateway::objects::Pool::parse(p))
             .collect::<Result<_, _>>()
             .context("pool")?,
+        seal_key: match cli.seal_key.clone().or(file.seal_key.clone()) {
+            Some(p) => Some(std::sync::Arc::new(
+                tessera_auth::SealKey::load(&p).context("--seal-key")?,
+            )),
+            None => None,
+        },
     };
     cfg.validate().context("settings")?;
     let gateway_id = cfg.gateway_id.clone();

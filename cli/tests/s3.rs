@@ -1,0 +1,139 @@
+//! The S3 front end to end: a real S3 client (boto3) against `tessera
+//! dev`'s `tessera-s3`, with TLS and access keys (the default).
+//!
+//! The client side is `s3/tests/boto3_suite.py`: buckets, round trips of
+//! many sizes (ETag = MD5), headers and user metadata, Content-MD5,
+//! ranges, listing with prefixes, delimiters and continuation tokens,
+//! copies, multipart (listed, completed with S3's ETag, wrong order and
+//! small parts refused, aborted), boto3's managed transfer, bad
+//! signatures and unknown keys refused, a read-only key that cannot
+//! write, deletes. Here: a revoked key stops signing within the key
+//! cache's refresh window.
+//!
+//! Needs python3; installs boto3 from PyPI when it is missing.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Longest the suite may run (it takes seconds on a dev cluster).
+const SUITE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a revoked key may still sign (the front's key refresh, 10 s,
+/// plus slack).
+const REVOKE_WINDOW: Duration = Duration::from_secs(30);
+
+fn suite() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../s3/tests/boto3_suite.py")
+}
+
+fn python(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new("python3")
+        .arg(suite())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let deadline = Instant::now() + SUITE_TIMEOUT;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the boto3 suite ran past {SUITE_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn key(dev: &Dev, perms: &str) -> (String, String) {
+    let o = tessera(
+        dev,
+        &["key", "create", "--permissions", perms, "--json"],
+        None,
+    );
+    assert!(
+        o.status.success(),
+        "key create: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    (
+        v["key_id"].as_str().unwrap().to_string(),
+        v["secret"].as_str().unwrap().to_string(),
+    )
+}
+
+fn have_boto3() -> bool {
+    Command::new("python3")
+        .args(["-c", "import boto3"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Installs boto3 from PyPI when it is missing (idempotent; a system
+/// Python that refuses pip installs gets `--break-system-packages`).
+fn ensure_boto3() {
+    if have_boto3() {
+        return;
+    }
+    for extra in [&[][..], &["--break-system-packages"][..]] {
+        let _ = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "boto3"])
+            .args(extra)
+            .status();
+        if have_boto3() {
+            return;
+        }
+    }
+    panic!("this test needs python3 with boto3, and `python3 -m pip install boto3` did not work");
+}
+
+#[test]
+fn boto3_drives_the_s3_front() {
+    ensure_boto3();
+    let dev = start_dev("s3", 6, &[]);
+    let c = cluster(&dev);
+    let endpoint = c["s3"]
+        .as_str()
+        .expect("the cluster file names the S3 endpoint")
+        .to_string();
+    let admin = (
+        c["credentials"]["key_id"].as_str().unwrap().to_string(),
+        c["credentials"]["secret"].as_str().unwrap().to_string(),
+    );
+    let (ro_id, ro_secret) = key(&dev, "r");
+    let o = python(&[&endpoint, &admin.0, &admin.1, &ro_id, &ro_secret]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "boto3 suite:\n{out}");
+    assert!(out.contains("all checks passed"), "{out}");
+
+    // Revocation reaches the S3 front within its refresh window.
+    let o = tessera(&dev, &["key", "revoke", &ro_id], None);
+    assert!(
+        o.status.success(),
+        "key revoke: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let deadline = Instant::now() + REVOKE_WINDOW;
+    loop {
+        let o = python(&["--expect-refused", &endpoint, &ro_id, &ro_secret]);
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a revoked key still signs S3 requests after {REVOKE_WINDOW:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,204 @@
+//! `tessera-s3`: the S3-compatible HTTP front of a Tessera cluster.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tessera_rpc::ConnectOptions;
+use tessera_s3::backend::Backend;
+use tessera_s3::front::Front;
+use tessera_s3::keys::KeyCache;
+
+/// Where the front listens unless told.
+const LISTEN_DEFAULT: &str = "127.0.0.1:7480";
+/// How long open connections may take to finish after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connections served at once; more wait in the kernel's backlog.
+const CONNECTIONS_MAX: usize = 4096;
+
+#[derive(Parser)]
+#[command(
+    name = "tessera-s3",
+    version,
+    about = "Tessera's S3-compatible HTTP front: S3 clients in, the gateway's object API out"
+)]
+struct Cli {
+    /// HTTP listen address (port 0 picks one; it is printed) [default: 127.0.0.1:7480].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The gateway to serve through (host:port).
+    #[arg(long)]
+    gateway: SocketAddr,
+    /// The cluster CA (PEM) the gateway's certificate is checked against.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// A file with the admin access key the front uses (TOML: key_id,
+    /// secret); or set TESSERA_KEY_ID and TESSERA_SECRET.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// The cluster's seal key (the gateway's --seal-key): opens the sealed
+    /// secrets SigV4 checks need.
+    #[arg(long)]
+    seal_key: Option<PathBuf>,
+    /// Plaintext to an --insecure gateway and no S3 authentication: every
+    /// request is allowed. Only for a cluster nobody else can reach.
+    #[arg(long)]
+    insecure: bool,
+    /// Virtual-hosted-style requests for this domain (BUCKET.DOMAIN);
+    /// path-style requests always work.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Log filter (else TESSERA_LOG, else "info").
+    #[arg(long)]
+    log: Option<String>,
+}
+
+fn credentials(cli: &Cli) -> Result<tessera_auth::Credentials> {
+    if let Some(p) = &cli.key_file {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        return toml::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a key file (key_id = \"TK…\", secret = \"…\")",
+                p.display()
+            )
+        });
+    }
+    match (
+        std::env::var("TESSERA_KEY_ID"),
+        std::env::var("TESSERA_SECRET"),
+    ) {
+        (Ok(key_id), Ok(secret)) => Ok(tessera_auth::Credentials { key_id, secret }),
+        _ => bail!(
+            "the front needs an admin access key to read the key table: --key-file FILE, or \
+             TESSERA_KEY_ID and TESSERA_SECRET (or --insecure for an --insecure cluster)"
+        ),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("TESSERA_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let listen = cli
+        .listen
+        .unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("a valid default"));
+    let (opts, seal) = if cli.insecure {
+        if cli.tls_ca.is_some() || cli.seal_key.is_some() || cli.key_file.is_some() {
+            bail!("--insecure takes no --tls-ca, --seal-key or --key-file");
+        }
+        tracing::warn!("--insecure: plaintext to the gateway, S3 requests are not authenticated");
+        (ConnectOptions::default(), None)
+    } else {
+        let Some(ca) = &cli.tls_ca else {
+            bail!("give --tls-ca (the cluster CA), or --insecure for an --insecure cluster");
+        };
+        let Some(seal) = &cli.seal_key else {
+            bail!("give --seal-key (the cluster's seal key, as the gateway's --seal-key), or --insecure");
+        };
+        let seal = tessera_auth::SealKey::load(seal).context("--seal-key")?;
+        let tls = tessera_tls::Connector::client(ca)
+            .with_context(|| format!("the cluster CA {}", ca.display()))?;
+        (
+            ConnectOptions {
+                tls: Some(tls),
+                credentials: Some(credentials(&cli)?),
+            },
+            Some(Arc::new(seal)),
+        )
+    };
+    tessera_engine::raise_memlock()
+        .context("io_uring (the gateway client's runtime) needs locked memory")?;
+    let backend = Backend::start(cli.gateway, opts).context("connecting to the gateway")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the HTTP runtime")?;
+    rt.block_on(serve(cli, listen, backend, seal))
+}
+
+async fn serve(
+    cli: Cli,
+    listen: SocketAddr,
+    backend: Backend,
+    seal: Option<Arc<tessera_auth::SealKey>>,
+) -> Result<()> {
+    let keys = match seal {
+        Some(seal) => {
+            let k = KeyCache::new(backend.clone(), seal);
+            let n = k
+                .refresh()
+                .await
+                .context("reading the access keys through the gateway")?;
+            tracing::info!(keys = n, "access keys with S3 access");
+            Some(k)
+        }
+        None => None,
+    };
+    let mut b = s3s::service::S3ServiceBuilder::new(Front::new(backend, keys.clone()));
+    if let Some(k) = keys {
+        b.set_auth(k);
+    }
+    if let Some(d) = &cli.domain {
+        b.set_host(
+            s3s::host::SingleDomain::new(d).map_err(|e| anyhow::anyhow!("--domain {d:?}: {e}"))?,
+        );
+    }
+    let service = b.build();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let at = listener.local_addr()?;
+    // The one line scripts wait for (like the other daemons).
+    println!("tessera-s3 listening on http://{at}");
+    tracing::info!(%at, gateway = %cli.gateway, "S3 front ready");
+    let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p?,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        };
+        let (sock, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        };
+        let _ = sock.set_nodelay(true);
+        let conn = http
+            .serve_connection(hyper_util::rt::TokioIo::new(sock), service.clone())
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!("stopping: finishing open requests");
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("requests still open after the grace period; stopping anyway"),
+    }
+    Ok(())
+}

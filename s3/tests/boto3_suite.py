@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Drives a running tessera-s3 front with boto3, a real S3 client.
+
+Usage: boto3_suite.py ENDPOINT KEY_ID SECRET [READONLY_KEY_ID READONLY_SECRET]
+       boto3_suite.py --expect-refused ENDPOINT KEY_ID SECRET
+
+Every check states what S3 promises; the first failure stops the run with
+a non-zero exit and says which. Sizes and counts are bounded; the run
+takes well under a minute on a dev cluster.
+"""
+
+import hashlib
+import os
+import random
+import sys
+
+import boto3
+from botocore.client import Config
+from botocore.exceptions import ClientError
+
+MIB = 1 << 20
+
+
+def client(endpoint, key_id, secret):
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 2},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+def expect_error(code, fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except ClientError as e:
+        got = e.response["Error"]["Code"]
+        status = e.response["ResponseMetadata"]["HTTPStatusCode"]
+        if got != code and str(status) != code:
+            raise AssertionError(f"expected {code}, got {got} ({status}): {e}")
+        return e
+    raise AssertionError(f"expected {code}, the call succeeded")
+
+
+_last = [None]
+
+
+def step(name):
+    """Prints how long the previous section took (SUITE_VERBOSE=1)."""
+    import time
+    now = time.monotonic()
+    if os.environ.get("SUITE_VERBOSE") and _last[0] is not None:
+        print(f"  {_last[0][0]}: {now - _last[0][1]:.2f}s", file=sys.stderr)
+    _last[0] = (name, now)
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def main():
+    endpoint, key_id, secret = sys.argv[1:4]
+    ro = sys.argv[4:6]
+    s3 = client(endpoint, key_id, secret)
+    seed = int(os.environ.get("SEED", random.SystemRandom().randrange(1 << 32)))
+    print(f"boto3 suite: SEED={seed}")
+    rng = random.Random(seed)
+    bucket = f"suite-{rng.randrange(1 << 30):x}"
+
+    step('Buckets')
+    # Buckets.
+    expect_error("404", s3.head_bucket, Bucket=bucket)
+    s3.create_bucket(Bucket=bucket)
+    expect_error("BucketAlreadyOwnedByYou", s3.create_bucket, Bucket=bucket)
+    names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    check(bucket in names, f"list_buckets misses {bucket}: {names}")
+    s3.head_bucket(Bucket=bucket)
+    expect_error("NoSuchBucket", s3.put_object, Bucket=bucket + "-none", Key="a", Body=b"x")
+
+    step('Round trips of many sizes')
+    # Round trips of many sizes, byte-exact, with ETag = MD5.
+    sizes = [0, 1, 100, 4096, 65536, 65537, 1 * MIB, 4 * MIB, 4 * MIB + 1, 9 * MIB + 123]
+    blobs = {}
+    for n in sizes:
+        data = rng.randbytes(n)
+        key = f"sizes/{n:09d}.bin"
+        r = s3.put_object(Bucket=bucket, Key=key, Body=data)
+        check(r["ETag"].strip('"') == hashlib.md5(data).hexdigest(), f"ETag of {key}")
+        blobs[key] = data
+    for key, data in blobs.items():
+        got = s3.get_object(Bucket=bucket, Key=key)
+        body = got["Body"].read()
+        check(body == data, f"{key}: {len(body)} bytes back, {len(data)} stored, or different")
+        check(got["ContentLength"] == len(data), f"{key}: Content-Length")
+        h = s3.head_object(Bucket=bucket, Key=key)
+        check(h["ContentLength"] == len(data), f"{key}: HEAD Content-Length")
+        check(h["ETag"].strip('"') == hashlib.md5(data).hexdigest(), f"{key}: HEAD ETag")
+
+    step('Headers and user metadata')
+    # Headers and user metadata survive.
+    s3.put_object(
+        Bucket=bucket,
+        Key="meta/doc.txt",
+        Body=b"hello",
+        ContentType="text/plain",
+        Metadata={"owner": "ada", "purpose": "test"},
+    )
+    h = s3.head_object(Bucket=bucket, Key="meta/doc.txt")
+    check(h["ContentType"] == "text/plain", f"content type {h.get('ContentType')}")
+    check(h["Metadata"] == {"owner": "ada", "purpose": "test"}, f"metadata {h['Metadata']}")
+    expect_error("MetadataTooLarge", s3.put_object, Bucket=bucket, Key="meta/big",
+                 Body=b"x", Metadata={"a": "b" * 3000})
+
+    step('Content-MD5 is checked')
+    # Content-MD5 is checked, and a mismatch stores nothing.
+    import base64
+    good = base64.b64encode(hashlib.md5(b"abc").digest()).decode()
+    s3.put_object(Bucket=bucket, Key="md5/ok", Body=b"abc", ContentMD5=good)
+    bad = base64.b64encode(hashlib.md5(b"abd").digest()).decode()
+    expect_error("BadDigest", s3.put_object, Bucket=bucket, Key="md5/bad", Body=b"abc", ContentMD5=bad)
+    expect_error("404", s3.head_object, Bucket=bucket, Key="md5/bad")
+
+    step('Ranges')
+    # Ranges.
+    big = blobs["sizes/000009437307.bin"] if "sizes/000009437307.bin" in blobs else blobs[f"sizes/{9 * MIB + 123:09d}.bin"]
+    key = f"sizes/{9 * MIB + 123:09d}.bin"
+    for (a, b) in [(0, 0), (5, 100), (MIB - 3, MIB + 3), (4 * MIB - 1, 4 * MIB + 1), (0, 5 * MIB), (len(big) - 10, len(big) - 1)]:
+        r = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={a}-{b}")
+        body = r["Body"].read()
+        check(body == big[a:b + 1], f"range {a}-{b}: {len(body)} bytes")
+        check(r["ContentRange"] == f"bytes {a}-{b}/{len(big)}", f"Content-Range {r['ContentRange']}")
+    r = s3.get_object(Bucket=bucket, Key=key, Range="bytes=-100")
+    check(r["Body"].read() == big[-100:], "suffix range")
+    expect_error("InvalidRange", s3.get_object, Bucket=bucket, Key=key, Range=f"bytes={len(big) + 5}-")
+    expect_error("NoSuchKey", s3.get_object, Bucket=bucket, Key="no/such/key")
+
+    step('Listing')
+    # Listing: prefix, delimiter, pagination.
+    for i in range(7):
+        s3.put_object(Bucket=bucket, Key=f"tree/a/{i}", Body=b"x")
+    for d in ["b", "c", "d"]:
+        s3.put_object(Bucket=bucket, Key=f"tree/{d}/x/y", Body=b"x")
+    s3.put_object(Bucket=bucket, Key="tree/top", Body=b"x")
+    r = s3.list_objects_v2(Bucket=bucket, Prefix="tree/", Delimiter="/")
+    cps = [p["Prefix"] for p in r.get("CommonPrefixes", [])]
+    keys = [o["Key"] for o in r.get("Contents", [])]
+    check(cps == ["tree/a/", "tree/b/", "tree/c/", "tree/d/"], f"common prefixes {cps}")
+    check(keys == ["tree/top"], f"keys {keys}")
+    seen, token, pages = [], None, 0
+    while True:
+        kw = dict(Bucket=bucket, Prefix="tree/", MaxKeys=3)
+        if token:
+            kw["ContinuationToken"] = token
+        r = s3.list_objects_v2(**kw)
+        seen += [o["Key"] for o in r.get("Contents", [])]
+        pages += 1
+        check(pages < 20, "pagination does not end")
+        if not r["IsTruncated"]:
+            break
+        token = r["NextContinuationToken"]
+    want = sorted([f"tree/a/{i}" for i in range(7)] + [f"tree/{d}/x/y" for d in "bcd"] + ["tree/top"])
+    check(seen == want, f"paginated list {seen}")
+    seen, token = [], None
+    for _ in range(20):
+        kw = dict(Bucket=bucket, Prefix="tree/", Delimiter="/", MaxKeys=2)
+        if token:
+            kw["ContinuationToken"] = token
+        r = s3.list_objects_v2(**kw)
+        seen += [p["Prefix"] for p in r.get("CommonPrefixes", [])] + [o["Key"] for o in r.get("Contents", [])]
+        if not r["IsTruncated"]:
+            break
+        token = r["NextContinuationToken"]
+    check(sorted(seen) == ["tree/a/", "tree/b/", "tree/c/", "tree/d/", "tree/top"], f"paged delimiter list {seen}")
+    r = s3.list_objects_v2(Bucket=bucket, Prefix="tree/a/", StartAfter="tree/a/4")
+    check([o["Key"] for o in r["Contents"]] == ["tree/a/5", "tree/a/6"], "start-after")
+    pag = s3.get_paginator("list_objects_v2")
+    total = sum(len(p.get("Contents", [])) for p in pag.paginate(Bucket=bucket, PaginationConfig={"PageSize": 4}))
+    check(total == len(blobs) + 11 + 2, f"paginator counted {total}")
+
+    step('Copy')
+    # Copy, with and without new metadata.
+    r = s3.copy_object(Bucket=bucket, Key="copies/one", CopySource={"Bucket": bucket, "Key": "meta/doc.txt"})
+    h = s3.head_object(Bucket=bucket, Key="copies/one")
+    check(h["Metadata"] == {"owner": "ada", "purpose": "test"}, "copy keeps metadata")
+    check(s3.get_object(Bucket=bucket, Key="copies/one")["Body"].read() == b"hello", "copy bytes")
+    s3.copy_object(Bucket=bucket, Key="copies/two", CopySource={"Bucket": bucket, "Key": key},
+                   MetadataDirective="REPLACE", Metadata={"new": "1"}, ContentType="application/x-test")
+    h = s3.head_object(Bucket=bucket, Key="copies/two")
+    check(h["Metadata"] == {"new": "1"} and h["ContentType"] == "application/x-test", "copy replaces metadata")
+    check(s3.get_object(Bucket=bucket, Key="copies/two")["Body"].read() == big, "copy of a 9 MiB object")
+
+    step('Multipart')
+    # Multipart: 3 parts (5 MiB, 5 MiB, 1 byte), listed, completed, ETag as S3's.
+    key = "multi/part.bin"
+    up = s3.create_multipart_upload(Bucket=bucket, Key=key, ContentType="application/octet-stream",
+                                    Metadata={"kind": "multi"})["UploadId"]
+    parts_data = [rng.randbytes(5 * MIB), rng.randbytes(5 * MIB), rng.randbytes(1)]
+    parts = []
+    for i, d in enumerate(parts_data, start=1):
+        r = s3.upload_part(Bucket=bucket, Key=key, UploadId=up, PartNumber=i, Body=d)
+        check(r["ETag"].strip('"') == hashlib.md5(d).hexdigest(), f"part {i} ETag")
+        parts.append({"PartNumber": i, "ETag": r["ETag"]})
+    lp = s3.list_parts(Bucket=bucket, Key=key, UploadId=up)
+    check([p["PartNumber"] for p in lp["Parts"]] == [1, 2, 3], "list_parts")
+    check([p["Size"] for p in lp["Parts"]] == [5 * MIB, 5 * MIB, 1], "part sizes")
+    expect_error("InvalidPartOrder", s3.complete_multipart_upload, Bucket=bucket, Key=key, UploadId=up,
+                 MultipartUpload={"Parts": [parts[1], parts[0]]})
+    expect_error("InvalidPart", s3.complete_multipart_upload, Bucket=bucket, Key=key, UploadId=up,
+                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"' + "0" * 32 + '"'}]})
+    r = s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up, MultipartUpload={"Parts": parts})
+    want_etag = hashlib.md5(b"".join(hashlib.md5(d).digest() for d in parts_data)).hexdigest() + "-3"
+    check(r["ETag"].strip('"') == want_etag, f"multipart ETag {r['ETag']} != {want_etag}")
+    whole = b"".join(parts_data)
+    got = s3.get_object(Bucket=bucket, Key=key)
+    check(got["Body"].read() == whole, "multipart object bytes")
+    check(got["Metadata"] == {"kind": "multi"}, "multipart metadata")
+    expect_error("NoSuchUpload", s3.list_parts, Bucket=bucket, Key=key, UploadId=up)
+    step('Small non-last parts')
+    # Small non-last parts are refused; an abort leaves nothing.
+    up2 = s3.create_multipart_upload(Bucket=bucket, Key="multi/small")["UploadId"]
+    e1 = s3.upload_part(Bucket=bucket, Key="multi/small", UploadId=up2, PartNumber=1, Body=b"a" * 100)["ETag"]
+    e2 = s3.upload_part(Bucket=bucket, Key="multi/small", UploadId=up2, PartNumber=2, Body=b"b")["ETag"]
+    expect_error("EntityTooSmall", s3.complete_multipart_upload, Bucket=bucket, Key="multi/small", UploadId=up2,
+                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+    s3.abort_multipart_upload(Bucket=bucket, Key="multi/small", UploadId=up2)
+    expect_error("NoSuchUpload", s3.upload_part, Bucket=bucket, Key="multi/small", UploadId=up2,
+                 PartNumber=3, Body=b"c")
+    expect_error("404", s3.head_object, Bucket=bucket, Key="multi/small")
+    step("boto3's managed transfer")
+    # boto3's managed transfer (multipart above its threshold) round-trips.
+    from boto3.s3.transfer import TransferConfig
+    import io
+    payload = rng.randbytes(12 * MIB + 7)
+    cfg = TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB, max_concurrency=4)
+    s3.upload_fileobj(io.BytesIO(payload), bucket, "multi/managed", Config=cfg)
+    out = io.BytesIO()
+    s3.download_fileobj(bucket, "multi/managed", out, Config=cfg)
+    check(out.getvalue() == payload, "managed transfer bytes")
+
+    step('Bad signatures')
+    # Bad signatures and unknown keys are refused.
+    bad_sig = client(endpoint, key_id, "0" * 64)
+    expect_error("SignatureDoesNotMatch", bad_sig.list_objects_v2, Bucket=bucket)
+    unknown = client(endpoint, "TK" + "0" * 20, secret)
+    expect_error("InvalidAccessKeyId", unknown.list_objects_v2, Bucket=bucket)
+    expect_error("403", client(endpoint, "nonsense", "x").list_buckets)
+
+    step('A read-only key')
+    # A read-only key reads and may not write.
+    if ro:
+        r = client(endpoint, ro[0], ro[1])
+        check(r.get_object(Bucket=bucket, Key="meta/doc.txt")["Body"].read() == b"hello", "read-only key reads")
+        expect_error("AccessDenied", r.put_object, Bucket=bucket, Key="ro/x", Body=b"x")
+        expect_error("AccessDenied", r.delete_object, Bucket=bucket, Key="meta/doc.txt")
+
+    step('Deletes')
+    # Deletes: one, many (quiet and not), then the bucket.
+    expect_error("BucketNotEmpty", s3.delete_bucket, Bucket=bucket)
+    s3.delete_object(Bucket=bucket, Key="copies/one")
+    s3.delete_object(Bucket=bucket, Key="copies/one")  # S3: deleting nothing succeeds
+    expect_error("404", s3.head_object, Bucket=bucket, Key="copies/one")
+    all_keys = [o["Key"] for p in pag.paginate(Bucket=bucket) for o in p.get("Contents", [])]
+    for i in range(0, len(all_keys), 10):
+        batch = all_keys[i:i + 10]
+        r = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": i % 20 == 0})
+        check(not r.get("Errors"), f"delete_objects errors {r.get('Errors')}")
+    check(s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0, "bucket empty after deletes")
+    s3.delete_bucket(Bucket=bucket)
+    expect_error("404", s3.head_bucket, Bucket=bucket)
+    step("end")
+    print("boto3 suite: all checks passed")
+
+
+def expect_refused():
+    """--expect-refused ENDPOINT KEY_ID SECRET: the key signs nothing."""
+    endpoint, key_id, secret = sys.argv[2:5]
+    expect_error("InvalidAccessKeyId", client(endpoint, key_id, secret).list_buckets)
+    print("refused as expected")
+
+
+if __name__ == "__main__":
+    try:
+        if sys.argv[1] == "--expect-refused":
+            expect_refused()
+        else:
+            main()
+    except AssertionError as e:
+        print(f"boto3 suite FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
