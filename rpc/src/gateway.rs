@@ -163,6 +163,27 @@ fn text_or_empty(x: capnp::Result<capnp::text::Reader<'_>>) -> String {
     x.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
 }
 
+/// A `getStream` call of bytes `[offset, offset + len)` into `sink`.
+fn get_stream_request(
+    c: &gateway::Client,
+    key: &str,
+    offset: u64,
+    len: u64,
+    sink: byte_sink::Client,
+    if_version: &[u8],
+) -> capnp::capability::Request<gateway::get_stream_params::Owned, gateway::get_stream_results::Owned>
+{
+    let mut req = c.get_stream_request();
+    let mut p = req.get();
+    p.set_key(key);
+    p.set_offset(offset);
+    p.set_length(len);
+    p.set_sink(sink);
+    p.set_chunk_bytes(STREAM_CHUNK_BYTES as u32);
+    p.set_if_version(if_version);
+    req
+}
+
 fn outcome(o: std::result::Result<Outcome, capnp::NotInSchema>) -> PutOutcome {
     match o {
         Ok(Outcome::Ok) => PutOutcome::Ok,
@@ -569,31 +590,36 @@ impl GatewayClient {
             received: received.clone(),
             failed: failed.clone(),
         });
-        let mut req = c.get_stream_request();
-        {
-            let mut p = req.get();
-            p.set_key(key);
-            p.set_offset(offset);
-            p.set_length(len);
-            p.set_sink(sink);
-            p.set_chunk_bytes(STREAM_CHUNK_BYTES as u32);
-            p.set_if_version(if_version);
-        }
-        let r = req.send().promise.await;
+        let r = get_stream_request(&c, key, offset, len, sink, if_version)
+            .send()
+            .promise
+            .await;
         if let Some(why) = failed.borrow_mut().take() {
             return Err(Error::Invalid(format!("passing the bytes on: {why}")));
         }
+        self.stream_end(r, received.get())
+    }
+
+    /// The answer that ends a streamed get, checked against the bytes
+    /// that arrived.
+    fn stream_end(
+        &self,
+        r: std::result::Result<
+            capnp::capability::Response<gateway::get_stream_results::Owned>,
+            capnp::Error,
+        >,
+        received: u64,
+    ) -> Result<ObjectInfo> {
         let resp = r.map_err(self.transport())?;
         let r = resp.get().map_err(self.transport())?;
         if r.has_error() {
             return Err(self.remote(r.get_error().map_err(self.transport())?));
         }
         let i = info(r.get_info().map_err(self.transport())?).map_err(self.transport())?;
-        if r.get_sent() != received.get() {
+        if r.get_sent() != received {
             return Err(Error::Invalid(format!(
-                "the gateway sent {} bytes but {} arrived",
-                r.get_sent(),
-                received.get()
+                "the gateway sent {} bytes but {received} arrived",
+                r.get_sent()
             )));
         }
         Ok(i)
@@ -637,15 +663,7 @@ impl GatewayClient {
                     received: received.clone(),
                     failed: failed.clone(),
                 });
-                let mut req = c.get_stream_request();
-                {
-                    let mut p = req.get();
-                    p.set_key(key);
-                    p.set_offset(offset);
-                    p.set_length(len);
-                    p.set_sink(sink);
-                    p.set_chunk_bytes(STREAM_CHUNK_BYTES as u32);
-                }
+                let req = get_stream_request(&c, key, offset, len, sink, &[]);
                 let mut call = Box::pin(req.send().promise);
                 // Report progress while the stream runs.
                 let r = loop {
@@ -662,20 +680,7 @@ impl GatewayClient {
                 if let Some(why) = failed.borrow_mut().take() {
                     return Err(Error::Invalid(format!("writing the output: {why}")));
                 }
-                let resp = r.map_err(self.transport())?;
-                let r = resp.get().map_err(self.transport())?;
-                if r.has_error() {
-                    return Err(self.remote(r.get_error().map_err(self.transport())?));
-                }
-                let i = info(r.get_info().map_err(self.transport())?).map_err(self.transport())?;
-                if r.get_sent() != received.get() {
-                    return Err(Error::Invalid(format!(
-                        "the gateway sent {} bytes but {} arrived",
-                        r.get_sent(),
-                        received.get()
-                    )));
-                }
-                Ok(i)
+                self.stream_end(r, received.get())
             }
         })
         .await

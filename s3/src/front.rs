@@ -208,25 +208,47 @@ fn body_len(content_length: Option<i64>, body: &Option<StreamingBlob>, max: u64)
     Ok(len)
 }
 
-/// Headers of a new object from a put or a multipart start.
-fn attrs_from(
-    content_type: Option<String>,
-    content_encoding: Option<String>,
-    content_disposition: Option<String>,
-    cache_control: Option<String>,
-    content_language: Option<String>,
-    metadata: Option<Metadata>,
-) -> ObjectAttrs {
-    ObjectAttrs {
-        etag: String::new(),
-        content_type,
-        content_encoding,
-        content_disposition,
-        cache_control,
-        content_language,
-        metadata: metadata.unwrap_or_default().into_iter().collect(),
-        parts: 0,
-    }
+/// Headers of a new object, from any input that carries them (put,
+/// copy with REPLACE, multipart start): the same field names in each.
+macro_rules! attrs_from {
+    ($i:expr) => {
+        ObjectAttrs {
+            etag: String::new(),
+            content_type: $i.content_type.clone(),
+            content_encoding: $i.content_encoding.clone(),
+            content_disposition: $i.content_disposition.clone(),
+            cache_control: $i.cache_control.clone(),
+            content_language: $i.content_language.clone(),
+            metadata: $i
+                .metadata
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            parts: 0,
+        }
+    };
+}
+
+/// The response headers HEAD and GET share, as a literal of `$out` with
+/// the `extra` fields.
+macro_rules! object_headers {
+    ($out:ident, $a:expr, $info:expr, { $($field:ident: $val:expr),* $(,)? }) => {
+        $out {
+            e_tag: Some(etag_of(&$a, &$info.version_id)),
+            last_modified: Some(timestamp($info.created_unix_millis)),
+            content_type: $a.content_type.clone(),
+            content_encoding: $a.content_encoding.clone(),
+            content_disposition: $a.content_disposition.clone(),
+            cache_control: $a.cache_control.clone(),
+            content_language: $a.content_language.clone(),
+            metadata: (!$a.metadata.is_empty()).then(|| $a.metadata.clone().into_iter().collect()),
+            parts_count: ($a.parts > 0).then_some($a.parts as i32),
+            accept_ranges: Some("bytes".into()),
+            $($field: $val,)*
+            ..Default::default()
+        }
+    };
 }
 
 fn encode_attrs(a: &ObjectAttrs) -> S3Result<Vec<u8>> {
@@ -606,14 +628,7 @@ impl Front {
         self.bucket_exists(&req.input.bucket).await?;
         let i = req.input;
         let len = body_len(i.content_length, &i.body, PUT_OBJECT_MAX_BYTES)?;
-        let attrs = attrs_from(
-            i.content_type,
-            i.content_encoding,
-            i.content_disposition,
-            i.cache_control,
-            i.content_language,
-            i.metadata,
-        );
+        let attrs = attrs_from!(i);
         let etag = self
             .store_body(gw_key, len, i.body, i.content_md5, attrs)
             .await?;
@@ -816,20 +831,11 @@ impl S3 for Front {
             .gw(move |gw| async move { gw.stat(&gw_key).await })
             .await?;
         let a = ObjectAttrs::parse(&info.attrs);
-        Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(info.size as i64),
-            e_tag: Some(etag_of(&a, &info.version_id)),
-            last_modified: Some(timestamp(info.created_unix_millis)),
-            content_type: a.content_type.clone(),
-            content_encoding: a.content_encoding.clone(),
-            content_disposition: a.content_disposition.clone(),
-            cache_control: a.cache_control.clone(),
-            content_language: a.content_language.clone(),
-            metadata: (!a.metadata.is_empty()).then(|| a.metadata.clone().into_iter().collect()),
-            parts_count: (a.parts > 0).then_some(a.parts as i32),
-            accept_ranges: Some("bytes".into()),
-            ..Default::default()
-        }))
+        Ok(S3Response::new(
+            object_headers!(HeadObjectOutput, a, info, {
+                content_length: Some(info.size as i64),
+            }),
+        ))
     }
 
     async fn get_object(
@@ -887,22 +893,11 @@ impl S3 for Front {
             ),
             None => (info.size, None),
         };
-        Ok(S3Response::new(GetObjectOutput {
+        Ok(S3Response::new(object_headers!(GetObjectOutput, a, info, {
             body: Some(body),
             content_length: Some(len as i64),
-            content_range,
-            e_tag: Some(etag_of(&a, &info.version_id)),
-            last_modified: Some(timestamp(info.created_unix_millis)),
-            content_type: a.content_type.clone(),
-            content_encoding: a.content_encoding.clone(),
-            content_disposition: a.content_disposition.clone(),
-            cache_control: a.cache_control.clone(),
-            content_language: a.content_language.clone(),
-            metadata: (!a.metadata.is_empty()).then(|| a.metadata.clone().into_iter().collect()),
-            parts_count: (a.parts > 0).then_some(a.parts as i32),
-            accept_ranges: Some("bytes".into()),
-            ..Default::default()
-        }))
+            content_range: content_range,
+        })))
     }
 
     async fn delete_object(
@@ -1006,16 +1001,7 @@ impl S3 for Front {
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        let new_attrs = replace.then(|| {
-            attrs_from(
-                i.content_type.clone(),
-                i.content_encoding.clone(),
-                i.content_disposition.clone(),
-                i.cache_control.clone(),
-                i.content_language.clone(),
-                i.metadata.clone(),
-            )
-        });
+        let new_attrs = replace.then(|| attrs_from!(i));
         if let Some(a) = &new_attrs {
             encode_attrs(a)?;
         }
@@ -1181,14 +1167,7 @@ impl S3 for Front {
         let owner = self.allow(&req, Permission::Write, &gw_key)?;
         self.bucket_exists(&req.input.bucket).await?;
         let i = &req.input;
-        let attrs = attrs_from(
-            i.content_type.clone(),
-            i.content_encoding.clone(),
-            i.content_disposition.clone(),
-            i.cache_control.clone(),
-            i.content_language.clone(),
-            i.metadata.clone(),
-        );
+        let attrs = attrs_from!(i);
         encode_attrs(&attrs)?;
         let id = names::new_upload_id();
         let rec = Upload {
