@@ -152,6 +152,24 @@ where
     }
 }
 
+/// The live bytes (shards and their record headers) of every live chunk
+/// server of a cluster: what `tessera-bench s3 --tessera-du` asks for.
+pub fn cluster_live_bytes(target: crate::target::Target) -> Result<u64> {
+    tessera_engine::raise_memlock()?;
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let gw = GatewayClient::connect_with(target.gateway, target.opts.clone()).await?;
+            let mut nodes = Vec::new();
+            for n in gw.status().await?.nodes.iter().filter(|n| n.live) {
+                nodes.push(ChunkClient::connect(n.addr.parse()?, target.chunk_options()).await?);
+            }
+            live_bytes(&nodes).await
+        })
+        .map_err(|e| anyhow::anyhow!("starting an executor: {e}"))?
+        .join()
+        .map_err(|e| anyhow::anyhow!("the executor failed: {e}"))?
+}
+
 pub fn run(gateway: crate::target::Target, plan: &Plan) -> Result<Report> {
     tessera_engine::raise_memlock()?;
     let sizes = plan.sizes.clone();

@@ -10,6 +10,7 @@ mod heal_bench;
 mod load_bench;
 mod metad_bench;
 mod report;
+mod s3_bench;
 mod target;
 
 use anyhow::Result;
@@ -83,6 +84,38 @@ enum Cmd {
         /// Cluster file (else $TESSERA_CLUSTER, else ~/.config/tessera/cluster.toml).
         #[arg(long)]
         cluster: Option<PathBuf>,
+        /// Seconds per phase.
+        #[arg(long)]
+        secs: Option<u64>,
+        /// Object sizes in KiB (default 4,1024,16384).
+        #[arg(long, value_delimiter = ',')]
+        sizes_kib: Vec<usize>,
+        /// Requests in flight per phase (default 8,32).
+        #[arg(long, value_delimiter = ',')]
+        concurrency: Vec<usize>,
+    },
+    /// Prints the live bytes of a dev cluster's chunk servers (shards and
+    /// record headers): the disk use `s3 --tessera-du` compares.
+    LiveBytes {
+        /// Cluster file (else $TESSERA_CLUSTER, else ~/.config/tessera/cluster.toml).
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+    },
+    /// One S3 load generator against Tessera's S3 front and a peer (Garage)
+    /// in the same run: PUT and GET of 4 KiB, 1 MiB and 16 MiB objects at 8
+    /// and 32 in flight, and disk bytes per stored byte.
+    /// benches/scripts/s3-vs-garage.sh sets both up.
+    S3 {
+        /// NAME,ENDPOINT,KEY_ID,SECRET,REGION,BUCKET[,DATA_DIR...]
+        #[arg(long)]
+        tessera: String,
+        /// The peer, in the same form.
+        #[arg(long)]
+        peer: Option<String>,
+        /// A shell command printing Tessera's disk use in bytes (its chunk
+        /// segments are preallocated, so allocated blocks say nothing).
+        #[arg(long)]
+        tessera_du: Option<String>,
         /// Seconds per phase.
         #[arg(long)]
         secs: Option<u64>,
@@ -189,6 +222,42 @@ fn main() -> Result<()> {
                 plan.concurrency = concurrency.iter().map(|c| *c.clamp(&1, &1024)).collect();
             }
             load_bench::run(gw, &plan)?
+        }
+        Cmd::LiveBytes { cluster } => {
+            let path = tessera_rpc::cluster::path(cluster.as_deref());
+            let t = target::Target::from_file(&tessera_rpc::cluster::read(&path)?)?;
+            println!("{}", load_bench::cluster_live_bytes(t)?);
+            return Ok(());
+        }
+        Cmd::S3 {
+            tessera,
+            peer,
+            tessera_du,
+            secs,
+            sizes_kib,
+            concurrency,
+        } => {
+            let mut t = s3_bench::Target::parse(&tessera)?;
+            t.du_command = tessera_du;
+            let p = peer.as_deref().map(s3_bench::Target::parse).transpose()?;
+            let mut plan = if cli.quick {
+                s3_bench::Plan::quick()
+            } else {
+                s3_bench::Plan::full()
+            };
+            if let Some(s) = secs {
+                plan.duration = std::time::Duration::from_secs(s.clamp(1, 3600));
+            }
+            if !sizes_kib.is_empty() {
+                plan.sizes = sizes_kib
+                    .iter()
+                    .map(|k| k.clamp(&1, &(1 << 20)) << 10)
+                    .collect();
+            }
+            if !concurrency.is_empty() {
+                plan.concurrency = concurrency.iter().map(|c| *c.clamp(&1, &1024)).collect();
+            }
+            s3_bench::run(t, p, &plan)?
         }
     };
     if cli.json {
