@@ -81,7 +81,7 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
     }
     bail!(
         "`{name}` is not next to {}: build the whole workspace first (`cargo build --release`), \
-         which builds metad, chunkd, tessera-gateway and healer beside tessera",
+         which builds metad, chunkd, tessera-gateway, healer and tessera-s3 beside tessera",
         exe.display()
     )
 }
@@ -494,6 +494,12 @@ pub fn run(args: DevArgs) -> Result<()> {
     let _ = writeln!(out, "gateway listening on {}", file.gateway);
     if let Some(s3) = &file.s3 {
         let _ = writeln!(out, "S3 endpoint {s3} (path-style; region any)");
+    }
+    if args.insecure {
+        let _ = writeln!(
+            out,
+            "S3 without authentication (--insecure): anonymous, or key id \"insecure\", secret \"insecure\""
+        );
     }
     if let Some(c) = &credentials {
         let _ = writeln!(

@@ -137,3 +137,45 @@ fn boto3_drives_the_s3_front() {
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// An `--insecure` cluster's front serves anonymous requests and those
+/// signed with the documented insecure key, and refuses other signatures
+/// (it cannot check them).
+#[test]
+fn insecure_front_serves_anonymous_and_the_insecure_key() {
+    ensure_boto3();
+    let dev = start_dev("s3-insecure", 6, &["--insecure"]);
+    let endpoint = cluster(&dev)["s3"].as_str().unwrap().to_string();
+    let script = r#"
+import sys, boto3
+from botocore import UNSIGNED
+from botocore.client import Config
+from botocore.exceptions import ClientError
+ep = sys.argv[1]
+cfg = lambda sig: Config(signature_version=sig, s3={"addressing_style": "path"}, retries={"max_attempts": 1})
+signed = boto3.client("s3", endpoint_url=ep, aws_access_key_id="insecure", aws_secret_access_key="insecure",
+                      region_name="us-east-1", config=cfg("s3v4"))
+signed.create_bucket(Bucket="open")
+signed.put_object(Bucket="open", Key="k", Body=b"hello")
+anon = boto3.client("s3", endpoint_url=ep, region_name="us-east-1", config=cfg(UNSIGNED))
+assert anon.get_object(Bucket="open", Key="k")["Body"].read() == b"hello"
+other = boto3.client("s3", endpoint_url=ep, aws_access_key_id="someone", aws_secret_access_key="x",
+                     region_name="us-east-1", config=cfg("s3v4"))
+try:
+    other.list_buckets()
+    raise SystemExit("a signature by an unknown key was accepted")
+except ClientError as e:
+    assert e.response["Error"]["Code"] == "InvalidAccessKeyId", e
+print("ok")
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script, &endpoint])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -246,6 +246,41 @@ def main():
     s3.download_fileobj(bucket, "multi/managed", out, Config=cfg)
     check(out.getvalue() == payload, "managed transfer bytes")
 
+    step('A client that dies mid-upload')
+    # A client that dies mid-upload stores nothing (both the collected
+    # path, up to 4 MiB, and the streamed one).
+    import socket
+    from urllib.parse import urlparse
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    u = urlparse(endpoint)
+    def raw_put(key, n, send):
+        """Sends a signed PUT of n bytes by hand, `send` of them, then hangs up."""
+        full = rng.randbytes(n)
+        req = AWSRequest(method="PUT", url=f"{endpoint}/{bucket}/{key}", data=full,
+                         headers={"Content-Length": str(n)})
+        S3SigV4Auth(Credentials(key_id, secret), "s3", "us-east-1").add_auth(req)
+        head = f"PUT /{bucket}/{key} HTTP/1.1\r\nHost: {u.netloc}\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in req.headers.items() if k.lower() != "host") + "\r\n"
+        body = full[:send]
+        s = socket.create_connection((u.hostname, u.port))
+        s.sendall(head.encode() + body)
+        answer = s.recv(4096).decode(errors="replace") if send == n else ""
+        s.close()
+        return body, answer
+
+    # The control: the same hand-made request, complete, is stored.
+    whole, answer = raw_put("partial/control", 2 * MIB, 2 * MIB)
+    check(answer.startswith("HTTP/1.1 200"), f"hand-made PUT answered {answer!r}")
+    check(s3.get_object(Bucket=bucket, Key="partial/control")["Body"].read() == whole, "hand-made PUT")
+    for n in [3 * MIB, 9 * MIB]:
+        raw_put(f"partial/{n}", n, n // 2)
+    import time
+    time.sleep(1)
+    for n in [3 * MIB, 9 * MIB]:
+        expect_error("404", s3.head_object, Bucket=bucket, Key=f"partial/{n}")
+
     step('Bad signatures')
     # Bad signatures and unknown keys are refused.
     bad_sig = client(endpoint, key_id, "0" * 64)

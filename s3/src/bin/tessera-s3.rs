@@ -10,6 +10,39 @@ use tessera_s3::backend::Backend;
 use tessera_s3::front::Front;
 use tessera_s3::keys::KeyCache;
 
+/// The one key an `--insecure` front accepts signatures from (anonymous
+/// requests are served too): s3s cannot check a signature without knowing
+/// the secret, so "any key" is not possible; these are printed by
+/// `tessera dev --insecure`.
+const INSECURE_KEY_ID: &str = "insecure";
+const INSECURE_SECRET: &str = "insecure";
+
+/// The `--insecure` front's one key.
+struct InsecureAuth;
+
+#[async_trait::async_trait]
+impl s3s::auth::S3Auth for InsecureAuth {
+    async fn get_secret_key(&self, access_key: &str) -> s3s::S3Result<s3s::auth::SecretKey> {
+        if access_key == INSECURE_KEY_ID {
+            return Ok(s3s::auth::SecretKey::from(INSECURE_SECRET));
+        }
+        Err(s3s::s3_error!(
+            InvalidAccessKeyId,
+            "an --insecure front checks only key id {INSECURE_KEY_ID:?} (secret {INSECURE_SECRET:?}); or send unsigned requests"
+        ))
+    }
+}
+
+/// Lets every request through (an `--insecure` front only).
+struct AllowAll;
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for AllowAll {
+    async fn check(&self, _cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        Ok(())
+    }
+}
+
 /// Where the front listens unless told.
 const LISTEN_DEFAULT: &str = "127.0.0.1:7480";
 /// How long open connections may take to finish after SIGTERM/SIGINT.
@@ -42,7 +75,8 @@ struct Cli {
     #[arg(long)]
     seal_key: Option<PathBuf>,
     /// Plaintext to an --insecure gateway and no S3 authentication: every
-    /// request is allowed. Only for a cluster nobody else can reach.
+    /// request is allowed, anonymous or signed with key id "insecure" and
+    /// secret "insecure". Only for a cluster nobody else can reach.
     #[arg(long)]
     insecure: bool,
     /// Virtual-hosted-style requests for this domain (BUCKET.DOMAIN);
@@ -145,8 +179,15 @@ async fn serve(
         None => None,
     };
     let mut b = s3s::service::S3ServiceBuilder::new(Front::new(backend, keys.clone()));
-    if let Some(k) = keys {
-        b.set_auth(k);
+    match keys {
+        Some(k) => b.set_auth(k),
+        None => {
+            b.set_auth(InsecureAuth);
+            b.set_access(AllowAll);
+            tracing::warn!(
+                "--insecure: anonymous requests and requests signed with key id {INSECURE_KEY_ID:?}, secret {INSECURE_SECRET:?} are served"
+            );
+        }
     }
     if let Some(d) = &cli.domain {
         b.set_host(
