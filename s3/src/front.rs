@@ -255,17 +255,17 @@ fn encode_attrs(a: &ObjectAttrs) -> S3Result<Vec<u8>> {
     a.encode().map_err(|m| s3_error!(MetadataTooLarge, "{m}"))
 }
 
-/// Copies `size` bytes of version `version` of `from` to the open put `w`,
-/// hashing them into `md5`.
+/// Copies bytes `span` of version `version` of `from` to the open put
+/// `w`, hashing them into `md5`.
 async fn copy_into(
     gw: &GatewayClient,
     from: &str,
     version: &[u8],
-    size: u64,
+    span: std::ops::Range<u64>,
     w: &mut tessera_rpc::gateway::PutStream<'_>,
     mut md5: Option<&mut Md5>,
 ) -> GwResult<()> {
-    let mut off = 0;
+    let (mut off, size) = (span.start, span.end);
     while off < size {
         let n = (size - off).min(GET_FIRST_READ_BYTES);
         let (data, _) = gw.get_range_info(from, off, n, version).await?;
@@ -281,6 +281,26 @@ async fn copy_into(
         off += data.len() as u64;
     }
     Ok(())
+}
+
+/// Stores bytes `span` of version `version` of `src` as `dst` with `attrs`
+/// (their ETag set to the copied bytes' MD5); returns (ETag, creation time).
+async fn copy_object_bytes(
+    gw: &GatewayClient,
+    src: &str,
+    version: &[u8],
+    span: std::ops::Range<u64>,
+    dst: &str,
+    mut attrs: ObjectAttrs,
+) -> GwResult<(String, u64)> {
+    let mut md5 = Md5::new();
+    let mut w = gw.put_open(dst, span.end - span.start).await?;
+    copy_into(gw, src, version, span, &mut w, Some(&mut md5)).await?;
+    attrs.etag = names::hex(&md5.finalize());
+    attrs.parts = 0;
+    let a = attrs.encode().map_err(tessera_rpc::Error::Invalid)?;
+    let (out, _) = w.finish(&a).await?;
+    Ok((attrs.etag, out.created_unix_millis))
 }
 
 impl Front {
@@ -648,13 +668,7 @@ impl Front {
         let gw_key = obj_key(&req.input.bucket, &req.input.key)?;
         self.allow(&req, Permission::Write, &gw_key)?;
         let n = req.input.part_number;
-        if !(1..=names::PART_NUMBER_MAX).contains(&n) {
-            return Err(s3_error!(
-                InvalidArgument,
-                "part numbers are 1..={}",
-                names::PART_NUMBER_MAX
-            ));
-        }
+        check_part_number(n)?;
         self.owned_upload(
             &req,
             &req.input.bucket,
@@ -680,6 +694,162 @@ impl Front {
         close_after_empty_body(len, &mut r.headers);
         Ok(r)
     }
+
+    /// Lists bucket `bucket` under `prefix` after `start_after`, at most
+    /// `max_keys` names (keys, and common prefixes when `delimiter` is
+    /// given); `next` is where a following page starts (after it).
+    async fn list_core<T>(
+        &self,
+        req: &S3Request<T>,
+        bucket: &str,
+        prefix: Option<String>,
+        delimiter: Option<String>,
+        start_after: String,
+        max_keys: Option<i32>,
+    ) -> S3Result<Listing> {
+        let base = names::bucket_prefix(bucket);
+        let prefix = prefix.unwrap_or_default();
+        self.allow(req, Permission::Read, &format!("{base}{prefix}"))?;
+        self.bucket_exists(bucket).await?;
+        let delimiter = delimiter.filter(|d| !d.is_empty());
+        let max_keys = max_keys.unwrap_or(LIST_KEYS_MAX).clamp(0, LIST_KEYS_MAX) as usize;
+        let (b2, p2, d2) = (base.clone(), prefix.clone(), delimiter.clone());
+        let (contents, prefixes, next) = self
+            .gw(move |gw| async move {
+                let (base, prefix, delimiter) = (b2, p2, d2);
+                let mut contents = Vec::new();
+                let mut prefixes: Vec<String> = Vec::new();
+                let mut after = if start_after.is_empty() {
+                    String::new()
+                } else {
+                    format!("{base}{start_after}")
+                };
+                let mut next = None;
+                if max_keys == 0 {
+                    return Ok((contents, prefixes, next));
+                }
+                'pages: for _ in 0..LIST_PAGES_MAX {
+                    let (items, more) = gw.list(&format!("{base}{prefix}"), &after, 1000).await?;
+                    let n = items.len();
+                    for (idx, it) in items.into_iter().enumerate() {
+                        let name = it.key[base.len()..].to_string();
+                        after = it.key.clone();
+                        if let Some(d) = &delimiter {
+                            if let Some(at) = name[prefix.len()..].find(d.as_str()) {
+                                let cp = name[..prefix.len() + at + d.len()].to_string();
+                                // Once per group, and never again for the
+                                // group a marker or token ended on.
+                                if prefixes.last() == Some(&cp) || cp <= start_after {
+                                    after = format!("{base}{cp}\u{10FFFF}");
+                                    continue;
+                                }
+                                prefixes.push(cp.clone());
+                                // Skip the rest of this group.
+                                after = format!("{base}{cp}\u{10FFFF}");
+                                if contents.len() + prefixes.len() == max_keys {
+                                    if more || idx + 1 < n {
+                                        next = Some(cp);
+                                    }
+                                    break 'pages;
+                                }
+                                continue;
+                            }
+                        }
+                        contents.push(it);
+                        if contents.len() + prefixes.len() == max_keys {
+                            if more || idx + 1 < n {
+                                next = Some(name);
+                            }
+                            break 'pages;
+                        }
+                    }
+                    if !more {
+                        break;
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                    next = Some(
+                        after[base.len()..]
+                            .trim_end_matches('\u{10FFFF}')
+                            .to_string(),
+                    );
+                }
+                Ok((contents, prefixes, next))
+            })
+            .await?;
+        let objects: Vec<Object> = contents
+            .iter()
+            .map(|o| {
+                let a = ObjectAttrs::parse(&o.attrs);
+                Object {
+                    key: Some(o.key[base.len()..].to_string()),
+                    size: Some(o.size as i64),
+                    e_tag: Some(etag_of(&a, &o.version_id)),
+                    last_modified: Some(timestamp(o.created_unix_millis)),
+                    storage_class: Some(ObjectStorageClass::from_static(
+                        ObjectStorageClass::STANDARD,
+                    )),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Ok(Listing {
+            objects,
+            prefixes: prefixes
+                .into_iter()
+                .map(|p| CommonPrefix { prefix: Some(p) })
+                .collect(),
+            next,
+            prefix,
+            delimiter,
+            max_keys: max_keys as i32,
+        })
+    }
+
+    /// (source bucket, source gateway key) of a copy into `bucket`/`key`,
+    /// after checking the caller may read the one and write the other.
+    fn copy_keys<T>(
+        &self,
+        req: &S3Request<T>,
+        source: &CopySource,
+        bucket: &str,
+        key: &str,
+    ) -> S3Result<(String, String)> {
+        let CopySource::Bucket {
+            bucket: sb,
+            key: sk,
+            ..
+        } = source
+        else {
+            return Err(s3_error!(NotImplemented, "copying from an access point"));
+        };
+        let src = obj_key(sb, sk)?;
+        self.allow(req, Permission::Read, &src)?;
+        self.allow(req, Permission::Write, &obj_key(bucket, key)?)?;
+        Ok((sb.to_string(), src))
+    }
+}
+
+/// One page of a listing, for ListObjects and ListObjectsV2.
+struct Listing {
+    objects: Vec<Object>,
+    prefixes: Vec<CommonPrefix>,
+    next: Option<String>,
+    prefix: String,
+    delimiter: Option<String>,
+    max_keys: i32,
+}
+
+fn check_part_number(n: i32) -> S3Result<()> {
+    if !(1..=names::PART_NUMBER_MAX).contains(&n) {
+        return Err(s3_error!(
+            InvalidArgument,
+            "part numbers are 1..={}",
+            names::PART_NUMBER_MAX
+        ));
+    }
+    Ok(())
 }
 
 fn strip_quotes(s: &str) -> &str {
@@ -982,18 +1152,14 @@ impl S3 for Front {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
-        let CopySource::Bucket {
-            bucket: sb,
-            key: sk,
-            ..
-        } = &req.input.copy_source
-        else {
-            return Err(s3_error!(NotImplemented, "copying from an access point"));
-        };
-        let src = obj_key(sb, sk)?;
+        let (sb, src) = self.copy_keys(
+            &req,
+            &req.input.copy_source,
+            &req.input.bucket,
+            &req.input.key,
+        )?;
+        let sb = &sb;
         let dst = obj_key(&req.input.bucket, &req.input.key)?;
-        self.allow(&req, Permission::Read, &src)?;
-        self.allow(&req, Permission::Write, &dst)?;
         self.bucket_exists(sb).await?;
         self.bucket_exists(&req.input.bucket).await?;
         let i = &req.input;
@@ -1014,15 +1180,8 @@ impl S3 for Front {
                         info.size
                     )));
                 }
-                let mut attrs = new_attrs.unwrap_or_else(|| ObjectAttrs::parse(&info.attrs));
-                let mut md5 = Md5::new();
-                let mut w = gw.put_open(&dst, info.size).await?;
-                copy_into(&gw, &src, &info.version_id, info.size, &mut w, Some(&mut md5)).await?;
-                attrs.etag = names::hex(&md5.finalize());
-                attrs.parts = 0;
-                let a = attrs.encode().map_err(tessera_rpc::Error::Invalid)?;
-                let (out, _) = w.finish(&a).await?;
-                Ok((attrs.etag, out.created_unix_millis))
+                let attrs = new_attrs.unwrap_or_else(|| ObjectAttrs::parse(&info.attrs));
+                copy_object_bytes(&gw, &src, &info.version_id, 0..info.size, &dst, attrs).await
             })
             .await?;
         Ok(S3Response::new(CopyObjectOutput {
@@ -1040,13 +1199,6 @@ impl S3 for Front {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let i = &req.input;
-        let bucket = i.bucket.clone();
-        let base = names::bucket_prefix(&bucket);
-        let prefix = i.prefix.clone().unwrap_or_default();
-        self.allow(&req, Permission::Read, &format!("{base}{prefix}"))?;
-        self.bucket_exists(&bucket).await?;
-        let delimiter = i.delimiter.clone().filter(|d| !d.is_empty());
-        let max_keys = i.max_keys.unwrap_or(LIST_KEYS_MAX).clamp(0, LIST_KEYS_MAX) as usize;
         // The continuation token is the name to start after (base64).
         let start_after = match &i.continuation_token {
             Some(t) => {
@@ -1059,102 +1211,61 @@ impl S3 for Front {
             }
             None => i.start_after.clone().unwrap_or_default(),
         };
-        let (b2, p2, d2) = (base.clone(), prefix.clone(), delimiter.clone());
-        let (contents, prefixes, next) = self
-            .gw(move |gw| async move {
-                let (base, prefix, delimiter) = (b2, p2, d2);
-                let mut contents = Vec::new();
-                let mut prefixes: Vec<String> = Vec::new();
-                let mut after = if start_after.is_empty() {
-                    String::new()
-                } else {
-                    format!("{base}{start_after}")
-                };
-                let mut next = None;
-                if max_keys == 0 {
-                    return Ok((contents, prefixes, next));
-                }
-                'pages: for _ in 0..LIST_PAGES_MAX {
-                    let (items, more) = gw.list(&format!("{base}{prefix}"), &after, 1000).await?;
-                    let n = items.len();
-                    for (idx, it) in items.into_iter().enumerate() {
-                        let name = it.key[base.len()..].to_string();
-                        after = it.key.clone();
-                        if let Some(d) = &delimiter {
-                            if let Some(at) = name[prefix.len()..].find(d.as_str()) {
-                                let cp = name[..prefix.len() + at + d.len()].to_string();
-                                if prefixes.last() == Some(&cp) {
-                                    continue;
-                                }
-                                prefixes.push(cp.clone());
-                                // Skip the rest of this group.
-                                after = format!("{base}{cp}\u{10FFFF}");
-                                if contents.len() + prefixes.len() == max_keys {
-                                    if more || idx + 1 < n {
-                                        next = Some(format!("{cp}\u{10FFFF}"));
-                                    }
-                                    break 'pages;
-                                }
-                                continue;
-                            }
-                        }
-                        contents.push(it);
-                        if contents.len() + prefixes.len() == max_keys {
-                            if more || idx + 1 < n {
-                                next = Some(name);
-                            }
-                            break 'pages;
-                        }
-                    }
-                    if !more {
-                        break;
-                    }
-                    if n == 0 {
-                        break;
-                    }
-                    next = Some(after[base.len()..].to_string());
-                }
-                Ok((contents, prefixes, next))
-            })
+        let l = self
+            .list_core(
+                &req,
+                &i.bucket,
+                i.prefix.clone(),
+                i.delimiter.clone(),
+                start_after,
+                i.max_keys,
+            )
             .await?;
-        let objects: Vec<Object> = contents
-            .iter()
-            .map(|o| {
-                let a = ObjectAttrs::parse(&o.attrs);
-                Object {
-                    key: Some(o.key[base.len()..].to_string()),
-                    size: Some(o.size as i64),
-                    e_tag: Some(etag_of(&a, &o.version_id)),
-                    last_modified: Some(timestamp(o.created_unix_millis)),
-                    storage_class: Some(ObjectStorageClass::from_static(
-                        ObjectStorageClass::STANDARD,
-                    )),
-                    ..Default::default()
-                }
-            })
-            .collect();
-        let key_count = (objects.len() + prefixes.len()) as i32;
-        let token = next.map(|n| {
+        let token = l.next.map(|n| {
             use base64::Engine;
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n.as_bytes())
         });
         Ok(S3Response::new(ListObjectsV2Output {
-            name: Some(bucket),
-            prefix: Some(prefix),
-            delimiter,
-            max_keys: Some(max_keys as i32),
-            key_count: Some(key_count),
+            name: Some(i.bucket.clone()),
+            prefix: Some(l.prefix),
+            delimiter: l.delimiter,
+            max_keys: Some(l.max_keys),
+            key_count: Some((l.objects.len() + l.prefixes.len()) as i32),
             is_truncated: Some(token.is_some()),
             continuation_token: i.continuation_token.clone(),
             next_continuation_token: token,
             start_after: i.start_after.clone(),
-            contents: Some(objects),
-            common_prefixes: Some(
-                prefixes
-                    .into_iter()
-                    .map(|p| CommonPrefix { prefix: Some(p) })
-                    .collect(),
-            ),
+            contents: Some(l.objects),
+            common_prefixes: Some(l.prefixes),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let i = &req.input;
+        let l = self
+            .list_core(
+                &req,
+                &i.bucket,
+                i.prefix.clone(),
+                i.delimiter.clone(),
+                i.marker.clone().unwrap_or_default(),
+                i.max_keys,
+            )
+            .await?;
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(i.bucket.clone()),
+            prefix: Some(l.prefix),
+            delimiter: l.delimiter,
+            max_keys: Some(l.max_keys),
+            is_truncated: Some(l.next.is_some()),
+            marker: i.marker.clone(),
+            next_marker: l.next,
+            contents: Some(l.objects),
+            common_prefixes: Some(l.prefixes),
             ..Default::default()
         }))
     }
@@ -1185,6 +1296,81 @@ impl S3 for Front {
             bucket: Some(i.bucket.clone()),
             key: Some(i.key.clone()),
             upload_id: Some(id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let (sb, src) = self.copy_keys(
+            &req,
+            &req.input.copy_source,
+            &req.input.bucket,
+            &req.input.key,
+        )?;
+        let sb = &sb;
+        let i = &req.input;
+        let n = i.part_number;
+        check_part_number(n)?;
+        self.owned_upload(&req, &i.bucket, &i.key, &i.upload_id)
+            .await?;
+        self.bucket_exists(sb).await?;
+        // "bytes=FIRST-LAST", inclusive; the whole object without it.
+        let range = match &i.copy_source_range {
+            None => None,
+            Some(r) => {
+                let bad = || {
+                    s3_error!(
+                        InvalidArgument,
+                        "x-amz-copy-source-range must be bytes=FIRST-LAST; got {r:?}"
+                    )
+                };
+                let (a, b) = r
+                    .strip_prefix("bytes=")
+                    .and_then(|x| x.split_once('-'))
+                    .ok_or_else(bad)?;
+                let (a, b): (u64, u64) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                Some((a, b))
+            }
+        };
+        let part = names::part_key(&i.upload_id, n);
+        let k = src.clone();
+        let info = self.gw(move |gw| async move { gw.stat(&k).await }).await?;
+        let span = match range {
+            None => 0..info.size,
+            Some((a, b)) if b < info.size => a..b + 1,
+            Some(_) => {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "the copy range is outside the {}-byte source",
+                    info.size
+                ))
+            }
+        };
+        if span.end - span.start > PUT_OBJECT_MAX_BYTES {
+            return Err(s3_error!(
+                EntityTooLarge,
+                "a part may be at most {PUT_OBJECT_MAX_BYTES} bytes"
+            ));
+        }
+        let version = info.version_id;
+        let (etag, created) = self
+            .gw(move |gw| async move {
+                copy_object_bytes(&gw, &src, &version, span, &part, ObjectAttrs::default()).await
+            })
+            .await?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(ETag::Strong(etag)),
+                last_modified: Some(timestamp(created)),
+                ..Default::default()
+            }),
             ..Default::default()
         }))
     }
@@ -1331,7 +1517,7 @@ impl S3 for Front {
             this.gw(move |gw| async move {
                 let mut w = gw.put_open(&gw_key, total).await?;
                 for (k, size, version) in &plan {
-                    copy_into(&gw, k, version, *size, &mut w, None).await?;
+                    copy_into(&gw, k, version, 0..*size, &mut w, None).await?;
                 }
                 w.finish(&a).await
             })

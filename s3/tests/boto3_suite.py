@@ -155,33 +155,41 @@ def main():
     keys = [o["Key"] for o in r.get("Contents", [])]
     check(cps == ["tree/a/", "tree/b/", "tree/c/", "tree/d/"], f"common prefixes {cps}")
     check(keys == ["tree/top"], f"keys {keys}")
-    seen, token, pages = [], None, 0
-    while True:
-        kw = dict(Bucket=bucket, Prefix="tree/", MaxKeys=3)
-        if token:
-            kw["ContinuationToken"] = token
-        r = s3.list_objects_v2(**kw)
-        seen += [o["Key"] for o in r.get("Contents", [])]
-        pages += 1
-        check(pages < 20, "pagination does not end")
-        if not r["IsTruncated"]:
-            break
-        token = r["NextContinuationToken"]
+    def names_v2(**kw):
+        """Every name (common prefixes, then keys, page by page) of a paged ListObjectsV2."""
+        seen, token = [], None
+        for _ in range(20):
+            if token:
+                kw["ContinuationToken"] = token
+            r = s3.list_objects_v2(**kw)
+            seen += [p["Prefix"] for p in r.get("CommonPrefixes", [])] + [o["Key"] for o in r.get("Contents", [])]
+            if not r["IsTruncated"]:
+                return seen
+            token = r["NextContinuationToken"]
+        raise AssertionError(f"pagination does not end: {seen}")
+
+    seen = names_v2(Bucket=bucket, Prefix="tree/", MaxKeys=3)
     want = sorted([f"tree/a/{i}" for i in range(7)] + [f"tree/{d}/x/y" for d in "bcd"] + ["tree/top"])
     check(seen == want, f"paginated list {seen}")
-    seen, token = [], None
-    for _ in range(20):
-        kw = dict(Bucket=bucket, Prefix="tree/", Delimiter="/", MaxKeys=2)
-        if token:
-            kw["ContinuationToken"] = token
-        r = s3.list_objects_v2(**kw)
-        seen += [p["Prefix"] for p in r.get("CommonPrefixes", [])] + [o["Key"] for o in r.get("Contents", [])]
-        if not r["IsTruncated"]:
-            break
-        token = r["NextContinuationToken"]
+    seen = names_v2(Bucket=bucket, Prefix="tree/", Delimiter="/", MaxKeys=2)
     check(sorted(seen) == ["tree/a/", "tree/b/", "tree/c/", "tree/d/", "tree/top"], f"paged delimiter list {seen}")
     r = s3.list_objects_v2(Bucket=bucket, Prefix="tree/a/", StartAfter="tree/a/4")
     check([o["Key"] for o in r["Contents"]] == ["tree/a/5", "tree/a/6"], "start-after")
+    # One name per page, with a delimiter: every group once, in order.
+    seen = names_v2(Bucket=bucket, Prefix="tree/", Delimiter="/", MaxKeys=1)
+    check(seen == ["tree/a/", "tree/b/", "tree/c/", "tree/d/", "tree/top"], f"one-per-page delimiter list {seen}")
+    # ListObjects (v1): markers, with and without a delimiter.
+    seen, marker = [], ""
+    for _ in range(20):
+        r = s3.list_objects(Bucket=bucket, Prefix="tree/", Delimiter="/", MaxKeys=2, Marker=marker)
+        page = [p["Prefix"] for p in r.get("CommonPrefixes", [])] + [o["Key"] for o in r.get("Contents", [])]
+        seen += page
+        if not r["IsTruncated"]:
+            break
+        marker = r.get("NextMarker") or page[-1]
+    check(sorted(seen) == ["tree/a/", "tree/b/", "tree/c/", "tree/d/", "tree/top"], f"v1 delimiter list {seen}")
+    r = s3.list_objects(Bucket=bucket, Prefix="tree/a/", Marker="tree/a/4")
+    check([o["Key"] for o in r["Contents"]] == ["tree/a/5", "tree/a/6"], "v1 marker")
     pag = s3.get_paginator("list_objects_v2")
     total = sum(len(p.get("Contents", [])) for p in pag.paginate(Bucket=bucket, PaginationConfig={"PageSize": 4}))
     check(total == len(blobs) + 11 + 2, f"paginator counted {total}")
@@ -245,6 +253,17 @@ def main():
     out = io.BytesIO()
     s3.download_fileobj(bucket, "multi/managed", out, Config=cfg)
     check(out.getvalue() == payload, "managed transfer bytes")
+    # boto3's managed copy: above its threshold it copies in parts
+    # (UploadPartCopy with byte ranges).
+    s3.copy({"Bucket": bucket, "Key": "multi/managed"}, bucket, "multi/managed-copy", Config=cfg)
+    got = s3.get_object(Bucket=bucket, Key="multi/managed-copy")
+    check(got["Body"].read() == payload, "managed copy bytes")
+    check(got["ETag"].strip('"').endswith("-3"), f"managed copy is multipart: {got['ETag']}")
+    up3 = s3.create_multipart_upload(Bucket=bucket, Key="multi/rangecopy")["UploadId"]
+    expect_error("InvalidArgument", s3.upload_part_copy, Bucket=bucket, Key="multi/rangecopy", UploadId=up3,
+                 PartNumber=1, CopySource={"Bucket": bucket, "Key": "multi/managed"},
+                 CopySourceRange=f"bytes=0-{len(payload)}")
+    s3.abort_multipart_upload(Bucket=bucket, Key="multi/rangecopy", UploadId=up3)
 
     step('A client that dies mid-upload')
     # A client that dies mid-upload stores nothing (both the collected
