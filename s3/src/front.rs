@@ -50,6 +50,9 @@ pub const LIST_PAGES_MAX: usize = 64;
 pub const LIST_KEYS_MAX: i32 = 1000;
 /// How long a bucket seen to exist is trusted without asking again.
 pub const BUCKET_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Uploads in progress one ListMultipartUploads considers per bucket (a
+/// bucket with more lists only the first this many by upload id).
+pub const UPLOADS_LISTED_MAX: u32 = 10_000;
 /// Objects per DeleteObjects (S3's limit).
 pub const DELETE_OBJECTS_MAX: usize = 1000;
 /// Completions of more than this many bytes answer at once and send
@@ -549,11 +552,11 @@ impl Front {
         StreamingBlob::wrap(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 
-    async fn read_upload(&self, upload_id: &str) -> S3Result<Upload> {
+    async fn read_upload(&self, bucket: &str, upload_id: &str) -> S3Result<Upload> {
         if !names::check_upload_id(upload_id) {
             return Err(s3_error!(NoSuchUpload, "no upload {upload_id:?}"));
         }
-        let rec = names::upload_record(upload_id);
+        let rec = names::upload_record(bucket, upload_id);
         let r = self
             .backend
             .run(move |gw| async move { gw.get(&rec).await })
@@ -579,7 +582,7 @@ impl Front {
         key: &str,
         upload_id: &str,
     ) -> S3Result<Upload> {
-        let u = self.read_upload(upload_id).await?;
+        let u = self.read_upload(bucket, upload_id).await?;
         if u.bucket != bucket || u.key != key {
             return Err(s3_error!(
                 NoSuchUpload,
@@ -1289,8 +1292,10 @@ impl S3 for Front {
             attrs,
         };
         let body = serde_json::to_vec(&rec).map_err(S3Error::internal_error)?;
-        let k = names::upload_record(&id);
-        self.gw(move |gw| async move { gw.put(&k, &body).await })
+        let k = names::upload_record(&i.bucket, &id);
+        let a = serde_json::to_vec(&names::UploadAttrs { key: i.key.clone() })
+            .map_err(S3Error::internal_error)?;
+        self.gw(move |gw| async move { gw.put_with_attrs(&k, &body, &a).await })
             .await?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(i.bucket.clone()),
@@ -1375,6 +1380,73 @@ impl S3 for Front {
         }))
     }
 
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let i = &req.input;
+        let prefix = i.prefix.clone().unwrap_or_default();
+        self.allow(
+            &req,
+            Permission::Read,
+            &format!("{}{prefix}", names::bucket_prefix(&i.bucket)),
+        )?;
+        self.bucket_exists(&i.bucket).await?;
+        let max = i.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
+        let at = names::uploads_prefix(&i.bucket);
+        let items = self
+            .gw(move |gw| async move { gw.list(&at, "", UPLOADS_LISTED_MAX).await })
+            .await?
+            .0;
+        // (key, upload id, initiated), in S3's order: by key, then id.
+        let mut all: Vec<(String, String, u64)> = items
+            .iter()
+            .filter_map(|it| {
+                let a: names::UploadAttrs = serde_json::from_slice(&it.attrs).ok()?;
+                let id = it.key.rsplit('/').next()?.to_string();
+                Some((a.key, id, it.created_unix_millis))
+            })
+            .filter(|(k, _, _)| k.starts_with(&prefix))
+            .collect();
+        all.sort();
+        let (km, im) = (
+            i.key_marker.clone().unwrap_or_default(),
+            i.upload_id_marker.clone().unwrap_or_default(),
+        );
+        let after: Vec<_> = all
+            .into_iter()
+            .filter(|(k, id, _)| {
+                km.is_empty()
+                    || k.as_str() > km.as_str()
+                    || (k == &km && !im.is_empty() && id.as_str() > im.as_str())
+            })
+            .collect();
+        let truncated = after.len() > max;
+        let page = &after[..after.len().min(max)];
+        let last = page.last().filter(|_| truncated);
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(i.bucket.clone()),
+            prefix: i.prefix.clone(),
+            max_uploads: Some(max as i32),
+            key_marker: i.key_marker.clone(),
+            upload_id_marker: i.upload_id_marker.clone(),
+            next_key_marker: last.map(|l| l.0.clone()),
+            next_upload_id_marker: last.map(|l| l.1.clone()),
+            is_truncated: Some(truncated),
+            uploads: Some(
+                page.iter()
+                    .map(|(k, id, t)| MultipartUpload {
+                        key: Some(k.clone()),
+                        upload_id: Some(id.clone()),
+                        initiated: Some(timestamp(*t)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+
     async fn list_parts(
         &self,
         req: S3Request<ListPartsInput>,
@@ -1428,7 +1500,7 @@ impl S3 for Front {
             .into_iter()
             .map(|p| names::part_key(&i.upload_id, p.0))
             .collect();
-        keys.push(names::upload_record(&i.upload_id));
+        keys.push(names::upload_record(&i.bucket, &i.upload_id));
         self.delete_all(keys).await;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
@@ -1511,7 +1583,7 @@ impl S3 for Front {
             .keys()
             .map(|n| names::part_key(&upload_id, *n))
             .collect();
-        leftovers.push(names::upload_record(&upload_id));
+        leftovers.push(names::upload_record(&bucket, &upload_id));
         let this = self.clone();
         let work = async move {
             this.gw(move |gw| async move {

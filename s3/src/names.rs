@@ -6,7 +6,8 @@
 //!   is a key for bucket `B`);
 //! - bucket `B` exists when the marker `.s3/buckets/B` does (bucket names
 //!   start with a letter or digit, so `.s3` is never a bucket);
-//! - multipart upload `U`: its record `.s3/uploads/U` (JSON, [`Upload`])
+//! - multipart upload `U` into bucket `B`: its record `.s3/uploads/B/U`
+//!   (JSON, [`Upload`]; its attributes name the object key, for listings)
 //!   and its parts `.s3/parts/U/NNNNN`.
 //!
 //! Invariants: every gateway key made here is at most the gateway's
@@ -42,8 +43,21 @@ pub fn bucket_marker(bucket: &str) -> String {
     format!("{BUCKET_MARKER_PREFIX}{bucket}")
 }
 
-pub fn upload_record(upload_id: &str) -> String {
-    format!("{UPLOAD_PREFIX}{upload_id}")
+pub fn upload_record(bucket: &str, upload_id: &str) -> String {
+    format!("{UPLOAD_PREFIX}{bucket}/{upload_id}")
+}
+
+/// Where a bucket's upload records are listed.
+pub fn uploads_prefix(bucket: &str) -> String {
+    format!("{UPLOAD_PREFIX}{bucket}/")
+}
+
+/// What an upload record's attributes say, so that a listing of uploads
+/// needs no read per upload: the object key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadAttrs {
+    #[serde(rename = "k")]
+    pub key: String,
 }
 
 pub fn parts_prefix(upload_id: &str) -> String {

@@ -243,6 +243,26 @@ def main():
     expect_error("NoSuchUpload", s3.upload_part, Bucket=bucket, Key="multi/small", UploadId=up2,
                  PartNumber=3, Body=b"c")
     expect_error("404", s3.head_object, Bucket=bucket, Key="multi/small")
+    step('Uploads in progress')
+    ups = {k: s3.create_multipart_upload(Bucket=bucket, Key=k)["UploadId"] for k in ["mpu/b", "mpu/a", "mpu/c"]}
+    r = s3.list_multipart_uploads(Bucket=bucket, Prefix="mpu/")
+    got = [(u["Key"], u["UploadId"]) for u in r.get("Uploads", [])]
+    check(got == sorted(ups.items()), f"list_multipart_uploads {got}")
+    seen, km, im = [], None, None
+    for _ in range(10):
+        kw = dict(Bucket=bucket, Prefix="mpu/", MaxUploads=1)
+        if km:
+            kw.update(KeyMarker=km, UploadIdMarker=im)
+        r = s3.list_multipart_uploads(**kw)
+        seen += [u["Key"] for u in r.get("Uploads", [])]
+        if not r["IsTruncated"]:
+            break
+        km, im = r["NextKeyMarker"], r["NextUploadIdMarker"]
+    check(seen == ["mpu/a", "mpu/b", "mpu/c"], f"paged uploads {seen}")
+    for k, v in ups.items():
+        s3.abort_multipart_upload(Bucket=bucket, Key=k, UploadId=v)
+    check(not s3.list_multipart_uploads(Bucket=bucket, Prefix="mpu/").get("Uploads"), "aborted uploads are listed")
+
     step("boto3's managed transfer")
     # boto3's managed transfer (multipart above its threshold) round-trips.
     from boto3.s3.transfer import TransferConfig
