@@ -10,8 +10,10 @@
 //!   Content-MD5 matched (the gateway's put is only finished then);
 //! - a GET never mixes two versions: every read after the first names the
 //!   version the first one saw (`ifVersion`);
-//! - memory per request is bounded: bodies move in chunks of at most
-//!   [`BODY_CHUNK_BYTES`] through channels of [`BODY_CHANNEL_CHUNKS`];
+//! - memory is bounded: bodies move in chunks of at most
+//!   [`BODY_CHUNK_BYTES`] through channels of [`BODY_CHANNEL_CHUNKS`], and
+//!   request bodies in memory take room in a budget of
+//!   [`BODY_BYTES_IN_MEMORY_MAX`] before they are read;
 //! - every loop over gateway pages is bounded ([`LIST_PAGES_MAX`]).
 
 use crate::backend::Backend;
@@ -44,6 +46,12 @@ pub const GET_FIRST_READ_BYTES: u64 = 4 << 20;
 pub const BODY_CHUNK_BYTES: usize = 1 << 20;
 /// Chunks in flight between the two sides of one body.
 pub const BODY_CHANNEL_CHUNKS: usize = 4;
+/// Request body bytes held in memory at once (collected bodies and the
+/// chunks in flight of streamed ones); more requests wait for room.
+/// Answers are bounded by the job limit instead (512 × ≤ 8 MiB).
+pub const BODY_BYTES_IN_MEMORY_MAX: usize = 1 << 30;
+/// The unit the body budget is counted in.
+pub const BODY_BUDGET_UNIT_BYTES: usize = 64 << 10;
 /// Gateway list pages one S3 list may read (a delimiter skips groups).
 pub const LIST_PAGES_MAX: usize = 64;
 /// Keys one S3 list returns at most (S3's limit).
@@ -66,6 +74,8 @@ pub struct Front {
     /// `None` on an --insecure front: every request is allowed.
     keys: Option<KeyCache>,
     buckets: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Bytes of request bodies in memory, in [`BODY_BUDGET_UNIT_BYTES`].
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 type GwResult<T> = Result<T, tessera_rpc::Error>;
@@ -312,6 +322,9 @@ impl Front {
             backend,
             keys,
             buckets: Arc::new(Mutex::new(HashMap::new())),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(
+                BODY_BYTES_IN_MEMORY_MAX / BODY_BUDGET_UNIT_BYTES,
+            )),
         }
     }
 
@@ -404,6 +417,20 @@ impl Front {
         content_md5: Option<String>,
         mut attrs: ObjectAttrs,
     ) -> S3Result<String> {
+        // Memory for this body (all of a collected one; the chunks in
+        // flight of a streamed one) before a byte of it is read: with 4096
+        // connections, bodies must wait here, not pile up.
+        let need = if len <= PUT_ONE_CALL_MAX_BYTES {
+            len as usize
+        } else {
+            (BODY_CHANNEL_CHUNKS + 2) * BODY_CHUNK_BYTES
+        };
+        let _held = self
+            .body_budget
+            .clone()
+            .acquire_many_owned(need.div_ceil(BODY_BUDGET_UNIT_BYTES).max(1) as u32)
+            .await
+            .map_err(|_| s3_error!(ServiceUnavailable, "the front is stopping"))?;
         let mut body = body;
         if len <= PUT_ONE_CALL_MAX_BYTES {
             let mut data = Vec::with_capacity(len as usize);
