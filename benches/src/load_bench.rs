@@ -69,23 +69,23 @@ fn garage(figure: &str) -> Option<(f64, &'static str)> {
 }
 
 #[derive(Debug, Default, Clone, Copy)]
-struct Phase {
-    ops_per_sec: f64,
-    mb_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-    ops: u64,
+pub(crate) struct Phase {
+    pub(crate) ops_per_sec: f64,
+    pub(crate) mb_per_sec: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) errors: u64,
+    pub(crate) ops: u64,
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
 }
 
-fn size_name(size: usize) -> String {
+pub(crate) fn size_name(size: usize) -> String {
     if size >= 1 << 20 {
         format!("{}mib", size >> 20)
     } else {

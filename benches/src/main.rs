@@ -128,6 +128,34 @@ enum Cmd {
     },
 }
 
+/// The phases of `load` and `s3`: the full or quick plan with the
+/// command line's overrides (each clamped to a sane range).
+fn load_plan(
+    quick: bool,
+    secs: Option<u64>,
+    sizes_kib: &[usize],
+    concurrency: &[usize],
+) -> load_bench::Plan {
+    let mut plan = if quick {
+        load_bench::Plan::quick()
+    } else {
+        load_bench::Plan::full()
+    };
+    if let Some(s) = secs {
+        plan.duration = std::time::Duration::from_secs(s.clamp(1, 3600));
+    }
+    if !sizes_kib.is_empty() {
+        plan.sizes = sizes_kib
+            .iter()
+            .map(|k| k.clamp(&1, &(1 << 20)) << 10)
+            .collect();
+    }
+    if !concurrency.is_empty() {
+        plan.concurrency = concurrency.iter().map(|c| *c.clamp(&1, &1024)).collect();
+    }
+    plan
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let report = match cli.cmd {
@@ -204,23 +232,7 @@ fn main() -> Result<()> {
                     target::Target::from_file(&tessera_rpc::cluster::read(&path)?)?
                 }
             };
-            let mut plan = if cli.quick {
-                load_bench::Plan::quick()
-            } else {
-                load_bench::Plan::full()
-            };
-            if let Some(s) = secs {
-                plan.duration = std::time::Duration::from_secs(s.clamp(1, 3600));
-            }
-            if !sizes_kib.is_empty() {
-                plan.sizes = sizes_kib
-                    .iter()
-                    .map(|k| k.clamp(&1, &(1 << 20)) << 10)
-                    .collect();
-            }
-            if !concurrency.is_empty() {
-                plan.concurrency = concurrency.iter().map(|c| *c.clamp(&1, &1024)).collect();
-            }
+            let plan = load_plan(cli.quick, secs, &sizes_kib, &concurrency);
             load_bench::run(gw, &plan)?
         }
         Cmd::LiveBytes { cluster } => {
@@ -240,23 +252,7 @@ fn main() -> Result<()> {
             let mut t = s3_bench::Target::parse(&tessera)?;
             t.du_command = tessera_du;
             let p = peer.as_deref().map(s3_bench::Target::parse).transpose()?;
-            let mut plan = if cli.quick {
-                s3_bench::Plan::quick()
-            } else {
-                s3_bench::Plan::full()
-            };
-            if let Some(s) = secs {
-                plan.duration = std::time::Duration::from_secs(s.clamp(1, 3600));
-            }
-            if !sizes_kib.is_empty() {
-                plan.sizes = sizes_kib
-                    .iter()
-                    .map(|k| k.clamp(&1, &(1 << 20)) << 10)
-                    .collect();
-            }
-            if !concurrency.is_empty() {
-                plan.concurrency = concurrency.iter().map(|c| *c.clamp(&1, &1024)).collect();
-            }
+            let plan = load_plan(cli.quick, secs, &sizes_kib, &concurrency);
             s3_bench::run(t, p, &plan)?
         }
     };

@@ -79,27 +79,8 @@ impl Target {
     }
 }
 
-pub struct Plan {
-    pub duration: Duration,
-    pub sizes: Vec<usize>,
-    pub concurrency: Vec<usize>,
-}
-
-impl Plan {
-    pub fn full() -> Self {
-        Plan {
-            duration: Duration::from_secs(10),
-            sizes: vec![4 << 10, 1 << 20, 16 << 20],
-            concurrency: vec![8, 32],
-        }
-    }
-    pub fn quick() -> Self {
-        Plan {
-            duration: Duration::from_secs(3),
-            ..Self::full()
-        }
-    }
-}
+pub use crate::load_bench::Plan;
+use crate::load_bench::{percentile, size_name, Phase};
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -209,23 +190,6 @@ async fn request(
         .context("request timed out")?
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Phase {
-    ops_per_sec: f64,
-    mb_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-    ops: u64,
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
-}
-
 /// Runs `conc` closed loops of `op(i)` for the plan's duration.
 async fn closed_loop<F, Fut>(plan: &Plan, conc: usize, bytes_per_op: usize, op: F) -> Phase
 where
@@ -303,14 +267,6 @@ fn disk_bytes(t: &Target) -> Result<u64> {
         walk(d, &mut total);
     }
     Ok(total)
-}
-
-fn size_name(size: usize) -> String {
-    if size >= 1 << 20 {
-        format!("{}mib", size >> 20)
-    } else {
-        format!("{}kib", size >> 10)
-    }
 }
 
 /// Every figure of one target: (name, value, unit, note).

@@ -505,22 +505,9 @@ impl GatewayClient {
         // for more, and the bytes then stream.
         if len <= PUT_MESSAGE_MAX_BYTES as u64 {
             let r = self
-                .idempotent(|c| async move {
-                    let mut req = c.get_request();
-                    {
-                        let mut p = req.get();
-                        p.set_key(key);
-                        p.set_offset(offset);
-                        p.set_length(len);
-                    }
-                    let resp = req.send().promise.await.map_err(self.transport())?;
-                    let r = resp.get().map_err(self.transport())?;
-                    if r.has_error() {
-                        return Err(self.remote(r.get_error().map_err(self.transport())?));
-                    }
-                    Ok(r.get_data().map_err(self.transport())?.to_vec())
-                })
-                .await;
+                .get_range_info(key, offset, len, &[])
+                .await
+                .map(|(data, _)| data);
             match r {
                 Err(Error::Gateway {
                     kind: GatewayErrorKind::TooLarge,
