@@ -54,10 +54,14 @@ pub const BODY_BYTES_IN_MEMORY_MAX: usize = 1 << 30;
 pub const BODY_BUDGET_UNIT_BYTES: usize = 64 << 10;
 /// Gateway list pages one S3 list may read (a delimiter skips groups).
 pub const LIST_PAGES_MAX: usize = 64;
-/// Keys one S3 list returns at most (S3's limit).
+/// Keys (parts, uploads) one S3 list returns at most (S3's limit).
 pub const LIST_KEYS_MAX: i32 = 1000;
 /// How long a bucket seen to exist is trusted without asking again.
 pub const BUCKET_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Items asked of the gateway per list page.
+pub const LIST_PAGE_ITEMS: u32 = 1000;
+/// Buckets one ListBuckets returns at most.
+pub const BUCKETS_LISTED_MAX: u32 = 10_000;
 /// Uploads in progress one ListMultipartUploads considers per bucket (a
 /// bucket with more lists only the first this many by upload id).
 pub const UPLOADS_LISTED_MAX: u32 = 10_000;
@@ -97,36 +101,6 @@ fn gw_err(e: tessera_rpc::Error) -> S3Error {
         },
         tessera_rpc::Error::Invalid(m) => s3_error!(InvalidRequest, "{m}"),
         _ => s3_error!(ServiceUnavailable, "the gateway is unreachable: {e}"),
-    }
-}
-
-/// Marks an error answer to a request with a body as the connection's
-/// last: the body may not have been read (an early refusal, or a client
-/// that waits for `100 Continue` and then sends nothing), and a connection
-/// reused after an unread body would take the next request's bytes for
-/// it. (Seen with botocore: a refused PUT stalled the connection's next
-/// request for its 60 s read timeout.)
-fn closing(mut e: S3Error) -> S3Error {
-    let mut h = e.headers().cloned().unwrap_or_default();
-    h.insert(
-        hyper::header::CONNECTION,
-        hyper::header::HeaderValue::from_static("close"),
-    );
-    e.set_headers(h);
-    e
-}
-
-/// An empty body sent with `Expect: 100-continue` is never asked for
-/// (hyper sends no `100 Continue` for it), and hyper then leaves the
-/// connection unable to serve the next request (seen with botocore: the
-/// next PUT on it waited for the client's read timeout). Closing the
-/// connection after such an answer costs one reconnect.
-fn close_after_empty_body(len: u64, headers: &mut hyper::HeaderMap) {
-    if len == 0 {
-        headers.insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("close"),
-        );
     }
 }
 
@@ -669,62 +643,6 @@ impl Front {
             .await;
     }
 
-    async fn put_object_inner(
-        &self,
-        req: S3Request<PutObjectInput>,
-    ) -> S3Result<S3Response<PutObjectOutput>> {
-        let gw_key = obj_key(&req.input.bucket, &req.input.key)?;
-        self.allow(&req, Permission::Write, &gw_key)?;
-        self.bucket_exists(&req.input.bucket).await?;
-        let i = req.input;
-        let len = body_len(i.content_length, &i.body, PUT_OBJECT_MAX_BYTES)?;
-        let attrs = attrs_from!(i);
-        let etag = self
-            .store_body(gw_key, len, i.body, i.content_md5, attrs)
-            .await?;
-        let mut r = S3Response::new(PutObjectOutput {
-            e_tag: Some(ETag::Strong(etag)),
-            size: Some(len as i64),
-            ..Default::default()
-        });
-        close_after_empty_body(len, &mut r.headers);
-        Ok(r)
-    }
-
-    async fn upload_part_inner(
-        &self,
-        req: S3Request<UploadPartInput>,
-    ) -> S3Result<S3Response<UploadPartOutput>> {
-        let gw_key = obj_key(&req.input.bucket, &req.input.key)?;
-        self.allow(&req, Permission::Write, &gw_key)?;
-        let n = req.input.part_number;
-        check_part_number(n)?;
-        self.owned_upload(
-            &req,
-            &req.input.bucket,
-            &req.input.key,
-            &req.input.upload_id,
-        )
-        .await?;
-        let i = req.input;
-        let len = body_len(i.content_length, &i.body, PUT_OBJECT_MAX_BYTES)?;
-        let etag = self
-            .store_body(
-                names::part_key(&i.upload_id, n),
-                len,
-                i.body,
-                i.content_md5,
-                ObjectAttrs::default(),
-            )
-            .await?;
-        let mut r = S3Response::new(UploadPartOutput {
-            e_tag: Some(ETag::Strong(etag)),
-            ..Default::default()
-        });
-        close_after_empty_body(len, &mut r.headers);
-        Ok(r)
-    }
-
     /// Lists bucket `bucket` under `prefix` after `start_after`, at most
     /// `max_keys` names (keys, and common prefixes when `delimiter` is
     /// given); `next` is where a following page starts (after it).
@@ -759,14 +677,28 @@ impl Front {
                     return Ok((contents, prefixes, next));
                 }
                 'pages: for _ in 0..LIST_PAGES_MAX {
-                    let (items, more) = gw.list(&format!("{base}{prefix}"), &after, 1000).await?;
+                    let (items, more) = gw
+                        .list(&format!("{base}{prefix}"), &after, LIST_PAGE_ITEMS)
+                        .await?;
                     let n = items.len();
                     for (idx, it) in items.into_iter().enumerate() {
-                        let name = it.key[base.len()..].to_string();
+                        // The gateway's answer is input: a key outside the
+                        // asked prefix is an error, never a slice panic.
+                        let Some(rest) = it
+                            .key
+                            .strip_prefix(base.as_str())
+                            .and_then(|r| r.strip_prefix(prefix.as_str()))
+                        else {
+                            return Err(tessera_rpc::Error::Invalid(format!(
+                                "the gateway listed {:?} for prefix {base}{prefix}; report this",
+                                it.key
+                            )));
+                        };
+                        let name = format!("{prefix}{rest}");
                         after = it.key.clone();
                         if let Some(d) = &delimiter {
-                            if let Some(at) = name[prefix.len()..].find(d.as_str()) {
-                                let cp = name[..prefix.len() + at + d.len()].to_string();
+                            if let Some(at) = rest.find(d.as_str()) {
+                                let cp = format!("{prefix}{}", &rest[..at + d.len()]);
                                 // Once per group, and never again for the
                                 // group a marker or token ended on.
                                 if prefixes.last() == Some(&cp) || cp <= start_after {
@@ -800,7 +732,9 @@ impl Front {
                         break;
                     }
                     next = Some(
-                        after[base.len()..]
+                        after
+                            .strip_prefix(base.as_str())
+                            .unwrap_or_default()
                             .trim_end_matches('\u{10FFFF}')
                             .to_string(),
                     );
@@ -813,7 +747,12 @@ impl Front {
             .map(|o| {
                 let a = ObjectAttrs::parse(&o.attrs);
                 Object {
-                    key: Some(o.key[base.len()..].to_string()),
+                    key: Some(
+                        o.key
+                            .strip_prefix(base.as_str())
+                            .unwrap_or(&o.key)
+                            .to_string(),
+                    ),
                     size: Some(o.size as i64),
                     e_tag: Some(etag_of(&a, &o.version_id)),
                     last_modified: Some(timestamp(o.created_unix_millis)),
@@ -982,12 +921,18 @@ impl S3 for Front {
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
         let items = self
-            .gw(|gw| async move { gw.list(names::BUCKET_MARKER_PREFIX, "", 10_000).await })
+            .gw(|gw| async move {
+                gw.list(names::BUCKET_MARKER_PREFIX, "", BUCKETS_LISTED_MAX)
+                    .await
+            })
             .await?
             .0;
         let mut buckets = Vec::new();
         for i in items {
-            let name = i.key[names::BUCKET_MARKER_PREFIX.len()..].to_string();
+            let Some(name) = i.key.strip_prefix(names::BUCKET_MARKER_PREFIX) else {
+                continue;
+            };
+            let name = name.to_string();
             if self
                 .allow(&req, Permission::Read, &names::bucket_prefix(&name))
                 .is_err()
@@ -1010,14 +955,52 @@ impl S3 for Front {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        self.put_object_inner(req).await.map_err(closing)
+        let gw_key = obj_key(&req.input.bucket, &req.input.key)?;
+        self.allow(&req, Permission::Write, &gw_key)?;
+        self.bucket_exists(&req.input.bucket).await?;
+        let i = req.input;
+        let len = body_len(i.content_length, &i.body, PUT_OBJECT_MAX_BYTES)?;
+        let attrs = attrs_from!(i);
+        let etag = self
+            .store_body(gw_key, len, i.body, i.content_md5, attrs)
+            .await?;
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(ETag::Strong(etag)),
+            size: Some(len as i64),
+            ..Default::default()
+        }))
     }
 
     async fn upload_part(
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        self.upload_part_inner(req).await.map_err(closing)
+        let gw_key = obj_key(&req.input.bucket, &req.input.key)?;
+        self.allow(&req, Permission::Write, &gw_key)?;
+        let n = req.input.part_number;
+        check_part_number(n)?;
+        self.owned_upload(
+            &req,
+            &req.input.bucket,
+            &req.input.key,
+            &req.input.upload_id,
+        )
+        .await?;
+        let i = req.input;
+        let len = body_len(i.content_length, &i.body, PUT_OBJECT_MAX_BYTES)?;
+        let etag = self
+            .store_body(
+                names::part_key(&i.upload_id, n),
+                len,
+                i.body,
+                i.content_md5,
+                ObjectAttrs::default(),
+            )
+            .await?;
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(ETag::Strong(etag)),
+            ..Default::default()
+        }))
     }
 
     async fn head_object(
@@ -1419,7 +1402,10 @@ impl S3 for Front {
             &format!("{}{prefix}", names::bucket_prefix(&i.bucket)),
         )?;
         self.bucket_exists(&i.bucket).await?;
-        let max = i.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
+        let max = i
+            .max_uploads
+            .unwrap_or(LIST_KEYS_MAX)
+            .clamp(1, LIST_KEYS_MAX) as usize;
         let at = names::uploads_prefix(&i.bucket);
         let items = self
             .gw(move |gw| async move { gw.list(&at, "", UPLOADS_LISTED_MAX).await })
@@ -1484,7 +1470,7 @@ impl S3 for Front {
         self.owned_upload(&req, &i.bucket, &i.key, &i.upload_id)
             .await?;
         let marker = i.part_number_marker.unwrap_or(0);
-        let max = i.max_parts.unwrap_or(1000).clamp(1, 1000) as usize;
+        let max = i.max_parts.unwrap_or(LIST_KEYS_MAX).clamp(1, LIST_KEYS_MAX) as usize;
         let all = self.parts_of(&i.upload_id).await?;
         let after: Vec<_> = all.into_iter().filter(|p| p.0 > marker).collect();
         let truncated = after.len() > max;

@@ -19,6 +19,7 @@
 //! prefix.
 
 pub mod backend;
+pub mod conn;
 pub mod front;
 pub mod keys;
 pub mod names;

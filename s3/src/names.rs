@@ -143,10 +143,7 @@ pub struct Upload {
     pub attrs: ObjectAttrs,
 }
 
-/// Hex of an MD5.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use tessera_auth::keys::hex;
 
 /// The multipart ETag: MD5 of the parts' binary MD5s, `-N`.
 pub fn multipart_etag(part_etags: &[String]) -> Option<String> {

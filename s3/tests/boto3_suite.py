@@ -31,7 +31,12 @@ def client(endpoint, key_id, secret):
         config=Config(
             signature_version="s3v4",
             s3={"addressing_style": "path"},
-            retries={"max_attempts": 2},
+            # No retries and a short read timeout: a connection left
+            # unusable by an earlier answer fails the suite instead of
+            # being retried after a minute.
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            read_timeout=20,
+            connect_timeout=10,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         ),
@@ -324,6 +329,10 @@ def main():
     # Bad signatures and unknown keys are refused.
     bad_sig = client(endpoint, key_id, "0" * 64)
     expect_error("SignatureDoesNotMatch", bad_sig.list_objects_v2, Bucket=bucket)
+    # Refused before their bodies are read, twice on one client: the
+    # second must not find its connection unusable.
+    for _ in range(2):
+        expect_error("SignatureDoesNotMatch", bad_sig.put_object, Bucket=bucket, Key="sig/x", Body=b"x" * 100_000)
     unknown = client(endpoint, "TK" + "0" * 20, secret)
     expect_error("InvalidAccessKeyId", unknown.list_objects_v2, Bucket=bucket)
     expect_error("403", client(endpoint, "nonsense", "x").list_buckets)

@@ -43,8 +43,9 @@ impl s3s::access::S3Access for AllowAll {
     }
 }
 
-/// Where the front listens unless told.
-const LISTEN_DEFAULT: &str = "127.0.0.1:7480";
+/// Where the front listens unless told (127.0.0.1:7480).
+const LISTEN_DEFAULT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7480);
 /// How long open connections may take to finish after SIGTERM/SIGINT.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Connections served at once; more wait in the kernel's backlog.
@@ -123,9 +124,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let listen = cli
-        .listen
-        .unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("a valid default"));
+    let listen = cli.listen.unwrap_or(LISTEN_DEFAULT);
     let (opts, seal) = if cli.insecure {
         if cli.tls_ca.is_some() || cli.seal_key.is_some() || cli.key_file.is_some() {
             bail!("--insecure takes no --tls-ca, --seal-key or --key-file");
@@ -225,8 +224,22 @@ async fn serve(
             _ = term.recv() => break,
         };
         let _ = sock.set_nodelay(true);
+        // Every answer passes the connection-hygiene rule (tessera_s3::conn).
+        let svc = service.clone();
+        let hygienic =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let svc = svc.clone();
+                let shape = tessera_s3::conn::BodyShape::of(req.headers());
+                async move {
+                    let mut resp = hyper::service::Service::call(&svc, req).await?;
+                    if shape.close_after(resp.status()) {
+                        tessera_s3::conn::mark_close(resp.headers_mut());
+                    }
+                    Ok::<_, s3s::HttpError>(resp)
+                }
+            });
         let conn = http
-            .serve_connection(hyper_util::rt::TokioIo::new(sock), service.clone())
+            .serve_connection(hyper_util::rt::TokioIo::new(sock), hygienic)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
