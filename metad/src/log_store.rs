@@ -93,6 +93,16 @@ enum RecordRef<'a> {
     Append { group: u32, entries: &'a [Entry] },
 }
 
+/// The encoded size of one entry, as a checkpoint or append writes it.
+fn entry_bytes(e: &Entry) -> u64 {
+    // Sizing plain data cannot fail; 0 would only under-count.
+    bincode::serialized_size(e).unwrap_or(0)
+}
+
+fn entries_bytes<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> u64 {
+    entries.into_iter().map(entry_bytes).sum()
+}
+
 fn encode_record<T: Serialize>(out: &mut Vec<u8>, rec: &T) {
     let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
@@ -182,6 +192,9 @@ enum Waiter {
 
 struct Inner {
     groups: Vec<GroupLog>,
+    /// Encoded bytes of each group's entries held in memory (what a
+    /// checkpoint would write for them); see [`SharedLog::live_bytes`].
+    live_bytes: Vec<u64>,
     pending: Vec<u8>,
     waiters: Vec<Waiter>,
     segment_bytes: u64,
@@ -377,9 +390,14 @@ impl SharedLog {
             .name("metad-log".into())
             .spawn(move || writer_thread(dir_owned, file, rx))
             .map_err(|e| Error::io(dir, e))?;
+        let live_bytes = state
+            .iter()
+            .map(|g| entries_bytes(g.entries.values()))
+            .collect();
         let log = Rc::new(SharedLog {
             inner: RefCell::new(Inner {
                 groups: state,
+                live_bytes,
                 pending: Vec::new(),
                 waiters: Vec::new(),
                 segment_bytes: last_len,
@@ -419,10 +437,16 @@ impl SharedLog {
             Some(waiter),
         )?;
         let mut inner = self.inner.borrow_mut();
+        let (mut added, mut removed) = (0, 0);
         let g = &mut inner.groups[group as usize];
         for e in entries {
-            g.entries.insert(e.log_id.index, e);
+            added += entry_bytes(&e);
+            if let Some(old) = g.entries.insert(e.log_id.index, e) {
+                removed += entry_bytes(&old);
+            }
         }
+        let b = &mut inner.live_bytes[group as usize];
+        *b = (*b + added).saturating_sub(removed);
         Ok(())
     }
 
@@ -435,9 +459,12 @@ impl SharedLog {
     /// Removes `group`'s entries at and after `from_index` (durable with the
     /// next flush).
     pub fn truncate(&self, group: u32, from_index: u64) -> io::Result<()> {
-        self.inner.borrow_mut().groups[group as usize]
-            .entries
-            .split_off(&from_index);
+        {
+            let mut inner = self.inner.borrow_mut();
+            let gone = inner.groups[group as usize].entries.split_off(&from_index);
+            let b = &mut inner.live_bytes[group as usize];
+            *b = b.saturating_sub(entries_bytes(gone.values()));
+        }
         self.push(&Record::Truncate { group, from_index }, None)
     }
 
@@ -447,10 +474,20 @@ impl SharedLog {
         {
             let mut inner = self.inner.borrow_mut();
             let g = &mut inner.groups[group as usize];
-            g.entries = g.entries.split_off(&(upto.index + 1));
+            let kept = g.entries.split_off(&(upto.index + 1));
+            let gone = std::mem::replace(&mut g.entries, kept);
             g.purged = Some(upto);
+            let b = &mut inner.live_bytes[group as usize];
+            *b = b.saturating_sub(entries_bytes(gone.values()));
         }
         self.push(&Record::Purge { group, upto }, None)
+    }
+
+    /// Encoded bytes of `group`'s entries held in memory: what the group
+    /// costs in RAM and in every checkpoint until raft purges them. The
+    /// replica bounds it (`RaftTuning::log_bytes_snapshot_at`).
+    pub fn live_bytes(&self, group: u32) -> u64 {
+        self.inner.borrow().live_bytes[group as usize]
     }
 
     /// `group`'s (first index, last index, vote, purged) — for tests and status.
@@ -900,10 +937,27 @@ mod tests {
         tokio::task::LocalSet::new().block_on(&rt, f)
     }
 
+    /// What the live entries of `m`'s group `g` weigh, encoded.
+    fn model_bytes(m: &Model, g: u32) -> u64 {
+        m[g as usize]
+            .0
+            .iter()
+            .map(|l| entry_bytes(&entry(l.leader_id.term, l.index)))
+            .sum()
+    }
+
     fn reopen(dir: &Path) -> Result<Model> {
         run_local(async {
             let (log, _) = SharedLog::open(dir, GROUPS)?;
-            Ok((0..GROUPS).map(|g| log.describe(g)).collect())
+            let m: Model = (0..GROUPS).map(|g| log.describe(g)).collect();
+            for g in 0..GROUPS {
+                assert_eq!(
+                    log.live_bytes(g),
+                    model_bytes(&m, g),
+                    "live bytes of group {g} after reopening"
+                );
+            }
+            Ok(m)
         })
     }
 
@@ -927,6 +981,11 @@ mod tests {
                         log.describe(g),
                         m[g as usize],
                         "live state of group {g} after {s:?}"
+                    );
+                    assert_eq!(
+                        log.live_bytes(g),
+                        model_bytes(&m, g),
+                        "live bytes of group {g} after {s:?}"
                     );
                 }
                 let len = std::fs::metadata(segment(dir))

@@ -47,6 +47,12 @@ pub async fn raft_gauges(rep: Rc<Replica>) {
             )
             .set(m.last_applied.map_or(0, |x| x.index) as f64);
             reg.gauge(
+                "tessera_metad_raft_log_bytes",
+                "Encoded bytes of log entries held in memory (and written into every log checkpoint), per group.",
+                &l,
+            )
+            .set(rep.log_bytes(g.id) as f64);
+            reg.gauge(
                 "tessera_metad_raft_is_leader",
                 "1 when this replica leads the group.",
                 &l,

@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Raft timing and compaction, settable in the TOML config.
@@ -51,6 +51,12 @@ pub struct RaftTuning {
     /// Entries kept in the log behind a snapshot (a briefly lagging replica
     /// catches up from them instead of from a snapshot).
     pub entries_kept_after_snapshot: u64,
+    /// A group whose entries held in memory pass this many (encoded) bytes
+    /// snapshots and purges its log up to the snapshot, however few
+    /// entries that is: entry counts alone let WAL groups, whose entries
+    /// carry payloads, hold hundreds of MiB in memory and write all of it
+    /// into every log checkpoint.
+    pub log_bytes_snapshot_at: u64,
 }
 
 impl Default for RaftTuning {
@@ -63,9 +69,20 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 2000,
             snapshot_after_entries: 20_000,
             entries_kept_after_snapshot: 1000,
+            log_bytes_snapshot_at: LOG_BYTES_SNAPSHOT_AT_DEFAULT,
         }
     }
 }
+
+/// Default of [`RaftTuning::log_bytes_snapshot_at`]: 8 MiB per group (12
+/// groups by default, so about 100 MiB of log per replica at most).
+pub const LOG_BYTES_SNAPSHOT_AT_DEFAULT: u64 = 8 << 20;
+/// How often every group's in-memory log is checked against
+/// [`RaftTuning::log_bytes_snapshot_at`].
+const LOG_BOUND_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// Least time between two snapshot-and-purge requests for one group (a
+/// snapshot being built is not asked for again).
+const LOG_BOUND_TRIGGER_GAP: Duration = Duration::from_millis(500);
 
 /// What a replica needs to start.
 #[derive(Debug, Clone)]
@@ -166,6 +183,8 @@ pub struct Group {
     /// crash; reading before re-committing its tail would be stale.
     pub startup_last_index: u64,
     pub caught_up: Cell<bool>,
+    /// When the log bound last asked this group to snapshot and purge.
+    pub log_bound_asked: Cell<Option<Instant>>,
 }
 
 impl Group {
@@ -383,6 +402,11 @@ impl Replica {
                 cfg.wal_partitions
             )));
         }
+        if cfg.raft.log_bytes_snapshot_at == 0 {
+            return Err(Error::Config(
+                "raft.log_bytes_snapshot_at must be above 0 bytes".into(),
+            ));
+        }
         check_identity(&cfg.data_dir, cfg.id, cfg.groups, cfg.wal_partitions)?;
         let (log, report) = SharedLog::open(&cfg.data_dir.join("log"), cfg.groups)?;
         let (wal_log, wal_report) =
@@ -453,9 +477,10 @@ impl Replica {
                 proposals: RefCell::new(Proposals::default()),
                 startup_last_index: glog.last_index(local),
                 caught_up: Cell::new(false),
+                log_bound_asked: Cell::new(None),
             }));
         }
-        Ok(Rc::new(Replica {
+        let rep = Rc::new(Replica {
             id: cfg.id,
             advertise: cfg.advertise,
             groups,
@@ -465,7 +490,21 @@ impl Replica {
             log,
             wal_log,
             started: Instant::now(),
-        }))
+        });
+        tokio::task::spawn_local(bound_logs(
+            Rc::downgrade(&rep),
+            cfg.raft.log_bytes_snapshot_at,
+        ));
+        Ok(rep)
+    }
+
+    /// Encoded bytes of group `g`'s log entries held in memory.
+    pub fn log_bytes(&self, g: u32) -> u64 {
+        if g < self.meta_groups {
+            self.log.live_bytes(g)
+        } else {
+            self.wal_log.live_bytes(g - self.meta_groups)
+        }
     }
 
     /// The number of metadata groups (keys hash over these).
@@ -549,6 +588,50 @@ impl Replica {
         for log in [&self.log, &self.wal_log] {
             if let Err(e) = log.sync().await {
                 tracing::error!(error = %e, "final log sync failed");
+            }
+        }
+    }
+}
+
+/// Keeps every group's in-memory log under `at` bytes: a group past it is
+/// asked to snapshot (when its snapshot is behind what it applied) and to
+/// purge its log up to its snapshot. Purging ignores
+/// `entries_kept_after_snapshot`, so a follower that far behind catches up
+/// from the snapshot. Ends when the replica is dropped.
+async fn bound_logs(rep: std::rc::Weak<Replica>, at: u64) {
+    loop {
+        tokio::time::sleep(LOG_BOUND_CHECK_EVERY).await;
+        let Some(rep) = rep.upgrade() else { return };
+        for g in &rep.groups {
+            if rep.log_bytes(g.id) <= at
+                || g.log_bound_asked
+                    .get()
+                    .is_some_and(|t| t.elapsed() < LOG_BOUND_TRIGGER_GAP)
+            {
+                continue;
+            }
+            g.log_bound_asked.set(Some(Instant::now()));
+            let m = g.raft.metrics().borrow().clone();
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let snapshot = m.snapshot.map_or(0, |l| l.index);
+            let purged = m.purged.map_or(0, |l| l.index);
+            tracing::debug!(
+                group = g.id,
+                bytes = rep.log_bytes(g.id),
+                applied,
+                snapshot,
+                purged,
+                "log over its byte bound"
+            );
+            if snapshot < applied {
+                if let Err(e) = g.raft.trigger().snapshot().await {
+                    tracing::warn!(group = g.id, error = %e, "could not ask for a snapshot");
+                }
+            }
+            if purged < snapshot {
+                if let Err(e) = g.raft.trigger().purge_log(snapshot).await {
+                    tracing::warn!(group = g.id, error = %e, "could not ask for a log purge");
+                }
             }
         }
     }

@@ -12,6 +12,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub ids: Vec<u64>,
     pub addrs: Vec<String>,
+    /// Each replica's Prometheus endpoint (`--metrics`).
+    pub metrics: Vec<String>,
     pub procs: Vec<Option<Child>>,
     pub groups: u32,
     config: PathBuf,
@@ -40,10 +42,12 @@ impl Cluster {
         std::fs::write(&config, format!("{TEST_CONFIG}{extra_raft}")).expect("config");
         let ids: Vec<u64> = (1..=n as u64).collect();
         let addrs: Vec<String> = ids.iter().map(|_| free_addr()).collect();
+        let metrics: Vec<String> = ids.iter().map(|_| free_addr()).collect();
         let mut c = Cluster {
             dir,
             ids,
             addrs,
+            metrics,
             procs: Vec::new(),
             groups,
             config,
@@ -73,6 +77,7 @@ impl Cluster {
             .arg("--data")
             .arg(&data)
             .args(["--listen", &self.addrs[i]])
+            .args(["--metrics", &self.metrics[i]])
             .args(["--groups", &self.groups.to_string()])
             .args(["--log", "warn,openraft=off"])
             .stdout(Stdio::piped())
@@ -101,6 +106,7 @@ impl Cluster {
         let id = self.ids.iter().max().copied().unwrap_or(0) + 1;
         self.ids.push(id);
         self.addrs.push(free_addr());
+        self.metrics.push(free_addr());
         let i = self.ids.len() - 1;
         let child = self.spawn(i, true);
         self.procs.push(Some(child));
@@ -140,6 +146,22 @@ impl Cluster {
 
     pub fn data_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("r{}", self.ids[i]))
+    }
+
+    /// The value of metric `name{label}` (e.g. `group="2"`) replica `i`
+    /// reports, if it reports it.
+    pub fn metric(&self, i: usize, name: &str, label: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.metrics[i]).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        let want = format!("{name}{{{label}}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&want))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     pub fn index_of_addr(&self, addr: &str) -> Option<usize> {
