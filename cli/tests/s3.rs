@@ -3,7 +3,8 @@
 //!
 //! The client side is `s3/tests/boto3_suite.py`: buckets, round trips of
 //! many sizes (ETag = MD5), headers and user metadata, Content-MD5,
-//! ranges, listing with prefixes, delimiters and continuation tokens,
+//! ranges, conditional reads and copies (If-Match, If-None-Match,
+//! If-(Un)Modified-Since), listing with prefixes, delimiters and continuation tokens,
 //! copies, multipart (listed, completed with S3's ETag, wrong order and
 //! small parts refused, aborted), boto3's managed transfer, bad
 //! signatures and unknown keys refused, a read-only key that cannot
@@ -177,5 +178,84 @@ print("ok")
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Abandoned multipart uploads expire: a front started with
+/// `--upload-expiry-secs 2` aborts an upload older than that (its record
+/// and its parts go) and leaves a fresh one alone.
+#[test]
+fn abandoned_multipart_uploads_expire() {
+    ensure_boto3();
+    let dev = start_dev("s3-expiry", 6, &["--insecure"]);
+    let c = cluster(&dev);
+    let endpoint = c["s3"].as_str().unwrap().to_string();
+    let gateway = c["gateway"].as_str().unwrap().to_string();
+    let bin = std::path::Path::new(TESSERA).with_file_name("tessera-s3");
+    let mut front = Command::new(bin)
+        .args([
+            "--insecure",
+            "--gateway",
+            &gateway,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--upload-expiry-secs", "2", "--log", "warn"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a second tessera-s3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(front.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("listening"), "tessera-s3: {line:?}");
+    let script = r#"
+import sys, time, boto3
+from botocore.client import Config
+from botocore.exceptions import ClientError
+s = boto3.client("s3", endpoint_url=sys.argv[1], aws_access_key_id="insecure", aws_secret_access_key="insecure",
+                 region_name="us-east-1", config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                 retries={"total_max_attempts": 1, "mode": "standard"}))
+s.create_bucket(Bucket="exp")
+old = s.create_multipart_upload(Bucket="exp", Key="old")["UploadId"]
+s.upload_part(Bucket="exp", Key="old", UploadId=old, PartNumber=1, Body=b"x" * 1000)
+s.upload_part(Bucket="exp", Key="old", UploadId=old, PartNumber=2, Body=b"y" * 1000)
+time.sleep(6)  # past the 2 s expiry and a 1 s sweep, with room to spare
+fresh = s.create_multipart_upload(Bucket="exp", Key="new")["UploadId"]
+ids = [u["UploadId"] for u in s.list_multipart_uploads(Bucket="exp").get("Uploads", [])]
+assert old not in ids, f"the abandoned upload is still listed: {ids}"
+assert fresh in ids, f"a fresh upload was expired: {ids}"
+try:
+    s.list_parts(Bucket="exp", Key="old", UploadId=old)
+    raise SystemExit("the expired upload still answers ListParts")
+except ClientError as e:
+    assert e.response["Error"]["Code"] == "NoSuchUpload", e
+print(old)
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script, &endpoint])
+        .output()
+        .unwrap();
+    let _ = front.kill();
+    let _ = front.wait();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let old = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let ls = tessera(&dev, &["ls", &format!(".s3/parts/{old}/")], None);
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    let listed = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        !listed.contains(&old),
+        "the expired upload's parts are still stored:\n{listed}"
     );
 }

@@ -17,6 +17,7 @@
 //! - every loop over gateway pages is bounded ([`LIST_PAGES_MAX`]).
 
 use crate::backend::Backend;
+use crate::conditions::{unix_secs, Conditions, Verdict};
 use crate::keys::KeyCache;
 use crate::names::{self, ObjectAttrs, Upload};
 use bytes::{Bytes, BytesMut};
@@ -136,6 +137,55 @@ fn etag_of(attrs: &ObjectAttrs, version_id: &[u8]) -> ETag {
     } else {
         ETag::Strong(attrs.etag.clone())
     }
+}
+
+/// Enforces `c` on the version described by `info` (and its attrs `a`):
+/// 304 on a read, 412 when a precondition fails or (`copy`) when a copy
+/// source's condition fails either way.
+fn enforce(
+    c: &Conditions,
+    a: &ObjectAttrs,
+    info: &tessera_rpc::gateway::ObjectInfo,
+    copy: bool,
+) -> S3Result<()> {
+    if c.is_empty() {
+        return Ok(());
+    }
+    let etag = etag_of(a, &info.version_id);
+    match c.evaluate(etag.value(), info.created_unix_millis) {
+        Verdict::Proceed => Ok(()),
+        Verdict::NotModified if !copy => Err(s3_error!(
+            NotModified,
+            "the object has not changed (ETag {:?})",
+            etag.value()
+        )),
+        _ => Err(s3_error!(
+            PreconditionFailed,
+            "at least one of the preconditions you specified did not hold for version with ETag {:?}",
+            etag.value()
+        )),
+    }
+}
+
+/// The four conditions of an input: `conditions!(i)` reads `if_match` …
+/// `if_unmodified_since`; `conditions!(i, copy_source_)` their
+/// `copy_source_if_*` forms.
+macro_rules! conditions {
+    ($i:expr) => {
+        conditions!(@ $i, if_match, if_none_match, if_modified_since, if_unmodified_since)
+    };
+    ($i:expr, copy_source_) => {
+        conditions!(@ $i, copy_source_if_match, copy_source_if_none_match,
+            copy_source_if_modified_since, copy_source_if_unmodified_since)
+    };
+    (@ $i:expr, $m:ident, $n:ident, $ms:ident, $us:ident) => {
+        Conditions {
+            if_match: $i.$m.clone(),
+            if_none_match: $i.$n.clone(),
+            if_modified_since: $i.$ms.as_ref().map(unix_secs),
+            if_unmodified_since: $i.$us.as_ref().map(unix_secs),
+        }
+    };
 }
 
 fn obj_key(bucket: &str, key: &str) -> S3Result<String> {
@@ -1014,6 +1064,7 @@ impl S3 for Front {
             .gw(move |gw| async move { gw.stat(&gw_key).await })
             .await?;
         let a = ObjectAttrs::parse(&info.attrs);
+        enforce(&conditions!(req.input), &a, &info, false)?;
         Ok(S3Response::new(
             object_headers!(HeadObjectOutput, a, info, {
                 content_length: Some(info.size as i64),
@@ -1028,6 +1079,7 @@ impl S3 for Front {
         let gw_key = obj_key(&req.input.bucket, &req.input.key)?;
         self.allow(&req, Permission::Read, &gw_key)?;
         self.bucket_exists(&req.input.bucket).await?;
+        let c = conditions!(req.input);
         let (body, info, range) = match req.input.range {
             None => {
                 let k = gw_key.clone();
@@ -1036,6 +1088,9 @@ impl S3 for Front {
                         gw.get_range_info(&k, 0, GET_FIRST_READ_BYTES, &[]).await
                     })
                     .await?;
+                // Judged on the version read; a failed condition sends
+                // none of its bytes.
+                enforce(&c, &ObjectAttrs::parse(&info.attrs), &info, false)?;
                 let off = first.len() as u64;
                 let rest = info.size.saturating_sub(off);
                 let body = if rest == 0 {
@@ -1048,6 +1103,7 @@ impl S3 for Front {
             Some(r) => {
                 let k = gw_key.clone();
                 let info = self.gw(move |gw| async move { gw.stat(&k).await }).await?;
+                enforce(&c, &ObjectAttrs::parse(&info.attrs), &info, false)?;
                 let span = r.check(info.size).map_err(|_| {
                     s3_error!(
                         InvalidRange,
@@ -1184,16 +1240,22 @@ impl S3 for Front {
         if let Some(a) = &new_attrs {
             encode_attrs(a)?;
         }
+        let c = conditions!(i, copy_source_);
+        let k = src.clone();
+        let info = self.gw(move |gw| async move { gw.stat(&k).await }).await?;
+        if info.size > PUT_OBJECT_MAX_BYTES {
+            return Err(s3_error!(
+                InvalidRequest,
+                "the source is {} bytes; CopyObject copies at most {PUT_OBJECT_MAX_BYTES} (use UploadPartCopy)",
+                info.size
+            ));
+        }
+        let src_attrs = ObjectAttrs::parse(&info.attrs);
+        enforce(&c, &src_attrs, &info, true)?;
+        // The version judged is the version copied.
+        let attrs = new_attrs.unwrap_or(src_attrs);
         let (etag, created) = self
             .gw(move |gw| async move {
-                let info = gw.stat(&src).await?;
-                if info.size > PUT_OBJECT_MAX_BYTES {
-                    return Err(tessera_rpc::Error::Invalid(format!(
-                        "the source is {} bytes; CopyObject copies at most {PUT_OBJECT_MAX_BYTES} (use UploadPartCopy)",
-                        info.size
-                    )));
-                }
-                let attrs = new_attrs.unwrap_or_else(|| ObjectAttrs::parse(&info.attrs));
                 copy_object_bytes(&gw, &src, &info.version_id, 0..info.size, &dst, attrs).await
             })
             .await?;
@@ -1357,6 +1419,8 @@ impl S3 for Front {
         let part = names::part_key(&i.upload_id, n);
         let k = src.clone();
         let info = self.gw(move |gw| async move { gw.stat(&k).await }).await?;
+        let c = conditions!(i, copy_source_);
+        enforce(&c, &ObjectAttrs::parse(&info.attrs), &info, true)?;
         let span = match range {
             None => 0..info.size,
             Some((a, b)) if b < info.size => a..b + 1,

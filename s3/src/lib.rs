@@ -19,7 +19,9 @@
 //! prefix.
 
 pub mod backend;
+pub mod conditions;
 pub mod conn;
+pub mod expiry;
 pub mod front;
 pub mod keys;
 pub mod names;

@@ -148,6 +148,36 @@ def main():
     expect_error("InvalidRange", s3.get_object, Bucket=bucket, Key=key, Range=f"bytes={len(big) + 5}-")
     expect_error("NoSuchKey", s3.get_object, Bucket=bucket, Key="no/such/key")
 
+    step('Conditions')
+    # Conditional reads (RFC 7232 as S3 applies it), judged on the version read.
+    import datetime
+    h = s3.head_object(Bucket=bucket, Key=key)
+    etag, modified = h["ETag"], h["LastModified"]
+    past = modified - datetime.timedelta(days=1)
+    future = modified + datetime.timedelta(days=1)
+    r = s3.get_object(Bucket=bucket, Key=key, IfMatch=etag, Range="bytes=0-9")
+    check(r["Body"].read() == big[:10], "If-Match with the object's ETag reads it")
+    check(s3.get_object(Bucket=bucket, Key=key, IfNoneMatch='"0000"')["Body"].read() == big,
+          "If-None-Match with another ETag reads the whole object")
+    expect_error("PreconditionFailed", s3.get_object, Bucket=bucket, Key=key, IfMatch='"0000"')
+    expect_error("304", s3.get_object, Bucket=bucket, Key=key, IfNoneMatch=etag)
+    expect_error("304", s3.get_object, Bucket=bucket, Key=key, IfModifiedSince=future)
+    expect_error("PreconditionFailed", s3.get_object, Bucket=bucket, Key=key, IfUnmodifiedSince=past)
+    check(s3.get_object(Bucket=bucket, Key=key, IfModifiedSince=past, Range="bytes=0-0")["Body"].read() == big[:1],
+          "If-Modified-Since before the write reads it")
+    # If-Match holds, so a failing If-Unmodified-Since is ignored (S3: 200).
+    s3.get_object(Bucket=bucket, Key=key, IfMatch=etag, IfUnmodifiedSince=past, Range="bytes=0-0")
+    expect_error("304", s3.head_object, Bucket=bucket, Key=key, IfNoneMatch=etag)
+    expect_error("412", s3.head_object, Bucket=bucket, Key=key, IfMatch='"0000"')
+    expect_error("PreconditionFailed", s3.copy_object, Bucket=bucket, Key="cond/copy",
+                 CopySource={"Bucket": bucket, "Key": key}, CopySourceIfMatch='"0000"')
+    expect_error("PreconditionFailed", s3.copy_object, Bucket=bucket, Key="cond/copy",
+                 CopySource={"Bucket": bucket, "Key": key}, CopySourceIfNoneMatch=etag)
+    expect_error("404", s3.head_object, Bucket=bucket, Key="cond/copy")
+    s3.copy_object(Bucket=bucket, Key="cond/copy", CopySource={"Bucket": bucket, "Key": "meta/doc.txt"},
+                   CopySourceIfMatch=s3.head_object(Bucket=bucket, Key="meta/doc.txt")["ETag"])
+    s3.delete_object(Bucket=bucket, Key="cond/copy")
+
     step('Listing')
     # Listing: prefix, delimiter, pagination.
     for i in range(7):

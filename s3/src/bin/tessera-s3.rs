@@ -84,6 +84,12 @@ struct Cli {
     /// path-style requests always work.
     #[arg(long)]
     domain: Option<String>,
+    /// Multipart uploads neither completed nor aborted this many seconds
+    /// after they began are aborted (their parts deleted), as S3's
+    /// AbortIncompleteMultipartUpload lifecycle rule would; 0 keeps them
+    /// until a client aborts them.
+    #[arg(long, default_value_t = tessera_s3::expiry::UPLOAD_EXPIRY_DEFAULT_SECS)]
+    upload_expiry_secs: u64,
     /// Log filter (else TESSERA_LOG, else "info").
     #[arg(long)]
     log: Option<String>,
@@ -177,6 +183,15 @@ async fn serve(
         }
         None => None,
     };
+    if cli.upload_expiry_secs > 0 {
+        let expiry = std::time::Duration::from_secs(cli.upload_expiry_secs);
+        tracing::info!(
+            expiry_secs = cli.upload_expiry_secs,
+            every_secs = tessera_s3::expiry::sweep_every(expiry).as_secs_f64(),
+            "abandoned multipart uploads expire"
+        );
+        tokio::spawn(tessera_s3::expiry::run(backend.clone(), expiry));
+    }
     let mut b = s3s::service::S3ServiceBuilder::new(Front::new(backend, keys.clone()));
     match keys {
         Some(k) => b.set_auth(k),
