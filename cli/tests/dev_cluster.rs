@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tessera_rpc::{GatewayErrorKind, PutOutcome};
+use tessera_rpc::{GatewayErrorKind, PutIf, PutOutcome};
 
 mod common;
 use common::*;
@@ -166,6 +166,53 @@ fn dev_cluster_end_to_end() {
             page.windows(2).all(|w| w[0].key < w[1].key),
             "list is in key order"
         );
+    });
+
+    // 1a. Conditional writes. Of six writers racing to create one key
+    // (replicated, and erasure coded), exactly one wins and its bytes are
+    // stored; of six racing to replace the version they all read, exactly
+    // one wins; a stale version then loses. Losers get "precondition
+    // failed" and store nothing.
+    with_client(gw.clone(), move |c| async move {
+        for (key, len) in [("cond/small", 1000usize), ("cond/large", 300_000)] {
+            let race = |cond: PutIf, base: u64| {
+                let c = &c;
+                futures::future::join_all((base..base + 6).map(move |w| {
+                    let cond = cond.clone();
+                    async move { (w, c.put_if(key, &blob(w, len), &[], &cond).await) }
+                }))
+            };
+            for (cond, base) in [(PutIf::Absent, 0), (PutIf::Version(Vec::new()), 100)] {
+                let cond = match cond {
+                    PutIf::Version(_) => PutIf::Version(c.stat(key).await.unwrap().version_id),
+                    other => other,
+                };
+                let results = race(cond.clone(), base).await;
+                let winners: Vec<u64> = results
+                    .iter()
+                    .filter(|(_, r)| r.is_ok())
+                    .map(|(w, _)| *w)
+                    .collect();
+                assert_eq!(winners.len(), 1, "{key} {cond:?}: exactly one writer wins");
+                for (w, r) in &results {
+                    if let Err(e) = r {
+                        assert!(
+                            e.to_string().contains("precondition failed"),
+                            "{key} writer {w}: {e}"
+                        );
+                    }
+                }
+                assert!(
+                    c.get(key).await.unwrap() == blob(winners[0], len),
+                    "{key}: the winner's bytes are stored"
+                );
+                if let PutIf::Version(_) = &cond {
+                    let stale = c.put_if(key, b"late", &[], &cond).await;
+                    assert!(stale.is_err(), "{key}: a stale version loses");
+                }
+            }
+            c.delete(key).await.unwrap();
+        }
     });
 
     // 1b. JSON documents.

@@ -90,3 +90,6 @@ pub const REQUEST_BYTES_TOTAL_MAX: u64 = 1 << 30;
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Largest attribute blob an object carries (the S3 front's ETag, content type and user metadata; S3 allows 2 KiB of user metadata).
 pub const OBJECT_ATTRS_MAX_BYTES: usize = 8 << 10;
+/// Longest version id a conditional write may name (gateways make 16-byte
+/// ones; the bound only keeps hostile input small).
+pub const VERSION_ID_MAX_BYTES: usize = 64;

@@ -256,6 +256,30 @@ impl Piece {
     }
 }
 
+/// A write's precondition (the client library's type): checked before any
+/// shard is written, then enforced by the commit's compare-and-set, so two
+/// writers with the same precondition never both succeed.
+pub use tessera_rpc::PutIf;
+
+/// Whether the current record (`None`: absent) lets a write under `cond`
+/// go on.
+fn put_if_holds(cond: &PutIf, cur: Option<&ObjectMeta>) -> bool {
+    match (cond, cur) {
+        (PutIf::Always, _) | (PutIf::Absent, None) => true,
+        (PutIf::Version(v), Some(c)) => &c.version_id == v,
+        _ => false,
+    }
+}
+
+fn precondition_failed(key: &str, cond: &PutIf) -> Error {
+    Error::Conflict(match cond {
+        PutIf::Absent => format!("precondition failed: an object exists under {key:?}"),
+        _ => format!(
+            "precondition failed: the object under {key:?} is not the version named (it was replaced, deleted or never existed)"
+        ),
+    })
+}
+
 impl Objects {
     pub fn new(cfg: ObjectsConfig, bridge: MetaBridge) -> Result<Rc<Self>> {
         cfg.validate()?;
@@ -278,6 +302,26 @@ impl Objects {
     /// nodes and, for an erasure-coded object, logs the intent in the WAL.
     pub async fn begin_put(self: &Rc<Self>, key: &str, size: u64) -> Result<PutWriter> {
         self.begin(key, size, None).await
+    }
+
+    /// A write that happens only if `cond` holds: checked now (before any
+    /// byte is stored) and again, atomically, when it commits.
+    pub async fn begin_put_if(
+        self: &Rc<Self>,
+        key: &str,
+        size: u64,
+        cond: PutIf,
+    ) -> Result<PutWriter> {
+        if cond != PutIf::Always {
+            check_key(key)?;
+            let cur = self.record(key).await?;
+            if !put_if_holds(&cond, cur.as_ref().map(|c| &c.0)) {
+                return Err(precondition_failed(key, &cond));
+            }
+        }
+        let mut w = self.begin(key, size, None).await?;
+        w.cond = cond;
+        Ok(w)
     }
 
     /// `replay`: the version id and creation time of a WAL entry being
@@ -372,6 +416,7 @@ impl Objects {
             wal: None,
             replaying,
             attrs: Vec::new(),
+            cond: PutIf::Always,
         };
         if erasure && !replaying {
             w.log_intent(Vec::new()).await?;
@@ -392,8 +437,19 @@ impl Objects {
         data: &[u8],
         attrs: Vec<u8>,
     ) -> Result<(ObjectMeta, Outcome)> {
+        self.put_if(key, data, attrs, PutIf::Always).await
+    }
+
+    /// [`Objects::put_with_attrs`] only if `cond` holds (see [`PutIf`]).
+    pub async fn put_if(
+        self: &Rc<Self>,
+        key: &str,
+        data: &[u8],
+        attrs: Vec<u8>,
+        cond: PutIf,
+    ) -> Result<(ObjectMeta, Outcome)> {
         check_attrs(&attrs)?;
-        let mut w = self.begin_put(key, data.len() as u64).await?;
+        let mut w = self.begin_put_if(key, data.len() as u64, cond).await?;
         w.set_attrs(attrs)?;
         w.write(data).await?;
         w.finish().await
@@ -427,12 +483,13 @@ impl Objects {
         key: &str,
         meta: &ObjectMeta,
         only_if_newer: bool,
+        cond: &PutIf,
     ) -> Result<Option<ObjectMeta>> {
         let value = meta.encode();
         // Most writes create a key: try that first, without reading (one
         // raft write instead of a linearizable read and a write). A key
         // that exists answers `conflict`, and the loop below reads it.
-        if !only_if_newer {
+        if !only_if_newer && !matches!(cond, PutIf::Version(_)) {
             let (k, v) = (object_key(key), value.clone());
             let r = self
                 .bridge
@@ -457,6 +514,13 @@ impl Objects {
                         "{key} has a newer version than the one being replayed"
                     )));
                 }
+            }
+            // A conditional write is judged on the record its
+            // compare-and-set below names (a conflict re-reads and judges
+            // again); one whose winner is this very write (an answer lost,
+            // the call retried) returned above.
+            if !put_if_holds(cond, cur.as_ref().map(|c| &c.0)) {
+                return Err(precondition_failed(key, cond));
             }
             let expected = cur.as_ref().map_or(0, |c| c.1);
             let (k, v) = (object_key(key), value.clone());
@@ -485,8 +549,20 @@ impl Objects {
         meta: ObjectMeta,
         replay: bool,
         wal: Option<(u32, u64)>,
+        cond: &PutIf,
     ) -> Result<(ObjectMeta, Outcome)> {
-        let replaced = self.commit(key, &meta, replay).await?;
+        let replaced = match self.commit(key, &meta, replay, cond).await {
+            Ok(r) => r,
+            Err(e @ Error::Conflict(_)) if *cond != PutIf::Always => {
+                // Lost to another writer: nothing of this write stays.
+                self.delete_shards_later(meta);
+                if let Some((p, off)) = wal {
+                    self.wal_finish(p, off).await;
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(old) = replaced {
             if old.shards_version() != meta.shards_version() {
                 self.delete_shards_later(old);
@@ -638,7 +714,9 @@ impl Objects {
             attrs: Vec::new(),
         };
         // 4. Commit, 5. answer.
-        let (meta, outcome) = self.commit_and_finish(key, meta, replaying, wal).await?;
+        let (meta, outcome) = self
+            .commit_and_finish(key, meta, replaying, wal, &PutIf::Always)
+            .await?;
         Ok((meta, outcome, skipped))
     }
 
@@ -1258,6 +1336,8 @@ pub struct PutWriter {
     replaying: bool,
     /// The application's attributes for the record.
     attrs: Vec<u8>,
+    /// The precondition the commit enforces.
+    cond: PutIf,
 }
 
 impl PutWriter {
@@ -1394,11 +1474,14 @@ impl PutWriter {
         match self.plan {
             Plan::Replicated => {
                 if !self.replaying {
-                    let payload = if self.size <= WAL_PAYLOAD_MAX_BYTES {
-                        self.buf.clone()
-                    } else {
-                        Vec::new()
-                    };
+                    // A conditional write logs no payload: replay abandons
+                    // it rather than complete it without its condition.
+                    let payload =
+                        if self.size <= WAL_PAYLOAD_MAX_BYTES && self.cond == PutIf::Always {
+                            self.buf.clone()
+                        } else {
+                            Vec::new()
+                        };
                     self.log_intent(payload).await?;
                 }
                 let data = std::mem::take(&mut self.buf);
@@ -1444,7 +1527,7 @@ impl PutWriter {
             attrs: std::mem::take(&mut self.attrs),
         };
         objects
-            .commit_and_finish(&self.key, meta, replay, self.wal)
+            .commit_and_finish(&self.key, meta, replay, self.wal, &self.cond)
             .await
     }
 

@@ -5,7 +5,7 @@
 use crate::error::Error;
 use crate::limits::*;
 use crate::meta::ObjectMeta;
-use crate::objects::{Objects, Outcome, PutWriter};
+use crate::objects::{Objects, Outcome, PutIf, PutWriter};
 use futures::lock::Mutex;
 use std::rc::Rc;
 use tessera_auth::{Permission, Session};
@@ -129,6 +129,23 @@ fn check_version(key: &str, meta: &ObjectMeta, want: &[u8]) -> Result<(), Error>
     Ok(())
 }
 
+/// A put's precondition from its `ifAbsent` and `ifVersion` fields.
+fn put_if(if_absent: bool, if_version: capnp::Result<&[u8]>) -> Result<PutIf, Error> {
+    let v = if_version.map_err(|e| Error::Invalid(format!("ifVersion: {e}")))?;
+    match (if_absent, v.is_empty()) {
+        (false, true) => Ok(PutIf::Always),
+        (true, true) => Ok(PutIf::Absent),
+        (false, false) if v.len() <= VERSION_ID_MAX_BYTES => Ok(PutIf::Version(v.to_vec())),
+        (false, false) => Err(Error::Invalid(format!(
+            "ifVersion is {} bytes; a version id is at most {VERSION_ID_MAX_BYTES}",
+            v.len()
+        ))),
+        (true, false) => Err(Error::Invalid(
+            "ifAbsent and ifVersion exclude each other: an absent object has no version".into(),
+        )),
+    }
+}
+
 fn text(r: capnp::Result<capnp::text::Reader<'_>>, what: &str) -> Result<String, Error> {
     r.map_err(|e| Error::Invalid(format!("{what}: {e}")))?
         .to_str()
@@ -192,7 +209,8 @@ impl gateway::Server for GatewayService {
                 .get_attrs()
                 .map_err(|e| Error::Invalid(format!("attrs: {e}")))?
                 .to_vec();
-            let (meta, outcome) = self.objects.put_with_attrs(&key, data, attrs).await?;
+            let cond = put_if(p.get_if_absent(), p.get_if_version())?;
+            let (meta, outcome) = self.objects.put_if(&key, data, attrs, cond).await?;
             Ok((key, meta, outcome))
         }
         .await;
@@ -218,7 +236,8 @@ impl gateway::Server for GatewayService {
         let r = async {
             let key = text(p.get_key(), "key")?;
             self.allow(Permission::Write, &key)?;
-            let w = self.objects.begin_put(&key, p.get_size()).await?;
+            let cond = put_if(p.get_if_absent(), p.get_if_version())?;
+            let w = self.objects.begin_put_if(&key, p.get_size(), cond).await?;
             Ok((key, w))
         }
         .await;

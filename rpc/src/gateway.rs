@@ -83,6 +83,37 @@ pub struct NodeScrub {
     pub error: String,
 }
 
+/// A write's precondition ([`GatewayClient::put_if`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PutIf {
+    /// Replace whatever is there.
+    #[default]
+    Always,
+    /// Only when no object is under the key.
+    Absent,
+    /// Only when the object's version id ([`ObjectInfo::version_id`]) is
+    /// this one.
+    Version(Vec<u8>),
+}
+
+impl PutIf {
+    fn set(&self, p: &mut gateway::put_params::Builder<'_>) {
+        match self {
+            PutIf::Always => {}
+            PutIf::Absent => p.set_if_absent(true),
+            PutIf::Version(v) => p.set_if_version(v),
+        }
+    }
+
+    fn set_stream(&self, p: &mut gateway::put_stream_params::Builder<'_>) {
+        match self {
+            PutIf::Always => {}
+            PutIf::Absent => p.set_if_absent(true),
+            PutIf::Version(v) => p.set_if_version(v),
+        }
+    }
+}
+
 /// An object as the gateway describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -424,8 +455,23 @@ impl GatewayClient {
         data: &[u8],
         attrs: &[u8],
     ) -> Result<(ObjectInfo, PutOutcome)> {
+        self.put_if(key, data, attrs, &PutIf::Always).await
+    }
+
+    /// [`GatewayClient::put_with_attrs`] only if `cond` holds; when it does
+    /// not, nothing is stored and the error is a gateway `Conflict` whose
+    /// message starts "precondition failed". Two writers with the same
+    /// condition never both succeed (the gateway commits by
+    /// compare-and-set).
+    pub async fn put_if(
+        &self,
+        key: &str,
+        data: &[u8],
+        attrs: &[u8],
+        cond: &PutIf,
+    ) -> Result<(ObjectInfo, PutOutcome)> {
         if data.len() > PUT_MESSAGE_MAX_BYTES {
-            let mut w = self.put_open(key, data.len() as u64).await?;
+            let mut w = self.put_open_if(key, data.len() as u64, cond).await?;
             w.write(data).await?;
             return w.finish(attrs).await;
         }
@@ -434,6 +480,7 @@ impl GatewayClient {
         req.get().set_key(key);
         req.get().set_data(data);
         req.get().set_attrs(attrs);
+        cond.set(&mut req.get());
         let resp = req.send().promise.await.map_err(self.transport())?;
         let r = resp.get().map_err(self.transport())?;
         if r.has_error() {
@@ -447,10 +494,17 @@ impl GatewayClient {
     /// bytes with [`PutStream::write`], then [`PutStream::finish`]. Dropped
     /// before `finish`, nothing is stored.
     pub async fn put_open(&self, key: &str, size: u64) -> Result<PutStream<'_>> {
+        self.put_open_if(key, size, &PutIf::Always).await
+    }
+
+    /// [`GatewayClient::put_open`] for a write that commits only if `cond`
+    /// holds (checked when opening and again at `finish`).
+    pub async fn put_open_if(&self, key: &str, size: u64, cond: &PutIf) -> Result<PutStream<'_>> {
         let c = self.client().await?;
         let mut req = c.put_stream_request();
         req.get().set_key(key);
         req.get().set_size(size);
+        cond.set_stream(&mut req.get());
         let resp = req.send().promise.await.map_err(self.transport())?;
         let r = resp.get().map_err(self.transport())?;
         if r.has_error() {

@@ -18,6 +18,6 @@ pub mod ports;
 pub use chunk::{ChunkClient, ClientOptions, NodeInfo, ScrubStatus, ShardInfo};
 pub use error::{Error, GatewayErrorKind, RemoteKind, Result};
 pub use gateway::{
-    ConnectOptions, Credentials, GatewayClient, KeyInfo, NodeScrub, ObjectInfo, PutOutcome,
+    ConnectOptions, Credentials, GatewayClient, KeyInfo, NodeScrub, ObjectInfo, PutIf, PutOutcome,
 };
 pub use tessera_schema::chunk_capnp;

@@ -41,7 +41,8 @@ pub fn unix_secs(t: &Timestamp) -> i64 {
     time::OffsetDateTime::from(t.clone()).unix_timestamp()
 }
 
-fn matches(c: &ETagCondition, etag: &str) -> bool {
+/// Whether `c` names `etag` (`*` names any existing object).
+pub fn matches(c: &ETagCondition, etag: &str) -> bool {
     match c {
         ETagCondition::Any => true,
         ETagCondition::ETag(e) => e.value() == etag,

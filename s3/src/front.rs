@@ -30,7 +30,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tessera_auth::Permission;
-use tessera_rpc::{GatewayClient, GatewayErrorKind};
+use tessera_rpc::{GatewayClient, GatewayErrorKind, PutIf};
 use tokio::sync::mpsc;
 
 /// Largest single PUT (S3's limit; larger objects use multipart).
@@ -95,6 +95,10 @@ fn gw_err(e: tessera_rpc::Error) -> S3Error {
             K::TooLarge => s3_error!(EntityTooLarge, "{message}"),
             K::Unavailable | K::InsufficientNodes => {
                 s3_error!(ServiceUnavailable, "{message}")
+            }
+            // A conditional write that lost (the gateway says so).
+            K::Conflict if message.starts_with("precondition failed") => {
+                s3_error!(PreconditionFailed, "{message}")
             }
             K::Conflict => s3_error!(SlowDown, "{message}"),
             K::Unauthenticated | K::PermissionDenied => s3_error!(AccessDenied, "{message}"),
@@ -433,6 +437,43 @@ impl Front {
     /// Stores `body` (exactly `len` bytes) under `gw_key` with `attrs`
     /// (their ETag set here); returns the ETag. Nothing is stored unless
     /// every byte arrived and `content_md5` (if any) matches.
+    /// The gateway precondition of a write's If-Match / If-None-Match
+    /// (S3 takes only `*` in If-None-Match on writes). If-Match is judged
+    /// on the current version now, and that version is what the gateway's
+    /// commit then requires: a write in between makes this one fail.
+    async fn write_condition(
+        &self,
+        gw_key: &str,
+        if_match: Option<&ETagCondition>,
+        if_none_match: Option<&ETagCondition>,
+    ) -> S3Result<PutIf> {
+        match (if_match, if_none_match) {
+            (None, None) => Ok(PutIf::Always),
+            (None, Some(ETagCondition::Any)) => Ok(PutIf::Absent),
+            (None, Some(_)) => Err(s3_error!(
+                NotImplemented,
+                "If-None-Match on a write takes only \"*\" (store only if no object exists)"
+            )),
+            (Some(m), None) => {
+                let k = gw_key.to_string();
+                let info = self.gw(move |gw| async move { gw.stat(&k).await }).await?;
+                let etag = etag_of(&ObjectAttrs::parse(&info.attrs), &info.version_id);
+                if !crate::conditions::matches(m, etag.value()) {
+                    return Err(s3_error!(
+                        PreconditionFailed,
+                        "If-Match: the object's ETag is {:?}",
+                        etag.value()
+                    ));
+                }
+                Ok(PutIf::Version(info.version_id))
+            }
+            (Some(_), Some(_)) => Err(s3_error!(
+                InvalidArgument,
+                "If-Match and If-None-Match exclude each other on a write"
+            )),
+        }
+    }
+
     async fn store_body(
         &self,
         gw_key: String,
@@ -440,6 +481,7 @@ impl Front {
         body: Option<StreamingBlob>,
         content_md5: Option<String>,
         mut attrs: ObjectAttrs,
+        cond: PutIf,
     ) -> S3Result<String> {
         // Memory for this body (all of a collected one; the chunks in
         // flight of a streamed one) before a byte of it is read: with 4096
@@ -482,7 +524,7 @@ impl Front {
             check_md5(content_md5.as_deref(), &digest)?;
             attrs.etag = names::hex(&digest);
             let a = encode_attrs(&attrs)?;
-            self.gw(move |gw| async move { gw.put_with_attrs(&gw_key, &data, &a).await })
+            self.gw(move |gw| async move { gw.put_if(&gw_key, &data, &a, &cond).await })
                 .await?;
             return Ok(attrs.etag);
         }
@@ -492,7 +534,7 @@ impl Front {
         }
         let (tx, mut rx) = mpsc::channel::<Msg>(BODY_CHANNEL_CHUNKS);
         let writer = self.backend.run(move |gw| async move {
-            let mut w = gw.put_open(&gw_key, len).await?;
+            let mut w = gw.put_open_if(&gw_key, len, &cond).await?;
             loop {
                 match rx.recv().await {
                     Some(Msg::Data(b)) => w.write(&b).await?,
@@ -1011,8 +1053,11 @@ impl S3 for Front {
         let i = req.input;
         let len = body_len(i.content_length, &i.body, PUT_OBJECT_MAX_BYTES)?;
         let attrs = attrs_from!(i);
+        let cond = self
+            .write_condition(&gw_key, i.if_match.as_ref(), i.if_none_match.as_ref())
+            .await?;
         let etag = self
-            .store_body(gw_key, len, i.body, i.content_md5, attrs)
+            .store_body(gw_key, len, i.body, i.content_md5, attrs, cond)
             .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
@@ -1045,6 +1090,7 @@ impl S3 for Front {
                 i.body,
                 i.content_md5,
                 ObjectAttrs::default(),
+                PutIf::Always,
             )
             .await?;
         Ok(S3Response::new(UploadPartOutput {
@@ -1655,6 +1701,9 @@ impl S3 for Front {
         attrs.etag = etag.clone();
         attrs.parts = plan.len() as u32;
         let a = encode_attrs(&attrs)?;
+        let cond = self
+            .write_condition(&gw_key, i.if_match.as_ref(), i.if_none_match.as_ref())
+            .await?;
         let (bucket, key, upload_id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
         let mut leftovers: Vec<String> = stored
             .keys()
@@ -1664,7 +1713,7 @@ impl S3 for Front {
         let this = self.clone();
         let work = async move {
             this.gw(move |gw| async move {
-                let mut w = gw.put_open(&gw_key, total).await?;
+                let mut w = gw.put_open_if(&gw_key, total, &cond).await?;
                 for (k, size, version) in &plan {
                     copy_into(&gw, k, version, 0..*size, &mut w, None).await?;
                 }

@@ -177,6 +177,19 @@ def main():
     s3.copy_object(Bucket=bucket, Key="cond/copy", CopySource={"Bucket": bucket, "Key": "meta/doc.txt"},
                    CopySourceIfMatch=s3.head_object(Bucket=bucket, Key="meta/doc.txt")["ETag"])
     s3.delete_object(Bucket=bucket, Key="cond/copy")
+    # Conditional writes: If-None-Match: * only creates; If-Match replaces
+    # only the version it names (small bodies in one call, large streamed).
+    for ck, n in [("cond/w", 100), ("cond/wbig", 5 * MIB + 7)]:
+        one, two = os.urandom(n), os.urandom(n)
+        e1 = s3.put_object(Bucket=bucket, Key=ck, Body=one, IfNoneMatch="*")["ETag"]
+        expect_error("PreconditionFailed", s3.put_object, Bucket=bucket, Key=ck, Body=two, IfNoneMatch="*")
+        check(s3.get_object(Bucket=bucket, Key=ck)["Body"].read() == one, f"{ck}: a failed create changes nothing")
+        s3.put_object(Bucket=bucket, Key=ck, Body=two, IfMatch=e1)
+        expect_error("PreconditionFailed", s3.put_object, Bucket=bucket, Key=ck, Body=one, IfMatch=e1)
+        check(s3.get_object(Bucket=bucket, Key=ck)["Body"].read() == two, f"{ck}: If-Match replaced it once")
+        s3.delete_object(Bucket=bucket, Key=ck)
+    expect_error("NoSuchKey", s3.put_object, Bucket=bucket, Key="cond/none", Body=b"x", IfMatch='"0000"')
+    expect_error("404", s3.head_object, Bucket=bucket, Key="cond/none")
 
     step('Listing')
     # Listing: prefix, delimiter, pagination.
@@ -267,6 +280,14 @@ def main():
     check(got["Body"].read() == whole, "multipart object bytes")
     check(got["Metadata"] == {"kind": "multi"}, "multipart metadata")
     expect_error("NoSuchUpload", s3.list_parts, Bucket=bucket, Key=key, UploadId=up)
+    # A conditional completion: create-only fails on the existing object and
+    # leaves it and the upload as they were.
+    upc = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    ec = s3.upload_part(Bucket=bucket, Key=key, UploadId=upc, PartNumber=1, Body=b"z" * 10)["ETag"]
+    expect_error("PreconditionFailed", s3.complete_multipart_upload, Bucket=bucket, Key=key, UploadId=upc,
+                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": ec}]}, IfNoneMatch="*")
+    check(s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == len(whole), "the object is unchanged")
+    s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upc)
     step('Small non-last parts')
     # Small non-last parts are refused; an abort leaves nothing.
     up2 = s3.create_multipart_upload(Bucket=bucket, Key="multi/small")["UploadId"]

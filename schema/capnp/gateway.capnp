@@ -88,11 +88,17 @@ interface Gateway {
   # `attrs`: opaque attributes kept in the object's record and returned in
   # its ObjectInfo (at most 8 KiB; the S3 front keeps ETag, content type
   # and user metadata there).
-  put @0 (key :Text, data :Data, attrs :Data) -> (info :ObjectInfo, outcome :Outcome, error :Error);
+  # Conditional writes: `ifAbsent` stores only if no object is under `key`;
+  # a non-empty `ifVersion` only if the object's version id is that one.
+  # Checked before any byte is stored and enforced by the commit's
+  # compare-and-set: when it does not hold, nothing is stored and the error
+  # is `conflict` ("precondition failed"). A conditional write a gateway
+  # crash interrupts is abandoned by WAL replay, never completed.
+  put @0 (key :Text, data :Data, attrs :Data, ifAbsent :Bool, ifVersion :Data) -> (info :ObjectInfo, outcome :Outcome, error :Error);
 
   # Opens a streamed put of exactly `size` bytes; the object exists once
-  # `finish` answers without error.
-  putStream @1 (key :Text, size :UInt64) -> (sink :PutSink, error :Error);
+  # `finish` answers without error. `ifAbsent`, `ifVersion` as for `put`.
+  putStream @1 (key :Text, size :UInt64, ifAbsent :Bool, ifVersion :Data) -> (sink :PutSink, error :Error);
 
   # Bytes [offset, offset + length) of the object (length 0 = to the end),
   # at most 4 MiB. A non-empty `ifVersion` must be the object's version
