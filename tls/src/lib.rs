@@ -264,6 +264,26 @@ pub fn server_config(files: &TlsFiles, auth: ClientAuth) -> Result<Arc<ServerCon
     Ok(Arc::new(cfg))
 }
 
+/// An HTTPS server (the S3 front): the certificate chain and key of
+/// `cert`/`key` (PEM), TLS 1.2 and 1.3 (S3 clients still speak 1.2),
+/// HTTP/1.1 by ALPN, no client certificates.
+pub fn https_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| Error::Rustls {
+            what: "TLS versions",
+            source,
+        })?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(|source| Error::Rustls {
+            what: "the certificate and key do not fit together",
+            source,
+        })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// The client side of a daemon: checks servers against the CA and shows
 /// the node certificate.
 pub fn node_client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>> {

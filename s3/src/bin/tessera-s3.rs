@@ -50,6 +50,8 @@ const LISTEN_DEFAULT: SocketAddr =
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Connections served at once; more wait in the kernel's backlog.
 const CONNECTIONS_MAX: usize = 4096;
+/// Longest a client may take to finish the TLS handshake (HTTPS).
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +63,14 @@ struct Cli {
     /// HTTP listen address (port 0 picks one; it is printed) [default: 127.0.0.1:7480].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. Without it the front speaks plain HTTP (put a TLS proxy in
+    /// front, or keep it on a trusted network).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// The gateway to serve through (host:port).
     #[arg(long)]
     gateway: SocketAddr,
@@ -209,12 +219,19 @@ async fn serve(
         );
     }
     let service = b.build();
+    let https = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(
+            tessera_tls::https_server_config(c, k).context("--tls-cert/--tls-key")?,
+        )),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let at = listener.local_addr()?;
     // The one line scripts wait for (like the other daemons).
-    println!("tessera-s3 listening on http://{at}");
+    let scheme = if https.is_some() { "https" } else { "http" };
+    println!("tessera-s3 listening on {scheme}://{at}");
     tracing::info!(%at, gateway = %cli.gateway, "S3 front ready");
     let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -253,16 +270,49 @@ async fn serve(
                     Ok::<_, s3s::HttpError>(resp)
                 }
             });
-        let conn = http
-            .serve_connection(hyper_util::rt::TokioIo::new(sock), hygienic)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        match &https {
+            None => {
+                let conn = http
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), hygienic)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, bounded, so
+                // a slow or silent client never holds up accepting.
+                let (acceptor, http, watcher) =
+                    (acceptor.clone(), http.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let tls =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock))
+                            .await
+                        {
+                            Ok(Ok(t)) => t,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn = http
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), hygienic)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     tracing::info!("stopping: finishing open requests");
     tokio::select! {
