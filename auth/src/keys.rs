@@ -184,7 +184,9 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+/// The bytes of lower- or upper-case hex; None unless `s` is whole bytes
+/// of hex digits.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tessera_rpc::cluster;
+use tessera_rpc::{cluster, PutIf};
 
 #[derive(Parser)]
 #[command(
@@ -66,7 +66,18 @@ enum Cmd {
         insecure: bool,
     },
     /// Store FILE (or stdin with `-` or nothing) under KEY.
-    Put { key: String, file: Option<String> },
+    Put {
+        key: String,
+        file: Option<String>,
+        /// Store only if no object is under KEY (else nothing is stored).
+        #[arg(long, conflicts_with = "if_version")]
+        if_absent: bool,
+        /// Store only if the object's version is this one (hex, as `stat`
+        /// prints it): a compare-and-set; a write in between makes this one
+        /// fail and store nothing.
+        #[arg(long, value_name = "HEX")]
+        if_version: Option<String>,
+    },
     /// Write the object under KEY to stdout, or to FILE with -o.
     Get {
         key: String,
@@ -240,10 +251,22 @@ fn run(cli: Cli) -> Result<()> {
             segment_mib: *segment_mib,
             healer_args: healer_args.clone(),
         }),
-        Cmd::Put { key, file } => {
+        Cmd::Put {
+            key,
+            file,
+            if_absent,
+            if_version,
+        } => {
+            let cond = match (if_absent, if_version) {
+                (true, _) => PutIf::Absent,
+                (false, None) => PutIf::Always,
+                (false, Some(h)) => PutIf::Version(tessera_auth::keys::unhex(h).with_context(|| {
+                    format!("--if-version {h:?} is not hex: give the version id as `tessera stat` prints it")
+                })?),
+            };
             let (gw, _) = gateway_addr(&cli)?;
             let (key, file) = (key.clone(), file.clone());
-            ops::on_executor(move || async move { ops::put(gw, key, file, json).await })
+            ops::on_executor(move || async move { ops::put(gw, key, file, cond, json).await })
         }
         Cmd::Get { key, output } => {
             let (gw, _) = gateway_addr(&cli)?;

@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 use futures::io::AllowStdIo;
 use std::future::Future;
 use std::io::Read;
-use tessera_rpc::{Error as RpcError, GatewayClient, GatewayErrorKind, ObjectInfo, PutOutcome};
+use tessera_rpc::{
+    Error as RpcError, GatewayClient, GatewayErrorKind, ObjectInfo, PutIf, PutOutcome,
+};
 
 /// Transfers larger than this show a progress bar (on a terminal).
 const PROGRESS_MIN_BYTES: u64 = 8 << 20;
@@ -101,7 +103,7 @@ pub async fn connect(gw: &Gw) -> Result<GatewayClient> {
         })
 }
 
-pub async fn put(gw: Gw, key: String, src: Option<String>, json: bool) -> Result<()> {
+pub async fn put(gw: Gw, key: String, src: Option<String>, cond: PutIf, json: bool) -> Result<()> {
     let c = connect(&gw).await?;
     let (info, outcome) = match src.as_deref() {
         None | Some("-") => {
@@ -113,7 +115,7 @@ pub async fn put(gw: Gw, key: String, src: Option<String>, json: bool) -> Result
             if buf.len() > STDIN_MAX_BYTES {
                 anyhow::bail!("stdin holds more than {STDIN_MAX_BYTES} bytes; write it to a file and put the file");
             }
-            c.put(&key, &buf).await?
+            c.put_if(&key, &buf, &[], &cond).await?
         }
         Some(path) => {
             let f = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
@@ -125,7 +127,7 @@ pub async fn put(gw: Gw, key: String, src: Option<String>, json: bool) -> Result
                 }
             };
             let r = c
-                .put_reader(&key, size, AllowStdIo::new(f), &mut progress)
+                .put_reader_if(&key, size, AllowStdIo::new(f), &mut progress, &cond)
                 .await?;
             if let Some(b) = b {
                 b.finish_and_clear();

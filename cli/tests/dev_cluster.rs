@@ -289,6 +289,18 @@ fn dev_cluster_end_to_end() {
     let o = tessera(&dev, &["--json", "stat", "cli/file"], None);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["size"], 300_000);
+    // Conditional puts: create-only, and compare-and-set on a version.
+    let o = tessera(&dev, &["put", "cli/file", "--if-absent"], Some(b"no"));
+    assert!(!o.status.success(), "an existing key refuses --if-absent");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("precondition failed"));
+    let v1 = v["version_id"].as_str().unwrap().to_string();
+    let f = file.to_str().unwrap();
+    let o = tessera(&dev, &["put", "cli/file", f, "--if-version", &v1], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = tessera(&dev, &["put", "cli/file", f, "--if-version", &v1], None);
+    assert!(!o.status.success(), "a replaced version is stale");
+    let o = tessera(&dev, &["put", "cli/file", f, "--if-version", "zz"], None);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not hex"));
     let o = tessera(&dev, &["--json", "ls", "cli/"], None);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);

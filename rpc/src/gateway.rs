@@ -525,10 +525,24 @@ impl GatewayClient {
         &self,
         key: &str,
         size: u64,
-        mut reader: R,
+        reader: R,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(ObjectInfo, PutOutcome)> {
-        let mut w = self.put_open(key, size).await?;
+        self.put_reader_if(key, size, reader, progress, &PutIf::Always)
+            .await
+    }
+
+    /// [`GatewayClient::put_reader`] only if `cond` holds (see
+    /// [`GatewayClient::put_if`]).
+    pub async fn put_reader_if<R: AsyncRead + Unpin>(
+        &self,
+        key: &str,
+        size: u64,
+        mut reader: R,
+        progress: &mut dyn FnMut(u64),
+        cond: &PutIf,
+    ) -> Result<(ObjectInfo, PutOutcome)> {
+        let mut w = self.put_open_if(key, size, cond).await?;
         let mut buf = vec![0u8; STREAM_CHUNK_BYTES];
         while w.sent < size {
             let want = ((size - w.sent) as usize).min(buf.len());
