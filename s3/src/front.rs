@@ -97,7 +97,7 @@ fn gw_err(e: tessera_rpc::Error) -> S3Error {
                 s3_error!(ServiceUnavailable, "{message}")
             }
             // A conditional write that lost (the gateway says so).
-            K::Conflict if message.starts_with("precondition failed") => {
+            K::Conflict if is_precondition_failed(&e) => {
                 s3_error!(PreconditionFailed, "{message}")
             }
             K::Conflict => s3_error!(SlowDown, "{message}"),
@@ -111,6 +111,12 @@ fn gw_err(e: tessera_rpc::Error) -> S3Error {
 
 fn stopped(_: crate::backend::Stopped) -> S3Error {
     s3_error!(ServiceUnavailable, "the gateway connection thread stopped")
+}
+
+/// A conditional write that did not hold (the gateway's words).
+fn is_precondition_failed(e: &tessera_rpc::Error) -> bool {
+    matches!(e, tessera_rpc::Error::Gateway { kind: GatewayErrorKind::Conflict, message, .. }
+        if message.starts_with("precondition failed"))
 }
 
 fn is_not_found(e: &tessera_rpc::Error) -> bool {
@@ -928,14 +934,17 @@ impl S3 for Front {
         let marker = names::bucket_marker(&bucket);
         let body =
             serde_json::json!({ "owner": owner, "created_unix_millis": now_millis() }).to_string();
+        // Create-only: of two racing creates exactly one makes the bucket.
         let existed = self
             .gw(move |gw| async move {
-                match gw.stat(&marker).await {
-                    Ok(_) => return Ok(true),
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => return Err(e),
+                match gw
+                    .put_if(&marker, body.as_bytes(), &[], &PutIf::Absent)
+                    .await
+                {
+                    Ok(_) => Ok(false),
+                    Err(e) if is_precondition_failed(&e) => Ok(true),
+                    Err(e) => Err(e),
                 }
-                gw.put(&marker, body.as_bytes()).await.map(|_| false)
             })
             .await?;
         if existed {

@@ -86,6 +86,22 @@ def main():
     expect_error("404", s3.head_bucket, Bucket=bucket)
     s3.create_bucket(Bucket=bucket)
     expect_error("BucketAlreadyOwnedByYou", s3.create_bucket, Bucket=bucket)
+    # Racing creates of one new bucket: exactly one makes it.
+    import threading
+    race, outcomes = bucket + "-race", []
+    def create():
+        try:
+            s3.create_bucket(Bucket=race)
+            outcomes.append("ok")
+        except ClientError as e:
+            outcomes.append(e.response["Error"]["Code"])
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    check(sorted(outcomes) == ["BucketAlreadyOwnedByYou"] * 5 + ["ok"], f"racing creates: {outcomes}")
+    s3.delete_bucket(Bucket=race)
     names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
     check(bucket in names, f"list_buckets misses {bucket}: {names}")
     s3.head_bucket(Bucket=bucket)
