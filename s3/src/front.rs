@@ -164,11 +164,29 @@ fn enforce(
     let etag = etag_of(a, &info.version_id);
     match c.evaluate(etag.value(), info.created_unix_millis) {
         Verdict::Proceed => Ok(()),
-        Verdict::NotModified if !copy => Err(s3_error!(
-            NotModified,
-            "the object has not changed (ETag {:?})",
-            etag.value()
-        )),
+        Verdict::NotModified if !copy => {
+            // A 304 carries the validators a cache refreshes its copy with.
+            let mut e = s3_error!(
+                NotModified,
+                "the object has not changed (ETag {:?})",
+                etag.value()
+            );
+            let mut h = hyper::HeaderMap::new();
+            if let Ok(v) = etag.to_http_header() {
+                h.insert(hyper::header::ETAG, v);
+            }
+            let mut date = Vec::new();
+            if timestamp(info.created_unix_millis)
+                .format(TimestampFormat::HttpDate, &mut date)
+                .is_ok()
+            {
+                if let Ok(v) = hyper::header::HeaderValue::from_bytes(&date) {
+                    h.insert(hyper::header::LAST_MODIFIED, v);
+                }
+            }
+            e.set_headers(h);
+            Err(e)
+        }
         _ => Err(s3_error!(
             PreconditionFailed,
             "at least one of the preconditions you specified did not hold for version with ETag {:?}",

@@ -176,7 +176,9 @@ def main():
     check(s3.get_object(Bucket=bucket, Key=key, IfNoneMatch='"0000"')["Body"].read() == big,
           "If-None-Match with another ETag reads the whole object")
     expect_error("PreconditionFailed", s3.get_object, Bucket=bucket, Key=key, IfMatch='"0000"')
-    expect_error("304", s3.get_object, Bucket=bucket, Key=key, IfNoneMatch=etag)
+    e304 = expect_error("304", s3.get_object, Bucket=bucket, Key=key, IfNoneMatch=etag)
+    hdrs = e304.response["ResponseMetadata"]["HTTPHeaders"]
+    check(hdrs.get("etag") == etag and "last-modified" in hdrs, f"a 304 carries ETag and Last-Modified: {hdrs}")
     expect_error("304", s3.get_object, Bucket=bucket, Key=key, IfModifiedSince=future)
     expect_error("PreconditionFailed", s3.get_object, Bucket=bucket, Key=key, IfUnmodifiedSince=past)
     check(s3.get_object(Bucket=bucket, Key=key, IfModifiedSince=past, Range="bytes=0-0")["Body"].read() == big[:1],
