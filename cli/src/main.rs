@@ -18,7 +18,7 @@ use tessera_rpc::{cluster, PutIf};
     name = "tessera",
     version,
     about = "Tessera: a distributed object store",
-    after_help = "Exit codes: 0 done, 1 failed, 2 bad usage, 3 not found, 4 cluster unreachable or unavailable, 5 data loss, 6 access key refused."
+    after_help = "Exit codes: 0 done, 1 failed, 2 bad usage, 3 not found, 4 cluster unreachable or unavailable, 5 data loss, 6 access key refused, 7 a conditional put's condition did not hold (nothing stored)."
 )]
 struct Cli {
     /// Cluster file (else $TESSERA_CLUSTER, else ~/.config/tessera/cluster.toml).

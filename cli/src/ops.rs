@@ -49,6 +49,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             GatewayErrorKind::Unavailable | GatewayErrorKind::InsufficientNodes => 4,
             GatewayErrorKind::DataLoss => 5,
             GatewayErrorKind::Unauthenticated | GatewayErrorKind::PermissionDenied => 6,
+            GatewayErrorKind::PreconditionFailed => 7,
             _ => 1,
         },
         Some(RpcError::Connect { .. })

@@ -25,6 +25,9 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A conditional write's precondition did not hold; nothing was stored.
+    #[error("{0}")]
+    PreconditionFailed(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -18,6 +18,7 @@ fn result_name(e: Option<&Error>) -> &'static str {
         Some(Error::Internal(_)) => "internal",
         Some(Error::Unauthenticated(_)) => "unauthenticated",
         Some(Error::PermissionDenied(_)) => "permission_denied",
+        Some(Error::PreconditionFailed(_)) => "precondition_failed",
     }
 }
 

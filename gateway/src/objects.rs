@@ -272,10 +272,14 @@ fn put_if_holds(cond: &PutIf, cur: Option<&ObjectMeta>) -> bool {
 }
 
 fn precondition_failed(key: &str, cond: &PutIf) -> Error {
-    Error::Conflict(match cond {
-        PutIf::Absent => format!("precondition failed: an object exists under {key:?}"),
+    Error::PreconditionFailed(match cond {
+        PutIf::Absent => format!(
+            "precondition failed: an object exists under {key:?}, so this create-only write stored nothing; \
+             delete it first, or write without the absent condition"
+        ),
         _ => format!(
-            "precondition failed: the object under {key:?} is not the version named (it was replaced, deleted or never existed)"
+            "precondition failed: the object under {key:?} is not the version named (it was replaced, \
+             deleted or never existed), so nothing was stored; read its current version and retry with that"
         ),
     })
 }
@@ -553,8 +557,11 @@ impl Objects {
     ) -> Result<(ObjectMeta, Outcome)> {
         let replaced = match self.commit(key, &meta, replay, cond).await {
             Ok(r) => r,
-            Err(e @ Error::Conflict(_)) if *cond != PutIf::Always => {
-                // Lost to another writer: nothing of this write stays.
+            // Lost to another writer (or raced past the commit attempts):
+            // not committed, so nothing of this write stays.
+            Err(e @ (Error::PreconditionFailed(_) | Error::Conflict(_)))
+                if *cond != PutIf::Always =>
+            {
                 self.delete_shards_later(meta);
                 if let Some((p, off)) = wal {
                     self.wal_finish(p, off).await;

@@ -103,6 +103,7 @@ fn write_error(mut w: wire_error::Builder<'_>, e: &Error) {
         Error::Internal(_) => K::Internal,
         Error::Unauthenticated(_) => K::Unauthenticated,
         Error::PermissionDenied(_) => K::PermissionDenied,
+        Error::PreconditionFailed(_) => K::PreconditionFailed,
     };
     w.set_kind(kind);
     w.set_message(e.to_string());

@@ -34,7 +34,7 @@ impl From<tessera_gateway::Error> for Error {
     fn from(e: tessera_gateway::Error) -> Self {
         use tessera_gateway::Error as G;
         match e {
-            G::Conflict(m) => Error::Changed(m),
+            G::Conflict(m) | G::PreconditionFailed(m) => Error::Changed(m),
             G::Invalid(m) | G::TooLarge(m) => Error::Invalid(m),
             G::DataLoss(m) => Error::DataLoss(m),
             G::Internal(m) | G::Unauthenticated(m) | G::PermissionDenied(m) => Error::Internal(m),

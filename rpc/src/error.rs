@@ -67,6 +67,8 @@ pub enum GatewayErrorKind {
     Unauthenticated,
     /// The key lacks the permission or prefix the call needs.
     PermissionDenied,
+    /// A conditional write's precondition did not hold; nothing was stored.
+    PreconditionFailed,
 }
 
 impl GatewayErrorKind {
@@ -83,6 +85,7 @@ impl GatewayErrorKind {
             K::Internal => Self::Internal,
             K::Unauthenticated => Self::Unauthenticated,
             K::PermissionDenied => Self::PermissionDenied,
+            K::PreconditionFailed => Self::PreconditionFailed,
         }
     }
 }

@@ -459,8 +459,8 @@ impl GatewayClient {
     }
 
     /// [`GatewayClient::put_with_attrs`] only if `cond` holds; when it does
-    /// not, nothing is stored and the error is a gateway `Conflict` whose
-    /// message starts "precondition failed". Two writers with the same
+    /// not, nothing is stored and the error is a gateway
+    /// `PreconditionFailed`. Two writers with the same
     /// condition never both succeed (the gateway commits by
     /// compare-and-set).
     pub async fn put_if(

@@ -96,10 +96,7 @@ fn gw_err(e: tessera_rpc::Error) -> S3Error {
             K::Unavailable | K::InsufficientNodes => {
                 s3_error!(ServiceUnavailable, "{message}")
             }
-            // A conditional write that lost (the gateway says so).
-            K::Conflict if is_precondition_failed(&e) => {
-                s3_error!(PreconditionFailed, "{message}")
-            }
+            K::PreconditionFailed => s3_error!(PreconditionFailed, "{message}"),
             K::Conflict => s3_error!(SlowDown, "{message}"),
             K::Unauthenticated | K::PermissionDenied => s3_error!(AccessDenied, "{message}"),
             K::DataLoss | K::Internal => s3_error!(InternalError, "{message}"),
@@ -113,10 +110,15 @@ fn stopped(_: crate::backend::Stopped) -> S3Error {
     s3_error!(ServiceUnavailable, "the gateway connection thread stopped")
 }
 
-/// A conditional write that did not hold (the gateway's words).
+/// A conditional write that did not hold.
 fn is_precondition_failed(e: &tessera_rpc::Error) -> bool {
-    matches!(e, tessera_rpc::Error::Gateway { kind: GatewayErrorKind::Conflict, message, .. }
-        if message.starts_with("precondition failed"))
+    matches!(
+        e,
+        tessera_rpc::Error::Gateway {
+            kind: GatewayErrorKind::PreconditionFailed,
+            ..
+        }
+    )
 }
 
 fn is_not_found(e: &tessera_rpc::Error) -> bool {
@@ -461,6 +463,21 @@ impl Front {
     /// Stores `body` (exactly `len` bytes) under `gw_key` with `attrs`
     /// (their ETag set here); returns the ETag. Nothing is stored unless
     /// every byte arrived and `content_md5` (if any) matches.
+    /// A copy's source: its description and attributes, after its
+    /// `x-amz-copy-source-if-*` conditions held for that version (which the
+    /// caller then copies, pinned).
+    async fn judged_source(
+        &self,
+        src: &str,
+        c: &Conditions,
+    ) -> S3Result<(tessera_rpc::gateway::ObjectInfo, ObjectAttrs)> {
+        let k = src.to_string();
+        let info = self.gw(move |gw| async move { gw.stat(&k).await }).await?;
+        let attrs = ObjectAttrs::parse(&info.attrs);
+        enforce(c, &attrs, &info, true)?;
+        Ok((info, attrs))
+    }
+
     /// The gateway precondition of a write's If-Match / If-None-Match
     /// (S3 takes only `*` in If-None-Match on writes). If-Match is judged
     /// on the current version now, and that version is what the gateway's
@@ -1313,9 +1330,9 @@ impl S3 for Front {
         if let Some(a) = &new_attrs {
             encode_attrs(a)?;
         }
-        let c = conditions!(i, copy_source_);
-        let k = src.clone();
-        let info = self.gw(move |gw| async move { gw.stat(&k).await }).await?;
+        let (info, src_attrs) = self
+            .judged_source(&src, &conditions!(i, copy_source_))
+            .await?;
         if info.size > PUT_OBJECT_MAX_BYTES {
             return Err(s3_error!(
                 InvalidRequest,
@@ -1323,8 +1340,6 @@ impl S3 for Front {
                 info.size
             ));
         }
-        let src_attrs = ObjectAttrs::parse(&info.attrs);
-        enforce(&c, &src_attrs, &info, true)?;
         // The version judged is the version copied.
         let attrs = new_attrs.unwrap_or(src_attrs);
         let (etag, created) = self
@@ -1490,10 +1505,9 @@ impl S3 for Front {
             }
         };
         let part = names::part_key(&i.upload_id, n);
-        let k = src.clone();
-        let info = self.gw(move |gw| async move { gw.stat(&k).await }).await?;
-        let c = conditions!(i, copy_source_);
-        enforce(&c, &ObjectAttrs::parse(&info.attrs), &info, true)?;
+        let (info, _) = self
+            .judged_source(&src, &conditions!(i, copy_source_))
+            .await?;
         let span = match range {
             None => 0..info.size,
             Some((a, b)) if b < info.size => a..b + 1,

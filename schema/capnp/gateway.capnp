@@ -26,6 +26,7 @@ struct Error {
     internal @7;           # a bug: please report it
     unauthenticated @8;    # no, a wrong, or a revoked access key
     permissionDenied @9;   # the key lacks the permission or prefix the call needs
+    preconditionFailed @10; # a conditional write's ifAbsent/ifVersion did not hold; nothing stored
   }
 }
 
@@ -92,7 +93,7 @@ interface Gateway {
   # a non-empty `ifVersion` only if the object's version id is that one.
   # Checked before any byte is stored and enforced by the commit's
   # compare-and-set: when it does not hold, nothing is stored and the error
-  # is `conflict` ("precondition failed"). A conditional write a gateway
+  # is `preconditionFailed`. A conditional write a gateway
   # crash interrupts is abandoned by WAL replay, never completed.
   put @0 (key :Text, data :Data, attrs :Data, ifAbsent :Bool, ifVersion :Data) -> (info :ObjectInfo, outcome :Outcome, error :Error);
 

@@ -255,6 +255,7 @@ pub mod error {
         Internal = 7,
         Unauthenticated = 8,
         PermissionDenied = 9,
+        PreconditionFailed = 10,
     }
 
     impl ::capnp::introspect::Introspect for Kind {
@@ -277,6 +278,7 @@ pub mod error {
                 7 => ::core::result::Result::Ok(Self::Internal),
                 8 => ::core::result::Result::Ok(Self::Unauthenticated),
                 9 => ::core::result::Result::Ok(Self::PermissionDenied),
+                10 => ::core::result::Result::Ok(Self::PreconditionFailed),
                 n => ::core::result::Result::Err(::capnp::NotInSchema(n)),
             }
         }
@@ -289,7 +291,7 @@ pub mod error {
         const TYPE_ID: u64 = 0xeff1_7a67_3a78_d363u64;
     }
     mod kind {
-    pub(crate) static ENCODED_NODE: [::capnp::Word; 70] = [
+    pub(crate) static ENCODED_NODE: [::capnp::Word; 76] = [
         ::capnp::word(0, 0, 0, 0, 5, 0, 6, 0),
         ::capnp::word(99, 211, 120, 58, 103, 122, 241, 239),
         ::capnp::word(20, 0, 0, 0, 2, 0, 0, 0),
@@ -299,7 +301,7 @@ pub mod error {
         ::capnp::word(21, 0, 0, 0, 202, 0, 0, 0),
         ::capnp::word(33, 0, 0, 0, 7, 0, 0, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-        ::capnp::word(29, 0, 0, 0, 247, 0, 0, 0),
+        ::capnp::word(29, 0, 0, 0, 15, 1, 0, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
         ::capnp::word(103, 97, 116, 101, 119, 97, 121, 46),
@@ -307,36 +309,39 @@ pub mod error {
         ::capnp::word(114, 111, 114, 46, 75, 105, 110, 100),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
         ::capnp::word(0, 0, 0, 0, 1, 0, 1, 0),
-        ::capnp::word(40, 0, 0, 0, 1, 0, 2, 0),
+        ::capnp::word(44, 0, 0, 0, 1, 0, 2, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-        ::capnp::word(113, 0, 0, 0, 74, 0, 0, 0),
+        ::capnp::word(125, 0, 0, 0, 74, 0, 0, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
         ::capnp::word(1, 0, 0, 0, 0, 0, 0, 0),
-        ::capnp::word(109, 0, 0, 0, 130, 0, 0, 0),
+        ::capnp::word(121, 0, 0, 0, 130, 0, 0, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
         ::capnp::word(2, 0, 0, 0, 0, 0, 0, 0),
-        ::capnp::word(105, 0, 0, 0, 74, 0, 0, 0),
+        ::capnp::word(117, 0, 0, 0, 74, 0, 0, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
         ::capnp::word(3, 0, 0, 0, 0, 0, 0, 0),
-        ::capnp::word(101, 0, 0, 0, 98, 0, 0, 0),
+        ::capnp::word(113, 0, 0, 0, 98, 0, 0, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
         ::capnp::word(4, 0, 0, 0, 0, 0, 0, 0),
-        ::capnp::word(97, 0, 0, 0, 74, 0, 0, 0),
+        ::capnp::word(109, 0, 0, 0, 74, 0, 0, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
         ::capnp::word(5, 0, 0, 0, 0, 0, 0, 0),
-        ::capnp::word(93, 0, 0, 0, 146, 0, 0, 0),
+        ::capnp::word(105, 0, 0, 0, 146, 0, 0, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
         ::capnp::word(6, 0, 0, 0, 0, 0, 0, 0),
-        ::capnp::word(93, 0, 0, 0, 74, 0, 0, 0),
+        ::capnp::word(105, 0, 0, 0, 74, 0, 0, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
         ::capnp::word(7, 0, 0, 0, 0, 0, 0, 0),
-        ::capnp::word(89, 0, 0, 0, 74, 0, 0, 0),
+        ::capnp::word(101, 0, 0, 0, 74, 0, 0, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
         ::capnp::word(8, 0, 0, 0, 0, 0, 0, 0),
-        ::capnp::word(85, 0, 0, 0, 130, 0, 0, 0),
+        ::capnp::word(97, 0, 0, 0, 130, 0, 0, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
         ::capnp::word(9, 0, 0, 0, 0, 0, 0, 0),
-        ::capnp::word(81, 0, 0, 0, 138, 0, 0, 0),
+        ::capnp::word(93, 0, 0, 0, 138, 0, 0, 0),
+        ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+        ::capnp::word(10, 0, 0, 0, 0, 0, 0, 0),
+        ::capnp::word(93, 0, 0, 0, 154, 0, 0, 0),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
         ::capnp::word(110, 111, 116, 70, 111, 117, 110, 100),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
@@ -360,6 +365,9 @@ pub mod error {
         ::capnp::word(112, 101, 114, 109, 105, 115, 115, 105),
         ::capnp::word(111, 110, 68, 101, 110, 105, 101, 100),
         ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+        ::capnp::word(112, 114, 101, 99, 111, 110, 100, 105),
+        ::capnp::word(116, 105, 111, 110, 70, 97, 105, 108),
+        ::capnp::word(101, 100, 0, 0, 0, 0, 0, 0),
     ];
     pub(crate) fn get_annotation_types(child_index: Option<u16>, index: u32) -> ::capnp::introspect::Type {
         ::capnp::introspect::panic_invalid_annotation_indices(child_index, index)
