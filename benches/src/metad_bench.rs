@@ -196,11 +196,70 @@ fn metad_binary() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Starts `plan.replicas` metad processes with fresh data directories.
-fn start_metad(dir: &Path, plan: &Plan) -> Result<(Vec<Proc>, Vec<u64>, Vec<String>)> {
+/// What one replica's WAL log did, from its `/metrics`: durable writes,
+/// seconds spent in them, bytes written.
+#[derive(Debug, Default, Clone, Copy)]
+struct LogCounters {
+    writes: f64,
+    seconds: f64,
+    bytes: f64,
+}
+
+fn scrape_wal_log(addr: &str) -> LogCounters {
+    use std::io::{Read, Write};
+    let mut text = String::new();
+    if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+        let _ = s.read_to_string(&mut text);
+    }
+    let get = |name: &str| {
+        let prefix = format!("{name}{{log=\"wal-log\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    LogCounters {
+        writes: get("tessera_metad_log_write_seconds_count"),
+        seconds: get("tessera_metad_log_write_seconds_sum"),
+        bytes: get("tessera_metad_log_written_bytes_total"),
+    }
+}
+
+/// Prints what each replica's WAL log did between two scrapes.
+fn print_log_deltas(before: &[LogCounters], after: &[LogCounters], secs: f64) {
+    for (i, (b, a)) in before.iter().zip(after).enumerate() {
+        let writes = a.writes - b.writes;
+        eprintln!(
+            "    replica {}: {:.0} log writes/s, {:.2} ms each, {:.1} KiB each",
+            i + 1,
+            writes / secs,
+            if writes > 0.0 {
+                (a.seconds - b.seconds) * 1e3 / writes
+            } else {
+                0.0
+            },
+            if writes > 0.0 {
+                (a.bytes - b.bytes) / writes / 1024.0
+            } else {
+                0.0
+            },
+        );
+    }
+}
+
+/// Starts `plan.replicas` metad processes with fresh data directories;
+/// returns them, their ids, addresses and metrics addresses.
+#[allow(clippy::type_complexity)]
+fn start_metad(dir: &Path, plan: &Plan) -> Result<(Vec<Proc>, Vec<u64>, Vec<String>, Vec<String>)> {
     let bin = metad_binary()?;
     let ids: Vec<u64> = (1..=plan.replicas as u64).collect();
     let addrs: Vec<String> = ids
+        .iter()
+        .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+        .collect::<Result<_>>()?;
+    let metrics: Vec<String> = ids
         .iter()
         .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
         .collect::<Result<_>>()?;
@@ -224,6 +283,8 @@ fn start_metad(dir: &Path, plan: &Plan) -> Result<(Vec<Proc>, Vec<u64>, Vec<Stri
                 &addrs[i],
                 "--peers",
                 &peers,
+                "--metrics",
+                &metrics[i],
             ])
             .args([
                 "--groups",
@@ -234,6 +295,12 @@ fn start_metad(dir: &Path, plan: &Plan) -> Result<(Vec<Proc>, Vec<u64>, Vec<Stri
             ])
             .arg("--data")
             .arg(&data)
+            // A metad config file (e.g. `[raft]` tuning) for experiments.
+            .args(
+                std::env::var("TESSERA_BENCH_METAD_CONFIG")
+                    .map(|f| vec!["--config".to_string(), f])
+                    .unwrap_or_default(),
+            )
             .stdout(Stdio::piped())
             .spawn()
             .context("starting metad")?;
@@ -245,12 +312,12 @@ fn start_metad(dir: &Path, plan: &Plan) -> Result<(Vec<Proc>, Vec<u64>, Vec<Stri
         std::thread::spawn(move || for _ in lines {});
         procs.push(Proc(child));
     }
-    Ok((procs, ids, addrs))
+    Ok((procs, ids, addrs, metrics))
 }
 
 /// The four phases against Tessera's metad.
 fn run_metad(dir: &Path, plan: &Plan) -> Result<[Phase; 4]> {
-    let (procs, ids, addrs) = start_metad(dir, plan)?;
+    let (procs, ids, addrs, _) = start_metad(dir, plan)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -521,7 +588,7 @@ pub fn run_wal(dir: &Path, plan: &Plan) -> Result<Report> {
     )?;
     let _ = std::fs::remove_file(&fio_file);
     eprintln!("fio 4 KiB write+fdatasync QD1: {:.0} IOPS", fio.iops);
-    let (procs, ids, addrs) = start_metad(dir, plan)?;
+    let (procs, ids, addrs, metrics) = start_metad(dir, plan)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -570,6 +637,8 @@ pub fn run_wal(dir: &Path, plan: &Plan) -> Result<Report> {
             {
                 let (c, done) = (c.clone(), done.clone());
                 let payload = Rc::new(vec![0xA5u8; size]);
+                let before: Vec<LogCounters> = metrics.iter().map(|m| scrape_wal_log(m)).collect();
+                let started = std::time::Instant::now();
                 let ph = closed_loop(plan, conc, move |seed| {
                     let (c, done, payload) = (c.clone(), done.clone(), payload.clone());
                     async move {
@@ -584,7 +653,10 @@ pub fn run_wal(dir: &Path, plan: &Plan) -> Result<Report> {
                     }
                 })
                 .await;
+                let secs = started.elapsed().as_secs_f64();
+                let after: Vec<LogCounters> = metrics.iter().map(|m| scrape_wal_log(m)).collect();
                 eprintln!("  wal append {} KiB c{conc}: {ph:?}", size >> 10);
+                print_log_deltas(&before, &after, secs);
                 out.push((size, conc, ph));
             }
         }
