@@ -599,12 +599,16 @@ pub fn run_wal(dir: &Path, plan: &Plan) -> Result<Report> {
         // Replicas start together, so some groups' first elections fail
         // (peers not yet listening) and a second round follows up to one
         // election timeout (2 s) later: let it settle before measuring.
+        // The warm-up entries are finished like every other (an entry left
+        // unfinished holds every later one in the partition until it is).
         for p in 0..parts {
-            c.wal_append(p, "bench", b"warm", false).await?;
+            let off = c.wal_append(p, "bench", b"warm", false).await?;
+            c.wal_finish(p, &[off]).await?;
         }
         tokio::time::sleep(Duration::from_millis(2500)).await;
         for p in 0..parts {
-            c.wal_append(p, "bench", b"warm", false).await?;
+            let off = c.wal_append(p, "bench", b"warm", false).await?;
+            c.wal_finish(p, &[off]).await?;
         }
         let done: Rc<RefCell<Vec<(u32, u64)>>> = Rc::default();
         let stop = Rc::new(std::cell::Cell::new(false));

@@ -13,7 +13,9 @@
 //!   directory) and carries a crc32c; a damaged one refuses to load.
 
 use crate::error::{Error, Result};
-use crate::limits::{DEDUP_ENTRIES_MAX, WAL_PARTITION_UNFINISHED_BYTES_MAX};
+use crate::limits::{
+    DEDUP_ENTRIES_MAX, WAL_PARTITION_ENTRIES_MAX, WAL_PARTITION_UNFINISHED_BYTES_MAX,
+};
 use crate::types::{
     Command, CommandResult, Entry, KeyWrite, LeaseState, LogId, Op, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig, WriteOutcome, VERSIONS_PER_ENTRY,
@@ -69,7 +71,9 @@ pub struct WalRecord {
 ///
 /// Invariants: offsets are assigned from 1 without gaps; `entries` holds
 /// every offset in `truncated_before..next_offset`; only a finished prefix
-/// is ever removed; `unfinished_bytes` is the data of unfinished entries.
+/// is ever removed; `unfinished_bytes` is the data of unfinished entries;
+/// a finished entry holds no data nor owner (only its place), and at most
+/// [`WAL_PARTITION_ENTRIES_MAX`] entries are held.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct WalState {
     pub entries: BTreeMap<u64, WalRecord>,
@@ -93,6 +97,15 @@ impl Default for WalState {
 
 impl WalState {
     fn append(&mut self, gateway: &str, data: &[u8], is_intent: bool) -> CommandResult {
+        if self.entries.len() >= WAL_PARTITION_ENTRIES_MAX {
+            let oldest = self.entries.keys().next().copied().unwrap_or(0);
+            return CommandResult::WalFull(format!(
+                "the partition holds {} entries (limit {WAL_PARTITION_ENTRIES_MAX}) behind the oldest \
+                 unfinished one, offset {oldest}: finish or claim it (the healer claims the entries \
+                 of a gateway that is gone), or retry later",
+                self.entries.len()
+            ));
+        }
         if self.unfinished_bytes + data.len() as u64 > WAL_PARTITION_UNFINISHED_BYTES_MAX {
             return CommandResult::WalFull(format!(
                 "the partition holds {} unfinished bytes (limit {WAL_PARTITION_UNFINISHED_BYTES_MAX}); finish \
@@ -121,6 +134,13 @@ impl WalState {
                 if !r.finished {
                     r.finished = true;
                     self.unfinished_bytes -= r.data.len() as u64;
+                    // Nobody replays a finished entry: keep only its place
+                    // (offsets stay gap-free) until the prefix before it is
+                    // finished too. Behind one stuck entry, finished data
+                    // would otherwise pile up in memory and in every
+                    // snapshot without bound.
+                    r.data = Vec::new();
+                    r.gateway = String::new();
                 }
             }
         }
@@ -728,8 +748,39 @@ mod tests {
                 prop_assert!(d.wal.entries.keys().next().is_none_or(|k| *k == d.wal.truncated_before));
                 let keys: Vec<u64> = d.wal.entries.keys().copied().collect();
                 prop_assert!(keys.windows(2).all(|w| w[1] == w[0] + 1), "gap-free");
+                prop_assert!(d.wal.entries.values().filter(|r| r.finished).all(|r| r.data.is_empty() && r.gateway.is_empty()), "finished entries hold no data");
             }
         }
+    }
+
+    /// Behind one unfinished entry, finished ones keep no data, and the
+    /// partition refuses appends past its entry limit with a message that
+    /// names the stuck offset.
+    #[test]
+    fn a_stuck_entry_bounds_what_the_partition_holds() {
+        let mut w = WalState::default();
+        assert!(matches!(
+            w.append("gone", &[1; 100], false),
+            CommandResult::WalAppended { offset: 1 }
+        ));
+        for i in 0..(WAL_PARTITION_ENTRIES_MAX - 1) as u64 {
+            let r = w.append("g", &[2; 8], false);
+            assert!(matches!(r, CommandResult::WalAppended { offset } if offset == i + 2));
+            w.finish(&[i + 2]);
+        }
+        assert_eq!(w.unfinished_bytes, 100);
+        assert_eq!(w.entries.len(), WAL_PARTITION_ENTRIES_MAX);
+        match w.append("g", &[3; 8], false) {
+            CommandResult::WalFull(why) => assert!(why.contains("offset 1"), "{why}"),
+            other => panic!("expected full, got {other:?}"),
+        }
+        // Finishing the stuck entry frees everything behind it.
+        w.finish(&[1]);
+        assert!(w.entries.is_empty());
+        assert!(matches!(
+            w.append("g", &[3; 8], false),
+            CommandResult::WalAppended { .. }
+        ));
     }
 
     #[test]
