@@ -54,10 +54,8 @@ pub const WAL_DATA_MAX_BYTES: usize = 1 << 20;
 /// (back-pressure instead of unbounded memory: the state machine keeps
 /// unfinished entries in memory and in its snapshots).
 pub const WAL_PARTITION_UNFINISHED_BYTES_MAX: u64 = 256 << 20;
-/// Entries one WAL partition holds, finished or not, before appends get
-/// `full`: a finished entry is kept (without its data, ~100 bytes) until
-/// every entry before it is finished, so one stuck entry must not let the
-/// rest grow without bound.
+/// Unfinished entries one WAL partition holds before appends get `full`
+/// (intents carry no data, so the byte limit alone would not bound them).
 pub const WAL_PARTITION_ENTRIES_MAX: usize = 1_000_000;
 /// Most entries and bytes one WAL read returns.
 pub const WAL_READ_ENTRIES_MAX: u32 = 10_000;

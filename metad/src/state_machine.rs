@@ -70,10 +70,10 @@ pub struct WalRecord {
 /// A WAL partition's state (empty in metadata groups).
 ///
 /// Invariants: offsets are assigned from 1 without gaps; `entries` holds
-/// every offset in `truncated_before..next_offset`; only a finished prefix
-/// is ever removed; `unfinished_bytes` is the data of unfinished entries;
-/// a finished entry holds no data nor owner (only its place), and at most
-/// [`WAL_PARTITION_ENTRIES_MAX`] entries are held.
+/// every unfinished offset (a finished entry is dropped at once) and at
+/// most [`WAL_PARTITION_ENTRIES_MAX`]; `truncated_before` is the lowest
+/// unfinished offset (`next_offset` when there is none), so every offset
+/// below it is finished; `unfinished_bytes` is the data of the entries.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct WalState {
     pub entries: BTreeMap<u64, WalRecord>,
@@ -100,9 +100,9 @@ impl WalState {
         if self.entries.len() >= WAL_PARTITION_ENTRIES_MAX {
             let oldest = self.entries.keys().next().copied().unwrap_or(0);
             return CommandResult::WalFull(format!(
-                "the partition holds {} entries (limit {WAL_PARTITION_ENTRIES_MAX}) behind the oldest \
-                 unfinished one, offset {oldest}: finish or claim it (the healer claims the entries \
-                 of a gateway that is gone), or retry later",
+                "the partition holds {} unfinished entries (limit {WAL_PARTITION_ENTRIES_MAX}), the \
+                 oldest at offset {oldest}: finish or claim them (the healer claims the entries of a \
+                 gateway that is gone), or retry later",
                 self.entries.len()
             ));
         }
@@ -130,32 +130,30 @@ impl WalState {
 
     fn finish(&mut self, offsets: &[u64]) -> CommandResult {
         for o in offsets {
-            if let Some(r) = self.entries.get_mut(o) {
+            // Nobody replays a finished entry, so it is not kept: behind
+            // one stuck entry (a gateway that died, a write the healer has
+            // yet to finish) finished ones would otherwise pile up in
+            // memory and in every snapshot.
+            if let Some(r) = self.entries.remove(o) {
                 if !r.finished {
-                    r.finished = true;
                     self.unfinished_bytes -= r.data.len() as u64;
-                    // Nobody replays a finished entry: keep only its place
-                    // (offsets stay gap-free) until the prefix before it is
-                    // finished too. Behind one stuck entry, finished data
-                    // would otherwise pile up in memory and in every
-                    // snapshot without bound.
-                    r.data = Vec::new();
-                    r.gateway = String::new();
                 }
             }
         }
-        // Truncate the finished prefix, never past an unfinished entry.
+        // Records an earlier version kept finished behind an unfinished
+        // one leave once they lead.
         while let Some(e) = self.entries.first_entry() {
             if !e.get().finished {
                 break;
             }
-            let off = *e.key();
             e.remove();
-            self.truncated_before = off + 1;
         }
-        if self.entries.is_empty() {
-            self.truncated_before = self.next_offset;
-        }
+        self.truncated_before = self
+            .entries
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_offset);
         CommandResult::WalFinished {
             truncated_before: self.truncated_before,
         }
@@ -745,38 +743,46 @@ mod tests {
                 }
                 let total: u64 = unfinished.values().map(|v| v.1 as u64).sum();
                 prop_assert_eq!(d.wal.unfinished_bytes, total);
-                prop_assert!(d.wal.entries.keys().next().is_none_or(|k| *k == d.wal.truncated_before));
+                // Exactly the unfinished entries are held, and every
+                // offset below `truncated_before` is finished.
                 let keys: Vec<u64> = d.wal.entries.keys().copied().collect();
-                prop_assert!(keys.windows(2).all(|w| w[1] == w[0] + 1), "gap-free");
-                prop_assert!(d.wal.entries.values().filter(|r| r.finished).all(|r| r.data.is_empty() && r.gateway.is_empty()), "finished entries hold no data");
+                let want: Vec<u64> = unfinished.keys().copied().collect();
+                prop_assert_eq!(keys, want);
+                prop_assert_eq!(d.wal.truncated_before, unfinished.keys().next().copied().unwrap_or(d.wal.next_offset));
             }
         }
     }
 
-    /// Behind one unfinished entry, finished ones keep no data, and the
-    /// partition refuses appends past its entry limit with a message that
-    /// names the stuck offset.
+    /// Behind one stuck entry, finished ones are not kept (memory and
+    /// snapshots stay small, appends go on); past the limit of unfinished
+    /// entries appends are refused with a message naming the oldest.
     #[test]
-    fn a_stuck_entry_bounds_what_the_partition_holds() {
+    fn a_stuck_entry_holds_nothing_behind_it_and_unfinished_entries_are_bounded() {
         let mut w = WalState::default();
         assert!(matches!(
             w.append("gone", &[1; 100], false),
             CommandResult::WalAppended { offset: 1 }
         ));
-        for i in 0..(WAL_PARTITION_ENTRIES_MAX - 1) as u64 {
+        for i in 0..100_000u64 {
             let r = w.append("g", &[2; 8], false);
             assert!(matches!(r, CommandResult::WalAppended { offset } if offset == i + 2));
             w.finish(&[i + 2]);
         }
+        assert_eq!(w.entries.len(), 1);
         assert_eq!(w.unfinished_bytes, 100);
-        assert_eq!(w.entries.len(), WAL_PARTITION_ENTRIES_MAX);
+        assert_eq!(w.truncated_before, 1);
+        for _ in 1..WAL_PARTITION_ENTRIES_MAX {
+            assert!(matches!(
+                w.append("g", &[], true),
+                CommandResult::WalAppended { .. }
+            ));
+        }
         match w.append("g", &[3; 8], false) {
             CommandResult::WalFull(why) => assert!(why.contains("offset 1"), "{why}"),
             other => panic!("expected full, got {other:?}"),
         }
-        // Finishing the stuck entry frees everything behind it.
         w.finish(&[1]);
-        assert!(w.entries.is_empty());
+        assert_eq!(w.truncated_before, 100_002);
         assert!(matches!(
             w.append("g", &[3; 8], false),
             CommandResult::WalAppended { .. }

@@ -186,11 +186,14 @@ interface Metad {
   # is acknowledged once a quorum of replicas has it durably.
   walAppend @16 (partition :UInt32, gateway :Text, data :Data, isIntent :Bool, rid :RequestId)
       -> (error :Error, offset :UInt64);
-  # Entries from offset `from` (at most `limit` entries and about `maxBytes`),
-  # optionally only the unfinished ones. `next` is where to continue.
+  # Unfinished entries from offset `from` (at most `limit` entries and about
+  # `maxBytes`); `next` is where to continue. A finished entry is dropped when
+  # it is finished, so only a partition written by an older version can still
+  # hold finished ones (flagged; `unfinishedOnly` skips them).
   walRead @17 (partition :UInt32, from :UInt64, limit :UInt32, maxBytes :UInt32, unfinishedOnly :Bool)
       -> (error :Error, entries :List(WalEntry), next :UInt64, truncatedBefore :UInt64);
-  # Marks entries finished; the finished prefix is truncated.
+  # Marks entries finished and drops them; `truncatedBefore` is the lowest
+  # unfinished offset (every offset below it is finished).
   walFinish @18 (partition :UInt32, offsets :List(UInt64), rid :RequestId)
       -> (error :Error, truncatedBefore :UInt64);
   # Moves every unfinished entry of `fromGateway` to `toGateway` (a gateway
