@@ -206,20 +206,8 @@ struct LogCounters {
 }
 
 fn scrape_wal_log(addr: &str) -> LogCounters {
-    use std::io::{Read, Write};
-    let mut text = String::new();
-    if let Ok(mut s) = std::net::TcpStream::connect(addr) {
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-        let _ = s.read_to_string(&mut text);
-    }
-    let get = |name: &str| {
-        let prefix = format!("{name}{{log=\"wal-log\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let text = tessera_metrics::scrape(addr).unwrap_or_default();
+    let get = |name: &str| tessera_metrics::sample(&text, name, "log=\"wal-log\"").unwrap_or(0.0);
     LogCounters {
         writes: get("tessera_metad_log_write_seconds_count"),
         seconds: get("tessera_metad_log_write_seconds_sum"),

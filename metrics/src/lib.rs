@@ -421,6 +421,34 @@ pub fn serve_registry(addr: SocketAddr, reg: &'static Registry) -> std::io::Resu
     Ok(bound)
 }
 
+/// Fetches `GET /metrics` from `addr` (a process's `--metrics` address) and
+/// returns the exposition text; waits at most [`REQUEST_TIMEOUT`] per read.
+/// For tests, benchmarks and tools that read another process's metrics.
+pub fn scrape(addr: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(match text.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_string(),
+        None => text,
+    })
+}
+
+/// The value of the sample `name{labels}` in exposition `text`, where
+/// `labels` is written as rendered (e.g. `group="2"`; empty for none).
+pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let want = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,5 +582,20 @@ mod tests {
         // next one is served.
         let _idle = std::net::TcpStream::connect(addr).unwrap();
         assert!(get("/metrics").starts_with("HTTP/1.1 200"));
+    }
+
+    /// What `serve_registry` serves, `scrape` fetches and `sample` reads
+    /// back, labelled or not; an absent sample is `None`.
+    #[test]
+    fn scrape_and_sample_read_a_served_registry() {
+        let reg: &'static Registry = Box::leak(Box::default());
+        reg.counter("unit_total", "help", &[("log", "wal-log")])
+            .add(7);
+        reg.gauge("unit_gauge", "help", &[]).set(2.5);
+        let addr = serve_registry("127.0.0.1:0".parse().unwrap(), reg).unwrap();
+        let text = scrape(&addr.to_string()).unwrap();
+        assert_eq!(sample(&text, "unit_total", "log=\"wal-log\""), Some(7.0));
+        assert_eq!(sample(&text, "unit_gauge", ""), Some(2.5));
+        assert_eq!(sample(&text, "unit_total", "log=\"log\""), None);
     }
 }

@@ -246,15 +246,24 @@ impl SharedLog {
     /// the real device (io_uring, O_DIRECT) and replays it. Must be called
     /// inside a tokio `LocalSet`: it spawns the task that batches flushes.
     pub fn open(dir: &Path, groups: u32) -> Result<(Rc<Self>, ReplayReport)> {
+        Self::open_rotating_at(dir, groups, LOG_SEGMENT_ROTATE_BYTES)
+    }
+
+    /// [`SharedLog::open`] with segments rotating past `rotate_bytes`.
+    pub fn open_rotating_at(
+        dir: &Path,
+        groups: u32,
+        rotate_bytes: u64,
+    ) -> Result<(Rc<Self>, ReplayReport)> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        tessera_engine::raise_memlock()
-            .map_err(|e| Error::io(dir, io::Error::other(e.to_string())))?;
+        // Its message says how to raise the limit.
+        tessera_engine::raise_memlock().map_err(|e| Error::Config(e.to_string()))?;
         let at = dir.to_path_buf();
         Self::open_on(
             dir,
             move || async move { UringDevice::open(&at).await },
             groups,
-            LOG_SEGMENT_ROTATE_BYTES,
+            rotate_bytes,
         )
     }
 
@@ -816,15 +825,7 @@ mod tests {
 
     fn open_log(disk: &Disk, rotate_bytes: u64) -> Result<(Rc<SharedLog>, ReplayReport)> {
         match disk {
-            Disk::Real(dir) => {
-                let at = dir.clone();
-                SharedLog::open_on(
-                    dir,
-                    move || async move { UringDevice::open(&at).await },
-                    GROUPS,
-                    rotate_bytes,
-                )
-            }
+            Disk::Real(dir) => SharedLog::open_rotating_at(dir, GROUPS, rotate_bytes),
             Disk::Sim(fs, plan) => {
                 let (fs, plan) = (fs.clone(), plan.clone());
                 SharedLog::open_on(

@@ -34,6 +34,11 @@
 //!   it, or if it names its segment in an older segment (an older segment
 //!   was complete before the next one began). Otherwise it is the torn
 //!   last write, never acknowledged, and the next flush overwrites it.
+//!   Known limit: if that next flush is shorter, the torn frame's later
+//!   blocks stay; only a payload that itself holds a well-formed frame of
+//!   this segment, on a 4 KiB boundary, could then be read as "a valid
+//!   frame after a bad one" at a later start — the replica would refuse to
+//!   start (never serve wrong data).
 //! - After a failed write nothing more is written (fjall's rule: a retry
 //!   could report durable what is not).
 
@@ -632,16 +637,16 @@ impl<D: Device> Writer<D> {
         self.dev.sync_dir().await
     }
 
-    /// Renames a spare of at least `capacity` bytes to `name`; deletes
-    /// spares too small to use.
+    /// Renames a spare of at least `capacity` bytes to `name` and returns
+    /// it open (an open file survives its rename); deletes spares too
+    /// small to use.
     async fn take_spare(&self, name: &str, capacity: u64) -> io::Result<Option<D::File>> {
         let names = self.dev.list()?;
         for (_, spare) in names_by(&names, "spare-", ".seg") {
             let f = self.dev.open(spare).await?;
             if f.len() >= capacity {
-                drop(f);
                 self.dev.rename(spare, name).await?;
-                return self.dev.open(name).await.map(Some);
+                return Ok(Some(f));
             }
             drop(f);
             self.dev.remove(spare).await?;

@@ -151,17 +151,8 @@ impl Cluster {
     /// The value of metric `name{label}` (e.g. `group="2"`) replica `i`
     /// reports, if it reports it.
     pub fn metric(&self, i: usize, name: &str, label: &str) -> Option<f64> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.metrics[i]).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        let want = format!("{name}{{{label}}} ");
-        body.lines()
-            .find_map(|l| l.strip_prefix(&want))
-            .and_then(|v| v.trim().parse().ok())
+        let text = tessera_metrics::scrape(&self.metrics[i]).ok()?;
+        tessera_metrics::sample(&text, name, label)
     }
 
     pub fn index_of_addr(&self, addr: &str) -> Option<usize> {
