@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tessera_gateway::bridge::MetaBridge;
-use tessera_healer::inventory::BadCopies;
+use tessera_healer::bad_copies::BadCopies;
 use tessera_healer::limits::{DEAD_GRACE_DEFAULT_SECS, LEASE_NAME, REQUEST_KEY, STATUS_KEY};
 use tessera_healer::status::{HealerStatus, RepairRequest};
 use tessera_metad::client::{Consistency, Lease};
@@ -249,7 +249,11 @@ async fn preview(
     keys: &[String],
 ) -> Result<tessera_healer::healer::AuditReport> {
     let nodes = tessera_gateway::nodes::Nodes::new(b.clone(), node_tls);
-    let mut bad = BadCopies::default();
+    // The copies the leader was told are bad and has not repaired yet.
+    let mut bad = BadCopies::load(b).await.unwrap_or_else(|e| {
+        eprintln!("warning: {e}; the preview leaves those copies out");
+        BadCopies::default()
+    });
     let grace = match healer_state(b).await {
         Ok((_, Some(s))) if s.dead_grace_secs > 0 => s.dead_grace_secs,
         _ => DEAD_GRACE_DEFAULT_SECS,

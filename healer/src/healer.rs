@@ -14,9 +14,10 @@
 //! again and finds only what is still left.
 
 use crate::audit::{audit, Class, Finding, View};
+use crate::bad_copies::{BadCopies, BadCopiesRecord};
 use crate::error::{Error, Result};
 use crate::fence::Fence;
-use crate::inventory::{take_view, BadCopies};
+use crate::inventory::take_view;
 use crate::lease::Leadership;
 use crate::limits::*;
 use crate::repair::{repair, Counters, Ctx, Done};
@@ -206,6 +207,8 @@ pub struct Healer {
     throttle: Rc<Throttle>,
     counters: Rc<Counters>,
     bad: RefCell<BadCopies>,
+    /// What this leader last stored of `bad` in metad.
+    bad_record: RefCell<BadCopiesRecord>,
     /// Orphan copies and when an audit first found them orphaned.
     orphans: RefCell<HashMap<(String, Vec<u8>), Instant>>,
     status: RefCell<HealerStatus>,
@@ -221,6 +224,7 @@ impl Healer {
             throttle: Rc::new(Throttle::new(cfg.bytes_per_sec)),
             counters: Rc::new(Counters::default()),
             bad: RefCell::new(BadCopies::default()),
+            bad_record: RefCell::new(BadCopiesRecord::default()),
             orphans: RefCell::new(HashMap::new()),
             status: RefCell::new(HealerStatus::default()),
             bridge,
@@ -259,6 +263,25 @@ impl Healer {
                     }
                 };
                 self.orphans.borrow_mut().clear();
+                self.bad_record.borrow_mut().reset();
+                // Go on with the copies earlier leaders were told are bad.
+                match BadCopies::load(&self.bridge).await {
+                    Ok(stored) => {
+                        if !stored.set.is_empty() {
+                            tracing::info!(
+                                copies = stored.set.len(),
+                                "bad copies from earlier leaders"
+                            );
+                        }
+                        let mut bad = self.bad.borrow_mut();
+                        for (n, id) in stored.set {
+                            bad.insert(n, id);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the stored bad copies could not be read; the next scrubs find them again")
+                    }
+                }
                 *self.status.borrow_mut() = HealerStatus {
                     leader: self.cfg.id.clone(),
                     epoch,
@@ -358,6 +381,24 @@ impl Healer {
         }
     }
 
+    /// Stores the bad copies for the next leader (if they changed). Only
+    /// a fenced leader must stop; otherwise the copies stay remembered
+    /// here and the next pass stores them.
+    async fn save_bad(&self, fence: &Fence) -> Result<()> {
+        let enc = self.bad.borrow().encode();
+        let mut rec = std::mem::take(&mut *self.bad_record.borrow_mut());
+        let r = rec.save(fence, enc).await;
+        *self.bad_record.borrow_mut() = rec;
+        match r {
+            Err(Error::Fenced(m)) => Err(Error::Fenced(m)),
+            Err(e) => {
+                tracing::warn!(error = %e, "storing the bad copies failed; the next pass tries again");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
     async fn set_phase(&self, fence: &Fence, phase: &str) {
         self.status.borrow_mut().phase = phase.into();
         self.publish(fence).await;
@@ -381,6 +422,9 @@ impl Healer {
             *self.bad.borrow_mut() = bad;
             r?
         };
+        // Reports just taken off the chunk servers' queues exist nowhere
+        // else: store them before working on them.
+        self.save_bad(fence).await?;
         // Versions of writes still in flight are never garbage; entries
         // whose writes are settled get finished.
         let (protected, unfinished) = self.read_wal().await?;
@@ -420,7 +464,7 @@ impl Healer {
         self.bad.borrow_mut().set.retain(|(n, id)| {
             !report.view.inventoried.contains(n) || report.view.holders.contains_key(id)
         });
-        Ok(())
+        self.save_bad(fence).await
     }
 
     async fn repair_all(self: &Rc<Self>, fence: &Rc<Fence>, report: &AuditReport) -> Result<()> {

@@ -4,22 +4,14 @@
 //! server's scrub progress.
 
 use crate::audit::{NodeState, View};
+use crate::bad_copies::BadCopies;
 use crate::error::{Error, Result};
 use crate::limits::*;
 use crate::status::NodeScrub;
 use futures::future::join_all;
-use std::collections::HashSet;
 use std::time::Duration;
 use tessera_gateway::nodes::Nodes;
 use tessera_gateway::placement::Candidate;
-
-/// Bad copies reported by scrubbers and reads, kept until repaired
-/// (reports are taken from the chunk servers' queues, so the healer must
-/// remember them).
-#[derive(Debug, Default)]
-pub struct BadCopies {
-    pub set: HashSet<(String, Vec<u8>)>,
-}
 
 /// Builds the view: draining nodes (`tessera node drain`) are live but
 /// take no new copies; removed ones are not in the table (so dead).
@@ -95,9 +87,7 @@ pub async fn take_view(
                 }
                 for (id, reason) in reports {
                     tracing::info!(node = %n.node_id, shard = %hex(&id), %reason, "bad shard reported");
-                    if bad.set.len() < BAD_SHARDS_REMEMBERED_MAX {
-                        bad.set.insert((n.node_id.clone(), id));
-                    }
+                    bad.insert(n.node_id.clone(), id);
                 }
                 if let Some(s) = scrub {
                     ns.scrub_running = s.running;

@@ -8,6 +8,8 @@
 //!   lease epoch still being the newest, in the same atomic batch;
 //! - [`inventory`] takes one inventory per chunk server per pass (never one
 //!   request per shard) and the scrubbers' bad-shard reports;
+//! - [`bad_copies`] remembers reported copies until they are repaired, in
+//!   metad too, so that a new leader goes on with them;
 //! - [`audit`] diffs records against the inventories (pure: tested over
 //!   generated clusters) into repair tasks, moves and garbage;
 //! - [`repair`] carries them out: replicas copied, stripes rebuilt from any
@@ -22,6 +24,7 @@
 //! period apart found no record and no unfinished WAL intent naming it.
 
 pub mod audit;
+pub mod bad_copies;
 pub mod config;
 pub mod error;
 pub mod fence;

@@ -44,6 +44,10 @@ pub const WAL_PAGE_ENTRIES: u32 = 1_000;
 pub const BAD_SHARDS_PAGE: usize = 10_000;
 /// Bad-shard reports remembered across passes until repaired.
 pub const BAD_SHARDS_REMEMBERED_MAX: usize = 1_000_000;
+/// The bad copies a leader stores in metad for the next leader: one
+/// value, under metad's 256 KiB value limit (about 4 000 copies of
+/// 36-byte node ids and 21-byte shard ids).
+pub const BAD_COPIES_STORED_MAX_BYTES: usize = 240 << 10;
 /// Orphans deleted per pass; the rest wait.
 pub const GC_DELETES_PER_PASS_MAX: usize = 100_000;
 /// Orphans tracked between passes.
@@ -55,6 +59,9 @@ pub const SHARD_WRITE_TRIES: usize = 3;
 
 /// Where the leader publishes its status (JSON, see [`crate::status`]).
 pub const STATUS_KEY: &[u8] = b"healer/status";
+/// Where the leader stores the bad copies it has not repaired yet (see
+/// [`crate::bad_copies`]).
+pub const BAD_COPIES_KEY: &[u8] = b"healer/bad-copies";
 /// Where `tessera repair` asks for a repair (JSON, see [`crate::status`]).
 pub const REQUEST_KEY: &[u8] = b"healer/request";
 /// Fence keys: `healer/fence/{tN}`, one per metadata group.

@@ -236,3 +236,43 @@ fn one_lease_holder_and_a_larger_epoch_after_release() {
         })
     });
 }
+
+/// The bad copies one leader stores reach the next leader, and a leader
+/// fenced out can no longer change them.
+#[test]
+fn bad_copies_pass_to_the_next_leader() {
+    use tessera_healer::bad_copies::{BadCopies, BadCopiesRecord};
+    let m = start_metad();
+    let addr = m.addr.clone();
+    on_executor(move || {
+        Box::pin(async move {
+            let bridge = MetaBridge::start(vec![addr], Default::default()).unwrap();
+            assert!(BadCopies::load(&bridge).await.unwrap().set.is_empty());
+            let old = Fence::install(bridge.clone(), 1).await.unwrap();
+            let mut bad = BadCopies::default();
+            for i in 0..300u32 {
+                bad.insert(
+                    format!("node-{}", i % 6),
+                    i.to_be_bytes().repeat(6)[..21].to_vec(),
+                );
+            }
+            let mut rec = BadCopiesRecord::default();
+            rec.save(&old, bad.encode()).await.unwrap();
+            let new = Fence::install(bridge.clone(), 2).await.unwrap();
+            assert_eq!(BadCopies::load(&bridge).await.unwrap(), bad);
+            // The old leader repairs one and tries to store that: fenced.
+            let mut fewer = bad.clone();
+            let first = fewer.set.iter().next().cloned().unwrap();
+            fewer.set.remove(&first);
+            let r = rec.save(&old, fewer.encode()).await;
+            assert!(matches!(r, Err(Error::Fenced(_))), "{r:?}");
+            assert_eq!(BadCopies::load(&bridge).await.unwrap(), bad);
+            // The new one repairs them all: the record is gone.
+            let mut rec2 = BadCopiesRecord::default();
+            rec2.save(&new, BadCopies::default().encode())
+                .await
+                .unwrap();
+            assert!(BadCopies::load(&bridge).await.unwrap().set.is_empty());
+        })
+    });
+}
