@@ -356,10 +356,14 @@ fn check_identity(dir: &Path, id: NodeId, groups: u32, wal_partitions: u32) -> R
     }
 }
 
+/// WAL groups snapshot after, and keep after a snapshot, this many times
+/// fewer entries than metadata groups (a WAL entry can be a megabyte).
+const WAL_GROUP_DIVISOR: u64 = 10;
+
 fn raft_config(t: &RaftTuning, wal: bool) -> Result<Arc<Config>> {
     // A WAL entry can be a megabyte: its groups snapshot (and so purge
     // their in-memory log) ten times as often.
-    let div = if wal { 10 } else { 1 };
+    let div = if wal { WAL_GROUP_DIVISOR } else { 1 };
     let c = Config {
         cluster_name: if wal {
             "tessera-wal".into()
@@ -370,7 +374,9 @@ fn raft_config(t: &RaftTuning, wal: bool) -> Result<Arc<Config>> {
         election_timeout_min: t.election_timeout_min_ms,
         election_timeout_max: t.election_timeout_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast((t.snapshot_after_entries / div).max(1)),
-        max_in_snapshot_log_to_keep: t.entries_kept_after_snapshot / div,
+        // Logs are purged by `bound_logs` alone (see there why): with this,
+        // openraft's own purge after a snapshot never finds anything to do.
+        max_in_snapshot_log_to_keep: u64::MAX,
         install_snapshot_timeout: 2000,
         // One append RPC carries at most this many entries. A WAL entry can
         // hold 1 MiB of commands; openraft 0.9 gives an append RPC one
@@ -499,6 +505,8 @@ impl Replica {
         tokio::task::spawn_local(bound_logs(
             Rc::downgrade(&rep),
             cfg.raft.log_bytes_snapshot_at,
+            cfg.raft.entries_kept_after_snapshot,
+            cfg.raft.entries_kept_after_snapshot / WAL_GROUP_DIVISOR,
         ));
         Ok(rep)
     }
@@ -598,43 +606,61 @@ impl Replica {
     }
 }
 
-/// Keeps every group's in-memory log under `at` bytes: a group past it is
-/// asked to snapshot (when its snapshot is behind what it applied) and to
-/// purge its log up to its snapshot. Purging ignores
-/// `entries_kept_after_snapshot`, so a follower that far behind catches up
+/// Purges every group's log, the one place that does (openraft's own
+/// purge after a snapshot is switched off in [`raft_config`]): normally up
+/// to `keep` entries before its snapshot (`entries_kept_after_snapshot`,
+/// a tenth of it for WAL groups); past `at` bytes in memory, the group is
+/// also asked to snapshot (when its snapshot is behind what it applied) and
+/// is purged up to its snapshot, so a follower that far behind catches up
 /// from the snapshot. Ends when the replica is dropped.
-async fn bound_logs(rep: std::rc::Weak<Replica>, at: u64) {
+///
+/// Why one place: openraft asserts that the purge point it schedules never
+/// moves back. Its own policy after a new snapshot (`snapshot - keep`)
+/// could fall below a purge up to an earlier snapshot asked for here, and
+/// a debug build then panicked the group (seen in
+/// `wal_partition_logs_stay_under_their_byte_bound`).
+async fn bound_logs(rep: std::rc::Weak<Replica>, at: u64, keep_meta: u64, keep_wal: u64) {
     loop {
         tokio::time::sleep(LOG_BOUND_CHECK_EVERY).await;
         let Some(rep) = rep.upgrade() else { return };
         for g in &rep.groups {
-            if rep.log_bytes(g.id) <= at
-                || g.log_bound_asked
-                    .get()
-                    .is_some_and(|t| t.elapsed() < LOG_BOUND_TRIGGER_GAP)
-            {
-                continue;
-            }
-            g.log_bound_asked.set(Some(Instant::now()));
             let m = g.raft.metrics().borrow().clone();
             let applied = m.last_applied.map_or(0, |l| l.index);
             let snapshot = m.snapshot.map_or(0, |l| l.index);
             let purged = m.purged.map_or(0, |l| l.index);
-            tracing::debug!(
-                group = g.id,
-                bytes = rep.log_bytes(g.id),
-                applied,
-                snapshot,
-                purged,
-                "log over its byte bound"
-            );
-            if snapshot < applied {
-                if let Err(e) = g.raft.trigger().snapshot().await {
-                    tracing::warn!(group = g.id, error = %e, "could not ask for a snapshot");
+            let over = rep.log_bytes(g.id) > at
+                && !g
+                    .log_bound_asked
+                    .get()
+                    .is_some_and(|t| t.elapsed() < LOG_BOUND_TRIGGER_GAP);
+            let upto = if over {
+                g.log_bound_asked.set(Some(Instant::now()));
+                tracing::debug!(
+                    group = g.id,
+                    bytes = rep.log_bytes(g.id),
+                    applied,
+                    snapshot,
+                    purged,
+                    "log over its byte bound"
+                );
+                if snapshot < applied {
+                    if let Err(e) = g.raft.trigger().snapshot().await {
+                        tracing::warn!(group = g.id, error = %e, "could not ask for a snapshot");
+                    }
                 }
-            }
-            if purged < snapshot {
-                if let Err(e) = g.raft.trigger().purge_log(snapshot).await {
+                snapshot
+            } else {
+                let keep = if g.id < rep.meta_groups {
+                    keep_meta
+                } else {
+                    keep_wal
+                };
+                snapshot.saturating_sub(keep)
+            };
+            // An index at or below what is already scheduled is ignored by
+            // openraft, so a stale `purged` here does no harm.
+            if purged < upto {
+                if let Err(e) = g.raft.trigger().purge_log(upto).await {
                     tracing::warn!(group = g.id, error = %e, "could not ask for a log purge");
                 }
             }
