@@ -3,6 +3,10 @@
 //! tags every write with a request id so a retry applies once.
 //!
 //! Runs on a tokio `LocalSet` (Cap'n Proto clients are not `Send`).
+//! WAL appends its callers make at the same time go out together: per
+//! partition at most [`WAL_APPEND_CALLS_INFLIGHT_MAX`] calls are out, and
+//! appends made meanwhile wait and leave in one `walAppendMany` call (each
+//! keeps its own request id, so a retried call appends none twice).
 //! Invariants: a write is retried only with the same (client, seq), so a
 //! write the cluster applied before the reply was lost is not applied
 //! again; a typed error other than notLeader/unavailable/stale is returned
@@ -10,9 +14,12 @@
 
 use crate::error::{Error, RemoteKind, Result};
 use crate::keys::{group_of, SYSTEM_GROUP};
+use crate::limits::{
+    WAL_APPEND_CALLS_INFLIGHT_MAX, WAL_APPEND_MANY_BYTES_MAX, WAL_APPEND_MANY_ITEMS_MAX,
+};
 use crate::net::connect;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -201,6 +208,47 @@ pub struct MetaClient {
     seq: Cell<u64>,
     next_seed: Cell<usize>,
     opts: ClientOptions,
+    /// WAL appends waiting to be sent, per partition.
+    wal_queues: RefCell<HashMap<u32, WalQueue>>,
+}
+
+/// One partition's appends waiting for a call, and the calls out.
+#[derive(Default)]
+struct WalQueue {
+    waiting: VecDeque<WalPending>,
+    calls_out: usize,
+}
+
+/// An append waiting to be sent, and where its offset goes.
+struct WalPending {
+    gateway: Rc<str>,
+    data: Vec<u8>,
+    is_intent: bool,
+    rid: (u64, u64),
+    done: tokio::sync::oneshot::Sender<Result<u64>>,
+}
+
+/// The same failure for every append of a call that failed as a whole.
+fn shared_error(e: &Error) -> Error {
+    match e {
+        Error::Remote { kind, message } => Error::Remote {
+            kind: *kind,
+            message: message.clone(),
+        },
+        Error::GaveUp {
+            attempts,
+            waited_ms,
+            last,
+        } => Error::GaveUp {
+            attempts: *attempts,
+            waited_ms: *waited_ms,
+            last: last.clone(),
+        },
+        other => Error::Remote {
+            kind: RemoteKind::Internal,
+            message: other.to_string(),
+        },
+    }
 }
 
 impl MetaClient {
@@ -220,6 +268,7 @@ impl MetaClient {
             seq: Cell::new(0),
             next_seed: Cell::new(0),
             opts,
+            wal_queues: RefCell::new(HashMap::new()),
         };
         let start = Instant::now();
         let mut last = String::new();
@@ -885,16 +934,158 @@ impl MetaClient {
 
     /// Appends `data` to WAL `partition` for `gateway`; returns its offset
     /// once a quorum holds it durably. A retry after a lost reply returns
-    /// the same offset (it is not appended twice).
+    /// the same offset (it is not appended twice). Appends made while
+    /// earlier ones to the partition are out go together in one call.
     pub async fn wal_append(
-        &self,
+        self: &Rc<Self>,
         partition: u32,
         gateway: &str,
         data: &[u8],
         is_intent: bool,
     ) -> Result<u64> {
+        self.wal_group(partition)?;
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let send = {
+            let mut qs = self.wal_queues.borrow_mut();
+            let q = qs.entry(partition).or_default();
+            q.waiting.push_back(WalPending {
+                gateway: gateway.into(),
+                data: data.to_vec(),
+                is_intent,
+                rid: self.next_rid(),
+                done,
+            });
+            let send = q.calls_out < WAL_APPEND_CALLS_INFLIGHT_MAX;
+            if send {
+                q.calls_out += 1;
+            }
+            send
+        };
+        if send {
+            // A task of its own: the appends it carries are not only this
+            // caller's, and this caller may stop waiting.
+            let me = self.clone();
+            tokio::task::spawn_local(async move { me.wal_sender(partition).await });
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::Remote {
+                kind: RemoteKind::Internal,
+                message: "the WAL append was dropped before it was answered".into(),
+            })
+        })
+    }
+
+    /// Sends what waits for `partition` until nothing does.
+    async fn wal_sender(self: Rc<Self>, partition: u32) {
+        loop {
+            let batch: Vec<WalPending> = {
+                let mut qs = self.wal_queues.borrow_mut();
+                let q = qs.entry(partition).or_default();
+                let mut out = Vec::new();
+                let mut bytes = 0usize;
+                while let Some(p) = q.waiting.front() {
+                    if !out.is_empty()
+                        && (out.len() >= WAL_APPEND_MANY_ITEMS_MAX
+                            || bytes + p.data.len() > WAL_APPEND_MANY_BYTES_MAX)
+                    {
+                        break;
+                    }
+                    bytes += p.data.len();
+                    out.extend(q.waiting.pop_front());
+                }
+                if out.is_empty() {
+                    q.calls_out -= 1;
+                    return;
+                }
+                out
+            };
+            let mut batch = batch;
+            if batch.len() == 1 {
+                if let Some(p) = batch.pop() {
+                    let r = self
+                        .wal_append_one(partition, &p.gateway, &p.data, p.is_intent, p.rid)
+                        .await;
+                    let _ = p.done.send(r);
+                }
+                continue;
+            }
+            match self.wal_append_many(partition, &batch).await {
+                Ok(results) => {
+                    for (p, r) in batch.into_iter().zip(results) {
+                        let _ = p.done.send(r);
+                    }
+                }
+                Err(e) => {
+                    for p in batch {
+                        let _ = p.done.send(Err(shared_error(&e)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One `walAppendMany` call (retried as a whole); one result per item,
+    /// in order.
+    async fn wal_append_many(
+        &self,
+        partition: u32,
+        items: &[WalPending],
+    ) -> Result<Vec<Result<u64>>> {
         let g = self.wal_group(partition)?;
-        let (client, seq) = self.next_rid();
+        self.call(g, |c| async move {
+            let mut req = c.wal_append_many_request();
+            {
+                let mut p = req.get();
+                p.set_partition(partition);
+                let mut list = p.init_items(items.len() as u32);
+                for (i, it) in items.iter().enumerate() {
+                    let mut b = list.reborrow().get(i as u32);
+                    b.set_gateway(&*it.gateway);
+                    b.set_data(&it.data);
+                    b.set_is_intent(it.is_intent);
+                    let mut rid = b.init_rid();
+                    rid.set_client(it.rid.0);
+                    rid.set_seq(it.rid.1);
+                }
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            let results = r.get_results()?;
+            if results.len() as usize != items.len() {
+                return Err(Attempt::Transport(format!(
+                    "walAppendMany answered {} results for {} items",
+                    results.len(),
+                    items.len()
+                )));
+            }
+            let mut out = Vec::with_capacity(items.len());
+            for res in results.iter() {
+                out.push(if res.has_error() {
+                    let e = res.get_error()?;
+                    Err(Error::Remote {
+                        kind: remote_kind(e.get_kind().unwrap_or(wire_error::Kind::Internal)),
+                        message: e.get_message()?.to_string().unwrap_or_default(),
+                    })
+                } else {
+                    Ok(res.get_offset())
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One `walAppend` call (retried until the deadline).
+    async fn wal_append_one(
+        &self,
+        partition: u32,
+        gateway: &str,
+        data: &[u8],
+        is_intent: bool,
+        (client, seq): (u64, u64),
+    ) -> Result<u64> {
+        let g = self.wal_group(partition)?;
         self.call(g, |c| async move {
             let mut req = c.wal_append_request();
             {

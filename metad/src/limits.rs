@@ -50,6 +50,14 @@ pub const PROPOSALS_INFLIGHT_MAX: usize = 2;
 /// Largest WAL entry (request or intent), in bytes; larger objects log
 /// their intent and rely on their shards.
 pub const WAL_DATA_MAX_BYTES: usize = 1 << 20;
+/// Items of one `walAppendMany` call.
+pub const WAL_APPEND_MANY_ITEMS_MAX: usize = 256;
+/// Data bytes of one `walAppendMany` call (a single item may be up to
+/// [`WAL_DATA_MAX_BYTES`] on its own).
+pub const WAL_APPEND_MANY_BYTES_MAX: usize = 4 << 20;
+/// `walAppend(Many)` calls a client keeps out per partition; appends made
+/// meanwhile wait and go out together in the next call.
+pub const WAL_APPEND_CALLS_INFLIGHT_MAX: usize = 2;
 /// Unfinished bytes one WAL partition holds before appends get `full`
 /// (back-pressure instead of unbounded memory: the state machine keeps
 /// unfinished entries in memory and in its snapshots).

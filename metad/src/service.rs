@@ -26,7 +26,7 @@ use tessera_schema::metad_capnp::{error as wire_error, metad, write_op, ReadMode
 pub use tessera_schema::metad_capnp::error::Kind as ErrorKind;
 
 /// A request that failed, as the client will see it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Failure {
     kind: ErrorKind,
     message: String,
@@ -89,6 +89,35 @@ fn write_failure(mut b: wire_error::Builder<'_>, f: &Failure) {
         b.set_leader_id(*id);
         b.set_leader_addr(addr);
     }
+}
+
+/// A checked WAL append: request id (client, seq) and the op.
+type WalAppendOp = (u64, u64, Op);
+
+/// Checks one WAL append (walAppend or an item of walAppendMany).
+fn wal_append_op(
+    gateway: &str,
+    data: &[u8],
+    is_intent: bool,
+    (client, seq): (u64, u64),
+) -> Result<WalAppendOp, Failure> {
+    check_node_field("gateway", gateway, false)?;
+    if data.len() > WAL_DATA_MAX_BYTES {
+        return Err(fail(
+            ErrorKind::TooLarge,
+            format!(
+                "a WAL entry of {} bytes is over the {WAL_DATA_MAX_BYTES}-byte limit: log the \
+                 object's intent (key, version id, size, hash, stripe plan) instead",
+                data.len()
+            ),
+        ));
+    }
+    let op = Op::WalAppend {
+        gateway: gateway.to_string(),
+        data: data.to_vec(),
+        is_intent,
+    };
+    Ok((client, seq, op))
 }
 
 fn wall_ms() -> u64 {
@@ -234,6 +263,7 @@ const NAMES: tessera_auth::Names = tessera_auth::Names {
         "wal_set_position",
         "wal_status",
         "authenticate",
+        "wal_append_many",
     ],
 };
 
@@ -475,6 +505,22 @@ impl MetadService {
                     "group {} on replica {} stopped: {e}; retry on another replica",
                     g.id, self.replica.id
                 ),
+            )),
+        }
+    }
+
+    /// Proposes one WAL append ([`wal_append_op`]); returns its offset.
+    async fn propose_wal_append(
+        &self,
+        g: &Rc<Group>,
+        (client, seq, op): WalAppendOp,
+    ) -> Result<u64, Failure> {
+        match self.propose(g, client, seq, op).await? {
+            CommandResult::WalAppended { offset } => Ok(offset),
+            CommandResult::WalFull(why) => Err(fail(ErrorKind::Full, why)),
+            other => Err(fail(
+                ErrorKind::Internal,
+                format!("unexpected result {other:?}"),
             )),
         }
     }
@@ -1228,26 +1274,13 @@ impl metad::Server for MetadService {
             let r = async {
                 let p = params.get()?;
                 let g = self.wal(p.get_partition())?.clone();
-                let gateway = p.get_gateway()?.to_str()?.to_string();
-                check_node_field("gateway", &gateway, false)?;
-                let data = p.get_data()?;
-                if data.len() > WAL_DATA_MAX_BYTES {
-                    return Err(fail(
-                        ErrorKind::TooLarge,
-                        format!(
-                            "a WAL entry of {} bytes is over the {WAL_DATA_MAX_BYTES}-byte limit: log the \
-                             object's intent (key, version id, size, hash, stripe plan) instead",
-                            data.len()
-                        ),
-                    ));
-                }
-                let (client, seq) = Self::rid(p.get_rid());
-                let op = Op::WalAppend { gateway, data: data.to_vec(), is_intent: p.get_is_intent() };
-                match self.propose(&g, client, seq, op).await? {
-                    CommandResult::WalAppended { offset } => Ok(offset),
-                    CommandResult::WalFull(why) => Err(fail(ErrorKind::Full, why)),
-                    other => Err(fail(ErrorKind::Internal, format!("unexpected result {other:?}"))),
-                }
+                let item = wal_append_op(
+                    p.get_gateway()?.to_str()?,
+                    p.get_data()?,
+                    p.get_is_intent(),
+                    Self::rid(p.get_rid()),
+                )?;
+                self.propose_wal_append(&g, item).await
             }
             .await;
             crate::metrics::observe(
@@ -1256,6 +1289,79 @@ impl metad::Server for MetadService {
                 r.as_ref().err().map(|f: &Failure| f.kind_name()),
             );
             respond!(results, r, |offset| results.get().set_offset(offset))
+        }
+    }
+
+    fn wal_append_many(
+        self: Rc<Self>,
+        params: metad::WalAppendManyParams,
+        mut results: metad::WalAppendManyResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        async move {
+            let started = std::time::Instant::now();
+            let r = async {
+                let p = params.get()?;
+                let g = self.wal(p.get_partition())?.clone();
+                let items = p.get_items()?;
+                let n = items.len() as usize;
+                if n == 0 || n > WAL_APPEND_MANY_ITEMS_MAX {
+                    return Err(invalid(format!(
+                        "a walAppendMany call carries 1..={WAL_APPEND_MANY_ITEMS_MAX} items, got {n}"
+                    )));
+                }
+                // Every item is checked before any is proposed.
+                let mut ops = Vec::with_capacity(n);
+                let mut bytes = 0usize;
+                for it in items.iter() {
+                    let data = it.get_data()?;
+                    bytes += data.len();
+                    ops.push(match it.get_gateway()?.to_str() {
+                        Ok(gw) => wal_append_op(gw, data, it.get_is_intent(), Self::rid(it.get_rid())),
+                        Err(e) => Err(e.into()),
+                    });
+                }
+                if n > 1 && bytes > WAL_APPEND_MANY_BYTES_MAX {
+                    return Err(fail(
+                        ErrorKind::TooLarge,
+                        format!(
+                            "a walAppendMany call carries {bytes} bytes of data, over its \
+                             {WAL_APPEND_MANY_BYTES_MAX}-byte limit: send fewer items per call"
+                        ),
+                    ));
+                }
+                // Proposed together, they share raft entries (the group's
+                // proposer batches what waits).
+                let outcomes = futures::future::join_all(ops.into_iter().map(|op| {
+                    let (me, g) = (self.clone(), g.clone());
+                    async move { me.propose_wal_append(&g, op?).await }
+                }))
+                .await;
+                // Leadership lost or the group busy for any item: the whole
+                // call is retried (request ids keep appended items single).
+                if let Some(f) = outcomes.iter().find_map(|o| match o {
+                    Err(f) if matches!(f.kind, ErrorKind::NotLeader | ErrorKind::Unavailable) => Some(f.clone()),
+                    _ => None,
+                }) {
+                    return Err(f);
+                }
+                Ok(outcomes)
+            }
+            .await;
+            crate::metrics::observe(
+                "wal_append_many",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
+            respond!(results, r, |outcomes| {
+                let mut list = results.get().init_results(outcomes.len() as u32);
+                for (i, o) in outcomes.iter().enumerate() {
+                    let mut b = list.reborrow().get(i as u32);
+                    match o {
+                        Ok(offset) => b.set_offset(*offset),
+                        Err(f) => write_failure(b.init_error(), f),
+                    }
+                }
+            })
         }
     }
 

@@ -143,8 +143,14 @@ fn killed_wal_leaders_lose_no_acknowledged_entry_and_retries_apply_once() {
         let finished: Rc<RefCell<std::collections::BTreeSet<(u32, u64)>>> = Rc::default();
         let until = Instant::now() + Duration::from_secs(8);
         let mut tasks = Vec::new();
+        // Four writers share each client, so their appends also travel
+        // together in walAppendMany calls across the leader kills.
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            clients.push(MetaClient::connect(&cluster.addrs, opts()).await.unwrap());
+        }
         for w in 0..8u32 {
-            let wc = MetaClient::connect(&cluster.addrs, opts()).await.unwrap();
+            let wc = clients[w as usize % clients.len()].clone();
             let acked = acked.clone();
             let finished = finished.clone();
             tasks.push(tokio::task::spawn_local(async move {
@@ -335,5 +341,78 @@ fn wal_partition_logs_stay_under_their_byte_bound() {
             peak < (4 << 20) as f64,
             "the log stayed far below the 12 MiB appended while loaded: peak {peak}"
         );
+    });
+}
+
+/// Appends many callers of one client make at once travel together
+/// (`walAppendMany`); each caller still gets the offset that holds its own
+/// bytes, offsets are never handed out twice, and an item over the size
+/// limit fails alone.
+#[test]
+fn concurrent_appends_of_one_client_each_get_their_own_offset() {
+    let cluster = Cluster::start(3, 1);
+    run_local(async {
+        let c = MetaClient::connect(&cluster.addrs, opts()).await.unwrap();
+        let parts = c.wal_partitions();
+        let acked: Acked = Rc::new(RefCell::new(BTreeMap::new()));
+        let mut tasks = Vec::new();
+        for w in 0..64u32 {
+            let (c, acked) = (c.clone(), acked.clone());
+            tasks.push(tokio::task::spawn_local(async move {
+                for n in 0..40u32 {
+                    let p = (w * 7 + n) % parts;
+                    // Sizes vary so that a mix-up of offsets shows.
+                    let payload = format!("w{w}-n{n}-{}", "x".repeat(((w * 13 + n) % 97) as usize))
+                        .into_bytes();
+                    let off = c
+                        .wal_append(p, &format!("gw{}", w % 3), &payload, false)
+                        .await
+                        .unwrap();
+                    let prev = acked.borrow_mut().insert((p, off), payload);
+                    assert!(prev.is_none(), "offset {p}/{off} acknowledged twice");
+                }
+            }));
+        }
+        // An oversized append among them fails alone.
+        let big = vec![0u8; tessera_metad::limits::WAL_DATA_MAX_BYTES + 1];
+        let r = c.wal_append(0, "gw-big", &big, false).await;
+        assert!(
+            matches!(
+                r,
+                Err(Error::Remote {
+                    kind: RemoteKind::TooLarge,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(acked.borrow().len(), 64 * 40);
+        // They did travel together: some walAppendMany calls succeeded.
+        let many: f64 = (0..3)
+            .filter_map(|i| {
+                cluster.metric(
+                    i,
+                    "tessera_metad_requests_total",
+                    r#"op="wal_append_many",result="ok""#,
+                )
+            })
+            .sum();
+        assert!(many > 0.0, "no walAppendMany call was made");
+        for p in 0..parts {
+            let entries = read_all(&c, p).await;
+            let acked = acked.borrow();
+            let mine: Vec<_> = acked.range((p, 0)..(p + 1, 0)).collect();
+            assert_eq!(entries.len(), mine.len(), "partition {p}");
+            for (e, ((_, off), data)) in entries.iter().zip(mine) {
+                assert_eq!(e.offset, *off);
+                assert_eq!(
+                    &e.data, data,
+                    "partition {p} offset {off} holds another caller's bytes"
+                );
+            }
+        }
     });
 }

@@ -17,6 +17,7 @@
 #   WAL entry          data <= 1 MiB (a larger object logs its intent instead)
 #   WAL partition      <= 256 MiB of unfinished data, then appends get `full`
 #   WAL read           <= 10000 entries, <= 16 MiB
+#   WAL append many    <= 256 items, <= 4 MiB of data
 
 @0xd4c1f0a6e0b3a27d;
 
@@ -210,4 +211,26 @@ interface Metad {
   # admin access key here; every other call fails until it does. Raft
   # traffic always needs a node certificate.
   authenticate @22 (keyId :Text, secret :Text) -> (error :Error);
+
+  # Several appends to one partition in one call (a client sends the
+  # appends its callers make while an earlier call is out): each item is
+  # appended as by walAppend, under its own request id, and `results`
+  # answers the items in order. A call-wide `error` (notLeader,
+  # unavailable, a malformed call) means the call must be retried as a
+  # whole; items it may have appended are not appended again (their
+  # request ids). At most 256 items and 4 MiB of data.
+  walAppendMany @23 (partition :UInt32, items :List(WalAppendItem))
+      -> (error :Error, results :List(WalAppendResult));
+}
+
+struct WalAppendItem {
+  gateway @0 :Text;
+  data @1 :Data;
+  isIntent @2 :Bool;
+  rid @3 :RequestId;
+}
+
+struct WalAppendResult {
+  error @0 :Error;      # null: appended at `offset`
+  offset @1 :UInt64;
 }
