@@ -3,23 +3,26 @@
 //! tags every write with a request id so a retry applies once.
 //!
 //! Runs on a tokio `LocalSet` (Cap'n Proto clients are not `Send`).
-//! WAL appends its callers make at the same time go out together: per
-//! partition at most [`WAL_APPEND_CALLS_INFLIGHT_MAX`] calls are out, and
-//! appends made meanwhile wait and leave in one `walAppendMany` call (each
-//! keeps its own request id, so a retried call appends none twice).
+//! WAL appends, and single-key writes, that its callers make at the same
+//! time go out together ([`crate::batcher`]): per WAL partition or group at
+//! most [`BATCHED_CALLS_INFLIGHT_MAX`] calls are out, and what is made
+//! meanwhile leaves in one `walAppendMany` or `writeMany` call (each item
+//! keeps its own request id, so a retried call applies none twice).
 //! Invariants: a write is retried only with the same (client, seq), so a
 //! write the cluster applied before the reply was lost is not applied
 //! again; a typed error other than notLeader/unavailable/stale is returned
 //! at once, never retried.
 
+use crate::batcher::{answer, wait, Batcher, Weighed};
 use crate::error::{Error, RemoteKind, Result};
 use crate::keys::{group_of, SYSTEM_GROUP};
 use crate::limits::{
-    WAL_APPEND_CALLS_INFLIGHT_MAX, WAL_APPEND_MANY_BYTES_MAX, WAL_APPEND_MANY_ITEMS_MAX,
+    BATCHED_CALLS_INFLIGHT_MAX, WAL_APPEND_MANY_BYTES_MAX, WAL_APPEND_MANY_ITEMS_MAX,
+    WRITE_MANY_BYTES_MAX, WRITE_MANY_ITEMS_MAX,
 };
 use crate::net::connect;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -209,46 +212,66 @@ pub struct MetaClient {
     next_seed: Cell<usize>,
     opts: ClientOptions,
     /// WAL appends waiting to be sent, per partition.
-    wal_queues: RefCell<HashMap<u32, WalQueue>>,
+    wal_batcher: Batcher<WalItem, u64>,
+    /// Single-key writes waiting to be sent, per group.
+    write_batcher: Batcher<WriteItem, (u64, u64)>,
+    /// This client, for the senders it starts (set by `connect`).
+    me: std::rc::Weak<MetaClient>,
 }
 
-/// One partition's appends waiting for a call, and the calls out.
-#[derive(Default)]
-struct WalQueue {
-    waiting: VecDeque<WalPending>,
-    calls_out: usize,
+/// A future borrowing the client for `'a`.
+type Call<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T>> + 'a>>;
+
+/// One result per item of a batch, in order.
+type Answers<O> = Vec<Result<O>>;
+
+/// How a batch is sent: a lone item by the plain call, more by the
+/// `…Many` call (one result per item, in order).
+struct Send<I, O> {
+    one: for<'a> fn(&'a MetaClient, u32, &'a I) -> Call<'a, O>,
+    many: for<'a> fn(&'a MetaClient, u32, &'a [I]) -> Call<'a, Answers<O>>,
 }
 
-/// An append waiting to be sent, and where its offset goes.
-struct WalPending {
+/// A WAL append waiting to be sent.
+struct WalItem {
     gateway: Rc<str>,
     data: Vec<u8>,
     is_intent: bool,
     rid: (u64, u64),
-    done: tokio::sync::oneshot::Sender<Result<u64>>,
 }
 
-/// The same failure for every append of a call that failed as a whole.
-fn shared_error(e: &Error) -> Error {
-    match e {
-        Error::Remote { kind, message } => Error::Remote {
-            kind: *kind,
-            message: message.clone(),
-        },
-        Error::GaveUp {
-            attempts,
-            waited_ms,
-            last,
-        } => Error::GaveUp {
-            attempts: *attempts,
-            waited_ms: *waited_ms,
-            last: last.clone(),
-        },
-        other => Error::Remote {
-            kind: RemoteKind::Internal,
-            message: other.to_string(),
-        },
+impl Weighed for WalItem {
+    fn bytes(&self) -> usize {
+        self.data.len()
     }
+}
+
+/// A single-key write waiting to be sent.
+struct WriteItem {
+    spec: WriteSpec,
+    rid: (u64, u64),
+}
+
+impl Weighed for WriteItem {
+    fn bytes(&self) -> usize {
+        self.spec.key.len() + self.spec.value.as_ref().map_or(0, |v| v.len())
+    }
+}
+
+/// One item's answer in a batched call's results.
+fn item_result<T>(
+    has_error: bool,
+    e: capnp::Result<wire_error::Reader<'_>>,
+    ok: impl FnOnce() -> capnp::Result<T>,
+) -> std::result::Result<Result<T>, Attempt> {
+    if !has_error {
+        return Ok(Ok(ok()?));
+    }
+    let e = e?;
+    Ok(Err(Error::Remote {
+        kind: remote_kind(e.get_kind().unwrap_or(wire_error::Kind::Internal)),
+        message: e.get_message()?.to_string().unwrap_or_default(),
+    }))
 }
 
 impl MetaClient {
@@ -268,7 +291,17 @@ impl MetaClient {
             seq: Cell::new(0),
             next_seed: Cell::new(0),
             opts,
-            wal_queues: RefCell::new(HashMap::new()),
+            wal_batcher: Batcher::new(
+                BATCHED_CALLS_INFLIGHT_MAX,
+                WAL_APPEND_MANY_ITEMS_MAX,
+                WAL_APPEND_MANY_BYTES_MAX,
+            ),
+            write_batcher: Batcher::new(
+                BATCHED_CALLS_INFLIGHT_MAX,
+                WRITE_MANY_ITEMS_MAX,
+                WRITE_MANY_BYTES_MAX,
+            ),
+            me: std::rc::Weak::new(),
         };
         let start = Instant::now();
         let mut last = String::new();
@@ -287,7 +320,10 @@ impl MetaClient {
                                 c.seeds.borrow_mut().push(a.clone());
                             }
                         }
-                        return Ok(Rc::new(c));
+                        return Ok(Rc::new_cyclic(|me| MetaClient {
+                            me: me.clone(),
+                            ..c
+                        }));
                     }
                     // A refused key will not be accepted on a retry.
                     Err(
@@ -529,11 +565,83 @@ impl MetaClient {
         .map(|w| w.1)
     }
 
-    /// One write; returns (new version, previous version).
+    /// One write; returns (new version, previous version). Writes made
+    /// while earlier ones to the same group are out go together in one
+    /// `writeMany` call.
     pub async fn write(&self, w: WriteSpec) -> Result<(u64, u64)> {
         let g = self.group_of(&w.key);
-        let (client, seq) = self.next_rid();
-        let w = &w;
+        let item = WriteItem {
+            spec: w,
+            rid: self.next_rid(),
+        };
+        let send = Send {
+            one: |c, g, it| Box::pin(c.write_one(g, it)),
+            many: |c, g, items| Box::pin(c.write_many(g, items)),
+        };
+        self.submit(|c| &c.write_batcher, g, item, send).await
+    }
+
+    /// Queues `item` under `key` in the batcher `which` picks and waits for
+    /// its answer; starts a sender (a task of its own: the items it carries
+    /// are not only this caller's, and this caller may stop waiting) when
+    /// fewer are out than allowed. `send` makes one call of a batch.
+    async fn submit<I: Weighed + 'static, O: 'static>(
+        &self,
+        which: fn(&MetaClient) -> &Batcher<I, O>,
+        key: u32,
+        item: I,
+        send: Send<I, O>,
+    ) -> Result<O> {
+        let me = self.me()?;
+        let (rx, start) = which(self).push(key, item);
+        if start {
+            tokio::task::spawn_local(async move {
+                while let Some((items, answers)) = which(&me).take(key) {
+                    let outcome = match &items[..] {
+                        [one] => (send.one)(&me, key, one).await.map(|o| vec![Ok(o)]),
+                        _ => (send.many)(&me, key, &items).await,
+                    };
+                    answer(answers, outcome);
+                }
+            });
+        }
+        wait(rx).await
+    }
+
+    /// One `writeMany` call (retried as a whole); one result per item, in
+    /// order.
+    async fn write_many(&self, g: u32, items: &[WriteItem]) -> Result<Vec<Result<(u64, u64)>>> {
+        self.call(g, |c| async move {
+            let mut req = c.write_many_request();
+            {
+                let mut list = req.get().init_items(items.len() as u32);
+                for (i, it) in items.iter().enumerate() {
+                    let mut b = list.reborrow().get(i as u32);
+                    fill_op(b.reborrow().init_op(), &it.spec);
+                    let mut rid = b.init_rid();
+                    rid.set_client(it.rid.0);
+                    rid.set_seq(it.rid.1);
+                }
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            check(r.has_error(), r.get_error())?;
+            let mut out = Vec::with_capacity(items.len());
+            for res in r.get_results()?.iter() {
+                out.push(item_result(res.has_error(), res.get_error(), || {
+                    let w = res.get_result()?;
+                    Ok((w.get_version(), w.get_previous_version()))
+                })?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One `write` call (retried until the deadline).
+    async fn write_one(&self, g: u32, it: &WriteItem) -> Result<(u64, u64)> {
+        let (client, seq) = it.rid;
+        let w = &it.spec;
         self.call(g, |c| async move {
             let mut req = c.write_request();
             {
@@ -937,100 +1045,37 @@ impl MetaClient {
     /// the same offset (it is not appended twice). Appends made while
     /// earlier ones to the partition are out go together in one call.
     pub async fn wal_append(
-        self: &Rc<Self>,
+        &self,
         partition: u32,
         gateway: &str,
         data: &[u8],
         is_intent: bool,
     ) -> Result<u64> {
         self.wal_group(partition)?;
-        let (done, answer) = tokio::sync::oneshot::channel();
-        let send = {
-            let mut qs = self.wal_queues.borrow_mut();
-            let q = qs.entry(partition).or_default();
-            q.waiting.push_back(WalPending {
-                gateway: gateway.into(),
-                data: data.to_vec(),
-                is_intent,
-                rid: self.next_rid(),
-                done,
-            });
-            let send = q.calls_out < WAL_APPEND_CALLS_INFLIGHT_MAX;
-            if send {
-                q.calls_out += 1;
-            }
-            send
+        let item = WalItem {
+            gateway: gateway.into(),
+            data: data.to_vec(),
+            is_intent,
+            rid: self.next_rid(),
         };
-        if send {
-            // A task of its own: the appends it carries are not only this
-            // caller's, and this caller may stop waiting.
-            let me = self.clone();
-            tokio::task::spawn_local(async move { me.wal_sender(partition).await });
-        }
-        answer.await.unwrap_or_else(|_| {
-            Err(Error::Remote {
-                kind: RemoteKind::Internal,
-                message: "the WAL append was dropped before it was answered".into(),
-            })
-        })
+        let send = Send {
+            one: |c, p, it| Box::pin(c.wal_append_one(p, it)),
+            many: |c, p, items| Box::pin(c.wal_append_many(p, items)),
+        };
+        self.submit(|c| &c.wal_batcher, partition, item, send).await
     }
 
-    /// Sends what waits for `partition` until nothing does.
-    async fn wal_sender(self: Rc<Self>, partition: u32) {
-        loop {
-            let batch: Vec<WalPending> = {
-                let mut qs = self.wal_queues.borrow_mut();
-                let q = qs.entry(partition).or_default();
-                let mut out = Vec::new();
-                let mut bytes = 0usize;
-                while let Some(p) = q.waiting.front() {
-                    if !out.is_empty()
-                        && (out.len() >= WAL_APPEND_MANY_ITEMS_MAX
-                            || bytes + p.data.len() > WAL_APPEND_MANY_BYTES_MAX)
-                    {
-                        break;
-                    }
-                    bytes += p.data.len();
-                    out.extend(q.waiting.pop_front());
-                }
-                if out.is_empty() {
-                    q.calls_out -= 1;
-                    return;
-                }
-                out
-            };
-            let mut batch = batch;
-            if batch.len() == 1 {
-                if let Some(p) = batch.pop() {
-                    let r = self
-                        .wal_append_one(partition, &p.gateway, &p.data, p.is_intent, p.rid)
-                        .await;
-                    let _ = p.done.send(r);
-                }
-                continue;
-            }
-            match self.wal_append_many(partition, &batch).await {
-                Ok(results) => {
-                    for (p, r) in batch.into_iter().zip(results) {
-                        let _ = p.done.send(r);
-                    }
-                }
-                Err(e) => {
-                    for p in batch {
-                        let _ = p.done.send(Err(shared_error(&e)));
-                    }
-                }
-            }
-        }
+    /// This client as the `Rc` `connect` made.
+    fn me(&self) -> Result<Rc<MetaClient>> {
+        self.me.upgrade().ok_or_else(|| Error::Remote {
+            kind: RemoteKind::Internal,
+            message: "a metad client made without MetaClient::connect".into(),
+        })
     }
 
     /// One `walAppendMany` call (retried as a whole); one result per item,
     /// in order.
-    async fn wal_append_many(
-        &self,
-        partition: u32,
-        items: &[WalPending],
-    ) -> Result<Vec<Result<u64>>> {
+    async fn wal_append_many(&self, partition: u32, items: &[WalItem]) -> Result<Vec<Result<u64>>> {
         let g = self.wal_group(partition)?;
         self.call(g, |c| async move {
             let mut req = c.wal_append_many_request();
@@ -1051,25 +1096,11 @@ impl MetaClient {
             let resp = req.send().promise.await?;
             let r = resp.get()?;
             check(r.has_error(), r.get_error())?;
-            let results = r.get_results()?;
-            if results.len() as usize != items.len() {
-                return Err(Attempt::Transport(format!(
-                    "walAppendMany answered {} results for {} items",
-                    results.len(),
-                    items.len()
-                )));
-            }
             let mut out = Vec::with_capacity(items.len());
-            for res in results.iter() {
-                out.push(if res.has_error() {
-                    let e = res.get_error()?;
-                    Err(Error::Remote {
-                        kind: remote_kind(e.get_kind().unwrap_or(wire_error::Kind::Internal)),
-                        message: e.get_message()?.to_string().unwrap_or_default(),
-                    })
-                } else {
+            for res in r.get_results()?.iter() {
+                out.push(item_result(res.has_error(), res.get_error(), || {
                     Ok(res.get_offset())
-                });
+                })?);
             }
             Ok(out)
         })
@@ -1077,14 +1108,9 @@ impl MetaClient {
     }
 
     /// One `walAppend` call (retried until the deadline).
-    async fn wal_append_one(
-        &self,
-        partition: u32,
-        gateway: &str,
-        data: &[u8],
-        is_intent: bool,
-        (client, seq): (u64, u64),
-    ) -> Result<u64> {
+    async fn wal_append_one(&self, partition: u32, it: &WalItem) -> Result<u64> {
+        let (client, seq) = it.rid;
+        let (gateway, data, is_intent) = (&*it.gateway, &it.data[..], it.is_intent);
         let g = self.wal_group(partition)?;
         self.call(g, |c| async move {
             let mut req = c.wal_append_request();

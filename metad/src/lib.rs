@@ -16,6 +16,7 @@
 //! - [`client`]: the client library (leader discovery, retries);
 //! - [`config`]: TOML config and flags.
 
+mod batcher;
 pub mod client;
 pub mod config;
 pub mod error;

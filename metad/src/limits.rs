@@ -55,9 +55,15 @@ pub const WAL_APPEND_MANY_ITEMS_MAX: usize = 256;
 /// Data bytes of one `walAppendMany` call (a single item may be up to
 /// [`WAL_DATA_MAX_BYTES`] on its own).
 pub const WAL_APPEND_MANY_BYTES_MAX: usize = 4 << 20;
-/// `walAppend(Many)` calls a client keeps out per partition; appends made
-/// meanwhile wait and go out together in the next call.
-pub const WAL_APPEND_CALLS_INFLIGHT_MAX: usize = 2;
+/// Items of one `writeMany` call.
+pub const WRITE_MANY_ITEMS_MAX: usize = 256;
+/// Key and value bytes of one `writeMany` call (a single write may be up
+/// to [`VALUE_LEN_MAX_BYTES`] and its key on its own).
+pub const WRITE_MANY_BYTES_MAX: usize = 4 << 20;
+/// Batched calls (`walAppend(Many)`, `write(Many)`) a client keeps out per
+/// WAL partition or group; what its callers make meanwhile waits and goes
+/// out together in the next call.
+pub const BATCHED_CALLS_INFLIGHT_MAX: usize = 2;
 /// Unfinished bytes one WAL partition holds before appends get `full`
 /// (back-pressure instead of unbounded memory: the state machine keeps
 /// unfinished entries in memory and in its snapshots).

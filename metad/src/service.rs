@@ -91,6 +91,21 @@ fn write_failure(mut b: wire_error::Builder<'_>, f: &Failure) {
     }
 }
 
+/// The failure that ends a batched call as a whole: leadership lost or
+/// the group busy for any item. The client retries the whole call, and
+/// the items' request ids keep those already applied from applying twice.
+fn call_wide_failure<T>(outcomes: &[Result<T, Failure>]) -> Result<(), Failure> {
+    match outcomes.iter().find_map(|o| match o {
+        Err(f) if matches!(f.kind, ErrorKind::NotLeader | ErrorKind::Unavailable) => {
+            Some(f.clone())
+        }
+        _ => None,
+    }) {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
 /// A checked WAL append: request id (client, seq) and the op.
 type WalAppendOp = (u64, u64, Op);
 
@@ -264,6 +279,7 @@ const NAMES: tessera_auth::Names = tessera_auth::Names {
         "wal_status",
         "authenticate",
         "wal_append_many",
+        "write_many",
     ],
 };
 
@@ -509,6 +525,30 @@ impl MetadService {
         }
     }
 
+    /// Proposes one single-key write to its key's group.
+    async fn propose_write(
+        &self,
+        (client, seq): (u64, u64),
+        op: KeyWrite,
+    ) -> Result<crate::types::WriteOutcome, Failure> {
+        let g = self.group_for_key(&op.key).clone();
+        let expected = op.expected;
+        match self.propose(&g, client, seq, Op::Write(vec![op])).await? {
+            CommandResult::Written(w) if w.len() == 1 => Ok(w[0]),
+            CommandResult::Conflict { current, .. } => Err(fail(
+                ErrorKind::Conflict,
+                format!(
+                    "the key's version is {current}, not the expected {}; nothing was written",
+                    expected.unwrap_or(0)
+                ),
+            )),
+            other => Err(fail(
+                ErrorKind::Internal,
+                format!("unexpected result {other:?}"),
+            )),
+        }
+    }
+
     /// Proposes one WAL append ([`wal_append_op`]); returns its offset.
     async fn propose_wal_append(
         &self,
@@ -627,17 +667,7 @@ impl metad::Server for MetadService {
             let r = async {
                 let p = params.get()?;
                 let op = read_write_op(p.get_op()?)?;
-                let (client, seq) = Self::rid(p.get_rid());
-                let g = self.group_for_key(&op.key).clone();
-                let expected = op.expected;
-                match self.propose(&g, client, seq, Op::Write(vec![op])).await? {
-                    CommandResult::Written(w) if w.len() == 1 => Ok(w[0]),
-                    CommandResult::Conflict { current, .. } => Err(fail(
-                        ErrorKind::Conflict,
-                        format!("the key's version is {current}, not the expected {}; nothing was written", expected.unwrap_or(0)),
-                    )),
-                    other => Err(fail(ErrorKind::Internal, format!("unexpected result {other:?}"))),
-                }
+                self.propose_write(Self::rid(p.get_rid()), op).await
             }
             .await;
             crate::metrics::observe(
@@ -649,6 +679,74 @@ impl metad::Server for MetadService {
                 let mut b = results.get().init_result();
                 b.set_version(w.version);
                 b.set_previous_version(w.previous_version);
+            })
+        }
+    }
+
+    fn write_many(
+        self: Rc<Self>,
+        params: metad::WriteManyParams,
+        mut results: metad::WriteManyResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        async move {
+            let started = std::time::Instant::now();
+            let r = async {
+                let items = params.get()?.get_items()?;
+                let n = items.len() as usize;
+                if n == 0 || n > WRITE_MANY_ITEMS_MAX {
+                    return Err(invalid(format!(
+                        "a writeMany call carries 1..={WRITE_MANY_ITEMS_MAX} items, got {n}"
+                    )));
+                }
+                // Every item is checked before any is proposed.
+                let mut ops = Vec::with_capacity(n);
+                let mut bytes = 0usize;
+                for it in items.iter() {
+                    let op = it.get_op().map_err(Failure::from).and_then(read_write_op);
+                    if let Ok(op) = &op {
+                        bytes += op.key.len() + op.value.as_ref().map_or(0, |v| v.len());
+                    }
+                    ops.push(op.map(|op| (Self::rid(it.get_rid()), op)));
+                }
+                if n > 1 && bytes > WRITE_MANY_BYTES_MAX {
+                    return Err(fail(
+                        ErrorKind::TooLarge,
+                        format!(
+                            "a writeMany call carries {bytes} bytes of keys and values, over its \
+                             {WRITE_MANY_BYTES_MAX}-byte limit: send fewer items per call"
+                        ),
+                    ));
+                }
+                let outcomes = futures::future::join_all(ops.into_iter().map(|op| {
+                    let me = self.clone();
+                    async move {
+                        let (rid, op) = op?;
+                        me.propose_write(rid, op).await
+                    }
+                }))
+                .await;
+                call_wide_failure(&outcomes)?;
+                Ok(outcomes)
+            }
+            .await;
+            crate::metrics::observe(
+                "write_many",
+                started,
+                r.as_ref().err().map(|f: &Failure| f.kind_name()),
+            );
+            respond!(results, r, |outcomes| {
+                let mut list = results.get().init_results(outcomes.len() as u32);
+                for (i, o) in outcomes.iter().enumerate() {
+                    let b = list.reborrow().get(i as u32);
+                    match o {
+                        Ok(w) => {
+                            let mut r = b.init_result();
+                            r.set_version(w.version);
+                            r.set_previous_version(w.previous_version);
+                        }
+                        Err(f) => write_failure(b.init_error(), f),
+                    }
+                }
             })
         }
     }
@@ -1336,14 +1434,7 @@ impl metad::Server for MetadService {
                     async move { me.propose_wal_append(&g, op?).await }
                 }))
                 .await;
-                // Leadership lost or the group busy for any item: the whole
-                // call is retried (request ids keep appended items single).
-                if let Some(f) = outcomes.iter().find_map(|o| match o {
-                    Err(f) if matches!(f.kind, ErrorKind::NotLeader | ErrorKind::Unavailable) => Some(f.clone()),
-                    _ => None,
-                }) {
-                    return Err(f);
-                }
+                call_wide_failure(&outcomes)?;
                 Ok(outcomes)
             }
             .await;

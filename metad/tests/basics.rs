@@ -241,3 +241,76 @@ fn five_replicas_serve_with_two_down() {
             .expect("writes go on with 3 of 5");
     });
 }
+
+/// Single-key writes many callers of one client make at once travel
+/// together (`writeMany`): each caller gets its own write's outcome —
+/// distinct keys all written with their own values, and of callers racing
+/// to create one key exactly one wins while the rest get `conflict`.
+#[test]
+fn concurrent_writes_of_one_client_each_get_their_own_outcome() {
+    let cluster = Cluster::start(3, 2);
+    run_local(async {
+        let c = MetaClient::connect(&cluster.addrs, ClientOptions::default())
+            .await
+            .expect("connect");
+        let mut tasks = Vec::new();
+        for w in 0..48u32 {
+            let c = c.clone();
+            tasks.push(tokio::task::spawn_local(async move {
+                let mut mine = Vec::new();
+                for n in 0..20u32 {
+                    let key = format!("k/{w}/{n}");
+                    let value = format!("{w}-{n}-{}", "v".repeat(((w + n) % 50) as usize));
+                    let v = c
+                        .put_if(key.as_bytes(), value.as_bytes(), 0)
+                        .await
+                        .expect("create");
+                    mine.push((key, value, v));
+                }
+                // Everyone races to create the same key.
+                let won = c.put_if(b"race", format!("{w}").as_bytes(), 0).await;
+                (mine, w, won)
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (mine, w, won) = t.await.unwrap();
+            for (key, value, v) in mine {
+                let got = c
+                    .get(key.as_bytes(), Consistency::Linearizable)
+                    .await
+                    .unwrap()
+                    .expect("written key");
+                assert_eq!(
+                    got.value,
+                    value.as_bytes(),
+                    "{key} holds another caller's value"
+                );
+                assert_eq!(
+                    got.version, v,
+                    "{key}: the version returned is not the key's"
+                );
+            }
+            match won {
+                Ok(_) => winners.push(w),
+                Err(Error::Remote {
+                    kind: RemoteKind::Conflict,
+                    ..
+                }) => {}
+                Err(e) => panic!("racing create: {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "winners: {winners:?}");
+        let race = c
+            .get(b"race", Consistency::Linearizable)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(race.value, format!("{}", winners[0]).into_bytes());
+        let many = cluster.metric_sum(
+            "tessera_metad_requests_total",
+            r#"op="write_many",result="ok""#,
+        );
+        assert!(many > 0.0, "no writeMany call was made");
+    });
+}

@@ -391,15 +391,10 @@ fn concurrent_appends_of_one_client_each_get_their_own_offset() {
         }
         assert_eq!(acked.borrow().len(), 64 * 40);
         // They did travel together: some walAppendMany calls succeeded.
-        let many: f64 = (0..3)
-            .filter_map(|i| {
-                cluster.metric(
-                    i,
-                    "tessera_metad_requests_total",
-                    r#"op="wal_append_many",result="ok""#,
-                )
-            })
-            .sum();
+        let many = cluster.metric_sum(
+            "tessera_metad_requests_total",
+            r#"op="wal_append_many",result="ok""#,
+        );
         assert!(many > 0.0, "no walAppendMany call was made");
         for p in 0..parts {
             let entries = read_all(&c, p).await;

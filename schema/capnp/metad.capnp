@@ -18,6 +18,7 @@
 #   WAL partition      <= 256 MiB of unfinished data, then appends get `full`
 #   WAL read           <= 10000 entries, <= 16 MiB
 #   WAL append many    <= 256 items, <= 4 MiB of data
+#   write many         <= 256 items, <= 4 MiB of keys and values
 
 @0xd4c1f0a6e0b3a27d;
 
@@ -221,6 +222,24 @@ interface Metad {
   # request ids). At most 256 items and 4 MiB of data.
   walAppendMany @23 (partition :UInt32, items :List(WalAppendItem))
       -> (error :Error, results :List(WalAppendResult));
+
+  # Several single-key writes in one call (a client sends the writes its
+  # callers make while an earlier call to the group is out): each item is
+  # applied as by `write`, under its own request id, and `results` answers
+  # them in order (a failed precondition is that item's `conflict`). A
+  # call-wide `error` means the call must be retried as a whole. At most
+  # 256 items and 4 MiB of keys and values.
+  writeMany @24 (items :List(WriteItem)) -> (error :Error, results :List(WriteItemResult));
+}
+
+struct WriteItem {
+  op @0 :WriteOp;
+  rid @1 :RequestId;
+}
+
+struct WriteItemResult {
+  error @0 :Error;      # null: written
+  result @1 :WriteResult;
 }
 
 struct WalAppendItem {

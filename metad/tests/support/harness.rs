@@ -155,6 +155,13 @@ impl Cluster {
         tessera_metrics::sample(&text, name, label)
     }
 
+    /// The sum over all replicas of metric `name{label}`.
+    pub fn metric_sum(&self, name: &str, label: &str) -> f64 {
+        (0..self.metrics.len())
+            .filter_map(|i| self.metric(i, name, label))
+            .sum()
+    }
+
     pub fn index_of_addr(&self, addr: &str) -> Option<usize> {
         self.addrs.iter().position(|a| a == addr)
     }
