@@ -185,6 +185,16 @@ fn check(has: bool, e: capnp::Result<wire_error::Reader<'_>>) -> std::result::Re
     })
 }
 
+/// Sets a request id (client, seq): a retry carries the same one, so the
+/// cluster applies the request once.
+fn fill_rid(
+    mut b: tessera_schema::metad_capnp::request_id::Builder<'_>,
+    (client, seq): (u64, u64),
+) {
+    b.set_client(client);
+    b.set_seq(seq);
+}
+
 fn fill_op(mut b: write_op::Builder<'_>, w: &WriteSpec) {
     b.set_key(&w.key);
     match w.expected {
@@ -506,9 +516,7 @@ impl MetaClient {
             let mut req = c.batch_request();
             {
                 let mut p = req.get();
-                let mut rid = p.reborrow().init_rid();
-                rid.set_client(client);
-                rid.set_seq(seq);
+                fill_rid(p.reborrow().init_rid(), (client, seq));
                 let mut l = p.init_ops(ops.len() as u32);
                 for (i, w) in ops.iter().enumerate() {
                     fill_op(l.reborrow().get(i as u32), w);
@@ -618,9 +626,7 @@ impl MetaClient {
                 for (i, it) in items.iter().enumerate() {
                     let mut b = list.reborrow().get(i as u32);
                     fill_op(b.reborrow().init_op(), &it.spec);
-                    let mut rid = b.init_rid();
-                    rid.set_client(it.rid.0);
-                    rid.set_seq(it.rid.1);
+                    fill_rid(b.init_rid(), it.rid);
                 }
             }
             let resp = req.send().promise.await?;
@@ -646,9 +652,7 @@ impl MetaClient {
             let mut req = c.write_request();
             {
                 let mut p = req.get();
-                let mut rid = p.reborrow().init_rid();
-                rid.set_client(client);
-                rid.set_seq(seq);
+                fill_rid(p.reborrow().init_rid(), (client, seq));
                 fill_op(p.init_op(), w);
             }
             let resp = req.send().promise.await?;
@@ -804,9 +808,7 @@ impl MetaClient {
                 p.set_name(name);
                 p.set_holder(holder);
                 p.set_ttl_millis(ttl.as_millis().min(u32::MAX as u128) as u32);
-                let mut rid = p.init_rid();
-                rid.set_client(client);
-                rid.set_seq(seq);
+                fill_rid(p.init_rid(), (client, seq));
             }
             let resp = req.send().promise.await?;
             let r = resp.get()?;
@@ -833,9 +835,7 @@ impl MetaClient {
                 p.set_holder(holder);
                 p.set_epoch(epoch);
                 p.set_ttl_millis(ttl.as_millis().min(u32::MAX as u128) as u32);
-                let mut rid = p.init_rid();
-                rid.set_client(client);
-                rid.set_seq(seq);
+                fill_rid(p.init_rid(), (client, seq));
             }
             let resp = req.send().promise.await?;
             let r = resp.get()?;
@@ -871,9 +871,7 @@ impl MetaClient {
                 p.set_name(name);
                 p.set_holder(holder);
                 p.set_epoch(epoch);
-                let mut rid = p.init_rid();
-                rid.set_client(client);
-                rid.set_seq(seq);
+                fill_rid(p.init_rid(), (client, seq));
             }
             let resp = req.send().promise.await?;
             let r = resp.get()?;
@@ -1069,7 +1067,9 @@ impl MetaClient {
     fn me(&self) -> Result<Rc<MetaClient>> {
         self.me.upgrade().ok_or_else(|| Error::Remote {
             kind: RemoteKind::Internal,
-            message: "a metad client made without MetaClient::connect".into(),
+            message: "this metad client was not made by MetaClient::connect, which batched \
+                      calls need: make it with MetaClient::connect"
+                .into(),
         })
     }
 
@@ -1088,9 +1088,7 @@ impl MetaClient {
                     b.set_gateway(&*it.gateway);
                     b.set_data(&it.data);
                     b.set_is_intent(it.is_intent);
-                    let mut rid = b.init_rid();
-                    rid.set_client(it.rid.0);
-                    rid.set_seq(it.rid.1);
+                    fill_rid(b.init_rid(), it.rid);
                 }
             }
             let resp = req.send().promise.await?;
@@ -1120,9 +1118,7 @@ impl MetaClient {
                 p.set_gateway(gateway);
                 p.set_data(data);
                 p.set_is_intent(is_intent);
-                let mut rid = p.init_rid();
-                rid.set_client(client);
-                rid.set_seq(seq);
+                fill_rid(p.init_rid(), (client, seq));
             }
             let resp = req.send().promise.await?;
             let r = resp.get()?;
@@ -1183,9 +1179,7 @@ impl MetaClient {
                 for (i, o) in offsets.iter().enumerate() {
                     l.set(i as u32, *o);
                 }
-                let mut rid = p.init_rid();
-                rid.set_client(client);
-                rid.set_seq(seq);
+                fill_rid(p.init_rid(), (client, seq));
             }
             let resp = req.send().promise.await?;
             let r = resp.get()?;
@@ -1206,9 +1200,7 @@ impl MetaClient {
                 p.set_partition(partition);
                 p.set_from_gateway(from);
                 p.set_to_gateway(to);
-                let mut rid = p.init_rid();
-                rid.set_client(client);
-                rid.set_seq(seq);
+                fill_rid(p.init_rid(), (client, seq));
             }
             let resp = req.send().promise.await?;
             let r = resp.get()?;
