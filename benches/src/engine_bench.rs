@@ -3,7 +3,7 @@
 //!
 //! | figure | engine | ceiling (fio, same run) |
 //! |---|---|---|
-//! | seq_put_1mib | 8 writers of 1 MiB durable puts | sequential 1 MiB writes, QD 8, fresh file |
+//! | seq_put_1mib | 8 writers of 1 MiB durable puts | sequential 1 MiB writes, QD 8, written blocks |
 //! | runtime_rand_read_4kib | bare glommio reads, QD 32, one executor (no engine) | random 4 KiB reads, QD 32 |
 //! | rand_get_4kib | 32 readers of random 4 KiB shards | random 4 KiB reads, QD 32 |
 //! | durable_put_4kib_c32 | 32 writers of 4 KiB durable puts | 4 KiB write + fdatasync, QD 1 |
@@ -278,6 +278,19 @@ pub(crate) fn open(dir: &Path, shards: usize) -> Result<Engine> {
     .context("opening the engine")
 }
 
+/// Prints how the puts between two stats snapshots were flushed.
+fn print_flushes(before: &tessera_engine::Stats, after: &tessera_engine::Stats, puts: u64) {
+    let flushes = (after.flushes - before.flushes).max(1);
+    eprintln!(
+        "  ({} flushes, {} of them pipelined, {:.1} puts each; per flush: write {} µs, fdatasync {} µs)",
+        flushes,
+        after.pipelined_flushes - before.pipelined_flushes,
+        puts as f64 / flushes as f64,
+        (after.flush_write_micros - before.flush_write_micros) / flushes,
+        (after.flush_sync_micros - before.flush_sync_micros) / flushes
+    );
+}
+
 /// Runs every figure; returns the report.
 pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
     fio::ensure_fio()?;
@@ -304,11 +317,24 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
     let e = open(&edir, shards)?;
     settle(&e)?;
     let seq = fio::run("seqwrite", &fio_file, &seq_args)?;
-    let one_mib = payload(1 << 20, 7);
+    // Writers on each shard's executor (how the chunk server serves), 8 in
+    // flight in all, each putting the same shared 1 MiB payload.
+    let shards = e.shards();
+    let one_mib = Arc::new(payload(1 << 20, 7));
     let n = plan.seq_bytes >> 20;
-    let load = drive(8, Duration::from_secs(600), n, |i| {
-        put(&e, shard_id("seq-", i), one_mib.clone())
-    })?;
+    let work: Work = {
+        let one_mib = one_mib.clone();
+        Arc::new(move |shard, i| (owned_id("seq-", shard, shards, i), Some(one_mib.clone())))
+    };
+    let before = block_on(e.stats())?;
+    let load = drive_local(
+        &e,
+        (8 / shards).max(1),
+        Duration::from_secs(600),
+        n / shards as u64,
+        work,
+    )?;
+    print_flushes(&before, &block_on(e.stats())?, load.ops);
     let mbps = (load.ops << 20) as f64 / load.elapsed.as_secs_f64() / 1e6;
     rep.add(
         "seq_put_1mib",
@@ -319,6 +345,20 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
             "fio seq write 1 MiB QD8 over written blocks (fresh file: {:.0} MB/s)",
             fresh.bytes_per_sec / 1e6
         ),
+    );
+    // The same from one caller thread through the handle, which takes an
+    // owned payload (one copy per put on the caller's side).
+    settle(&e)?;
+    let load = drive(8, Duration::from_secs(600), n, |i| {
+        put(&e, shard_id("seqh-", i), one_mib.to_vec())
+    })?;
+    let mbps = (load.ops << 20) as f64 / load.elapsed.as_secs_f64() / 1e6;
+    rep.add(
+        "seq_put_1mib_via_handle",
+        mbps,
+        "MB/s",
+        Some(seq.bytes_per_sec / 1e6),
+        "same, from a caller thread",
     );
 
     // 2. Random 4 KiB gets at 32 in flight vs fio random read QD 32.
@@ -358,7 +398,6 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
     );
     // Readers on each shard's executor (how the chunk server serves), 32 in
     // flight in all, over the ids each shard owns.
-    let shards = e.shards();
     let per_shard = (32 / shards).max(1);
     let mut owned: Vec<Vec<Vec<u8>>> = vec![Vec::new(); shards];
     for i in 0..set {
@@ -417,15 +456,7 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
         Arc::new(move |shard, n| (owned_id("dur-", shard, shards, n), Some(payload4k.clone())));
     let mut load = drive_local(&e, per_shard, dur, u64::MAX, work)?;
     let after = block_on(e.stats())?;
-    let flushes = (after.flushes - before.flushes).max(1);
-    eprintln!(
-        "  ({} flushes, {} of them pipelined, {:.1} puts each; per flush: write {} µs, fdatasync {} µs)",
-        flushes,
-        after.pipelined_flushes - before.pipelined_flushes,
-        load.ops as f64 / flushes as f64,
-        (after.flush_write_micros - before.flush_write_micros) / flushes,
-        (after.flush_sync_micros - before.flush_sync_micros) / flushes
-    );
+    print_flushes(&before, &after, load.ops);
     let (p50, p99) = (load.pct(0.5), load.pct(0.99));
     rep.add(
         "durable_put_4kib_c32",

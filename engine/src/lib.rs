@@ -17,6 +17,7 @@
 //! fault-injecting one in tests). No networking here.
 
 pub mod checkpoint;
+mod crc;
 pub mod device;
 mod engine;
 mod error;

@@ -105,8 +105,20 @@ fn payload(k: u8, version: u64, len: usize) -> Vec<u8> {
     v
 }
 
-fn config() -> ShardConfig {
+/// The shard configuration of a case. With `small_batches` (every other
+/// case), batches hold a record or two and any backlog of two of them is
+/// split into two flushes, so flushes of several batches, split flushes and
+/// pipelined flushes all meet crashes.
+fn config(small_batches: bool) -> ShardConfig {
+    let (batch_bytes, flush_split_min_bytes) = if small_batches {
+        (8 << 10, 1)
+    } else {
+        let d = ShardConfig::default();
+        (d.batch_bytes, d.flush_split_min_bytes)
+    };
     ShardConfig {
+        batch_bytes,
+        flush_split_min_bytes,
         segment_size_bytes: 64 << 10,
         checkpoint_interval_bytes: 48 << 10,
         compaction_live_ratio: 0.6,
@@ -120,6 +132,7 @@ fn config() -> ShardConfig {
 
 struct Harness {
     fs: SimFs,
+    small_batches: bool,
     shard: Rc<Shard<SimDevice>>,
     flusher: glommio::task::JoinHandle<()>,
     /// Acknowledged state.
@@ -127,9 +140,12 @@ struct Harness {
     version: u64,
 }
 
-async fn open(fs: &SimFs) -> (Rc<Shard<SimDevice>>, glommio::task::JoinHandle<()>) {
+async fn open(
+    fs: &SimFs,
+    small_batches: bool,
+) -> (Rc<Shard<SimDevice>>, glommio::task::JoinHandle<()>) {
     let (bad_tx, _bad_rx) = async_channel::bounded(1024);
-    let shard = Shard::open(0, fs.device(0), config(), bad_tx)
+    let shard = Shard::open(0, fs.device(0), config(small_batches), bad_tx)
         .await
         .expect("open must succeed on a crashed image");
     let flusher = glommio::spawn_local(shard.clone().run_flusher()).detach();
@@ -181,13 +197,14 @@ impl Harness {
             c.1 += s.compactions;
             c.2 += s.checkpoints;
             c.4 += s.pipelined_flushes;
+            c.5 += s.split_flushes;
         });
     }
 
     async fn reopen(&mut self) {
         self.count_coverage();
         self.flusher.cancel();
-        let (shard, flusher) = open(&self.fs).await;
+        let (shard, flusher) = open(&self.fs, self.small_batches).await;
         self.shard = shard;
         self.flusher = flusher;
     }
@@ -377,7 +394,7 @@ impl Harness {
 thread_local! {
     /// (torn tails cut, segments compacted, checkpoints, cases) — to see
     /// that the generated cases reach the interesting paths.
-    static COVERAGE: RefCell<(u64, u64, u64, u64, u64)> = const { RefCell::new((0, 0, 0, 0, 0)) };
+    static COVERAGE: RefCell<(u64, u64, u64, u64, u64, u64)> = const { RefCell::new((0, 0, 0, 0, 0, 0)) };
 }
 
 thread_local! {
@@ -410,9 +427,11 @@ fn run_on(ex: &glommio::LocalExecutor, ops: Vec<Op>) -> Result<(), TestCaseError
     {
         ex.run(async move {
             let fs = SimFs::new();
-            let (shard, flusher) = open(&fs).await;
+            let small_batches = ops.len() % 2 == 1;
+            let (shard, flusher) = open(&fs, small_batches).await;
             let mut h = Harness {
                 fs,
+                small_batches,
                 shard,
                 flusher,
                 model: HashMap::new(),
@@ -465,10 +484,10 @@ fn generated_cases_reach_crash_compaction_and_checkpoint_paths() {
     runner
         .run(&proptest::collection::vec(op(), 1..40), run_case)
         .unwrap();
-    let (torn, compacted, ckpts, cases, pipelined) = COVERAGE.with(|c| *c.borrow());
-    println!("coverage: {cases} cases, {torn} torn tails cut, {compacted} segments compacted, {ckpts} checkpoints, {pipelined} pipelined flushes (counted since last open)");
+    let (torn, compacted, ckpts, cases, pipelined, split) = COVERAGE.with(|c| *c.borrow());
+    println!("coverage: {cases} cases, {torn} torn tails cut, {compacted} segments compacted, {ckpts} checkpoints, {pipelined} pipelined flushes, {split} split flushes (counted since last open)");
     assert!(
-        torn > 0 && compacted > 0 && ckpts > 0 && pipelined > 0,
-        "the generator no longer reaches the crash, compaction, checkpoint or pipelined-flush paths"
+        torn > 0 && compacted > 0 && ckpts > 0 && pipelined > 0 && split > 0,
+        "the generator no longer reaches the crash, compaction, checkpoint, pipelined-flush or split-flush paths"
     );
 }

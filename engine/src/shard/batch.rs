@@ -19,6 +19,29 @@ use futures::channel::oneshot;
 /// Most bytes of zeros one block-aligned payload can need before it.
 const ALIGN_GAP_MAX: usize = IO_ALIGN_BYTES as usize - 1;
 
+/// Zeros for the crc of the gap before a block-aligned payload.
+static ZEROS: [u8; ALIGN_GAP_MAX] = [0; ALIGN_GAP_MAX];
+
+/// The crc a record is stored with, and the crc of the bytes actually
+/// queued. They differ only for a compaction copy of a rotten record, which
+/// keeps its stored crc (it stays detectably rotten) while the batch's body
+/// crc must cover the bytes really written.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PayloadCrc {
+    pub stored: u32,
+    pub of_bytes: u32,
+}
+
+impl PayloadCrc {
+    /// A payload whose stored crc is that of its bytes.
+    pub fn of(crc: u32) -> Self {
+        PayloadCrc {
+            stored: crc,
+            of_bytes: crc,
+        }
+    }
+}
+
 pub(super) struct PendingRecord {
     pub id: Box<[u8]>,
     pub tomb: bool,
@@ -26,6 +49,8 @@ pub(super) struct PendingRecord {
     pub payload_at: usize,
     pub payload_len: u32,
     pub crc: u32,
+    /// crc32c of the queued payload bytes (see [`PayloadCrc`]).
+    pub bytes_crc: u32,
     pub seq: u64,
     /// Offsets in the body, set by `close`.
     pub hdr_off: u32,
@@ -119,7 +144,7 @@ impl PendingBatch {
         kind: RecordKind,
         id: &[u8],
         payload: &[u8],
-        crc: u32,
+        crc: PayloadCrc,
         seq: u64,
         cond: Option<(u64, u32)>,
         waiter: oneshot::Sender<Result<()>>,
@@ -134,7 +159,8 @@ impl PendingBatch {
             tomb: kind == RecordKind::Tombstone,
             payload_at,
             payload_len: payload.len() as u32,
-            crc,
+            crc: crc.stored,
+            bytes_crc: crc.of_bytes,
             seq,
             hdr_off: 0,
             payload_off: 0,
@@ -182,8 +208,14 @@ impl PendingBatch {
         self.start + BATCH_HEADER_BYTES as u64 + self.body_len as u64 + self.pad as u64
     }
 
-    /// Writes the body (after `close`) into `dst`, exactly `body_len` long.
-    pub fn write_body(&self, dst: &mut [u8]) {
+    /// Writes the body (after `close`) into `dst`, exactly `body_len` long,
+    /// and returns its crc32c. The crc is folded from the table's, the zero
+    /// gaps' and the payloads' own crcs (computed when each was queued) rather
+    /// than by reading the body again: one pass over the payload bytes
+    /// fewer. Torn writes are caught all the same (the crc is that of the
+    /// intended body); a payload damaged in memory after its crc was taken
+    /// fails its record crc on every read.
+    pub fn write_body(&self, dst: &mut [u8]) -> u32 {
         let mut table = Vec::with_capacity(self.table_len);
         for r in &self.records {
             let kind = if r.tomb {
@@ -202,14 +234,18 @@ impl PendingBatch {
             );
         }
         dst[..table.len()].copy_from_slice(&table);
+        let mut crc = crc32c::crc32c(&table);
         let mut filled = table.len();
         for r in self.records.iter().filter(|r| !r.tomb) {
             let at = r.payload_off as usize;
             dst[filled..at].fill(0);
+            crc = crc32c::crc32c_append(crc, &ZEROS[..at - filled]);
             let len = r.payload_len as usize;
             dst[at..at + len].copy_from_slice(&self.payloads[r.payload_at..r.payload_at + len]);
+            crc = crate::crc::combine(crc, r.bytes_crc, len);
             filled = at + len;
         }
         dst[filled..].fill(0);
+        crc
     }
 }

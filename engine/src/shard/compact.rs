@@ -9,7 +9,7 @@
 //! A tombstone is dropped only when no other segment is older than it, so no
 //! stale put it hides can come back.
 
-use super::{Entry, Shard};
+use super::{Entry, PayloadCrc, Shard};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::format::RecordKind;
@@ -232,7 +232,11 @@ impl<D: Device> Shard<D> {
             } else {
                 RecordKind::Put
             };
-            let Some(rx) = self.append(kind, id, payload, e.crc, Some((victim, e.offset)))? else {
+            let crc = PayloadCrc {
+                stored: e.crc,
+                of_bytes: crc32c::crc32c(payload),
+            };
+            let Some(rx) = self.append(kind, id, payload, crc, Some((victim, e.offset)))? else {
                 continue;
             };
             waiters.push(rx);

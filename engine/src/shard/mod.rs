@@ -35,7 +35,7 @@ mod prepare;
 mod recover;
 mod scrub;
 
-use batch::PendingBatch;
+use batch::{PayloadCrc, PendingBatch};
 pub use compact::CompactReport;
 
 pub(crate) const CHECKPOINT_FILE: &str = "index.ckpt";
@@ -75,6 +75,11 @@ pub struct ShardConfig {
     /// Spare segments written with zeros ahead of need while the shard is
     /// quiet (0 turns preparation off).
     pub prepared_segments: usize,
+    /// Target size of one group-commit batch (see [`BATCH_BUFFER_BYTES`]).
+    pub batch_bytes: usize,
+    /// Backlog from which an unpipelined flush takes only half (see
+    /// [`FLUSH_SPLIT_MIN_BYTES`]).
+    pub flush_split_min_bytes: usize,
 }
 
 impl Default for ShardConfig {
@@ -88,6 +93,8 @@ impl Default for ShardConfig {
             scrub_interval: Some(Duration::from_secs(24 * 3600)),
             free_segments_keep: 6,
             prepared_segments: 4,
+            batch_bytes: BATCH_BUFFER_BYTES,
+            flush_split_min_bytes: FLUSH_SPLIT_MIN_BYTES,
         }
     }
 }
@@ -111,6 +118,12 @@ impl ShardConfig {
         }
         if self.scrub_bytes_per_sec == 0 {
             return Err(Error::Config("scrub_bytes_per_sec must be above 0".into()));
+        }
+        if !(IO_ALIGN_BYTES as usize..=BATCH_BUFFER_BYTES).contains(&self.batch_bytes) {
+            return Err(Error::Config(format!(
+                "batch_bytes is {}; it must be between {IO_ALIGN_BYTES} and {BATCH_BUFFER_BYTES}",
+                self.batch_bytes
+            )));
         }
         Ok(())
     }
@@ -194,6 +207,9 @@ pub struct Stats {
     pub flushes: u64,
     /// Flushes that went to disk while the one before was still in flight.
     pub pipelined_flushes: u64,
+    /// Flushes that took half of a large backlog, leaving the rest to follow
+    /// pipelined.
+    pub split_flushes: u64,
     pub flushed_bytes: u64,
     /// Time spent in flush writes and in their fdatasync (microseconds).
     pub flush_write_micros: u64,
@@ -225,6 +241,7 @@ impl Stats {
         self.checksum_errors += o.checksum_errors;
         self.io_errors += o.io_errors;
         self.flushes += o.flushes;
+        self.split_flushes += o.split_flushes;
         self.pipelined_flushes += o.pipelined_flushes;
         self.flushed_bytes += o.flushed_bytes;
         self.flush_write_micros += o.flush_write_micros;
@@ -407,7 +424,7 @@ impl<D: Device> Shard<D> {
         let _fg = Fg::new(&self.fg_inflight, &self.last_fg);
         let crc = crc32c::crc32c(payload);
         let rx = self
-            .append(RecordKind::Put, id, payload, crc, None)?
+            .append(RecordKind::Put, id, payload, PayloadCrc::of(crc), None)?
             .ok_or(Error::Closed)?;
         self.st.borrow_mut().stats.puts += 1;
         rx.await.map_err(|_| Error::Closed)?
@@ -427,7 +444,7 @@ impl<D: Device> Shard<D> {
             return Ok(false);
         }
         let rx = self
-            .append(RecordKind::Tombstone, id, &[], 0, None)?
+            .append(RecordKind::Tombstone, id, &[], PayloadCrc::of(0), None)?
             .ok_or(Error::Closed)?;
         self.st.borrow_mut().stats.deletes += 1;
         rx.await.map_err(|_| Error::Closed)??;
@@ -564,7 +581,7 @@ impl<D: Device> Shard<D> {
         kind: RecordKind,
         id: &[u8],
         payload: &[u8],
-        crc: u32,
+        crc: PayloadCrc,
         cond: Option<(u64, u32)>,
     ) -> Result<Option<oneshot::Receiver<Result<()>>>> {
         let mut st = self.st.borrow_mut();
@@ -598,7 +615,7 @@ impl<D: Device> Shard<D> {
             let bound = b.bound_with(id.len(), payload.len());
             !b.closed
                 && b.segment == st.cursor_segment
-                && (b.is_empty() || bound <= BATCH_BUFFER_BYTES)
+                && (b.is_empty() || bound <= self.cfg.batch_bytes)
                 && b.start + hdr + bound as u64 <= seg_size
         });
         if !fits_open {
@@ -675,10 +692,10 @@ impl<D: Device> Shard<D> {
                     continue;
                 }
                 gathered = false;
-                last_batch = self.pending_records();
                 let Some(job) = self.take_flush(pipelined) else {
                     break;
                 };
+                last_batch = job.batches.iter().map(|b| b.records.len()).sum();
                 self.flushing.set(self.flushing.get() + 1);
                 let me = self.clone();
                 inflight.push_back(async move {
@@ -748,13 +765,32 @@ impl<D: Device> Shard<D> {
         let mut taken: Vec<PendingBatch> = Vec::new();
         let mut bytes = 0usize;
         let mut records = 0usize;
+        // With no flush in flight, a large backlog goes out as two flushes,
+        // the second pipelined behind the first: when the first comes back
+        // its writers queue their next records while the disk still works
+        // on the second, instead of all writers and the disk taking turns.
+        let (backlog, batches) = st
+            .pending
+            .iter()
+            .take_while(|b| b.segment == seg_id)
+            .fold((0usize, 0usize), |(n, k), b| (n + b.bound(), k + 1));
+        let target = if !pipelined && batches >= 2 && backlog >= self.cfg.flush_split_min_bytes {
+            backlog.min(FLUSH_MAX_BYTES).div_ceil(2)
+        } else {
+            FLUSH_MAX_BYTES
+        };
         while let Some(b) = st.pending.front() {
-            if b.segment != seg_id || (bytes > 0 && bytes + b.bound() > FLUSH_MAX_BYTES) {
+            if b.segment != seg_id
+                || (bytes > 0 && (bytes + b.bound() > FLUSH_MAX_BYTES || bytes >= target))
+            {
                 break;
             }
             bytes += b.bound();
             records += b.records.len();
             taken.push(st.pending.pop_front().expect("front exists"));
+        }
+        if taken.len() < batches && bytes >= target {
+            st.stats.split_flushes += 1;
         }
         let start = taken.first()?.start;
         let last = taken.last_mut()?;
@@ -963,7 +999,8 @@ impl<D: Device> Shard<D> {
             let hs = (b.start - at) as usize;
             let body_at = hs + BATCH_HEADER_BYTES;
             let body_end = body_at + b.body_len();
-            b.write_body(&mut dst[body_at..body_end]);
+            let body_crc = b.write_body(&mut dst[body_at..body_end]);
+            debug_assert_eq!(body_crc, crc32c::crc32c(&dst[body_at..body_end]));
             let h = BatchHeader {
                 flags,
                 segment_id: seg_id,
@@ -971,7 +1008,7 @@ impl<D: Device> Shard<D> {
                 body_len: b.body_len() as u32,
                 pad_len: b.pad,
                 table_len: b.table_len() as u32,
-                body_crc: crc32c::crc32c(&dst[body_at..body_end]),
+                body_crc,
             };
             h.encode(&mut dst[hs..body_at]);
             // Padding and the rest of the last block are zeros on disk.
