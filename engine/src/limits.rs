@@ -50,6 +50,11 @@ pub const FLUSH_MAX_BYTES: usize = 16 << 20;
 /// latency, so splitting it costs no extra round trip worth counting.
 pub const FLUSH_SPLIT_MIN_BYTES: usize = 1 << 20;
 
+/// Smallest first payload (a whole number of blocks) for which a batch
+/// stages its payloads in an aligned buffer written as is, saving a copy;
+/// below it the copy costs less than setting up that buffer.
+pub const STAGED_PAYLOAD_MIN_BYTES: usize = 64 << 10;
+
 /// Most requests one shard works on at once; further ones wait in its queue.
 pub const SHARD_INFLIGHT_MAX: usize = 1024;
 

@@ -120,6 +120,9 @@ impl<D: Device> Device for FaultyDevice<D> {
     fn list(&self) -> io::Result<Vec<String>> {
         self.inner.list()
     }
+    fn alloc(&self, len: usize) -> <Self::File as DeviceFile>::Buf {
+        self.inner.alloc(len)
+    }
 }
 
 /// A file of a [`FaultyDevice`].
@@ -134,6 +137,9 @@ impl<F: DeviceFile> DeviceFile for FaultyFile<F> {
 
     fn alloc(&self, len: usize) -> Self::Buf {
         self.inner.alloc(len)
+    }
+    fn shrink(buf: &mut Self::Buf, len: usize) {
+        F::shrink(buf, len)
     }
     async fn write_at(&self, buf: Self::Buf, pos: u64) -> io::Result<()> {
         if self.plan.trip(&self.plan.write_eio_after) {

@@ -16,7 +16,7 @@ mod sim;
 mod uring;
 
 pub use faulty::{FaultPlan, FaultyDevice};
-pub use sim::{SimDevice, SimFs};
+pub use sim::{io_turn, SimDevice, SimFs};
 pub use uring::UringDevice;
 
 use std::io;
@@ -39,6 +39,10 @@ pub trait Device: 'static {
     async fn sync_dir(&self) -> io::Result<()>;
     /// Names of the files present.
     fn list(&self) -> io::Result<Vec<String>>;
+    /// Allocates a write buffer of `len` bytes (a multiple of the alignment)
+    /// before any file is at hand (payloads are staged in it as they are
+    /// put). Contents unspecified, as with [`DeviceFile::alloc`].
+    fn alloc(&self, len: usize) -> <Self::File as DeviceFile>::Buf;
 }
 
 /// One open file, read and written with aligned direct I/O.
@@ -52,6 +56,9 @@ pub trait DeviceFile: 'static {
     /// Allocates a write buffer of `len` bytes (a multiple of the
     /// alignment). Its contents are unspecified: callers fill all of it.
     fn alloc(&self, len: usize) -> Self::Buf;
+    /// Shortens `buf` to its first `len` bytes (`len` no more than its
+    /// length and a multiple of the alignment), so a write covers no more.
+    fn shrink(buf: &mut Self::Buf, len: usize);
     /// Writes all of `buf` at `pos`.
     async fn write_at(&self, buf: Self::Buf, pos: u64) -> io::Result<()>;
     /// Reads up to `len` bytes at `pos`; shorter only at the end of the file.

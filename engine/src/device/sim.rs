@@ -34,7 +34,9 @@ impl std::future::Future for YieldOnce {
     }
 }
 
-async fn io_turn() {
+/// Gives the other tasks of the executor one turn (a simulated I/O's
+/// wait; tests use it for watchdogs that must not starve the engine).
+pub async fn io_turn() {
     YieldOnce(false).await
 }
 
@@ -266,6 +268,10 @@ impl Device for SimDevice {
             .map(str::to_owned)
             .collect())
     }
+
+    fn alloc(&self, len: usize) -> Vec<u8> {
+        sim_alloc(len)
+    }
 }
 
 /// An open simulated file.
@@ -285,14 +291,23 @@ impl SimFileHandle {
     }
 }
 
+/// Not zeroed, like real DMA buffers: a region the engine forgets to fill
+/// shows up as garbage on "disk".
+fn sim_alloc(len: usize) -> Vec<u8> {
+    vec![0xEE; len]
+}
+
 impl DeviceFile for SimFileHandle {
     type Buf = Vec<u8>;
     type ReadBuf = Vec<u8>;
 
     fn alloc(&self, len: usize) -> Vec<u8> {
-        // Not zeroed, like real DMA buffers: a region the engine forgets to
-        // fill shows up as garbage on "disk".
-        vec![0xEE; len]
+        sim_alloc(len)
+    }
+
+    fn shrink(buf: &mut Vec<u8>, len: usize) {
+        assert!(len <= buf.len(), "shrink may not grow a buffer");
+        buf.truncate(len);
     }
 
     async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {

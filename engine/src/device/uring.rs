@@ -94,6 +94,10 @@ impl Device for UringDevice {
         std::fs::File::open(&self.dir)?.sync_all()
     }
 
+    fn alloc(&self, len: usize) -> DmaBuffer {
+        glommio::allocate_dma_buffer(len)
+    }
+
     fn list(&self) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
@@ -127,6 +131,10 @@ impl DeviceFile for UringFile {
 
     fn alloc(&self, len: usize) -> DmaBuffer {
         self.file.alloc_dma_buffer(len)
+    }
+
+    fn shrink(buf: &mut DmaBuffer, len: usize) {
+        buf.trim_to_size(len)
     }
 
     async fn write_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {

@@ -7,6 +7,15 @@
 //! zeros. Until [`PendingBatch::close`] the exact layout is unknown (the
 //! table grows), so appends are checked against an upper bound
 //! ([`PendingBatch::bound_with`]).
+//!
+//! Where payloads wait ([`Payloads`]): a batch whose first payload is a
+//! large whole-block one stages its payloads in an aligned device buffer,
+//! laid out exactly as they will lie on disk from that first payload on
+//! (its block boundary does not depend on the table's final length, and
+//! every later offset keeps its alignment relative to it), and that buffer
+//! is written as is: one copy of each payload fewer. Other batches copy
+//! payloads into a vector, and into the write buffer at flush. Both give
+//! the same bytes on disk.
 
 use super::{Entry, Result};
 use crate::format::{
@@ -81,12 +90,33 @@ impl PendingRecord {
     }
 }
 
-pub(super) struct PendingBatch {
+/// When a batch stages its payloads, and in how large a buffer.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Stage {
+    /// Smallest whole-block first payload that makes a batch staged.
+    pub min_payload: usize,
+    /// Size of the staging buffer (the payload's own, if larger).
+    pub bytes: usize,
+}
+
+/// Where a batch's payload bytes wait for their flush.
+enum Payloads<B> {
+    /// Copied here, and into the write buffer at flush time.
+    Copied(Vec<u8>),
+    /// Staged in an aligned buffer whose byte 0 lies on the block boundary
+    /// where the first payload goes; written from there as is. `None` once
+    /// taken for the write.
+    Staged { buf: Option<B>, len: usize },
+}
+
+pub(super) struct PendingBatch<B> {
     pub segment: u64,
     /// File offset of the batch header.
     pub start: u64,
     pub records: Vec<PendingRecord>,
-    payloads: Vec<u8>,
+    payloads: Payloads<B>,
+    /// Sum of the payload lengths.
+    payload_bytes: usize,
     table_len: usize,
     aligned: usize,
     body_len: usize,
@@ -94,13 +124,14 @@ pub(super) struct PendingBatch {
     pub closed: bool,
 }
 
-impl PendingBatch {
+impl<B: AsRef<[u8]> + AsMut<[u8]>> PendingBatch<B> {
     pub fn new(segment: u64, start: u64) -> Self {
         PendingBatch {
             segment,
             start,
             records: Vec::new(),
-            payloads: Vec::new(),
+            payloads: Payloads::Copied(Vec::new()),
+            payload_bytes: 0,
             table_len: 0,
             aligned: 0,
             body_len: 0,
@@ -116,14 +147,14 @@ impl PendingBatch {
         self.table_len
             + RECORD_HEADER_BYTES
             + id_len
-            + self.payloads.len()
+            + self.payload_bytes
             + payload_len
             + aligned * ALIGN_GAP_MAX
     }
 
     /// Upper bound of the body length as it is.
     pub fn bound(&self) -> usize {
-        self.table_len + self.payloads.len() + self.aligned * ALIGN_GAP_MAX
+        self.table_len + self.payload_bytes + self.aligned * ALIGN_GAP_MAX
     }
 
     /// Body bound of a batch holding just this one record.
@@ -138,6 +169,12 @@ impl PendingBatch {
         self.records.is_empty()
     }
 
+    /// Queues a record. `alloc` gives an aligned device buffer, used when
+    /// this is the batch's first payload and it is a whole-block one of at
+    /// least `stage.min_payload`: the batch then stages its payloads in a
+    /// buffer of `stage.bytes` (or the payload's own size, if larger).
+    /// Callers keep the body within `stage.bytes` by checking
+    /// [`PendingBatch::bound_with`] first.
     #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
@@ -148,12 +185,44 @@ impl PendingBatch {
         seq: u64,
         cond: Option<(u64, u32)>,
         waiter: oneshot::Sender<Result<()>>,
+        stage: Stage,
+        alloc: impl FnOnce(usize) -> B,
     ) {
         debug_assert!(!self.closed);
-        let payload_at = self.payloads.len();
-        self.payloads.extend_from_slice(payload);
+        let block = is_block_payload(payload.len());
+        let first_payload = self.records.iter().all(|r| r.tomb);
+        if first_payload && block && payload.len() >= stage.min_payload {
+            let cap = align_up(payload.len().max(stage.bytes) as u64) as usize;
+            self.payloads = Payloads::Staged {
+                buf: Some(alloc(cap)),
+                len: 0,
+            };
+        }
+        let payload_at = match &mut self.payloads {
+            Payloads::Copied(v) => {
+                v.extend_from_slice(payload);
+                v.len() - payload.len()
+            }
+            Payloads::Staged { buf, len } => {
+                let dst = buf.as_mut().expect("staged until the flush").as_mut();
+                let at = if block {
+                    align_up(*len as u64) as usize
+                } else {
+                    *len
+                };
+                assert!(
+                    at + payload.len() <= dst.len(),
+                    "staged payloads overran their buffer: bound_with was not checked"
+                );
+                dst[*len..at].fill(0);
+                dst[at..at + payload.len()].copy_from_slice(payload);
+                *len = at + payload.len();
+                at
+            }
+        };
+        self.payload_bytes += payload.len();
         self.table_len += RECORD_HEADER_BYTES + id.len();
-        self.aligned += is_block_payload(payload.len()) as usize;
+        self.aligned += block as usize;
         self.records.push(PendingRecord {
             id: id.into(),
             tomb: kind == RecordKind::Tombstone,
@@ -188,6 +257,13 @@ impl PendingBatch {
             pos += r.payload_len as u64;
         }
         self.body_len = pos as usize;
+        if let Some(head) = self.staged_at() {
+            debug_assert!(self
+                .records
+                .iter()
+                .filter(|r| !r.tomb)
+                .all(|r| r.payload_off as usize == head + r.payload_at));
+        }
         let end = body_at + pos;
         self.pad = if pad { (align_up(end) - end) as u32 } else { 0 };
         self.closed = true;
@@ -208,13 +284,39 @@ impl PendingBatch {
         self.start + BATCH_HEADER_BYTES as u64 + self.body_len as u64 + self.pad as u64
     }
 
-    /// Writes the body (after `close`) into `dst`, exactly `body_len` long,
-    /// and returns its crc32c. The crc is folded from the table's, the zero
-    /// gaps' and the payloads' own crcs (computed when each was queued) rather
-    /// than by reading the body again: one pass over the payload bytes
-    /// fewer. Torn writes are caught all the same (the crc is that of the
-    /// intended body); a payload damaged in memory after its crc was taken
-    /// fails its record crc on every read.
+    /// For a staged batch (after `close`): where in the body its staged
+    /// buffer starts (a block boundary of the file).
+    pub fn staged_at(&self) -> Option<usize> {
+        match self.payloads {
+            Payloads::Staged { .. } => self
+                .records
+                .iter()
+                .find(|r| !r.tomb)
+                .map(|r| r.payload_off as usize - r.payload_at),
+            Payloads::Copied(_) => None,
+        }
+    }
+
+    /// Takes a staged batch's buffer for the write (after `close`), with
+    /// the bytes of it the body uses.
+    pub fn take_stage(&mut self) -> Option<(B, usize)> {
+        match &mut self.payloads {
+            Payloads::Staged { buf, len } => buf.take().map(|b| (b, *len)),
+            Payloads::Copied(_) => None,
+        }
+    }
+
+    /// Writes the body (after `close`) into `dst` and returns the body's
+    /// crc32c. `dst` is the whole body (`body_len` bytes), or for a staged
+    /// batch the part before its staged buffer (`staged_at` bytes: the
+    /// table and the zeros after it).
+    ///
+    /// The crc is folded from the table's, the zero gaps' and the payloads'
+    /// own crcs (computed when each was queued) rather than by reading the
+    /// body again: one pass over the payload bytes fewer. Torn writes are
+    /// caught all the same (the crc is that of the intended body); a payload
+    /// damaged in memory after its crc was taken fails its record crc on
+    /// every read.
     pub fn write_body(&self, dst: &mut [u8]) -> u32 {
         let mut table = Vec::with_capacity(self.table_len);
         for r in &self.records {
@@ -238,14 +340,25 @@ impl PendingBatch {
         let mut filled = table.len();
         for r in self.records.iter().filter(|r| !r.tomb) {
             let at = r.payload_off as usize;
-            dst[filled..at].fill(0);
             crc = crc32c::crc32c_append(crc, &ZEROS[..at - filled]);
             let len = r.payload_len as usize;
-            dst[at..at + len].copy_from_slice(&self.payloads[r.payload_at..r.payload_at + len]);
             crc = crate::crc::combine(crc, r.bytes_crc, len);
             filled = at + len;
         }
-        dst[filled..].fill(0);
+        match &self.payloads {
+            Payloads::Copied(payloads) => {
+                let mut filled = table.len();
+                for r in self.records.iter().filter(|r| !r.tomb) {
+                    let at = r.payload_off as usize;
+                    dst[filled..at].fill(0);
+                    let len = r.payload_len as usize;
+                    dst[at..at + len].copy_from_slice(&payloads[r.payload_at..r.payload_at + len]);
+                    filled = at + len;
+                }
+                dst[filled..].fill(0);
+            }
+            Payloads::Staged { .. } => dst[table.len()..].fill(0),
+        }
         crc
     }
 }

@@ -45,7 +45,13 @@ impl<D: Device> Shard<D> {
         let mut report = CompactReport::default();
         let mut r = Ok(());
         let mut tried = std::collections::HashSet::new();
-        while let Some(victim) = self.pick_victim(&tried) {
+        // Only segments older than the log's head at the start: the copies
+        // this run writes go to newer segments, and if those were victims
+        // too, a run whose output is sparse (records in small padded
+        // batches, below the live ratio) would copy the same records on and
+        // on and never end.
+        let horizon = self.st.borrow().cursor_segment;
+        while let Some(victim) = self.pick_victim(&tried, horizon) {
             tried.insert(victim);
             match self.compact_segment(victim).await {
                 Ok(one) => report.add(&one),
@@ -76,7 +82,7 @@ impl<D: Device> Shard<D> {
         }
     }
 
-    fn pick_victim(&self, tried: &std::collections::HashSet<u64>) -> Option<u64> {
+    fn pick_victim(&self, tried: &std::collections::HashSet<u64>, horizon: u64) -> Option<u64> {
         let st = self.st.borrow();
         let newest = st.segments.keys().next_back().copied()?;
         st.segments
@@ -84,6 +90,7 @@ impl<D: Device> Shard<D> {
             .filter(|(&id, s)| {
                 id != newest
                     && id < st.cursor_segment
+                    && id < horizon
                     && !s.compacting
                     && !tried.contains(&id)
                     && s.end > SEGMENT_HEADER_BYTES

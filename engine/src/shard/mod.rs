@@ -35,7 +35,10 @@ mod prepare;
 mod recover;
 mod scrub;
 
-use batch::{PayloadCrc, PendingBatch};
+use batch::{PayloadCrc, PendingBatch, Stage};
+
+/// A pending batch of a shard over device `D`.
+type Batch<D> = PendingBatch<<<D as Device>::File as DeviceFile>::Buf>;
 pub use compact::CompactReport;
 
 pub(crate) const CHECKPOINT_FILE: &str = "index.ckpt";
@@ -80,6 +83,9 @@ pub struct ShardConfig {
     /// Backlog from which an unpipelined flush takes only half (see
     /// [`FLUSH_SPLIT_MIN_BYTES`]).
     pub flush_split_min_bytes: usize,
+    /// Smallest whole-block first payload for which a batch stages its
+    /// payloads in an aligned buffer (see [`STAGED_PAYLOAD_MIN_BYTES`]).
+    pub staged_payload_min_bytes: usize,
 }
 
 impl Default for ShardConfig {
@@ -95,6 +101,7 @@ impl Default for ShardConfig {
             prepared_segments: 4,
             batch_bytes: BATCH_BUFFER_BYTES,
             flush_split_min_bytes: FLUSH_SPLIT_MIN_BYTES,
+            staged_payload_min_bytes: STAGED_PAYLOAD_MIN_BYTES,
         }
     }
 }
@@ -210,6 +217,9 @@ pub struct Stats {
     /// Flushes that took half of a large backlog, leaving the rest to follow
     /// pipelined.
     pub split_flushes: u64,
+    /// Batches written from the aligned buffer their payloads were staged
+    /// in (no copy at flush time).
+    pub staged_batches: u64,
     pub flushed_bytes: u64,
     /// Time spent in flush writes and in their fdatasync (microseconds).
     pub flush_write_micros: u64,
@@ -242,6 +252,7 @@ impl Stats {
         self.io_errors += o.io_errors;
         self.flushes += o.flushes;
         self.split_flushes += o.split_flushes;
+        self.staged_batches += o.staged_batches;
         self.pipelined_flushes += o.pipelined_flushes;
         self.flushed_bytes += o.flushed_bytes;
         self.flush_write_micros += o.flush_write_micros;
@@ -274,7 +285,7 @@ struct Segment<F> {
     compacting: bool,
 }
 
-struct State<F> {
+struct State<F: DeviceFile> {
     index: BTreeMap<Box<[u8]>, Entry>,
     segments: BTreeMap<u64, Segment<F>>,
     free: Vec<u64>,
@@ -290,7 +301,7 @@ struct State<F> {
     issued: Option<(u64, u64)>,
     /// Id of the newest committed flush (what a checkpoint may claim).
     last_committed_flush: u64,
-    pending: VecDeque<PendingBatch>,
+    pending: VecDeque<PendingBatch<F::Buf>>,
     /// Tombstones in the index (kept in step by `apply` and compaction).
     tombs: u64,
     /// Records per id waiting in `pending`.
@@ -625,7 +636,7 @@ impl<D: Device> Shard<D> {
                     st.cursor_pos = b.end();
                 }
             }
-            let single = PendingBatch::single_bound(id.len(), payload.len()) as u64;
+            let single = Batch::<D>::single_bound(id.len(), payload.len()) as u64;
             let mut start = st.cursor_pos;
             if start + hdr + single > seg_size {
                 if SEGMENT_HEADER_BYTES + hdr + single > self.cfg.segment_size_bytes {
@@ -645,7 +656,13 @@ impl<D: Device> Shard<D> {
         st.next_seq += 1;
         let b = st.pending.back_mut().expect("a batch was just ensured");
         let (tx, rx) = oneshot::channel();
-        b.push(kind, id, payload, crc, seq, cond, tx);
+        let stage = Stage {
+            min_payload: self.cfg.staged_payload_min_bytes,
+            bytes: self.cfg.batch_bytes,
+        };
+        b.push(kind, id, payload, crc, seq, cond, tx, stage, |n| {
+            self.dev.alloc(n)
+        });
         st.cursor_pos = b.start + hdr + b.bound() as u64;
         *st.pending_ids.entry(id.into()).or_insert(0) += 1;
         let _ = self.kick.try_send(());
@@ -699,8 +716,9 @@ impl<D: Device> Shard<D> {
                 self.flushing.set(self.flushing.get() + 1);
                 let me = self.clone();
                 inflight.push_back(async move {
+                    let mut job = job;
                     let r = me
-                        .write_flush(job.seg_id, &job.batches, job.flags, &job.plan)
+                        .write_flush(job.seg_id, &mut job.batches, job.flags, &job.plan)
                         .await;
                     (job, r)
                 });
@@ -759,10 +777,10 @@ impl<D: Device> Shard<D> {
 
     /// Takes the batches of the first pending segment (up to the limit) as
     /// one flush and fixes its place, id and flags.
-    fn take_flush(&self, pipelined: bool) -> Option<FlushJob> {
+    fn take_flush(&self, pipelined: bool) -> Option<FlushJob<Batch<D>>> {
         let mut st = self.st.borrow_mut();
         let seg_id = st.pending.front()?.segment;
-        let mut taken: Vec<PendingBatch> = Vec::new();
+        let mut taken: Vec<Batch<D>> = Vec::new();
         let mut bytes = 0usize;
         let mut records = 0usize;
         // With no flush in flight, a large backlog goes out as two flushes,
@@ -848,7 +866,7 @@ impl<D: Device> Shard<D> {
 
     /// Acknowledges (or fails) a flush that came back from the disk; flushes
     /// come back in issue order.
-    fn finish_flush(&self, job: FlushJob, r: Result<Vec<u8>>) {
+    fn finish_flush(&self, job: FlushJob<Batch<D>>, r: Result<Vec<u8>>) {
         self.flushing.set(self.flushing.get() - 1);
         if self.flushing.get() == 0 {
             self.st.borrow_mut().issued = None;
@@ -948,7 +966,7 @@ impl<D: Device> Shard<D> {
     async fn write_flush(
         &self,
         seg_id: u64,
-        batches: &[PendingBatch],
+        batches: &mut [Batch<D>],
         extra_flags: u16,
         plan: &FlushPlan,
     ) -> Result<Vec<u8>> {
@@ -967,7 +985,7 @@ impl<D: Device> Shard<D> {
         let mut new_tail = Vec::new();
         let n = batches.len();
         let mut writes = Vec::with_capacity(n);
-        for (i, b) in batches.iter().enumerate() {
+        for (i, b) in batches.iter_mut().enumerate() {
             if i == 0 && b.start != seg_end {
                 return Err(self.poison_layout(format!(
                     "flush at {} but segment {seg_id} ends at {seg_end}",
@@ -985,8 +1003,16 @@ impl<D: Device> Shard<D> {
                 &[]
             };
             let at = align_down(b.start);
-            let len = align_up(b.end()) - at;
-            let mut buf = file.alloc(len as usize);
+            let hs = (b.start - at) as usize;
+            let body_at = hs + BATCH_HEADER_BYTES;
+            let body_end = body_at + b.body_len();
+            // A staged batch goes out as two writes: header and table from
+            // here up to the block where its staged payloads start, then
+            // the staged buffer itself. Any other batch is one write.
+            let staged_at = b.staged_at().map(|h| body_at + h);
+            let head_end = staged_at.unwrap_or((align_up(b.end()) - at) as usize);
+            debug_assert_eq!(head_end % IO_ALIGN_BYTES as usize, 0);
+            let mut buf = file.alloc(head_end);
             let dst = buf.as_mut();
             dst[..lead.len()].copy_from_slice(lead);
             let mut flags = extra_flags;
@@ -996,11 +1022,7 @@ impl<D: Device> Shard<D> {
             if i + 1 == n {
                 flags |= FLAG_LAST;
             }
-            let hs = (b.start - at) as usize;
-            let body_at = hs + BATCH_HEADER_BYTES;
-            let body_end = body_at + b.body_len();
-            let body_crc = b.write_body(&mut dst[body_at..body_end]);
-            debug_assert_eq!(body_crc, crc32c::crc32c(&dst[body_at..body_end]));
+            let body_crc = b.write_body(&mut dst[body_at..staged_at.unwrap_or(body_end)]);
             let h = BatchHeader {
                 flags,
                 segment_id: seg_id,
@@ -1011,13 +1033,38 @@ impl<D: Device> Shard<D> {
                 body_crc,
             };
             h.encode(&mut dst[hs..body_at]);
-            // Padding and the rest of the last block are zeros on disk.
-            dst[body_end..].fill(0);
-            if i + 1 == n {
-                let end = b.end();
-                new_tail = dst[(align_down(end) - at) as usize..(end - at) as usize].to_vec();
+            let end = (b.end() - at) as usize;
+            match b.take_stage() {
+                None => {
+                    // Padding and the rest of the last block are zeros on disk.
+                    dst[body_end..].fill(0);
+                    debug_assert_eq!(body_crc, crc32c::crc32c(&dst[body_at..body_end]));
+                    if i + 1 == n {
+                        new_tail = dst[end & !(IO_ALIGN_BYTES as usize - 1)..end].to_vec();
+                    }
+                    writes.push(file.write_at(buf, at));
+                }
+                Some((mut stage, used)) => {
+                    self.st.borrow_mut().stats.staged_batches += 1;
+                    let write_len = align_up(used as u64) as usize;
+                    stage.as_mut()[used..write_len].fill(0);
+                    <D::File as DeviceFile>::shrink(&mut stage, write_len);
+                    debug_assert_eq!(
+                        body_crc,
+                        crc32c::crc32c_append(
+                            crc32c::crc32c(&dst[body_at..head_end]),
+                            &stage.as_ref()[..used]
+                        )
+                    );
+                    debug_assert_eq!(head_end + write_len, (align_up(b.end()) - at) as usize);
+                    if i + 1 == n {
+                        let from = (end & !(IO_ALIGN_BYTES as usize - 1)) - head_end;
+                        new_tail = stage.as_ref()[from..end - head_end].to_vec();
+                    }
+                    writes.push(file.write_at(buf, at));
+                    writes.push(file.write_at(stage, at + head_end as u64));
+                }
             }
-            writes.push(file.write_at(buf, at));
         }
         let t0 = std::time::Instant::now();
         let results = futures::future::join_all(writes).await;
@@ -1060,7 +1107,7 @@ impl<D: Device> Shard<D> {
         &self,
         seg_id: u64,
         flush_id: u64,
-        batches: Vec<PendingBatch>,
+        batches: Vec<Batch<D>>,
         new_tail: Vec<u8>,
     ) {
         let mut st = self.st.borrow_mut();
@@ -1099,14 +1146,14 @@ impl<D: Device> Shard<D> {
         st.bytes_since_checkpoint += bytes;
     }
 
-    fn fail_batches(&self, batches: Vec<PendingBatch>, err: Error) {
+    fn fail_batches(&self, batches: Vec<Batch<D>>, err: Error) {
         let disk_full = matches!(err, Error::DiskFull { .. });
         let msg = err.to_string();
         let mut st = self.st.borrow_mut();
         // Everything queued behind the failed flush was placed after it, so
         // it fails too.
         let in_flush = batches.len();
-        let mut all: Vec<PendingBatch> = batches;
+        let mut all: Vec<Batch<D>> = batches;
         all.extend(st.pending.drain(..));
         let failed_seg = all.first().map(|b| b.segment);
         for (i, b) in all.into_iter().enumerate() {
@@ -1270,9 +1317,9 @@ pub(crate) struct FlushPlan {
 }
 
 /// A flush on its way to disk.
-struct FlushJob {
+struct FlushJob<B> {
     seg_id: u64,
-    batches: Vec<PendingBatch>,
+    batches: Vec<B>,
     flags: u16,
     plan: FlushPlan,
 }

@@ -269,7 +269,7 @@ impl<D: Device> Shard<D> {
             self.plan_flush(&mut st, id)
         };
         let tail = self
-            .write_flush(id, std::slice::from_ref(&seal), FLAG_SEAL, &plan)
+            .write_flush(id, std::slice::from_mut(&mut seal), FLAG_SEAL, &plan)
             .await?;
         self.commit_batches(id, plan.flush_id, vec![seal], tail);
         Ok(())
