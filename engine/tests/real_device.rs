@@ -288,6 +288,7 @@ fn a_rotten_record_compacted_beside_good_ones_keeps_them_through_a_full_scan() {
     std::fs::write(&file, &bytes).unwrap();
 
     let e = Engine::open(dir.path(), one()).unwrap();
+    let bad = e.bad_shards();
     let kept = |i: u64| i % 3 == 2;
     block_on(async {
         for i in (0..120).filter(|&i| !kept(i)) {
@@ -296,6 +297,13 @@ fn a_rotten_record_compacted_beside_good_ones_keeps_them_through_a_full_scan() {
         let r = e.compact().await.unwrap();
         assert!(r.segments_freed >= 1, "{r:?}");
     });
+    // Compaction read the rotten bytes to copy them, and reported them.
+    let report = bad
+        .try_recv()
+        .expect("compaction reports the rot it copies");
+    assert_eq!(report.id, id(17));
+    assert!(report.reason.contains("compaction"), "{}", report.reason);
+    assert!(bad.try_recv().is_err(), "exactly one bad shard");
     // Crash (no checkpoint): reopen scans the whole log, body crcs included.
     drop(e);
     let _ = std::fs::remove_file(dir.path().join("shard-0/index.ckpt"));

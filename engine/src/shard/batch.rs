@@ -190,8 +190,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> PendingBatch<B> {
     ) {
         debug_assert!(!self.closed);
         let block = is_block_payload(payload.len());
-        let first_payload = self.records.iter().all(|r| r.tomb);
-        if first_payload && block && payload.len() >= stage.min_payload {
+        // (The scan for an earlier payload runs only for large payloads,
+        // which batches hold few of.)
+        if block && payload.len() >= stage.min_payload && self.records.iter().all(|r| r.tomb) {
             let cap = align_up(payload.len().max(stage.bytes) as u64) as usize;
             self.payloads = Payloads::Staged {
                 buf: Some(alloc(cap)),
@@ -337,28 +338,29 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> PendingBatch<B> {
         }
         dst[..table.len()].copy_from_slice(&table);
         let mut crc = crc32c::crc32c(&table);
+        let copied = match &self.payloads {
+            Payloads::Copied(v) => Some(v),
+            Payloads::Staged { .. } => None,
+        };
         let mut filled = table.len();
         for r in self.records.iter().filter(|r| !r.tomb) {
-            let at = r.payload_off as usize;
+            let (at, len) = (r.payload_off as usize, r.payload_len as usize);
             crc = crc32c::crc32c_append(crc, &ZEROS[..at - filled]);
-            let len = r.payload_len as usize;
             crc = crate::crc::combine(crc, r.bytes_crc, len);
+            if let Some(payloads) = copied {
+                dst[filled..at].fill(0);
+                dst[at..at + len].copy_from_slice(&payloads[r.payload_at..r.payload_at + len]);
+            }
             filled = at + len;
         }
-        match &self.payloads {
-            Payloads::Copied(payloads) => {
-                let mut filled = table.len();
-                for r in self.records.iter().filter(|r| !r.tomb) {
-                    let at = r.payload_off as usize;
-                    dst[filled..at].fill(0);
-                    let len = r.payload_len as usize;
-                    dst[at..at + len].copy_from_slice(&payloads[r.payload_at..r.payload_at + len]);
-                    filled = at + len;
-                }
-                dst[filled..].fill(0);
-            }
-            Payloads::Staged { .. } => dst[table.len()..].fill(0),
-        }
+        // The rest is zeros: after the last payload, or (staged) after the
+        // table up to the staged buffer.
+        let rest = if copied.is_some() {
+            filled
+        } else {
+            table.len()
+        };
+        dst[rest..].fill(0);
         crc
     }
 }

@@ -243,6 +243,10 @@ impl<D: Device> Shard<D> {
                 stored: e.crc,
                 of_bytes: crc32c::crc32c(payload),
             };
+            if crc.of_bytes != crc.stored {
+                // Read anyway to copy it: say so, as a get or the scrubber would.
+                self.report_bad(id, e, "checksum mismatch found by compaction");
+            }
             let Some(rx) = self.append(kind, id, payload, crc, Some((victim, e.offset)))? else {
                 continue;
             };
