@@ -9,6 +9,11 @@
 //! | durable_put_4kib_c32 | 32 writers of 4 KiB durable puts | 4 KiB write + fdatasync, QD 1 |
 //! | scrub | one unthrottled scrub pass | sequential 1 MiB reads, QD 8 |
 //! | reopen_1m_shards | reopen after 1M shards (checkpoint) | none |
+//!
+//! The disk here is shared and its speed swings by 2x between minutes, so
+//! each paired figure runs in rounds (fio, then the engine, back to back)
+//! and the report gives the round whose ratio is the median, with every
+//! round's ratio in its note.
 
 use crate::fio;
 use crate::report::Report;
@@ -21,12 +26,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_engine::{Engine, EngineConfig};
 
+/// Most rounds of a paired figure one run takes (each round of the full
+/// plan is about a minute of disk time).
+pub const ROUNDS_MAX: usize = 15;
+
 /// Sizes of one run.
 pub struct Plan {
     pub seq_bytes: u64,
     pub rand_set_bytes: u64,
     pub seconds: u64,
     pub reopen_shards: u64,
+    /// Rounds of each paired figure (fio, then the engine); the report
+    /// gives the round with the median ratio.
+    pub rounds: usize,
 }
 
 impl Plan {
@@ -36,6 +48,7 @@ impl Plan {
             rand_set_bytes: 1 << 30,
             seconds: 10,
             reopen_shards: 1_000_000,
+            rounds: 3,
         }
     }
     pub fn quick() -> Self {
@@ -44,6 +57,7 @@ impl Plan {
             rand_set_bytes: 64 << 20,
             seconds: 2,
             reopen_shards: 50_000,
+            rounds: 1,
         }
     }
 }
@@ -282,13 +296,61 @@ pub(crate) fn open(dir: &Path, shards: usize) -> Result<Engine> {
 fn print_flushes(before: &tessera_engine::Stats, after: &tessera_engine::Stats, puts: u64) {
     let flushes = (after.flushes - before.flushes).max(1);
     eprintln!(
-        "  ({} flushes, {} of them pipelined, {:.1} puts each; per flush: write {} µs, fdatasync {} µs)",
+        "  ({} flushes, {} of them pipelined, {} with one fdatasync, {:.1} puts each; per flush: write {} µs, fdatasync {} µs)",
         flushes,
         after.pipelined_flushes - before.pipelined_flushes,
+        after.one_sync_flushes - before.one_sync_flushes,
         puts as f64 / flushes as f64,
         (after.flush_write_micros - before.flush_write_micros) / flushes,
         (after.flush_sync_micros - before.flush_sync_micros) / flushes
     );
+}
+
+/// The engine figure and its ceiling from each round of one phase, fio and
+/// the engine alternating, so both see the same slice of this shared
+/// disk's weather.
+#[derive(Default)]
+struct Rounds {
+    pairs: Vec<(f64, f64)>,
+    notes: Vec<String>,
+}
+
+impl Rounds {
+    fn push(&mut self, value: f64, ceiling: f64, note: String) {
+        eprintln!(
+            "    round {}: {value:.1} against {ceiling:.1} ({:.2})",
+            self.pairs.len() + 1,
+            value / ceiling.max(f64::MIN_POSITIVE)
+        );
+        self.pairs.push((value, ceiling));
+        self.notes.push(note);
+    }
+
+    /// Reports the round whose ratio is the median (the lower middle for
+    /// an even count), so value / ceiling is that median ratio, and lists
+    /// every round's ratio in the note.
+    fn report(&self, rep: &mut Report, name: &str, unit: &str, what: &str) {
+        if self.pairs.is_empty() {
+            return;
+        }
+        let ratio = |i: usize| self.pairs[i].0 / self.pairs[i].1.max(f64::MIN_POSITIVE);
+        let mut order: Vec<usize> = (0..self.pairs.len()).collect();
+        order.sort_by(|&a, &b| ratio(a).total_cmp(&ratio(b)));
+        let mid = order[(order.len() - 1) / 2];
+        let all: Vec<String> = (0..self.pairs.len())
+            .map(|i| format!("{:.2}", ratio(i)))
+            .collect();
+        let (value, ceiling) = self.pairs[mid];
+        let mut note = what.to_string();
+        if !self.notes[mid].is_empty() {
+            note.push_str("; ");
+            note.push_str(&self.notes[mid]);
+        }
+        if self.pairs.len() > 1 {
+            note.push_str(&format!("; median of round ratios {}", all.join(" ")));
+        }
+        rep.add(name, value, unit, Some(ceiling), note);
+    }
 }
 
 /// Runs every figure; returns the report.
@@ -297,15 +359,27 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
     let _ = std::fs::remove_dir_all(root);
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let mut rep = Report::default();
-    let dur = Duration::from_secs(plan.seconds);
     let fio_file: PathBuf = root.join("fio.dat");
     let edir = root.join("engine");
-
-    // 1. Sequential 1 MiB puts at 8 in flight vs fio sequential write QD 8.
-    //    fio's first pass lays the file out (fresh blocks); the ceiling is its
-    //    second pass over written blocks, as the engine writes into spare
-    //    segments it prepared while idle.
     let _ = std::fs::remove_file(&fio_file);
+    let e = open(&edir, shards)?;
+    seq_phase(&e, plan, &fio_file, &mut rep)?;
+    rand_phase(&e, plan, &fio_file, &mut rep)?;
+    durable_phase(&e, plan, &fio_file, &mut rep)?;
+    scrub_phase(&e, plan, &fio_file, &mut rep)?;
+    e.close()?;
+    let _ = std::fs::remove_dir_all(&edir);
+    let _ = std::fs::remove_file(&fio_file);
+    reopen_phase(root, plan, shards, &mut rep)?;
+    let _ = std::fs::remove_dir_all(root);
+    Ok(rep)
+}
+
+/// Sequential 1 MiB puts at 8 in flight vs fio sequential write QD 8.
+/// fio's first pass lays its file out (fresh blocks); the ceiling is a later
+/// pass over written blocks, as the engine writes into spare segments it
+/// prepared while idle.
+fn seq_phase(e: &Engine, plan: &Plan, fio_file: &Path, rep: &mut Report) -> Result<()> {
     let seq_args = [
         "--rw=write",
         "--bs=1m",
@@ -313,88 +387,75 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
         &format!("--size={}", plan.seq_bytes),
         "--end_fsync=1",
     ];
-    let fresh = fio::run("seqwrite-fresh", &fio_file, &seq_args)?;
-    let e = open(&edir, shards)?;
-    settle(&e)?;
-    let seq = fio::run("seqwrite", &fio_file, &seq_args)?;
+    let fresh = fio::run("seqwrite-fresh", fio_file, &seq_args)?;
+    eprintln!(
+        "  (fio laid out its file at {:.0} MB/s)",
+        fresh.bytes_per_sec / 1e6
+    );
     // Writers on each shard's executor (how the chunk server serves), 8 in
     // flight in all, each putting the same shared 1 MiB payload.
     let shards = e.shards();
     let one_mib = Arc::new(payload(1 << 20, 7));
     let n = plan.seq_bytes >> 20;
-    let work: Work = {
-        let one_mib = one_mib.clone();
-        Arc::new(move |shard, i| (owned_id("seq-", shard, shards, i), Some(one_mib.clone())))
-    };
-    let before = block_on(e.stats())?;
-    let load = drive_local(
-        &e,
-        (8 / shards).max(1),
-        Duration::from_secs(600),
-        n / shards as u64,
-        work,
-    )?;
-    print_flushes(&before, &block_on(e.stats())?, load.ops);
-    let mbps = (load.ops << 20) as f64 / load.elapsed.as_secs_f64() / 1e6;
-    rep.add(
+    let mut rounds = Rounds::default();
+    for round in 0..plan.rounds {
+        settle(e)?;
+        let seq = fio::run("seqwrite", fio_file, &seq_args)?;
+        let prefix = format!("seq{round}-");
+        let work: Work = {
+            let one_mib = one_mib.clone();
+            Arc::new(move |shard, i| (owned_id(&prefix, shard, shards, i), Some(one_mib.clone())))
+        };
+        let before = block_on(e.stats())?;
+        let load = drive_local(
+            e,
+            (8 / shards).max(1),
+            Duration::from_secs(600),
+            n / shards as u64,
+            work,
+        )?;
+        print_flushes(&before, &block_on(e.stats())?, load.ops);
+        let mbps = (load.ops << 20) as f64 / load.elapsed.as_secs_f64() / 1e6;
+        rounds.push(mbps, seq.bytes_per_sec / 1e6, String::new());
+    }
+    rounds.report(
+        rep,
         "seq_put_1mib",
-        mbps,
         "MB/s",
-        Some(seq.bytes_per_sec / 1e6),
-        format!(
-            "fio seq write 1 MiB QD8 over written blocks (fresh file: {:.0} MB/s)",
-            fresh.bytes_per_sec / 1e6
-        ),
+        "fio seq write 1 MiB QD8 over written blocks",
     );
     // The same from one caller thread through the handle, which takes an
-    // owned payload (one copy per put on the caller's side).
-    settle(&e)?;
+    // owned payload (one copy per put on the caller's side); one round, its
+    // ceiling the last round's fio figure.
+    settle(e)?;
     let load = drive(8, Duration::from_secs(600), n, |i| {
-        put(&e, shard_id("seqh-", i), one_mib.to_vec())
+        put(e, shard_id("seqh-", i), one_mib.to_vec())
     })?;
     let mbps = (load.ops << 20) as f64 / load.elapsed.as_secs_f64() / 1e6;
     rep.add(
         "seq_put_1mib_via_handle",
         mbps,
         "MB/s",
-        Some(seq.bytes_per_sec / 1e6),
-        "same, from a caller thread",
+        rounds.pairs.last().map(|p| p.1),
+        "same, from a caller thread (one round)",
     );
+    Ok(())
+}
 
-    // 2. Random 4 KiB gets at 32 in flight vs fio random read QD 32.
+/// Random 4 KiB gets at 32 in flight vs fio random read QD 32, and bare
+/// glommio reads of fio's file (the runtime's own ceiling).
+fn rand_phase(e: &Engine, plan: &Plan, fio_file: &Path, rep: &mut Report) -> Result<()> {
+    let dur = Duration::from_secs(plan.seconds);
+    let shards = e.shards();
     let set = plan.rand_set_bytes / 4096;
     let four_k = payload(4096, 9);
     let fill = drive(64, Duration::from_secs(600), set, |i| {
-        put(&e, shard_id("rnd-", i), four_k.clone())
+        put(e, shard_id("rnd-", i), four_k.clone())
     })?;
     eprintln!(
         "  (filled {} 4 KiB shards at {:.0} puts/s)",
         fill.ops,
         fill.per_sec()
-    );
-    settle(&e)?;
-    let rr = fio::run(
-        "randread",
-        &fio_file,
-        &[
-            "--rw=randread",
-            "--bs=4k",
-            "--iodepth=32",
-            &format!("--size={}", plan.rand_set_bytes),
-            "--time_based",
-            &format!("--runtime={}", plan.seconds),
-        ],
-    )?;
-    // The runtime's own ceiling: bare glommio reads of the same fio file at
-    // QD 32 on one executor, no engine. Separates what the engine costs from
-    // what the runtime's reactor costs on this machine.
-    let raw = raw_glommio_randread(&fio_file, plan.rand_set_bytes, 32, dur)?;
-    rep.add(
-        "runtime_rand_read_4kib",
-        raw,
-        "IOPS",
-        Some(rr.iops),
-        "bare glommio DmaFile reads, QD32, one executor, same fio file",
     );
     // Readers on each shard's executor (how the chunk server serves), 32 in
     // flight in all, over the ids each shard owns.
@@ -410,19 +471,43 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
         let k = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as usize % ids.len();
         (ids[k].clone(), None)
     });
-    let mut load = drive_local(&e, per_shard, dur, u64::MAX, work)?;
-    let (p50, p99) = (load.pct(0.5), load.pct(0.99));
-    rep.add(
-        "rand_get_4kib",
-        load.per_sec(),
+    let (mut engine, mut runtime) = (Rounds::default(), Rounds::default());
+    for _ in 0..plan.rounds {
+        settle(e)?;
+        let rr = fio::run(
+            "randread",
+            fio_file,
+            &[
+                "--rw=randread",
+                "--bs=4k",
+                "--iodepth=32",
+                &format!("--size={}", plan.rand_set_bytes),
+                "--time_based",
+                &format!("--runtime={}", plan.seconds),
+            ],
+        )?;
+        // Separates what the engine costs from what the runtime's reactor
+        // costs on this machine.
+        let raw = raw_glommio_randread(fio_file, plan.rand_set_bytes, 32, dur)?;
+        runtime.push(raw, rr.iops, String::new());
+        let mut load = drive_local(e, per_shard, dur, u64::MAX, work.clone())?;
+        let (p50, p99) = (load.pct(0.5), load.pct(0.99));
+        engine.push(
+            load.per_sec(),
+            rr.iops,
+            format!("engine p50 {p50} µs p99 {p99} µs"),
+        );
+    }
+    runtime.report(
+        rep,
+        "runtime_rand_read_4kib",
         "IOPS",
-        Some(rr.iops),
-        format!("fio randread 4 KiB QD32; engine p50 {p50} µs p99 {p99} µs"),
+        "bare glommio DmaFile reads, QD32, one executor, same fio file",
     );
+    engine.report(rep, "rand_get_4kib", "IOPS", "fio randread 4 KiB QD32");
     // The same through the thread-safe handle (one thread hop each way).
     let mut load = drive(32, dur, u64::MAX, |i| {
         let id = shard_id("rnd-", (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % set);
-        let e = &e;
         async move { e.get(&id).await.map(|_| ()) }
     })?;
     let (p50, p99) = (load.pct(0.5), load.pct(0.99));
@@ -430,92 +515,108 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
         "rand_get_4kib_via_handle",
         load.per_sec(),
         "IOPS",
-        Some(rr.iops),
-        format!("same, from a caller thread; p50 {p50} µs p99 {p99} µs"),
+        engine.pairs.last().map(|p| p.1),
+        format!("same, from a caller thread (one round); p50 {p50} µs p99 {p99} µs"),
     );
+    Ok(())
+}
 
-    // 3. Durable 4 KiB puts from 32 writers vs fio write+fdatasync QD 1.
-    settle(&e)?;
-    let sync1 = fio::run(
-        "fsync4k",
-        &fio_file,
-        &[
-            "--rw=write",
-            "--bs=4k",
-            "--iodepth=1",
-            "--fdatasync=1",
-            &format!("--size={}", plan.seq_bytes),
-            "--time_based",
-            &format!("--runtime={}", plan.seconds),
-        ],
-    )?;
-    settle(&e)?;
-    let before = block_on(e.stats())?;
+/// Durable 4 KiB puts from 32 writers vs fio write+fdatasync QD 1.
+fn durable_phase(e: &Engine, plan: &Plan, fio_file: &Path, rep: &mut Report) -> Result<()> {
+    let dur = Duration::from_secs(plan.seconds);
+    let shards = e.shards();
+    let per_shard = (32 / shards).max(1);
+    let four_k = payload(4096, 9);
     let payload4k = Arc::new(four_k.clone());
-    let work: Work =
-        Arc::new(move |shard, n| (owned_id("dur-", shard, shards, n), Some(payload4k.clone())));
-    let mut load = drive_local(&e, per_shard, dur, u64::MAX, work)?;
-    let after = block_on(e.stats())?;
-    print_flushes(&before, &after, load.ops);
-    let (p50, p99) = (load.pct(0.5), load.pct(0.99));
-    rep.add(
+    let mut rounds = Rounds::default();
+    for round in 0..plan.rounds {
+        settle(e)?;
+        let sync1 = fio::run(
+            "fsync4k",
+            fio_file,
+            &[
+                "--rw=write",
+                "--bs=4k",
+                "--iodepth=1",
+                "--fdatasync=1",
+                &format!("--size={}", plan.seq_bytes),
+                "--time_based",
+                &format!("--runtime={}", plan.seconds),
+            ],
+        )?;
+        settle(e)?;
+        let before = block_on(e.stats())?;
+        let prefix = format!("dur{round}-");
+        let p = payload4k.clone();
+        let work: Work =
+            Arc::new(move |shard, n| (owned_id(&prefix, shard, shards, n), Some(p.clone())));
+        let mut load = drive_local(e, per_shard, dur, u64::MAX, work)?;
+        print_flushes(&before, &block_on(e.stats())?, load.ops);
+        let (p50, p99) = (load.pct(0.5), load.pct(0.99));
+        rounds.push(
+            load.per_sec(),
+            sync1.iops,
+            format!("engine p50 {p50} µs p99 {p99} µs"),
+        );
+    }
+    rounds.report(
+        rep,
         "durable_put_4kib_c32",
-        load.per_sec(),
         "ops/s",
-        Some(sync1.iops),
-        format!("fio 4 KiB write+fdatasync QD1; engine p50 {p50} µs p99 {p99} µs"),
+        "fio 4 KiB write+fdatasync QD1",
     );
-
-    settle(&e)?;
+    settle(e)?;
     let mut load = drive(32, dur, u64::MAX, |i| {
-        put(&e, shard_id("duh-", i), four_k.clone())
+        put(e, shard_id("duh-", i), four_k.clone())
     })?;
     let (p50, p99) = (load.pct(0.5), load.pct(0.99));
     rep.add(
         "durable_put_4kib_c32_via_handle",
         load.per_sec(),
         "ops/s",
-        Some(sync1.iops),
-        format!("same, from a caller thread; p50 {p50} µs p99 {p99} µs"),
+        rounds.pairs.last().map(|p| p.1),
+        format!("same, from a caller thread (one round); p50 {p50} µs p99 {p99} µs"),
     );
+    Ok(())
+}
 
-    // 4. One unthrottled scrub pass vs fio sequential read QD 8.
-    settle(&e)?;
-    let sr = fio::run(
-        "seqread",
-        &fio_file,
-        &[
-            "--rw=read",
-            "--bs=1m",
-            "--iodepth=8",
-            &format!("--size={}", plan.seq_bytes),
-        ],
-    )?;
-    let stats = block_on(e.stats())?;
-    let t = Instant::now();
-    let p = block_on(e.scrub(Some(u64::MAX)))?;
-    let secs = t.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        p.bad_found == 0,
-        "scrub found {} bad shards on a healthy store",
-        p.bad_found
-    );
-    rep.add(
-        "scrub",
-        stats.live_bytes as f64 / secs / 1e6,
-        "MB/s",
-        Some(sr.bytes_per_sec / 1e6),
-        format!(
-            "fio seq read 1 MiB QD8; {} records verified",
-            p.records_verified
-        ),
-    );
-    e.close()?;
-    let _ = std::fs::remove_dir_all(&edir);
-    let _ = std::fs::remove_file(&fio_file);
+/// One unthrottled scrub pass per round vs fio sequential read QD 8.
+fn scrub_phase(e: &Engine, plan: &Plan, fio_file: &Path, rep: &mut Report) -> Result<()> {
+    let mut rounds = Rounds::default();
+    for _ in 0..plan.rounds {
+        settle(e)?;
+        let sr = fio::run(
+            "seqread",
+            fio_file,
+            &[
+                "--rw=read",
+                "--bs=1m",
+                "--iodepth=8",
+                &format!("--size={}", plan.seq_bytes),
+            ],
+        )?;
+        let stats = block_on(e.stats())?;
+        let t = Instant::now();
+        let p = block_on(e.scrub(Some(u64::MAX)))?;
+        let secs = t.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            p.bad_found == 0,
+            "scrub found {} bad shards on a healthy store",
+            p.bad_found
+        );
+        rounds.push(
+            stats.live_bytes as f64 / secs / 1e6,
+            sr.bytes_per_sec / 1e6,
+            format!("{} records verified", p.records_verified),
+        );
+    }
+    rounds.report(rep, "scrub", "MB/s", "fio seq read 1 MiB QD8");
+    Ok(())
+}
 
-    // 5. Reopen with a million shards: after a clean close (checkpoint), and
-    //    from the log alone (checkpoint removed).
+/// Reopen with a million shards: after a clean close (checkpoint), and from
+/// the log alone (checkpoint removed).
+fn reopen_phase(root: &Path, plan: &Plan, shards: usize, rep: &mut Report) -> Result<()> {
     let rdir = root.join("reopen");
     let e = open(&rdir, shards)?;
     let small = payload(64, 11);
@@ -561,6 +662,5 @@ pub fn run(root: &Path, plan: &Plan, shards: usize) -> Result<Report> {
         None,
         format!("{live} shards, full log scan"),
     );
-    let _ = std::fs::remove_dir_all(root);
-    Ok(rep)
+    Ok(())
 }

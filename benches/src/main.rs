@@ -45,6 +45,10 @@ struct Cli {
     /// Only these WAL phases, as SIZE_KIB:IN_FLIGHT (e.g. `4:64`); all when empty.
     #[arg(long, global = true, value_delimiter = ',')]
     wal_phases: Vec<String>,
+    /// Rounds of each paired figure of `engine` (fio, then the engine; the
+    /// round with the median ratio is reported); 0 = 3, or 1 with --quick.
+    #[arg(long, global = true, default_value_t = 0)]
+    rounds: usize,
     /// Directory for the data files (engine and fio share its file system).
     #[arg(long, global = true, default_value = "/tmp/tessera-bench")]
     dir: PathBuf,
@@ -160,11 +164,14 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let report = match cli.cmd {
         Cmd::Engine => {
-            let plan = if cli.quick {
+            let mut plan = if cli.quick {
                 engine_bench::Plan::quick()
             } else {
                 engine_bench::Plan::full()
             };
+            if cli.rounds > 0 {
+                plan.rounds = cli.rounds.min(engine_bench::ROUNDS_MAX);
+            }
             engine_bench::run(&cli.dir, &plan, cli.shards)?
         }
         Cmd::Chunkd => {

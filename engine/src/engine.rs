@@ -309,7 +309,8 @@ impl Engine {
                 "shards is {shards}; it must be 1..={SHARDS_MAX}"
             )));
         }
-        crate::memlock::raise_memlock()?;
+        crate::rlimit::raise_memlock()?;
+        crate::rlimit::raise_open_files();
         let factory = Arc::new(factory);
         let (bad_tx, bad_rx) = async_channel::bounded(BAD_SHARD_QUEUE_DEPTH);
         let cores = default_shards();

@@ -23,8 +23,8 @@ mod engine;
 mod error;
 pub mod format;
 pub mod limits;
-mod memlock;
 mod reader;
+mod rlimit;
 mod shard;
 
 pub use engine::{
@@ -32,7 +32,7 @@ pub use engine::{
     SimFactory, UringFactory,
 };
 pub use error::{Error, Result};
-pub use memlock::{raise_memlock, MEMLOCK_MIN_BYTES};
+pub use rlimit::{raise_memlock, raise_open_files, MEMLOCK_MIN_BYTES};
 pub use shard::{
     BadShard, CompactReport, Entry, InventoryItem, ScrubProgress, Shard, ShardConfig, ShardStat,
     Stats,

@@ -39,6 +39,13 @@ pub const BATCH_BUFFER_BYTES: usize = 1 << 20;
 /// crash can still tear only the two newest, both unacknowledged.
 pub const FLUSHES_INFLIGHT_MAX: usize = 2;
 
+/// Writes in one flush from which the flush writes without O_DSYNC and ends
+/// with one fdatasync. This disk's cache is volatile and it has no FUA, so
+/// each O_DSYNC write is a write plus a cache flush; a lone write is cheaper
+/// that way (one round trip), but a flush of several pays one cache flush
+/// per write.
+pub const FLUSH_ONE_SYNC_MIN_WRITES: usize = 2;
+
 /// Most bytes one flush writes before its fdatasync, bounding the latency a
 /// small put can wait behind large ones.
 pub const FLUSH_MAX_BYTES: usize = 16 << 20;

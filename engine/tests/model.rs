@@ -138,6 +138,7 @@ fn config(small_batches: bool) -> ShardConfig {
         scrub_interval: None,
         free_segments_keep: 2,
         prepared_segments: 0,
+        flush_one_sync_min_writes: d.flush_one_sync_min_writes,
     }
 }
 
@@ -210,6 +211,7 @@ impl Harness {
             c.4 += s.pipelined_flushes;
             c.5 += s.split_flushes;
             c.6 += s.staged_batches;
+            c.7 += s.one_sync_flushes;
         });
     }
 
@@ -424,7 +426,8 @@ impl Harness {
 thread_local! {
     /// (torn tails cut, segments compacted, checkpoints, cases) — to see
     /// that the generated cases reach the interesting paths.
-    static COVERAGE: RefCell<(u64, u64, u64, u64, u64, u64, u64)> = const { RefCell::new((0, 0, 0, 0, 0, 0, 0)) };
+    #[allow(clippy::type_complexity)]
+    static COVERAGE: RefCell<(u64, u64, u64, u64, u64, u64, u64, u64)> = const { RefCell::new((0, 0, 0, 0, 0, 0, 0, 0)) };
 }
 
 thread_local! {
@@ -461,6 +464,10 @@ fn run_on(ex: &glommio::LocalExecutor, ops: Vec<Op>) -> Result<(), TestCaseError
         ex.run(async move {
             let fs = SimFs::new();
             let small_batches = ops.len() % 2 == 1;
+            // Half the cases run on files that act as if open with O_DSYNC,
+            // like the real device: flushes of one write rely on it, flushes
+            // of several write unsynced and sync once.
+            fs.set_durable_writes(ops.len() % 4 >= 2);
             let (shard, flusher) = open(&fs, small_batches).await;
             let mut h = Harness {
                 fs,
@@ -520,11 +527,18 @@ fn generated_cases_reach_crash_compaction_and_checkpoint_paths() {
     runner
         .run(&proptest::collection::vec(op(), 1..40), run_case)
         .unwrap();
-    let (torn, compacted, ckpts, cases, pipelined, split, staged) = COVERAGE.with(|c| *c.borrow());
-    println!("coverage: {cases} cases, {torn} torn tails cut, {compacted} segments compacted, {ckpts} checkpoints, {pipelined} pipelined flushes, {split} split flushes, {staged} staged batches (counted since last open)");
+    let (torn, compacted, ckpts, cases, pipelined, split, staged, one_sync) =
+        COVERAGE.with(|c| *c.borrow());
+    println!("coverage: {cases} cases, {torn} torn tails cut, {compacted} segments compacted, {ckpts} checkpoints, {pipelined} pipelined flushes, {split} split flushes, {staged} staged batches, {one_sync} flushes of several writes with one sync (counted since last open)");
     assert!(
-        torn > 0 && compacted > 0 && ckpts > 0 && pipelined > 0 && split > 0 && staged > 0,
-        "the generator no longer reaches the crash, compaction, checkpoint, pipelined-flush, split-flush or staged-batch paths"
+        torn > 0
+            && compacted > 0
+            && ckpts > 0
+            && pipelined > 0
+            && split > 0
+            && staged > 0
+            && one_sync > 0,
+        "the generator no longer reaches the crash, compaction, checkpoint, pipelined-flush, split-flush, staged-batch or one-sync paths"
     );
 }
 

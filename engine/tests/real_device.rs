@@ -229,7 +229,9 @@ fn staged_large_payloads_read_back_after_reopen_and_full_scan() {
             assert!(e.delete(&id(i)).await.unwrap());
         }
     });
-    assert!(block_on(e.stats()).unwrap().staged_batches > 0);
+    let s = block_on(e.stats()).unwrap();
+    assert!(s.staged_batches > 0, "{s:?}");
+    assert!(s.one_sync_flushes > 0, "{s:?}");
     let check = |e: &Engine| {
         block_on(async {
             for i in 0..40u64 {
@@ -653,7 +655,16 @@ fn spare_segments_are_prepared_while_quiet_and_used_on_roll() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // Large puts together first: flushes of several writes, into the
+    // spares (renamed from free-* to seg-* when taken), written through a
+    // second handle without O_DSYNC and made durable by one fdatasync.
+    let big = |i: u64| value(i, 64 << 10);
     block_on(async {
+        let ids: Vec<Vec<u8>> = (1000..1012u64).map(id).collect();
+        let puts = (1000..1012u64).map(|i| e.put(&ids[i as usize - 1000], big(i)));
+        for r in futures::future::join_all(puts).await {
+            r.unwrap();
+        }
         // Enough to roll over several segments, using the spares.
         for i in 0..200 {
             e.put(&id(i), value(i, 6000)).await.unwrap();
@@ -661,11 +672,15 @@ fn spare_segments_are_prepared_while_quiet_and_used_on_roll() {
     });
     let s = block_on(e.stats()).unwrap();
     assert!(s.segments >= 4, "{s:?}");
+    assert!(s.one_sync_flushes > 0, "{s:?}");
     drop(e); // no checkpoint: the scan must ignore the zeros after each tail
     let e = Engine::open(dir.path(), c).unwrap();
     block_on(async {
         for i in 0..200 {
             assert_eq!(e.get(&id(i)).await.unwrap(), value(i, 6000));
+        }
+        for i in 1000..1012u64 {
+            assert_eq!(e.get(&id(i)).await.unwrap(), big(i));
         }
     });
     e.close().unwrap();

@@ -147,6 +147,12 @@ impl<F: DeviceFile> DeviceFile for FaultyFile<F> {
         }
         self.inner.write_at(buf, pos).await
     }
+    async fn write_at_unsynced(&self, buf: Self::Buf, pos: u64) -> io::Result<()> {
+        if self.plan.trip(&self.plan.write_eio_after) {
+            return Err(eio("write"));
+        }
+        self.inner.write_at_unsynced(buf, pos).await
+    }
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::ReadBuf> {
         self.inner.read_at(pos, len).await
     }

@@ -61,6 +61,12 @@ pub trait DeviceFile: 'static {
     fn shrink(buf: &mut Self::Buf, len: usize);
     /// Writes all of `buf` at `pos`.
     async fn write_at(&self, buf: Self::Buf, pos: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `pos`, durable only after a later `sync` even
+    /// when `writes_are_durable()`: a flush of several writes issues them
+    /// this way and pays for one cache flush instead of one per write.
+    async fn write_at_unsynced(&self, buf: Self::Buf, pos: u64) -> io::Result<()> {
+        self.write_at(buf, pos).await
+    }
     /// Reads up to `len` bytes at `pos`; shorter only at the end of the file.
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::ReadBuf>;
     /// Makes completed writes durable (fdatasync).

@@ -60,6 +60,8 @@ struct SimState {
     unsynced: Vec<(u64, u64, Vec<u8>)>,
     /// Bytes the whole file system may allocate; `None` is unlimited.
     capacity_bytes: Option<u64>,
+    /// Files act as if open with O_DSYNC (see [`SimFs::set_durable_writes`]).
+    durable_writes: bool,
 }
 
 /// A simulated file system shared by the shards of one engine (and the test
@@ -87,6 +89,13 @@ impl SimFs {
     /// Limits the bytes all files together may allocate (ENOSPC past it).
     pub fn set_capacity(&self, bytes: Option<u64>) {
         self.lock().capacity_bytes = bytes;
+    }
+
+    /// Makes files act like the real device's, open with O_DSYNC: a
+    /// completed `write_at` is durable (a crash while it is in flight may
+    /// still tear it), and only `write_at_unsynced` needs a `sync`.
+    pub fn set_durable_writes(&self, on: bool) {
+        self.lock().durable_writes = on;
     }
 
     /// The device for one shard: its files live under `shard-{index}/`.
@@ -311,6 +320,34 @@ impl DeviceFile for SimFileHandle {
     }
 
     async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
+        let len = buf.len();
+        self.write_at_unsynced(buf, pos).await?;
+        if !self.writes_are_durable() {
+            return Ok(());
+        }
+        // In flight until the next turn: a crash before then may tear it.
+        io_turn().await;
+        let mut s = self.checked()?;
+        let ino = self.ino;
+        let Some(i) = s
+            .unsynced
+            .iter()
+            .position(|(i, p, d)| *i == ino && *p == pos && d.len() == len)
+        else {
+            // A sync of the file in between made it durable already.
+            return Ok(());
+        };
+        let (_, _, data) = s.unsynced.remove(i);
+        let f = s.files.get_mut(&ino).ok_or_else(stale)?;
+        // O_DSYNC also makes the file's size durable.
+        if f.durable.len() < f.live.len() {
+            f.durable.resize(f.live.len(), 0);
+        }
+        f.durable[pos as usize..pos as usize + len].copy_from_slice(&data);
+        Ok(())
+    }
+
+    async fn write_at_unsynced(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
         io_turn().await;
         let mut s = self.checked()?;
         let f = s.files.get_mut(&self.ino).ok_or_else(stale)?;
@@ -343,6 +380,10 @@ impl DeviceFile for SimFileHandle {
         let ino = self.ino;
         s.unsynced.retain(|(i, _, _)| *i != ino);
         Ok(())
+    }
+
+    fn writes_are_durable(&self) -> bool {
+        self.fs.lock().durable_writes
     }
 
     fn len(&self) -> u64 {

@@ -1,5 +1,8 @@
 //! The real device: glommio `DmaFile`s (io_uring, O_DIRECT, O_DSYNC) in one
-//! directory.
+//! directory. Each file is open twice: with O_DSYNC, for writes durable on
+//! their own, and without, for the writes of a flush of several that ends in
+//! one fdatasync (this disk has a volatile cache and no FUA, so every O_DSYNC
+//! write costs a cache flush of its own).
 //!
 //! Invariant: before the first `DmaFile` on a block device is opened, a
 //! non-empty probe file is opened, because glommio decides once per device
@@ -8,7 +11,9 @@
 
 use super::{Device, DeviceFile};
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use std::cell::OnceCell;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// One shard's directory on a real file system.
@@ -65,7 +70,11 @@ impl Device for UringDevice {
                 return Err(e);
             }
         }
-        Ok(UringFile { file, len })
+        Ok(UringFile {
+            file,
+            plain: OnceCell::new(),
+            len,
+        })
     }
 
     async fn open(&self, name: &str) -> io::Result<UringFile> {
@@ -77,7 +86,11 @@ impl Device for UringDevice {
             .await
             .map_err(glommio_err)?;
         let len = file.file_size().await.map_err(glommio_err)?;
-        Ok(UringFile { file, len })
+        Ok(UringFile {
+            file,
+            plain: OnceCell::new(),
+            len,
+        })
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -112,8 +125,27 @@ impl Device for UringDevice {
 
 /// An open O_DIRECT file.
 pub struct UringFile {
+    /// Opened with O_DSYNC: reads, durable writes, fdatasync.
     file: DmaFile,
+    /// The same file without O_DSYNC, for [`DeviceFile::write_at_unsynced`]:
+    /// opened on first use (so only files written since open hold two
+    /// descriptors) through `/proc/self/fd`, which names the open inode
+    /// whatever it has been renamed to since. `None` if that failed; the
+    /// O_DSYNC handle writes instead (durable anyway).
+    plain: OnceCell<Option<DmaFile>>,
     len: u64,
+}
+
+async fn write_all(file: &DmaFile, buf: DmaBuffer, pos: u64) -> io::Result<()> {
+    let want = buf.len();
+    let n = file.write_at(buf, pos).await.map_err(glommio_err)?;
+    if n != want {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short O_DIRECT write: {n} of {want} bytes at {pos}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A read result of the real device.
@@ -138,15 +170,32 @@ impl DeviceFile for UringFile {
     }
 
     async fn write_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {
-        let want = buf.len();
-        let n = self.file.write_at(buf, pos).await.map_err(glommio_err)?;
-        if n != want {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short O_DIRECT write: {n} of {want} bytes at {pos}"),
-            ));
+        write_all(&self.file, buf, pos).await
+    }
+
+    async fn write_at_unsynced(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {
+        if self.plain.get().is_none() {
+            let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+            let f = match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .dma_open(&path)
+                .await
+            {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(%path, error = %e, "cannot open a segment a second time without O_DSYNC; its flushes write with O_DSYNC");
+                    None
+                }
+            };
+            // Two writes of one flush may race to open it; the loser's handle
+            // is dropped.
+            let _ = self.plain.set(f);
         }
-        Ok(())
+        match self.plain.get() {
+            Some(Some(plain)) => write_all(plain, buf, pos).await,
+            _ => write_all(&self.file, buf, pos).await,
+        }
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<UringRead> {

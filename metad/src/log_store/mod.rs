@@ -895,6 +895,57 @@ mod tests {
         v
     }
 
+    /// A new log has its spare before it serves (a half-prepared one from
+    /// a crash is replaced), and its first rotation takes that very file:
+    /// no file is created while the log runs, so its space is fixed.
+    #[test]
+    fn a_spare_is_prepared_on_open_and_the_first_rotation_reuses_it() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("prep-00000000000000000007.seg"), b"torn").unwrap();
+        let ino = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().ino();
+        run_local(async {
+            let (log, _) =
+                SharedLog::open_rotating_at(dir.path(), GROUPS, SMALL_ROTATE_BYTES).unwrap();
+            let names = files(dir.path());
+            assert_eq!(
+                names,
+                vec![
+                    "log-00000000000000000001.seg".to_string(),
+                    "spare-00000000000000000001.seg".to_string()
+                ],
+                "one segment and one prepared spare, the torn one gone"
+            );
+            let spare = ino("spare-00000000000000000001.seg");
+            let first = ino("log-00000000000000000001.seg");
+            // Up to the first rotation (the small rotation point is a few
+            // frames away).
+            let mut i = 0;
+            while files(dir.path())
+                .iter()
+                .any(|n| n == "log-00000000000000000001.seg")
+            {
+                i += 1;
+                assert!(i <= 40, "no rotation after 40 appends");
+                log.append(0, vec![entry(1, i)]).await.unwrap();
+            }
+            let names = files(dir.path());
+            assert_eq!(names.len(), 2, "{names:?}");
+            let newest = names
+                .iter()
+                .find(|n| n.starts_with("log-"))
+                .unwrap()
+                .clone();
+            assert_eq!(ino(&newest), spare, "the rotation took the prepared spare");
+            let retired = names
+                .iter()
+                .find(|n| n.starts_with("spare-"))
+                .unwrap()
+                .clone();
+            assert_eq!(ino(&retired), first, "the old segment is the next spare");
+        });
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 

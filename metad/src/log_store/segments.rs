@@ -4,7 +4,8 @@
 //! one frame per flush; retired segments are kept and reused.
 //!
 //! Owns: `<dir>/log-N.seg` (segments; N only grows), `<dir>/spare-N.seg`
-//! (retired segments waiting for reuse), the frame format, the replay of
+//! (retired segments waiting for reuse; one is prepared on open if there is
+//! none), `<dir>/prep-N.seg` (a spare being prepared), the frame format, the replay of
 //! segment images and the migration of a log in the first format
 //! (`seg-N.log`, see [`super::legacy`]).
 //!
@@ -299,6 +300,10 @@ struct Writer<D: Device> {
     failed: Option<String>,
 }
 
+fn prep_name(seq: u64) -> String {
+    format!("prep-{seq:020}.seg")
+}
+
 /// Runs the writer: opens and replays the log on `dev`, reports what it
 /// found through `opened`, then serves `jobs` until the log is dropped.
 pub(super) async fn run<D: Device>(
@@ -310,7 +315,11 @@ pub(super) async fn run<D: Device>(
     mut jobs: futures::channel::mpsc::UnboundedReceiver<Job>,
 ) {
     let mut w = match Writer::open(dev, dir, groups, segment_bytes).await {
-        Ok((w, o)) => {
+        Ok((mut w, o)) => {
+            // Before serving: the first rotation after a start then neither
+            // waits for a segment of zeros nor allocates space (a full disk
+            // cannot stop it), and a running log does not grow.
+            w.prepare_spare(segment_bytes).await;
             let _ = opened.send(Ok(o));
             w
         }
@@ -572,6 +581,44 @@ impl<D: Device> Writer<D> {
         ))
     }
 
+    /// Removes spares left half-written by a crash, then, if the log has
+    /// no spare, writes one of a segment's size (for a small checkpoint)
+    /// with zeros under a temporary name and names it a spare once it is
+    /// durable. A failure is logged and given up: the next rotation then
+    /// creates its segment itself, as it would without a spare.
+    async fn prepare_spare(&mut self, rotate_bytes: u64) {
+        let names = match self.dev.list() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot list the log's files to prepare a spare segment");
+                return;
+            }
+        };
+        for (_, name) in names_by(&names, "prep-", ".seg") {
+            if let Err(e) = self.dev.remove(name).await {
+                tracing::warn!(file = %self.path(name).display(), error = %e, "cannot remove a half-prepared spare segment");
+            }
+        }
+        if names_by(&names, "spare-", ".seg").len() >= LOG_SPARES_MAX {
+            return;
+        }
+        // Numbered like a retired segment of the current number: below
+        // every number a later segment gets, so the zeros it holds are
+        // never read as that segment's frames.
+        let (prep, spare) = (prep_name(self.seq), spare_name(self.seq));
+        let len = segment_capacity(rotate_bytes, 0);
+        let res = async {
+            drop(create_zeroed(&self.dev, &prep, len).await?);
+            self.dev.rename(&prep, &spare).await?;
+            self.dev.sync_dir().await
+        }
+        .await;
+        if let Err(e) = res {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "preparing a spare log segment failed; the next rotation creates its own");
+            let _ = self.dev.remove(&prep).await;
+        }
+    }
+
     fn refuse_if_failed(&self) -> io::Result<()> {
         match &self.failed {
             Some(why) => Err(io::Error::other(format!(
@@ -665,14 +712,14 @@ async fn create_zeroed<D: Device>(dev: &D, name: &str, len: u64) -> io::Result<D
             let n = (ZERO_FILL_CHUNK_BYTES as u64).min(len - pos) as usize;
             let mut buf = f.alloc(n);
             buf.as_mut().fill(0);
-            writes.push(f.write_at(buf, pos));
+            writes.push(f.write_at_unsynced(buf, pos));
             pos += n as u64;
         }
         futures::future::try_join_all(writes).await?;
     }
-    if !f.writes_are_durable() {
-        f.sync().await?;
-    }
+    // One fdatasync for all of it (each O_DSYNC write would pay a cache
+    // flush of its own).
+    f.sync().await?;
     Ok(f)
 }
 
