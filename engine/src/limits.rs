@@ -50,6 +50,13 @@ pub const FLUSH_ONE_SYNC_MIN_WRITES: usize = 2;
 /// small put can wait behind large ones.
 pub const FLUSH_MAX_BYTES: usize = 16 << 20;
 
+/// How far past a clean-looking end of the log recovery looks for the
+/// remnants of flushes that were in flight at a crash: the flushes that can
+/// be in flight, each at most [`FLUSH_MAX_BYTES`] plus one largest shard and
+/// its batch (a flush closes past the limit), plus the padding to a block.
+pub const TORN_REMNANT_WINDOW_BYTES: u64 = FLUSHES_INFLIGHT_MAX as u64
+    * (FLUSH_MAX_BYTES as u64 + SHARD_SIZE_MAX_BYTES as u64 + 2 * BATCH_BUFFER_BYTES as u64);
+
 /// Backlog (bytes) from which a flush with none before it in flight takes
 /// only half, so the other half can follow pipelined (see `take_flush`).
 /// At this size a flush is bound by the disk's bandwidth (1 MiB takes

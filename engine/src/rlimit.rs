@@ -4,9 +4,9 @@
 //! - RLIMIT_MEMLOCK for io_uring: glommio refuses to start an executor below
 //!   512 KiB (its rings live in locked memory), and registers its I/O
 //!   buffers in locked memory too;
-//! - RLIMIT_NOFILE: every segment file stays open (twice while it is being
-//!   written), so a large disk needs thousands of descriptors, past the
-//!   usual soft limit of 1024.
+//! - RLIMIT_NOFILE: every segment file stays open (twice once it has been
+//!   written since open), so a large disk needs thousands of descriptors,
+//!   past the usual soft limit of 1024.
 
 use crate::error::{Error, Result};
 

@@ -427,9 +427,13 @@ fn faulty(dir: &Path, plan: &Arc<FaultPlan>) -> Engine {
     .unwrap()
 }
 
-fn eio_case(on_sync: bool) {
+/// `doomed` bytes for the put that meets the fault; `durable_writes`: the
+/// files keep saying their writes are durable (O_DSYNC), so the fault meets
+/// the engine's real flush paths.
+fn eio_case(on_sync: bool, doomed: usize, durable_writes: bool) {
     let dir = tmp();
     let plan = FaultPlan::new();
+    plan.set_keep_durable_writes(durable_writes);
     let e = faulty(dir.path(), &plan);
     block_on(async {
         for i in 0..10 {
@@ -440,9 +444,13 @@ fn eio_case(on_sync: bool) {
         } else {
             plan.fail_write_after(0);
         }
-        let err = e.put(b"doomed", value(1, 4000)).await.unwrap_err();
+        let err = e.put(b"doomed", value(1, doomed)).await.unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
         assert!(err.to_string().contains("check the device"), "{err}");
+        if on_sync && durable_writes {
+            // The only fdatasync was the one-sync flush's.
+            assert_eq!(e.stats().await.unwrap().one_sync_flushes, 1);
+        }
         // Refuses writes from now on, with an error that says to reopen.
         let err = e.put(b"next", value(2, 10)).await.unwrap_err();
         assert!(err.is_poisoned(), "{err}");
@@ -470,7 +478,7 @@ fn eio_case(on_sync: bool) {
         }
         // The failed put is absent or intact, never corrupt.
         match e.get(b"doomed").await {
-            Ok(v) => assert_eq!(v, value(1, 4000)),
+            Ok(v) => assert_eq!(v, value(1, doomed)),
             Err(Error::NotFound) => {}
             Err(err) => panic!("{err}"),
         }
@@ -481,12 +489,27 @@ fn eio_case(on_sync: bool) {
 
 #[test]
 fn eio_on_write_poisons_writes_until_reopen() {
-    eio_case(false);
+    eio_case(false, 4000, false);
 }
 
 #[test]
 fn eio_on_fsync_poisons_writes_until_reopen() {
-    eio_case(true);
+    eio_case(true, 4000, false);
+}
+
+/// On files open with O_DSYNC, a staged 64 KiB put is a flush of two
+/// writes made durable by one fdatasync; that fdatasync failing poisons the
+/// shard like any other (and the 4 KiB puts before it, one O_DSYNC write
+/// each, never called it).
+#[test]
+fn eio_on_the_one_fdatasync_of_a_flush_of_several_writes_poisons() {
+    eio_case(true, 64 << 10, true);
+}
+
+/// The same with the first of those writes failing.
+#[test]
+fn eio_on_a_write_of_a_flush_of_several_writes_poisons() {
+    eio_case(false, 64 << 10, true);
 }
 
 #[test]

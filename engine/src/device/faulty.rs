@@ -14,6 +14,7 @@ pub struct FaultPlan {
     write_eio_after: AtomicI64,
     sync_eio_after: AtomicI64,
     create_enospc: AtomicBool,
+    keep_durable_writes: AtomicBool,
     /// Faults injected so far.
     pub injected: AtomicU64,
 }
@@ -24,6 +25,7 @@ impl Default for FaultPlan {
             write_eio_after: AtomicI64::new(-1),
             sync_eio_after: AtomicI64::new(-1),
             create_enospc: AtomicBool::new(false),
+            keep_durable_writes: AtomicBool::new(false),
             injected: AtomicU64::new(0),
         }
     }
@@ -47,6 +49,14 @@ impl FaultPlan {
         self.create_enospc.store(full, Ordering::SeqCst);
     }
 
+    /// While set, files say their writes are durable when the wrapped
+    /// device's do (as the real one's, open with O_DSYNC), so flushes take
+    /// the engine's real paths: one O_DSYNC write, or several writes and
+    /// one sync. Unset (the default), every flush ends in a sync, so sync
+    /// faults can be injected under any device.
+    pub fn set_keep_durable_writes(&self, on: bool) {
+        self.keep_durable_writes.store(on, Ordering::SeqCst);
+    }
     fn trip(&self, counter: &AtomicI64) -> bool {
         loop {
             let n = counter.load(Ordering::SeqCst);
@@ -165,6 +175,7 @@ impl<F: DeviceFile> DeviceFile for FaultyFile<F> {
     fn len(&self) -> u64 {
         self.inner.len()
     }
-    // Always asks for an explicit sync, so sync faults can be injected even
-    // over a device whose writes are durable on their own.
+    fn writes_are_durable(&self) -> bool {
+        self.plan.keep_durable_writes.load(Ordering::SeqCst) && self.inner.writes_are_durable()
+    }
 }

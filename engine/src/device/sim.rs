@@ -57,7 +57,9 @@ struct SimState {
     live_names: BTreeMap<String, u64>,
     durable_names: BTreeMap<String, u64>,
     /// Writes not yet covered by a sync of their file, oldest first.
-    unsynced: Vec<(u64, u64, Vec<u8>)>,
+    /// Each is (write id, inode, offset, bytes).
+    unsynced: Vec<(u64, u64, u64, Vec<u8>)>,
+    next_write_id: u64,
     /// Bytes the whole file system may allocate; `None` is unlimited.
     capacity_bytes: Option<u64>,
     /// Files act as if open with O_DSYNC (see [`SimFs::set_durable_writes`]).
@@ -119,7 +121,7 @@ impl SimFs {
         let alive: std::collections::HashSet<u64> = s.durable_names.values().copied().collect();
         s.files.retain(|ino, _| alive.contains(ino));
         let keep = [0.0, 0.5, 1.0][rng.gen_range(0..3)];
-        for (ino, pos, data) in torn {
+        for (_, ino, pos, data) in torn {
             if let Some(f) = s.files.get_mut(&ino) {
                 for (i, sector) in data.chunks(SIM_SECTOR_BYTES).enumerate() {
                     let at = pos as usize + i * SIM_SECTOR_BYTES;
@@ -298,6 +300,26 @@ impl SimFileHandle {
         }
         Ok(s)
     }
+
+    /// After one turn, puts `buf` in the live image and among the unsynced
+    /// writes; returns the write's id.
+    async fn write_volatile(&self, buf: Vec<u8>, pos: u64) -> io::Result<u64> {
+        io_turn().await;
+        let mut s = self.checked()?;
+        let f = s.files.get_mut(&self.ino).ok_or_else(stale)?;
+        let end = pos as usize + buf.len();
+        if end > f.live.len() {
+            return Err(io::Error::other(format!(
+                "simulated device: write past end ({end} > {})",
+                f.live.len()
+            )));
+        }
+        f.live[pos as usize..end].copy_from_slice(&buf);
+        let id = s.next_write_id;
+        s.next_write_id += 1;
+        s.unsynced.push((id, self.ino, pos, buf));
+        Ok(id)
+    }
 }
 
 /// Not zeroed, like real DMA buffers: a region the engine forgets to fill
@@ -320,47 +342,34 @@ impl DeviceFile for SimFileHandle {
     }
 
     async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
-        let len = buf.len();
-        self.write_at_unsynced(buf, pos).await?;
+        let id = self.write_volatile(buf, pos).await?;
         if !self.writes_are_durable() {
             return Ok(());
         }
         // In flight until the next turn: a crash before then may tear it.
         io_turn().await;
         let mut s = self.checked()?;
-        let ino = self.ino;
-        let Some(i) = s
-            .unsynced
-            .iter()
-            .position(|(i, p, d)| *i == ino && *p == pos && d.len() == len)
-        else {
+        let Some(i) = s.unsynced.iter().position(|w| w.0 == id) else {
             // A sync of the file in between made it durable already.
             return Ok(());
         };
-        let (_, _, data) = s.unsynced.remove(i);
+        let (_, ino, _, data) = s.unsynced.remove(i);
+        // Older unsynced writes under it were overwritten in the disk's
+        // cache: a crash can no longer bring their bytes back over these.
+        let end = pos + data.len() as u64;
+        s.unsynced
+            .retain(|w| !(w.1 == ino && w.0 < id && w.2 < end && pos < w.2 + w.3.len() as u64));
         let f = s.files.get_mut(&ino).ok_or_else(stale)?;
         // O_DSYNC also makes the file's size durable.
         if f.durable.len() < f.live.len() {
             f.durable.resize(f.live.len(), 0);
         }
-        f.durable[pos as usize..pos as usize + len].copy_from_slice(&data);
+        f.durable[pos as usize..pos as usize + data.len()].copy_from_slice(&data);
         Ok(())
     }
 
     async fn write_at_unsynced(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
-        io_turn().await;
-        let mut s = self.checked()?;
-        let f = s.files.get_mut(&self.ino).ok_or_else(stale)?;
-        let end = pos as usize + buf.len();
-        if end > f.live.len() {
-            return Err(io::Error::other(format!(
-                "simulated device: write past end ({end} > {})",
-                f.live.len()
-            )));
-        }
-        f.live[pos as usize..end].copy_from_slice(&buf);
-        s.unsynced.push((self.ino, pos, buf));
-        Ok(())
+        self.write_volatile(buf, pos).await.map(|_| ())
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -378,7 +387,7 @@ impl DeviceFile for SimFileHandle {
         let f = s.files.get_mut(&self.ino).ok_or_else(stale)?;
         f.durable = f.live.clone();
         let ino = self.ino;
-        s.unsynced.retain(|(i, _, _)| *i != ino);
+        s.unsynced.retain(|w| w.1 != ino);
         Ok(())
     }
 

@@ -87,7 +87,8 @@ impl<D: Device> Shard<D> {
             if at < src_end {
                 buf.as_mut()[..src_end - at].copy_from_slice(&bytes[at..src_end]);
             }
-            writes.push(f.write_at(buf, at as u64));
+            // Durable by the one fdatasync below, before the rename.
+            writes.push(f.write_at_unsynced(buf, at as u64));
             at += n;
         }
         for w in futures::future::join_all(writes).await {

@@ -69,7 +69,9 @@ impl<D: Device> Shard<D> {
                 let n = (PREPARE_CHUNK_BYTES as u64).min(size - at) as usize;
                 let mut zeros = file.alloc(n);
                 zeros.as_mut().fill(0);
-                file.write_at(zeros, at)
+                // Zeros: durable by the one fdatasync below (a cache flush
+                // per chunk would buy nothing).
+                file.write_at_unsynced(zeros, at)
                     .await
                     .map_err(io_err("zeroing a spare segment"))?;
                 at += n as u64;

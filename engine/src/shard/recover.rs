@@ -345,6 +345,25 @@ impl<D: Device> Shard<D> {
                 }
             };
             if clean {
+                // Zeros here can still hide the remnants of a torn flush
+                // whose first sectors never landed, and of a flush
+                // pipelined behind it that landed whole. Neither was
+                // acknowledged, but if the log went on over them, a later
+                // scan (once this segment is no longer the tail) would
+                // salvage them, stale records with sequence numbers that
+                // beat newer, acknowledged ones. So a clean-looking end of
+                // the tail is a torn tail (cut and sealed) if a batch of
+                // this segment newer than the last intact flush lies
+                // within reach of the flushes that can be in flight.
+                if is_tail && self.remnant_after(&mut r, seg_id, pos, *last_flush).await? {
+                    out.torn = true;
+                    tracing::warn!(
+                        shard = self.index_no,
+                        segment = seg_id,
+                        at = pos,
+                        "torn tail cut (remnants of unacknowledged flushes after a zeroed start)"
+                    );
+                }
                 break;
             }
             // Is there an intact flush further on? Then what lies between was
@@ -531,6 +550,58 @@ impl<D: Device> Shard<D> {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// True if a batch header of segment `seg_id` with a flush id above
+    /// `last_flush` decodes anywhere in `(from, from + TORN_REMNANT_WINDOW_BYTES)`.
+    /// Its flush id counts as seen, so it is never issued again. (A payload
+    /// holding such a header by chance makes this a false alarm, which only
+    /// seals the segment early.)
+    async fn remnant_after(
+        &self,
+        r: &mut SegReader<'_, D::File>,
+        seg_id: u64,
+        from: u64,
+        last_flush: u64,
+    ) -> Result<bool> {
+        let magic = BATCH_MAGIC.to_le_bytes();
+        let end = r
+            .limit()
+            .min(from.saturating_add(TORN_REMNANT_WINDOW_BYTES));
+        let mut at = from + 1;
+        let mut found = false;
+        while at + BATCH_HEADER_BYTES as u64 <= end {
+            let step = (SCAN_READ_BYTES as u64).min(end - at) as usize;
+            let Some(chunk) = r
+                .bytes(at, step)
+                .await
+                .map_err(io_err("scanning a segment"))?
+            else {
+                break;
+            };
+            let hits: Vec<u64> = (0..chunk.len().saturating_sub(3))
+                .filter(|&i| chunk[i..i + 4] == magic)
+                .map(|i| at + i as u64)
+                .collect();
+            for h in hits {
+                let Some(hb) = r
+                    .bytes(h, BATCH_HEADER_BYTES)
+                    .await
+                    .map_err(io_err("scanning a segment"))?
+                else {
+                    continue;
+                };
+                if let Some(bh) = BatchHeader::decode(hb)
+                    .filter(|bh| bh.segment_id == seg_id && bh.flush_id > last_flush)
+                {
+                    self.seen_flush_max
+                        .set(self.seen_flush_max.get().max(bh.flush_id));
+                    found = true;
+                }
+            }
+            at += step.saturating_sub(3).max(1) as u64;
+        }
+        Ok(found)
     }
 
     async fn find_later_flush(

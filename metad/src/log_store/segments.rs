@@ -25,7 +25,8 @@
 //!   `log-N.seg` (a spare is renamed and the directory synced before its
 //!   first frame), and N only grows, so what a reused file held before
 //!   never passes for a frame of its new life.
-//! - Segment files are written in full with zeros when created, so an
+//! - Segment files are written in full with zeros when created (except the
+//!   spare prepared on open, which is only allocated), so an
 //!   append overwrites allocated blocks and its O_DSYNC write commits no
 //!   file-system metadata (about 1.8× the durable appends per second of
 //!   appending to a growing file on this disk; LIMITS.md).
@@ -318,7 +319,8 @@ pub(super) async fn run<D: Device>(
         Ok((mut w, o)) => {
             // Before serving: the first rotation after a start then neither
             // waits for a segment of zeros nor allocates space (a full disk
-            // cannot stop it), and a running log does not grow.
+            // cannot stop it), and a running log does not grow (unless a
+            // checkpoint outgrows half a segment).
             w.prepare_spare(segment_bytes).await;
             let _ = opened.send(Ok(o));
             w
@@ -581,10 +583,9 @@ impl<D: Device> Writer<D> {
         ))
     }
 
-    /// Removes spares left half-written by a crash, then, if the log has
-    /// no spare, writes one of a segment's size (for a small checkpoint)
-    /// with zeros under a temporary name and names it a spare once it is
-    /// durable. A failure is logged and given up: the next rotation then
+    /// Removes spares left half-made by a crash, then, if the log has no
+    /// spare, allocates one of a segment's size (for a small checkpoint)
+    /// under a temporary name and names it a spare once it is durable. A failure is logged and given up: the next rotation then
     /// creates its segment itself, as it would without a spare.
     async fn prepare_spare(&mut self, rotate_bytes: u64) {
         let names = match self.dev.list() {
@@ -603,12 +604,20 @@ impl<D: Device> Writer<D> {
             return;
         }
         // Numbered like a retired segment of the current number: below
-        // every number a later segment gets, so the zeros it holds are
-        // never read as that segment's frames.
+        // every number a later segment gets, so nothing it holds is ever
+        // read as that segment's frames.
         let (prep, spare) = (prep_name(self.seq), spare_name(self.seq));
         let len = segment_capacity(rotate_bytes, 0);
         let res = async {
-            drop(create_zeroed(&self.dev, &prep, len).await?);
+            // Allocated, not zero-filled: writing 64 MiB of zeros per log at
+            // every fresh start saturated the disk when many replicas
+            // started at once (a membership test stalled under CI's
+            // parallel load). The cost moves to the one segment that reuses
+            // this file: its appends convert extents (slower) until it is
+            // retired, written, and becomes the next spare.
+            let f = self.dev.create(&prep, len).await?;
+            f.sync().await?;
+            drop(f);
             self.dev.rename(&prep, &spare).await?;
             self.dev.sync_dir().await
         }
