@@ -564,25 +564,12 @@ impl<D: Device> Shard<D> {
         from: u64,
         last_flush: u64,
     ) -> Result<bool> {
-        let magic = BATCH_MAGIC.to_le_bytes();
         let end = r
             .limit()
             .min(from.saturating_add(TORN_REMNANT_WINDOW_BYTES));
         let mut at = from + 1;
         let mut found = false;
-        while at + BATCH_HEADER_BYTES as u64 <= end {
-            let step = (SCAN_READ_BYTES as u64).min(end - at) as usize;
-            let Some(chunk) = r
-                .bytes(at, step)
-                .await
-                .map_err(io_err("scanning a segment"))?
-            else {
-                break;
-            };
-            let hits: Vec<u64> = (0..chunk.len().saturating_sub(3))
-                .filter(|&i| chunk[i..i + 4] == magic)
-                .map(|i| at + i as u64)
-                .collect();
+        while let Some((hits, next)) = magic_hits(r, at, end).await? {
             for h in hits {
                 let Some(hb) = r
                     .bytes(h, BATCH_HEADER_BYTES)
@@ -599,7 +586,7 @@ impl<D: Device> Shard<D> {
                     found = true;
                 }
             }
-            at += step.saturating_sub(3).max(1) as u64;
+            at = next;
         }
         Ok(found)
     }
@@ -611,24 +598,9 @@ impl<D: Device> Shard<D> {
         from: u64,
         last_flush: u64,
     ) -> Result<Option<u64>> {
-        let magic = BATCH_MAGIC.to_le_bytes();
         let size = r.limit();
         let mut at = from + 1;
-        while at + BATCH_HEADER_BYTES as u64 <= size {
-            let step = (SCAN_READ_BYTES as u64).min(size - at) as usize;
-            let Some(chunk) = r
-                .bytes(at, step)
-                .await
-                .map_err(io_err("scanning a segment"))?
-            else {
-                break;
-            };
-            let mut hits = Vec::new();
-            for i in 0..chunk.len().saturating_sub(3) {
-                if chunk[i..i + 4] == magic {
-                    hits.push(at + i as u64);
-                }
-            }
+        while let Some((hits, next)) = magic_hits(r, at, size).await? {
             for h in hits {
                 if let Some(hb) = r
                     .bytes(h, BATCH_HEADER_BYTES)
@@ -645,7 +617,7 @@ impl<D: Device> Shard<D> {
                     }
                 }
             }
-            at += step.saturating_sub(3).max(1) as u64;
+            at = next;
         }
         Ok(None)
     }
@@ -699,6 +671,33 @@ impl<D: Device> Shard<D> {
         }
         Ok(())
     }
+}
+
+/// Where a batch's magic starts in the next step of `[at, end)` (a step
+/// of [`SCAN_READ_BYTES`]), and where the step after it starts (3 bytes
+/// back, so a magic across the boundary is found); `None` past the end.
+async fn magic_hits<F: DeviceFile>(
+    r: &mut SegReader<'_, F>,
+    at: u64,
+    end: u64,
+) -> Result<Option<(Vec<u64>, u64)>> {
+    if at + BATCH_HEADER_BYTES as u64 > end {
+        return Ok(None);
+    }
+    let magic = BATCH_MAGIC.to_le_bytes();
+    let step = (SCAN_READ_BYTES as u64).min(end - at) as usize;
+    let Some(chunk) = r
+        .bytes(at, step)
+        .await
+        .map_err(io_err("scanning a segment"))?
+    else {
+        return Ok(None);
+    };
+    let hits = (0..chunk.len().saturating_sub(3))
+        .filter(|&i| chunk[i..i + 4] == magic)
+        .map(|i| at + i as u64)
+        .collect();
+    Ok(Some((hits, at + step.saturating_sub(3).max(1) as u64)))
 }
 
 /// The bytes `[align_down(end), end)` of `file`: the durable part of the
