@@ -57,6 +57,13 @@ impl FaultPlan {
     pub fn set_keep_durable_writes(&self, on: bool) {
         self.keep_durable_writes.store(on, Ordering::SeqCst);
     }
+    /// The injected EIO of a write, if this write is the one to fail.
+    fn write_fault(&self) -> io::Result<()> {
+        if self.trip(&self.write_eio_after) {
+            return Err(eio("write"));
+        }
+        Ok(())
+    }
     fn trip(&self, counter: &AtomicI64) -> bool {
         loop {
             let n = counter.load(Ordering::SeqCst);
@@ -152,15 +159,11 @@ impl<F: DeviceFile> DeviceFile for FaultyFile<F> {
         F::shrink(buf, len)
     }
     async fn write_at(&self, buf: Self::Buf, pos: u64) -> io::Result<()> {
-        if self.plan.trip(&self.plan.write_eio_after) {
-            return Err(eio("write"));
-        }
+        self.plan.write_fault()?;
         self.inner.write_at(buf, pos).await
     }
     async fn write_at_unsynced(&self, buf: Self::Buf, pos: u64) -> io::Result<()> {
-        if self.plan.trip(&self.plan.write_eio_after) {
-            return Err(eio("write"));
-        }
+        self.plan.write_fault()?;
         self.inner.write_at_unsynced(buf, pos).await
     }
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::ReadBuf> {

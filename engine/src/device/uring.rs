@@ -11,6 +11,7 @@
 
 use super::{Device, DeviceFile};
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use glommio::sync::Semaphore;
 use std::cell::OnceCell;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -73,6 +74,7 @@ impl Device for UringDevice {
         Ok(UringFile {
             file,
             plain: OnceCell::new(),
+            opening: Semaphore::new(1),
             len,
         })
     }
@@ -89,6 +91,7 @@ impl Device for UringDevice {
         Ok(UringFile {
             file,
             plain: OnceCell::new(),
+            opening: Semaphore::new(1),
             len,
         })
     }
@@ -133,6 +136,9 @@ pub struct UringFile {
     /// whatever it has been renamed to since. `None` if that failed; the
     /// O_DSYNC handle writes instead (durable anyway).
     plain: OnceCell<Option<DmaFile>>,
+    /// Lets one write open `plain` while the others of its flush wait,
+    /// instead of each opening a handle of its own.
+    opening: Semaphore,
     len: u64,
 }
 
@@ -175,22 +181,24 @@ impl DeviceFile for UringFile {
 
     async fn write_at_unsynced(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {
         if self.plain.get().is_none() {
-            let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
-            let f = match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .dma_open(&path)
-                .await
-            {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    tracing::warn!(%path, error = %e, "cannot open a segment a second time without O_DSYNC; its flushes write with O_DSYNC");
-                    None
-                }
-            };
-            // Two writes of one flush may race to open it; the loser's handle
-            // is dropped.
-            let _ = self.plain.set(f);
+            // The other writes of this flush wait here, then find it open.
+            let _permit = self.opening.acquire_permit(1).await.map_err(glommio_err)?;
+            if self.plain.get().is_none() {
+                let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                let f = match OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .dma_open(&path)
+                    .await
+                {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        tracing::warn!(%path, error = %e, "cannot open a segment a second time without O_DSYNC; its flushes write with O_DSYNC");
+                        None
+                    }
+                };
+                let _ = self.plain.set(f);
+            }
         }
         match self.plain.get() {
             Some(Some(plain)) => write_all(plain, buf, pos).await,

@@ -225,8 +225,9 @@ pub struct Stats {
     /// Batches written from the aligned buffer their payloads were staged
     /// in (no copy at flush time).
     pub staged_batches: u64,
-    /// Flushes of several writes made durable by one fdatasync instead of
-    /// O_DSYNC on each write.
+    /// Flushes of several writes that end in one fdatasync instead of
+    /// O_DSYNC on each write (counted when the fdatasync is issued, so a
+    /// failed one counts too).
     pub one_sync_flushes: u64,
     pub flushed_bytes: u64,
     /// Time spent in flush writes and in their fdatasync (microseconds).

@@ -585,8 +585,9 @@ impl<D: Device> Writer<D> {
 
     /// Removes spares left half-made by a crash, then, if the log has no
     /// spare, allocates one of a segment's size (for a small checkpoint)
-    /// under a temporary name and names it a spare once it is durable. A failure is logged and given up: the next rotation then
-    /// creates its segment itself, as it would without a spare.
+    /// under a temporary name and names it a spare once it is durable. A
+    /// failure is logged and given up: the next rotation then creates its
+    /// segment itself, as it would without a spare.
     async fn prepare_spare(&mut self, rotate_bytes: u64) {
         let names = match self.dev.list() {
             Ok(n) => n,
