@@ -7,7 +7,8 @@
 # Needs `garage` on PATH (`cargo install garage --version 2.3.0 --locked`,
 # a long build) and `cargo build --release` of this repository. Extra
 # arguments go to `tessera-bench s3` (e.g. `--secs 5 --json`); KEEP=1 keeps
-# the data directories in /tmp/tessera-s3-vs-garage for a look afterwards.
+# the data directories in /tmp/tessera-s3-vs-garage for a look afterwards;
+# TESSERA_DEV_ARGS adds flags to `tessera dev` (e.g. `--gateway-cache-bytes 0`).
 # Not part of CI: it stores gigabytes and takes minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,7 +27,8 @@ cleanup() {
 trap cleanup EXIT
 
 # --- Tessera ---
-"$B/tessera" dev --data "$W/tessera" --cluster "$W/cluster.toml" > "$W/dev.out" 2>&1 &
+# shellcheck disable=SC2086 # TESSERA_DEV_ARGS is a list of flags
+"$B/tessera" dev --data "$W/tessera" --cluster "$W/cluster.toml" ${TESSERA_DEV_ARGS:-} > "$W/dev.out" 2>&1 &
 dev=$!
 for _ in $(seq 1 120); do [ -f "$W/cluster.toml" ] && break; sleep 1; done
 [ -f "$W/cluster.toml" ] || { cat "$W/dev.out"; exit 1; }

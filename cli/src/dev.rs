@@ -42,6 +42,10 @@ pub struct DevArgs {
     pub healer_args: Vec<String>,
     /// Plaintext and no access keys.
     pub insecure: bool,
+    /// The gateway's read cache in bytes (None: its default).
+    pub gateway_cache_bytes: Option<u64>,
+    /// Only reads fill the gateway's read cache.
+    pub gateway_cache_reads_only: bool,
 }
 
 /// Healers a dev cluster runs: one works, one stands by.
@@ -410,6 +414,12 @@ pub fn run(args: DevArgs) -> Result<()> {
         c.args(tessera_tls::daemon_args(tls.as_ref()));
         if seal.is_some() {
             c.arg("--seal-key").arg(&seal_path);
+        }
+        if let Some(b) = args.gateway_cache_bytes {
+            c.args(["--cache-bytes", &b.to_string()]);
+        }
+        if args.gateway_cache_reads_only {
+            c.arg("--cache-reads-only");
         }
         let mut r = spawn(&data, "gateway", &gw, c)?;
         r.metrics = Some(m);

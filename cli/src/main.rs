@@ -64,6 +64,13 @@ enum Cmd {
         /// made in DIR/tls on first run).
         #[arg(long)]
         insecure: bool,
+        /// Bytes of the gateway's read cache (0: off) [default: 1/8 of
+        /// this machine's memory, at most 4 GiB].
+        #[arg(long)]
+        gateway_cache_bytes: Option<u64>,
+        /// Only reads fill the gateway's read cache (else writes do too).
+        #[arg(long)]
+        gateway_cache_reads_only: bool,
     },
     /// Store FILE (or stdin with `-` or nothing) under KEY.
     Put {
@@ -240,8 +247,12 @@ fn run(cli: Cli) -> Result<()> {
             segment_mib,
             healer_args,
             insecure,
+            gateway_cache_bytes,
+            gateway_cache_reads_only,
         } => dev::run(dev::DevArgs {
+            gateway_cache_reads_only: *gateway_cache_reads_only,
             insecure: *insecure,
+            gateway_cache_bytes: *gateway_cache_bytes,
             data: data.clone(),
             chunk_servers: *chunk_servers,
             metad: *metad,

@@ -374,7 +374,9 @@ pub async fn status(
                 "gateway": {"id": s.gateway_id, "addr": gw.to_string(), "version": s.version, "uptime_secs": s.uptime_secs,
                             "layout": s.default_layout, "puts_ok": s.puts_ok, "puts_accepted": s.puts_accepted,
                             "gets_degraded": s.gets_degraded, "checksum_failures": s.checksum_failures, "wal_replayed": s.wal_replayed,
-                            "docs_cold_reused": s.docs_cold_reused, "reads_hedged": s.reads_hedged},
+                            "docs_cold_reused": s.docs_cold_reused, "reads_hedged": s.reads_hedged,
+                            "cache": {"hits": s.cache_hits, "misses": s.cache_misses, "bytes": s.cache_bytes,
+                                      "capacity_bytes": s.cache_capacity_bytes}},
                 "nodes": nodes,
                 "objects": {"count": objects, "bytes": bytes, "dirty": dirty},
                 "healer": healer.as_ref().map(|(l, s)| crate::heal::healer_json(l, s)),
@@ -406,6 +408,17 @@ pub async fn status(
         "since start: {} puts ok, {} accepted, {} degraded reads, {} checksum failures, {} WAL entries replayed, {} document updates reused their cold part, {} hedged stripe reads",
         s.puts_ok, s.puts_accepted, s.gets_degraded, s.checksum_failures, s.wal_replayed, s.docs_cold_reused, s.reads_hedged
     );
+    if s.cache_capacity_bytes == 0 {
+        println!("read cache: off");
+    } else {
+        println!(
+            "read cache: {} of {}, {} hits, {} misses",
+            human(s.cache_bytes),
+            human(s.cache_capacity_bytes),
+            s.cache_hits,
+            s.cache_misses
+        );
+    }
     match &healer {
         Some((l, st)) => crate::heal::print_healer(l, st),
         None => println!("healer: unknown (no cluster file with metad addresses)"),

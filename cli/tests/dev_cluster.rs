@@ -102,7 +102,10 @@ fn dev_refuses_more_shards_than_chunk_servers() {
 
 #[test]
 fn dev_cluster_end_to_end() {
-    let mut dev = start_dev("dev", 6, &[]);
+    // The read cache off: every read here must reach the chunk servers, so
+    // that hedged and degraded reads are what is tested
+    // (`read_cache_end_to_end` tests the cache).
+    let mut dev = start_dev("dev", 6, &["--gateway-cache-bytes", "0"]);
     let gw = gateway_addr(&dev);
 
     // 1. Round trips of many sizes, whole and ranged.
@@ -438,6 +441,8 @@ fn dev_cluster_end_to_end() {
             // And a pool with its own code.
             "--pool",
             "pool31/=3+1:cauchy256",
+            "--cache-bytes",
+            "0",
         ])
         .args(tls_flags(&dev))
         .stdout(Stdio::piped())
@@ -607,6 +612,141 @@ fn dev_cluster_end_to_end() {
         );
     });
     drop(flood);
+}
+
+/// The gateway's read cache (on by default, filled by writes and reads):
+/// hot objects are served from it, whole and in ranges; a replaced or
+/// deleted object never is; and with every chunk server stopped (SIGSTOP) a
+/// cached object still reads, which shows the bytes came from the cache.
+/// Then, restarted with `--gateway-cache-reads-only`, a write leaves the
+/// cache empty and the first read fills it.
+#[test]
+fn read_cache_end_to_end() {
+    let mut dev = start_dev("cache", 6, &[]);
+    let gw = gateway_addr(&dev);
+    let sizes = [
+        0usize,
+        100,
+        65_536,
+        65_537,
+        1 << 20,
+        (4 << 20) + 1,
+        (9 << 20) + 123,
+    ];
+    let objects: Vec<(String, u64, usize)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (format!("hot/{i}"), 500 + i as u64, l))
+        .collect();
+    let o = objects.clone();
+    with_client(gw.clone(), move |c| async move {
+        let s0 = c.status().await.unwrap();
+        assert!(s0.cache_capacity_bytes > 0, "the cache is on by default");
+        for (key, seed, len) in &o {
+            c.put(key, &blob(*seed, *len)).await.unwrap();
+        }
+        let written = c.status().await.unwrap().cache_bytes;
+        assert!(
+            written >= (14 << 20),
+            "writes fill the cache: {written} bytes"
+        );
+        let mut r = rand::rngs::SmallRng::seed_from_u64(11);
+        for _ in 0..2 {
+            for (key, seed, len) in &o {
+                let want = blob(*seed, *len);
+                assert!(c.get(key).await.unwrap() == want, "{key}");
+                if *len > 0 {
+                    let off = r.gen_range(0..*len);
+                    let n = r.gen_range(1..=(*len - off).min(3 << 20));
+                    let got = c.get_range(key, off as u64, n as u64).await.unwrap();
+                    assert!(got == want[off..off + n], "{key} [{off}, +{n})");
+                }
+            }
+        }
+        let s1 = c.status().await.unwrap();
+        assert!(s1.cache_bytes > 0 && s1.cache_bytes <= s1.cache_capacity_bytes);
+        assert_eq!(
+            s1.cache_misses, 0,
+            "every read of a just-written object hits"
+        );
+        assert!(
+            s1.cache_hits >= 4 * (o.len() as u64 - 1),
+            "{} hits",
+            s1.cache_hits
+        );
+        // Replaced: the new bytes, never the cached old ones.
+        for (key, seed, len) in &o {
+            c.put(key, &blob(seed + 100, len + 7)).await.unwrap();
+            assert!(
+                c.get(key).await.unwrap() == blob(seed + 100, len + 7),
+                "{key} replaced"
+            );
+        }
+        // Deleted: gone, and its entries with it.
+        let before = c.status().await.unwrap().cache_bytes;
+        for (key, _, _) in &o {
+            assert!(c.delete(key).await.unwrap());
+            match c.get(key).await {
+                Err(tessera_rpc::Error::Gateway {
+                    kind: GatewayErrorKind::NotFound,
+                    ..
+                }) => {}
+                other => panic!("{key} after delete: {:?}", other.map(|b| b.len())),
+            }
+        }
+        let after = c.status().await.unwrap().cache_bytes;
+        assert!(
+            after < before,
+            "deletes dropped their entries: {before} -> {after}"
+        );
+        c.put("hot/kept", &blob(9, 3 << 20)).await.unwrap();
+    });
+    let served = with_chunk_servers_stopped(&dev, || {
+        with_client(gw.clone(), |c| async move { c.get("hot/kept").await })
+    });
+    assert!(served.expect("a cached object with every chunk server stopped") == blob(9, 3 << 20));
+    let o = tessera(&dev, &["status"], None);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("read cache: "), "{out}");
+
+    dev.extra.push("--gateway-cache-reads-only".into());
+    restart_dev(&mut dev, 6);
+    let gw = gateway_addr(&dev);
+    with_client(gw.clone(), |c| async move {
+        c.put("hot/read", &blob(10, 5 << 20)).await.unwrap();
+        let s = c.status().await.unwrap();
+        assert_eq!(s.cache_bytes, 0, "a write does not fill a reads-only cache");
+        assert!(c.get("hot/read").await.unwrap() == blob(10, 5 << 20));
+        let s = c.status().await.unwrap();
+        assert!(
+            s.cache_bytes >= 5 << 20,
+            "the read filled it: {} bytes",
+            s.cache_bytes
+        );
+        assert_eq!((s.cache_hits, s.cache_misses), (0, 2), "two stripes missed");
+    });
+    let served = with_chunk_servers_stopped(&dev, || {
+        with_client(gw.clone(), |c| async move { c.get("hot/read").await })
+    });
+    assert!(served.expect("a read object from the cache") == blob(10, 5 << 20));
+}
+
+/// Runs `f` with every chunk server of `dev` stopped (SIGSTOP), then
+/// resumes them.
+fn with_chunk_servers_stopped<T>(dev: &Dev, f: impl FnOnce() -> T) -> T {
+    let pids: Vec<i32> = (1..=6)
+        .map(|i| pid_of(dev, &format!("chunkd-{i}")))
+        .collect();
+    for &p in &pids {
+        // SAFETY: kill(2) on a process of the dev cluster this test started.
+        unsafe { libc::kill(p, libc::SIGSTOP) };
+    }
+    let r = f();
+    for &p in &pids {
+        // SAFETY: as above.
+        unsafe { libc::kill(p, libc::SIGCONT) };
+    }
+    r
 }
 
 /// Connections one peer may hold by default (the gateway's

@@ -32,7 +32,9 @@ pub use engine::{
     SimFactory, UringFactory,
 };
 pub use error::{Error, Result};
-pub use rlimit::{raise_memlock, raise_open_files, MEMLOCK_MIN_BYTES};
+pub use rlimit::{
+    disable_transparent_huge_pages, raise_memlock, raise_open_files, MEMLOCK_MIN_BYTES,
+};
 pub use shard::{
     BadShard, CompactReport, Entry, InventoryItem, ScrubProgress, Shard, ShardConfig, ShardStat,
     Stats,

@@ -7,6 +7,8 @@
 //! - RLIMIT_NOFILE: every segment file stays open (twice once it has been
 //!   written since open), so a large disk needs thousands of descriptors,
 //!   past the usual soft limit of 1024.
+//!
+//! And one process-wide memory setting: [`disable_transparent_huge_pages`].
 
 use crate::error::{Error, Result};
 
@@ -58,4 +60,19 @@ pub fn raise_memlock() -> Result<u64> {
 /// and opening a file past it fails with a clear EMFILE error.
 pub fn raise_open_files() -> u64 {
     raise_to_hard(libc::RLIMIT_NOFILE).map_or(0, |l| l.rlim_cur)
+}
+
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`;
+/// inherited by children). Best effort: false when the kernel refused.
+///
+/// Why: mimalloc asks for huge pages for its arenas, so every fresh 2 MiB
+/// of heap is a fault that zeroes 2 MiB at once, and memory it purges
+/// comes back the same way. A process that keeps many large buffers alive
+/// (the gateway's read cache) keeps touching fresh arena memory: in the
+/// whole-store bench, 1 MiB PUTs lost ~40 % with the cache on and huge
+/// pages allowed (`clear_page_erms` was 18 % of the machine), and got it
+/// back with them off (docs/BENCHMARKS.md, "Read cache").
+pub fn disable_transparent_huge_pages() -> bool {
+    // SAFETY: prctl with PR_SET_THP_DISABLE takes integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0 }
 }

@@ -32,6 +32,11 @@ pub struct GatewayFile {
     pub tls: Option<tessera_tls::TlsFiles>,
     /// The cluster's seal key file (S3 access for new keys).
     pub seal_key: Option<std::path::PathBuf>,
+    /// Bytes the read cache may hold (0: off).
+    pub cache_bytes: Option<u64>,
+    /// Only reads fill the read cache (else writes do too).
+    #[serde(default)]
+    pub cache_reads_only: bool,
 }
 
 impl GatewayFile {

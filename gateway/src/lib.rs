@@ -4,6 +4,7 @@
 //! - [`meta`] is the object record stored in metad and the WAL intent;
 //! - [`placement`] chooses the chunk servers of each stripe (weighted
 //!   rendezvous hashing over the live nodes of the registry);
+//! - [`cache`] keeps recently read or written stripes for reads;
 //! - [`codec`] is the erasure code behind a trait (Reed-Solomon);
 //! - [`bridge`] carries metad calls from the glommio executor to the tokio
 //!   thread the metad client runs on;
@@ -15,6 +16,7 @@
 pub mod admission;
 pub mod auth;
 pub mod bridge;
+pub mod cache;
 pub mod codec;
 pub mod config;
 pub mod doc;

@@ -724,6 +724,11 @@ impl gateway::Server for GatewayService {
         s.set_wal_replayed(o.stats.wal_replayed.get());
         s.set_docs_cold_reused(o.stats.docs_cold_reused.get());
         s.set_reads_hedged(o.stats.reads_hedged.get());
+        let c = o.cache.stats();
+        s.set_cache_hits(c.hits);
+        s.set_cache_misses(c.misses);
+        s.set_cache_bytes(c.bytes);
+        s.set_cache_capacity_bytes(c.capacity_bytes);
         s.set_default_layout(format!(
             "rs {}+{} ({}-byte shards, {}) above {} bytes, replicated x{REPLICAS} up to it",
             o.cfg.k,

@@ -60,6 +60,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before the heap grows (see the function's documentation).
+    let thp_off = tessera_engine::disable_transparent_huge_pages();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
@@ -67,6 +69,9 @@ fn main() -> anyhow::Result<()> {
         // Colours only on a terminal: log files stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if !thp_off {
+        tracing::warn!("could not turn transparent huge pages off (prctl); large buffers may cost more page faults");
+    }
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),

@@ -168,6 +168,13 @@ pub struct GatewayStatus {
     pub docs_cold_reused: u64,
     /// Stripe reads that asked one more shard after the p95 latency.
     pub reads_hedged: u64,
+    /// Stripes (or replicated objects) served from the read cache, and
+    /// those looked for and not found there.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Bytes the read cache holds, and may hold (0: off).
+    pub cache_bytes: u64,
+    pub cache_capacity_bytes: u64,
 }
 
 pub struct GatewayClient {
@@ -898,6 +905,10 @@ impl GatewayClient {
                 default_layout: t(s.get_default_layout()),
                 docs_cold_reused: s.get_docs_cold_reused(),
                 reads_hedged: s.get_reads_hedged(),
+                cache_hits: s.get_cache_hits(),
+                cache_misses: s.get_cache_misses(),
+                cache_bytes: s.get_cache_bytes(),
+                cache_capacity_bytes: s.get_cache_capacity_bytes(),
             })
         })
         .await

@@ -70,6 +70,10 @@ struct GatewayStatus {
   defaultLayout @9 :Text;
   docsColdReused @10 :UInt64;   # document updates that skipped an unchanged cold part
   readsHedged @11 :UInt64;      # stripe reads that asked one more shard after the p95
+  cacheHits @12 :UInt64;        # stripes (or replicated objects) served from the read cache
+  cacheMisses @13 :UInt64;
+  cacheBytes @14 :UInt64;       # held now
+  cacheCapacityBytes @15 :UInt64; # 0: the cache is off
 }
 
 interface ByteSink {

@@ -71,6 +71,15 @@ struct Cli {
     /// their signatures. Without it new keys have no S3 access.
     #[arg(long)]
     seal_key: Option<std::path::PathBuf>,
+    /// Bytes of recently read or written stripes kept in memory to serve
+    /// reads (0: off) [default: 1/8 of this machine's memory, at most 4 GiB].
+    #[arg(long)]
+    cache_bytes: Option<u64>,
+    /// Only reads fill the read cache (by default writes do too: an object
+    /// just written is often read next; keeping it costs 1 MiB PUTs ~10-15 %
+    /// while the cache grows).
+    #[arg(long)]
+    cache_reads_only: bool,
     #[command(flatten)]
     tls: tessera_tls::TlsArgs,
     /// Log filter (else the file's, else TESSERA_LOG, else "info").
@@ -79,6 +88,9 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
+    // Before the heap grows: huge pages made every fresh arena page a
+    // 2 MiB fault (see the function's documentation).
+    let thp_off = tessera_engine::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let file = match &cli.config {
         Some(p) => GatewayFile::read(p).context("--config")?,
@@ -96,6 +108,9 @@ fn main() -> Result<()> {
         // Colours only on a terminal: log files stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if !thp_off {
+        tracing::warn!("could not turn transparent huge pages off (prctl); large buffers may cost more page faults");
+    }
     let metad = tessera_metad::client::seeds_from(&cli.metad, file.metad.as_ref())
         .context(tessera_metad::client::NO_SEEDS_MESSAGE)?;
     let codec = cli
@@ -151,8 +166,18 @@ fn main() -> Result<()> {
             )),
             None => None,
         },
+        cache_bytes: cli
+            .cache_bytes
+            .or(file.cache_bytes)
+            .unwrap_or_else(tessera_gateway::cache::default_capacity_bytes),
+        cache_writes: !(cli.cache_reads_only || file.cache_reads_only),
     };
     cfg.validate().context("settings")?;
+    tracing::info!(
+        cache_bytes = cfg.cache_bytes,
+        cache_writes = cfg.cache_writes,
+        "read cache"
+    );
     let gateway_id = cfg.gateway_id.clone();
     let per_peer = cli
         .connections_per_peer
