@@ -44,6 +44,8 @@ impl Target {
                         .with_context(|| format!("the cluster CA {}", ca.display()))?,
                 ),
                 credentials: file.credentials.clone(),
+                // A load generator is a client like any other: TCP and TLS.
+                local_socket: None,
             },
             node_tls,
         })

@@ -75,6 +75,7 @@ impl Access {
             opts: ConnectOptions {
                 tls: self.connector()?,
                 credentials: self.credentials.clone(),
+                local_socket: None,
             },
         })
     }

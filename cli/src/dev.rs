@@ -421,6 +421,10 @@ pub fn run(args: DevArgs) -> Result<()> {
         if args.gateway_cache_reads_only {
             c.arg("--cache-reads-only");
         }
+        // The S3 front runs beside it: it talks over this socket (no TLS
+        // work for bytes that never leave the machine).
+        let gw_socket = data.join("gateway.sock");
+        c.arg("--local-socket").arg(&gw_socket);
         let mut r = spawn(&data, "gateway", &gw, c)?;
         r.metrics = Some(m);
         procs.push(r);
@@ -432,6 +436,7 @@ pub fn run(args: DevArgs) -> Result<()> {
         let s3 = format!("127.0.0.1:{}", l.s3_port.unwrap_or_default());
         let mut c = Command::new(&s3_bin);
         c.args(["--listen", &s3, "--gateway", &gw]);
+        c.arg("--gateway-socket").arg(&gw_socket);
         match &tls {
             Some(f) => {
                 c.arg("--tls-ca").arg(&f.ca);

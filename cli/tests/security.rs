@@ -48,6 +48,7 @@ fn with_key(gw: &Gw, creds: Option<Credentials>) -> Gw {
         opts: ConnectOptions {
             tls: gw.opts.tls.clone(),
             credentials: creds,
+            local_socket: None,
         },
     }
 }
@@ -156,6 +157,42 @@ fn security_end_to_end() {
         c.stat("shared/a").await
     });
     assert_eq!(kind(&r), Some(GatewayErrorKind::Unauthenticated));
+
+    // 1b. The gateway's local socket (the S3 front's way in): only its
+    // owner may open it, and it asks for a key just the same.
+    let sock = dev.dir.join("data").join("gateway.sock");
+    {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let m = std::fs::symlink_metadata(&sock).expect("tessera dev made the local socket");
+        assert!(m.file_type().is_socket());
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "owner only");
+    }
+    let local = |creds: Option<Credentials>| Gw {
+        addr: admin.addr,
+        opts: ConnectOptions {
+            tls: None,
+            credentials: creds,
+            local_socket: Some(sock.clone()),
+        },
+    };
+    let r = try_client(local(None), |c| async move { c.get("shared/a").await });
+    assert_eq!(
+        kind(&r),
+        Some(GatewayErrorKind::Unauthenticated),
+        "local, no key: {r:?}"
+    );
+    let r = try_client(local(Some(wrong.clone())), |c| async move {
+        c.get("shared/a").await
+    });
+    assert_eq!(
+        kind(&r),
+        Some(GatewayErrorKind::Unauthenticated),
+        "local, wrong secret"
+    );
+    let r = try_client(local(admin.opts.credentials.clone()), |c| async move {
+        c.get("shared/a").await
+    });
+    assert_eq!(r.unwrap(), b"one", "local, with the key");
 
     // 2. Permissions and prefixes.
     let ro = with_key(&admin, Some(create_key(&dev, "r", "shared/")));

@@ -13,6 +13,8 @@ pub const CONFIG_FILE_MAX_BYTES: u64 = 1 << 20;
 #[serde(deny_unknown_fields)]
 pub struct GatewayFile {
     pub listen: Option<SocketAddr>,
+    /// A Unix socket for processes on this machine (plaintext, mode 0600).
+    pub local_socket: Option<std::path::PathBuf>,
     pub metad: Option<Vec<String>>,
     pub id: Option<String>,
     pub k: Option<u8>,

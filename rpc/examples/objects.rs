@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             None => None,
         },
         credentials: file.credentials.clone(),
+        local_socket: None,
     };
     // The client runs on a glommio executor (io_uring), like the servers.
     tessera_engine::raise_memlock()?;

@@ -3,7 +3,9 @@
 //! side. Both sides set TCP_NODELAY (a request's header and body must not
 //! wait for an ACK) and bound what they accept with
 //! [`crate::limits::MESSAGE_TRAVERSAL_LIMIT_WORDS`]. A TLS handshake is
-//! bounded by [`tessera_tls::HANDSHAKE_TIMEOUT`].
+//! bounded by [`tessera_tls::HANDSHAKE_TIMEOUT`]. A process on the
+//! gateway's machine may connect over its Unix socket instead
+//! ([`connect_unix`]): plaintext, guarded by the socket file's permissions.
 
 use crate::limits::MESSAGE_TRAVERSAL_LIMIT_WORDS;
 use capnp::message::ReaderOptions;
@@ -141,6 +143,19 @@ fn reader_options() -> ReaderOptions {
     let mut o = ReaderOptions::new();
     o.traversal_limit_in_words(Some(MESSAGE_TRAVERSAL_LIMIT_WORDS));
     o
+}
+
+/// Opens a connection to the Unix socket at `path` within `timeout`
+/// (plaintext: only a process that may open the socket file gets here).
+pub async fn connect_unix(path: &std::path::Path, timeout: Duration) -> std::io::Result<Stream> {
+    let s = within(timeout, "connecting to the Unix socket", async {
+        Ok(glommio::net::UnixStream::connect(path).await?)
+    })
+    .await
+    .map_err(|e| {
+        std::io::Error::new(e.kind(), format!("the Unix socket {}: {e}", path.display()))
+    })?;
+    Ok(Box::new(s))
 }
 
 /// Opens a TCP connection to `addr` within `timeout`.

@@ -134,6 +134,7 @@ pub fn gateway_addr(dev: &Dev) -> Gw {
             .as_ref()
             .map(|ca| tessera_tls::Connector::client(ca).unwrap()),
         credentials: file.credentials.clone(),
+        local_socket: None,
     };
     Gw {
         addr: file.gateway.parse().unwrap(),

@@ -32,6 +32,11 @@ struct Cli {
     /// Listen address (port 0 picks one; it is printed) [default: 127.0.0.1:7300].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Also listen on this Unix socket, for clients on this machine (the S3
+    /// front): plaintext, the file made mode 0600 so that only this user
+    /// (and root) can connect; clients still show an access key.
+    #[arg(long)]
+    local_socket: Option<std::path::PathBuf>,
     /// metad replicas, comma separated host:port (any of them will do).
     #[arg(long, value_delimiter = ',')]
     metad: Vec<String>,
@@ -123,6 +128,7 @@ fn main() -> Result<()> {
     } else {
         cli.pool.clone()
     };
+    let local_socket = cli.local_socket.clone().or(file.local_socket.clone());
     let listen = cli
         .listen
         .or(file.listen)
@@ -224,10 +230,28 @@ fn main() -> Result<()> {
                     return;
                 }
             };
+            let admission = tessera_gateway::admission::Admission::new(per_peer);
+            let bounds = tessera_gateway::auth::bounds();
+            if let Some(path) = &local_socket {
+                match bind_local(path) {
+                    Ok(l) => {
+                        glommio::spawn_local(serve_local(
+                            l,
+                            objects.clone(),
+                            admission.clone(),
+                            bounds.clone(),
+                            server_tls.is_none(),
+                        ))
+                        .detach();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("--local-socket {}: {e}", path.display())));
+                        return;
+                    }
+                }
+            }
             let _ = ready_tx.send(listener.local_addr().map_err(|e| e.to_string()));
             let acceptor = server_tls.map(tessera_rpc::conn::acceptor);
-            let bounds = tessera_gateway::auth::bounds();
-            let admission = tessera_gateway::admission::Admission::new(per_peer);
             let refused = |why: &'static str| {
                 tessera_metrics::global()
                     .counter(
@@ -279,15 +303,7 @@ fn main() -> Result<()> {
                     let service: gateway::Client = GatewayService::gated(objects, session, bounds);
                     tessera_rpc::conn::serve(stream, service.client).await
                 };
-                glommio::spawn_local(async move {
-                    match std::panic::AssertUnwindSafe(conn).catch_unwind().await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
-                        Err(_) => tracing::error!("a connection panicked on its input; dropped"),
-                    }
-                    drop(slot);
-                })
-                .detach();
+                glommio::spawn_local(run_connection(conn, slot)).detach();
             }
         })
         .map_err(|e| anyhow::anyhow!("starting the gateway executor: {e}"))?;
@@ -306,4 +322,72 @@ fn main() -> Result<()> {
     );
     let _ = writeln!(std::io::stdout(), "gateway stopped");
     std::process::exit(0);
+}
+
+/// Runs one connection to its end; a panic on its input drops only it.
+async fn run_connection(
+    conn: impl std::future::Future<Output = Result<(), capnp::Error>>,
+    slot: tessera_gateway::admission::Slot,
+) {
+    match std::panic::AssertUnwindSafe(conn).catch_unwind().await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        Err(_) => tracing::error!("a connection panicked on its input; dropped"),
+    }
+    drop(slot);
+}
+
+/// The address local connections count under in the per-peer limit.
+const LOCAL_PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
+/// Binds the Unix socket at `path` (replacing a stale one left by a crash)
+/// with mode 0600.
+fn bind_local(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is there; choose another path",
+            ))
+        }
+        Err(_) => {}
+    }
+    let l = glommio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serves connections on the local socket: no TLS (the file's mode admits
+/// only this user), and, in a secure cluster, every client shows a key.
+async fn serve_local(
+    listener: glommio::net::UnixListener,
+    objects: std::rc::Rc<Objects>,
+    admission: tessera_gateway::admission::Admission,
+    bounds: std::rc::Rc<tessera_auth::Bounds>,
+    insecure: bool,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept on the local socket failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = admission.admit(LOCAL_PEER) else {
+            tracing::warn!("connection limit reached; closing a new local connection");
+            continue;
+        };
+        let session = tessera_auth::Session::new(insecure);
+        let service: gateway::Client =
+            GatewayService::gated(objects.clone(), session, bounds.clone());
+        let conn = tessera_rpc::conn::serve(
+            Box::new(stream) as tessera_rpc::conn::Stream,
+            service.client,
+        );
+        glommio::spawn_local(run_connection(conn, slot)).detach();
+    }
 }

@@ -74,6 +74,11 @@ struct Cli {
     /// The gateway to serve through (host:port).
     #[arg(long)]
     gateway: SocketAddr,
+    /// The gateway's Unix socket (its --local-socket), when it runs on this
+    /// machine: requests go there in plaintext instead of over TLS to
+    /// --gateway, still with the front's access key (less CPU per byte).
+    #[arg(long)]
+    gateway_socket: Option<PathBuf>,
     /// The cluster CA (PEM) the gateway's certificate is checked against.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
@@ -146,7 +151,13 @@ fn main() -> Result<()> {
             bail!("--insecure takes no --tls-ca, --seal-key or --key-file");
         }
         tracing::warn!("--insecure: plaintext to the gateway, S3 requests are not authenticated");
-        (ConnectOptions::default(), None)
+        (
+            ConnectOptions {
+                local_socket: cli.gateway_socket.clone(),
+                ..ConnectOptions::default()
+            },
+            None,
+        )
     } else {
         let Some(ca) = &cli.tls_ca else {
             bail!("give --tls-ca (the cluster CA), or --insecure for an --insecure cluster");
@@ -161,6 +172,7 @@ fn main() -> Result<()> {
             ConnectOptions {
                 tls: Some(tls),
                 credentials: Some(credentials(&cli)?),
+                local_socket: cli.gateway_socket.clone(),
             },
             Some(Arc::new(seal)),
         )
