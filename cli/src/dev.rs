@@ -48,6 +48,10 @@ pub struct DevArgs {
     pub gateway_cache_reads_only: bool,
 }
 
+/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with
+/// its terminating NUL).
+const UNIX_SOCKET_PATH_MAX_BYTES: usize = 107;
+
 /// Healers a dev cluster runs: one works, one stands by.
 const DEV_HEALERS: usize = 2;
 /// Seconds between healer passes in a dev cluster (short: one machine).
@@ -422,9 +426,21 @@ pub fn run(args: DevArgs) -> Result<()> {
             c.arg("--cache-reads-only");
         }
         // The S3 front runs beside it: it talks over this socket (no TLS
-        // work for bytes that never leave the machine).
+        // work for bytes that never leave the machine). A data directory
+        // too deep for a socket address keeps the front on TCP + TLS.
         let gw_socket = data.join("gateway.sock");
-        c.arg("--local-socket").arg(&gw_socket);
+        let gw_socket =
+            (gw_socket.as_os_str().len() <= UNIX_SOCKET_PATH_MAX_BYTES).then_some(gw_socket);
+        match &gw_socket {
+            Some(p) => {
+                c.arg("--local-socket").arg(p);
+            }
+            None => eprintln!(
+                "tessera dev: {} is too long for a Unix socket ({UNIX_SOCKET_PATH_MAX_BYTES} bytes at most); \
+                 the S3 front talks to the gateway over TCP + TLS",
+                data.join("gateway.sock").display()
+            ),
+        }
         let mut r = spawn(&data, "gateway", &gw, c)?;
         r.metrics = Some(m);
         procs.push(r);
@@ -436,7 +452,9 @@ pub fn run(args: DevArgs) -> Result<()> {
         let s3 = format!("127.0.0.1:{}", l.s3_port.unwrap_or_default());
         let mut c = Command::new(&s3_bin);
         c.args(["--listen", &s3, "--gateway", &gw]);
-        c.arg("--gateway-socket").arg(&gw_socket);
+        if let Some(p) = &gw_socket {
+            c.arg("--gateway-socket").arg(p);
+        }
         match &tls {
             Some(f) => {
                 c.arg("--tls-ca").arg(&f.ca);
