@@ -34,7 +34,8 @@ use std::rc::Rc;
 /// An entry may use at most this fraction (1/N) of the capacity: one huge
 /// stripe does not flush everything else.
 pub const ENTRY_SHARE_MAX: usize = 8;
-/// The default capacity is this fraction (1/N) of the machine's memory…
+/// The default capacity is this fraction (1/N) of the memory the process
+/// may use (the machine's, or its cgroup's limit)…
 pub const CAPACITY_DEFAULT_MEMORY_SHARE: u64 = 8;
 /// …but at most this many bytes.
 pub const CAPACITY_DEFAULT_MAX_BYTES: u64 = 4 << 30;
@@ -84,16 +85,41 @@ pub struct StripeCache {
     evicted: Cell<u64>,
 }
 
-/// The default capacity on this machine: 1/8 of its memory, at most 4 GiB.
+/// The default capacity on this machine: 1/8 of the memory this process
+/// may use (the machine's, or its cgroup's limit when lower), at most
+/// 4 GiB.
 pub fn default_capacity_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
+    let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024 / CAPACITY_DEFAULT_MEMORY_SHARE)
+        .and_then(|s| mem_total_bytes(&s));
+    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| cgroup_limit_bytes(&s));
+    capacity_for(total, limit)
+}
+
+/// `MemTotal` of a /proc/meminfo text, in bytes.
+fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// A cgroup v2 `memory.max` ("max": no limit).
+fn cgroup_limit_bytes(memory_max: &str) -> Option<u64> {
+    memory_max.trim().parse().ok()
+}
+
+/// The default capacity for the memory known (None: unknown).
+fn capacity_for(total: Option<u64>, cgroup_limit: Option<u64>) -> u64 {
+    let usable = match (total, cgroup_limit) {
+        (Some(t), Some(l)) => Some(t.min(l)),
+        (t, l) => t.or(l),
+    };
+    usable
+        .map_or(CAPACITY_FALLBACK_BYTES, |m| {
+            m / CAPACITY_DEFAULT_MEMORY_SHARE
         })
-        .unwrap_or(CAPACITY_FALLBACK_BYTES)
         .min(CAPACITY_DEFAULT_MAX_BYTES)
 }
 
@@ -328,8 +354,26 @@ mod tests {
     }
 
     #[test]
-    fn the_default_capacity_is_bounded() {
+    fn the_default_capacity_is_bounded_and_honours_a_cgroup_limit() {
         let d = default_capacity_bytes();
         assert!(d > 0 && d <= CAPACITY_DEFAULT_MAX_BYTES, "{d}");
+        let gib = 1u64 << 30;
+        assert_eq!(
+            mem_total_bytes("MemTotal:       25165824 kB\nMemFree: 1 kB\n"),
+            Some(24 * gib)
+        );
+        assert_eq!(cgroup_limit_bytes("max\n"), None);
+        assert_eq!(cgroup_limit_bytes("2147483648\n"), Some(2 * gib));
+        assert_eq!(capacity_for(Some(24 * gib), None), 3 * gib);
+        assert_eq!(
+            capacity_for(Some(24 * gib), Some(2 * gib)),
+            gib / 4,
+            "the cgroup's limit wins"
+        );
+        assert_eq!(
+            capacity_for(Some(512 * gib), None),
+            CAPACITY_DEFAULT_MAX_BYTES
+        );
+        assert_eq!(capacity_for(None, None), CAPACITY_FALLBACK_BYTES);
     }
 }

@@ -77,7 +77,7 @@ struct Cli {
     #[arg(long)]
     seal_key: Option<std::path::PathBuf>,
     /// Bytes of recently read or written stripes kept in memory to serve
-    /// reads (0: off) [default: 1/8 of this machine's memory, at most 4 GiB].
+    /// reads (0: off) [default: 1/8 of the memory this process may use, at most 4 GiB].
     #[arg(long)]
     cache_bytes: Option<u64>,
     /// Only reads fill the read cache (by default writes do too: an object
@@ -252,21 +252,12 @@ fn main() -> Result<()> {
             }
             let _ = ready_tx.send(listener.local_addr().map_err(|e| e.to_string()));
             let acceptor = server_tls.map(tessera_rpc::conn::acceptor);
-            let refused = |why: &'static str| {
-                tessera_metrics::global()
-                    .counter(
-                        "tessera_gateway_connections_refused_total",
-                        "Connections closed at once, by the limit they hit.",
-                        &[("limit", why)],
-                    )
-                    .inc()
-            };
             loop {
                 let stream = match listener.accept().await {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
-                        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                        glommio::timer::sleep(ACCEPT_RETRY_DELAY).await;
                         continue;
                     }
                 };
@@ -337,15 +328,39 @@ async fn run_connection(
     drop(slot);
 }
 
+/// Counts a connection closed at once, by the limit it hit.
+fn refused(why: &'static str) {
+    tessera_metrics::global()
+        .counter(
+            "tessera_gateway_connections_refused_total",
+            "Connections closed at once, by the limit they hit.",
+            &[("limit", why)],
+        )
+        .inc()
+}
+
+/// How long an accept loop waits after a failed accept (out of descriptors,
+/// say) before it tries again.
+const ACCEPT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The address local connections count under in the per-peer limit.
 const LOCAL_PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
-/// Binds the Unix socket at `path` (replacing a stale one left by a crash)
-/// with mode 0600.
+/// Binds the Unix socket at `path` with mode 0600, replacing a stale one
+/// left by a crash — never one a running process still listens on.
 fn bind_local(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process listens on this socket (a second gateway on the same \
+                     directory?); stop it or choose another path",
+                ));
+            }
+            std::fs::remove_file(path)?
+        }
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -373,13 +388,25 @@ async fn serve_local(
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "accept on the local socket failed");
-                glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                glommio::timer::sleep(ACCEPT_RETRY_DELAY).await;
                 continue;
             }
         };
-        let Ok(slot) = admission.admit(LOCAL_PEER) else {
-            tracing::warn!("connection limit reached; closing a new local connection");
-            continue;
+        let slot = match admission.admit(LOCAL_PEER) {
+            Ok(s) => s,
+            Err(tessera_gateway::admission::Refused::Total) => {
+                refused("total");
+                tracing::warn!(
+                    limit = CONNECTIONS_MAX,
+                    "connection limit reached; closing a new local connection"
+                );
+                continue;
+            }
+            Err(tessera_gateway::admission::Refused::Peer) => {
+                refused("peer");
+                tracing::debug!("per-peer limit reached by local connections; closing a new one");
+                continue;
+            }
         };
         let session = tessera_auth::Session::new(insecure);
         let service: gateway::Client =
@@ -389,5 +416,52 @@ async fn serve_local(
             service.client,
         );
         glommio::spawn_local(run_connection(conn, slot)).detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A live socket is never taken over; a stale one (its listener gone)
+    /// is replaced; a file that is not a socket is refused.
+    #[test]
+    fn bind_local_takes_only_a_stale_socket() {
+        tessera_engine::raise_memlock().unwrap();
+        let dir = std::env::temp_dir().join(format!("tessera-gw-sock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.sock");
+        let p = path.clone();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let live = bind_local(&p).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                assert_eq!(
+                    std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                    0o600
+                );
+                let Err(e) = bind_local(&p) else {
+                    panic!("a live socket was taken over")
+                };
+                assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+                drop(live);
+                bind_local(&p).expect("a stale socket is replaced");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let plain = dir.join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        let Err(e) = bind_local(&plain) else {
+            panic!("a plain file was taken over")
+        };
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(
+            std::fs::read(&plain).unwrap(),
+            b"x",
+            "the file is left alone"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
