@@ -65,7 +65,7 @@ enum Cmd {
         #[arg(long)]
         insecure: bool,
         /// Bytes of the gateway's read cache (0: off) [default: 1/8 of
-        /// this machine's memory, at most 4 GiB].
+        /// the memory it may use, at most 4 GiB].
         #[arg(long)]
         gateway_cache_bytes: Option<u64>,
         /// Only reads fill the gateway's read cache (else writes do too).
