@@ -75,6 +75,8 @@ fn node_id(dir: &std::path::Path) -> Result<String> {
 }
 
 fn main() -> Result<()> {
+    // First, before any thread: may re-execute this binary once.
+    let memcpy = tessera_engine::tune_memcpy();
     let cli = Cli::parse();
     let filter = cli
         .log
@@ -87,6 +89,9 @@ fn main() -> Result<()> {
         // Colours only on a terminal: log files stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let tessera_engine::MemcpyTuning::Failed(why) = &memcpy {
+        tracing::warn!("memcpy stays on glibc's rep movsb (slow for some copies on AMD): {why}");
+    }
 
     let mut cfg = match &cli.config {
         Some(p) => Config::from_file(p)?,

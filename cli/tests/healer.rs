@@ -36,8 +36,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const CHUNK_SERVERS: usize = 7;
 /// Short grace periods and passes so that the test sees the healer act;
-/// a low rate so that the leader can be killed in the middle of a repair.
+/// a low rate so that the leader can be killed in the middle of a repair;
+/// the gateway's read cache off, so that every read after a repair comes
+/// from the chunk servers (a cached copy would hide a shard left missing).
 const FLAGS: &[&str] = &[
+    "--gateway-cache-bytes",
+    "0",
     "--healer-arg=--dead-grace-secs=2",
     "--healer-arg=--gc-grace-secs=3",
     "--healer-arg=--pass-interval-secs=1",

@@ -15,6 +15,10 @@
 //! the core that owns the shard) over [`Shard`] (one core's files and index)
 //! over a [`device::Device`] (real io_uring files, or a crash-simulating or
 //! fault-injecting one in tests). No networking here.
+//!
+//! Process-wide settings every Tessera binary makes first live here too:
+//! raised limits (`rlimit`), transparent huge pages off, and glibc's
+//! memcpy kept off `rep movsb` on AMD (`memcpy_tuning`).
 
 pub mod checkpoint;
 mod crc;
@@ -23,6 +27,7 @@ mod engine;
 mod error;
 pub mod format;
 pub mod limits;
+mod memcpy_tuning;
 mod reader;
 mod rlimit;
 mod shard;
@@ -32,6 +37,7 @@ pub use engine::{
     SimFactory, UringFactory,
 };
 pub use error::{Error, Result};
+pub use memcpy_tuning::{tune_memcpy, MemcpyTuning, MEMCPY_TUNING_ENV, REP_MOVSB_TUNABLE};
 pub use rlimit::{
     disable_transparent_huge_pages, raise_memlock, raise_open_files, MEMLOCK_MIN_BYTES,
 };

@@ -93,6 +93,8 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
+    // First, before any thread: may re-execute this binary once.
+    let memcpy = tessera_engine::tune_memcpy();
     // Before the heap grows: huge pages made every fresh arena page a
     // 2 MiB fault (see the function's documentation).
     let thp_off = tessera_engine::disable_transparent_huge_pages();
@@ -113,6 +115,9 @@ fn main() -> Result<()> {
         // Colours only on a terminal: log files stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let tessera_engine::MemcpyTuning::Failed(why) = &memcpy {
+        tracing::warn!("memcpy stays on glibc's rep movsb (slow for some copies on AMD): {why}");
+    }
     if !thp_off {
         tracing::warn!("could not turn transparent huge pages off (prctl); large buffers may cost more page faults");
     }

@@ -64,6 +64,8 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
+    // First, before any thread: may re-execute this binary once.
+    let memcpy = tessera_engine::tune_memcpy();
     let cli = Cli::parse();
     let file = match &cli.config {
         Some(p) => HealerFile::read(p).context("--config")?,
@@ -81,6 +83,9 @@ fn main() -> Result<()> {
         // Colours only on a terminal: log files stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let tessera_engine::MemcpyTuning::Failed(why) = &memcpy {
+        tracing::warn!("memcpy stays on glibc's rep movsb (slow for some copies on AMD): {why}");
+    }
     let metad = tessera_metad::client::seeds_from(&cli.metad, file.metad.as_ref())
         .context(tessera_metad::client::NO_SEEDS_MESSAGE)?;
     let id = cli

@@ -134,6 +134,8 @@ fn credentials(cli: &Cli) -> Result<tessera_auth::Credentials> {
 }
 
 fn main() -> Result<()> {
+    // First, before any thread: may re-execute this binary once.
+    let memcpy = tessera_engine::tune_memcpy();
     let cli = Cli::parse();
     let filter = cli
         .log
@@ -145,6 +147,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let tessera_engine::MemcpyTuning::Failed(why) = &memcpy {
+        tracing::warn!("memcpy stays on glibc's rep movsb (slow for some copies on AMD): {why}");
+    }
     let listen = cli.listen.unwrap_or(LISTEN_DEFAULT);
     let (opts, seal) = if cli.insecure {
         if cli.tls_ca.is_some() || cli.seal_key.is_some() || cli.key_file.is_some() {
