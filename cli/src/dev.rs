@@ -46,6 +46,39 @@ pub struct DevArgs {
     pub gateway_cache_bytes: Option<u64>,
     /// Only reads fill the gateway's read cache.
     pub gateway_cache_reads_only: bool,
+    /// metad's metadata groups on the first run (None: [`dev_metad_groups`]).
+    pub metad_groups: Option<u32>,
+    /// metad's WAL partitions on the first run (None: [`dev_wal_partitions`]).
+    pub wal_partitions: Option<u32>,
+}
+
+/// Most metadata groups and WAL partitions a dev cluster picks by itself
+/// (metad's own defaults, made for a cluster of machines).
+const DEV_METAD_GROUPS_MAX: u32 = 8;
+const DEV_WAL_PARTITIONS_MAX: u32 = 4;
+
+/// A dev cluster's metadata groups: one per core, 2 to 8.
+///
+/// Why not metad's 8: a dev cluster runs every replica of every group on
+/// this one machine. Each raft entry costs about the same fixed CPU
+/// (~1.2 ms over the three replicas here: its messages, syscalls, log
+/// write and thread wake-ups) however few commands it carries, and groups
+/// beyond the cores add no parallelism, only split the same load into
+/// smaller batches. On two cores, 2 groups and 1 WAL partition took
+/// 4 KiB PUTs from 459-615 to 744-870 ops/s (docs/BENCHMARKS.md). Two
+/// at least, so listing still merges across groups.
+pub fn dev_metad_groups() -> u32 {
+    (cores() as u32).clamp(2, DEV_METAD_GROUPS_MAX)
+}
+
+/// A dev cluster's WAL partitions: one per two cores, 1 to 4 (see
+/// [`dev_metad_groups`]).
+pub fn dev_wal_partitions() -> u32 {
+    (cores() as u32 / 2).clamp(1, DEV_WAL_PARTITIONS_MAX)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes with
@@ -67,6 +100,13 @@ struct Layout {
     /// The S3 front's port (added later: older layouts get one).
     #[serde(default)]
     s3_port: Option<u16>,
+    /// metad's groups and WAL partitions, chosen on the first run (added
+    /// later: older layouts have none, and their metad keeps what its
+    /// data directory was made with, metad's defaults).
+    #[serde(default)]
+    metad_groups: Option<u32>,
+    #[serde(default)]
+    wal_partitions: Option<u32>,
 }
 
 /// A listening port for a child (below the ephemeral range: see
@@ -106,8 +146,37 @@ fn layout(data: &Path, args: &DevArgs) -> Result<Layout> {
             chunk_ports: Vec::new(),
             gateway_port: free_port()?,
             s3_port: None,
+            metad_groups: Some(args.metad_groups.unwrap_or_else(dev_metad_groups)),
+            wal_partitions: Some(args.wal_partitions.unwrap_or_else(dev_wal_partitions)),
         },
     };
+    for (flag, asked, made, max) in [
+        (
+            "--metad-groups",
+            args.metad_groups,
+            l.metad_groups,
+            tessera_metad::limits::GROUPS_MAX,
+        ),
+        (
+            "--wal-partitions",
+            args.wal_partitions,
+            l.wal_partitions,
+            tessera_metad::limits::WAL_PARTITIONS_MAX,
+        ),
+    ] {
+        if let Some(a) = asked {
+            if a == 0 || a > max {
+                bail!("{flag} {a} is out of range: 1 to {max}");
+            }
+            if made != Some(a) {
+                bail!(
+                    "{} was made with {}; {flag} is fixed on the first run (leave it out, or use a new --data directory)",
+                    data.display(),
+                    made.map_or_else(|| "metad's defaults".to_string(), |m| format!("{flag} {m}")),
+                );
+            }
+        }
+    }
     if l.s3_port.is_none() {
         l.s3_port = Some(free_port()?);
     }
@@ -352,6 +421,12 @@ pub fn run(args: DevArgs) -> Result<()> {
             ])
             .arg("--data")
             .arg(data.join(format!("metad-{}", i + 1)));
+            if let Some(g) = l.metad_groups {
+                c.args(["--groups", &g.to_string()]);
+            }
+            if let Some(p) = l.wal_partitions {
+                c.args(["--wal-partitions", &p.to_string()]);
+            }
             let m = metrics_addr()?;
             c.args(["--metrics", &m]);
             c.args(tessera_tls::daemon_args(tls.as_ref()));

@@ -71,6 +71,14 @@ enum Cmd {
         /// Only reads fill the gateway's read cache (else writes do too).
         #[arg(long)]
         gateway_cache_reads_only: bool,
+        /// metad's metadata raft groups, fixed on the first run [default:
+        /// this machine's cores, 2 to 8].
+        #[arg(long)]
+        metad_groups: Option<u32>,
+        /// metad's WAL partitions, fixed on the first run [default: half
+        /// this machine's cores, 1 to 4].
+        #[arg(long)]
+        wal_partitions: Option<u32>,
     },
     /// Store FILE (or stdin with `-` or nothing) under KEY.
     Put {
@@ -249,7 +257,11 @@ fn run(cli: Cli) -> Result<()> {
             insecure,
             gateway_cache_bytes,
             gateway_cache_reads_only,
+            metad_groups,
+            wal_partitions,
         } => dev::run(dev::DevArgs {
+            metad_groups: *metad_groups,
+            wal_partitions: *wal_partitions,
             gateway_cache_reads_only: *gateway_cache_reads_only,
             insecure: *insecure,
             gateway_cache_bytes: *gateway_cache_bytes,

@@ -100,13 +100,76 @@ fn dev_refuses_more_shards_than_chunk_servers() {
     assert!(err.contains("6 different chunk servers"), "{err}");
 }
 
+/// metad's group and partition counts are checked before anything
+/// starts, and fixed once a directory has them.
+#[test]
+fn dev_refuses_bad_or_changed_metad_counts() {
+    let dir = std::env::temp_dir().join(format!("tessera-e2e-groups-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dev = |extra: &[&str]| {
+        let o = Command::new(TESSERA)
+            .arg("dev")
+            .arg("--data")
+            .arg(&dir)
+            .arg("--cluster")
+            .arg(dir.join("cluster.toml"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = dev(&["--metad-groups", "0"]);
+    assert!(err.contains("--metad-groups 0 is out of range"), "{err}");
+    let err = dev(&["--wal-partitions", "100000"]);
+    assert!(
+        err.contains("--wal-partitions 100000 is out of range"),
+        "{err}"
+    );
+    // A directory made with 2 groups (its layout file, as a first run
+    // writes it) refuses 3, and one from before the counts were kept
+    // refuses any.
+    std::fs::create_dir_all(&dir).unwrap();
+    let layout = "metad_ports = [1, 2, 3]\nchunk_ports = [4, 5, 6, 7, 8, 9]\ngateway_port = 10\ns3_port = 11\n";
+    std::fs::write(
+        dir.join("dev.toml"),
+        format!("{layout}metad_groups = 2\nwal_partitions = 1\n"),
+    )
+    .unwrap();
+    let err = dev(&["--metad-groups", "3"]);
+    assert!(err.contains("was made with --metad-groups 2"), "{err}");
+    std::fs::write(dir.join("dev.toml"), layout).unwrap();
+    let err = dev(&["--wal-partitions", "1"]);
+    assert!(err.contains("was made with metad's defaults"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn dev_cluster_end_to_end() {
     // The read cache off: every read here must reach the chunk servers, so
     // that hedged and degraded reads are what is tested
     // (`read_cache_end_to_end` tests the cache).
-    let mut dev = start_dev("dev", 6, &["--gateway-cache-bytes", "0"]);
+    // Three metadata groups and two WAL partitions (not this machine's
+    // defaults): the flags reach metad, listing merges across groups, and
+    // the restart below passes them again.
+    let mut dev = start_dev(
+        "dev",
+        6,
+        &[
+            "--gateway-cache-bytes",
+            "0",
+            "--metad-groups",
+            "3",
+            "--wal-partitions",
+            "2",
+        ],
+    );
     let gw = gateway_addr(&dev);
+    let metad_log = std::fs::read_to_string(dev.dir.join("data/logs/metad-1.log")).unwrap();
+    assert!(
+        metad_log.contains("3 metadata groups, 2 WAL partitions"),
+        "{metad_log}"
+    );
 
     // 1. Round trips of many sizes, whole and ranged.
     let mut objects: Vec<(String, u64, usize)> = Vec::new();

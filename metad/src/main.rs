@@ -141,7 +141,9 @@ fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let groups = cfg.groups;
+        let wal_partitions = cfg.wal_partitions;
         let replica = Replica::start(cfg).await?;
+        tracing::info!("{groups} metadata groups, {wal_partitions} WAL partitions");
         if let Some(m) = metrics {
             let at = tessera_metrics::serve(m).with_context(|| format!("--metrics {m}"))?;
             tracing::info!(%at, "metrics at http://{at}/metrics");
