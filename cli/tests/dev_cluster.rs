@@ -81,22 +81,28 @@ fn documents() -> Vec<(String, serde_json::Value, Vec<String>)> {
     ]
 }
 
+/// Runs `tessera dev` on `dir` with `extra`, expects it to fail with exit
+/// code 1 before starting anything, and returns its stderr.
+fn dev_fails(dir: &std::path::Path, extra: &[&str]) -> String {
+    let o = Command::new(TESSERA)
+        .arg("dev")
+        .arg("--data")
+        .arg(dir)
+        .arg("--cluster")
+        .arg(dir.join("cluster.toml"))
+        .args(extra)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// A layout the cluster could never hold is refused before anything starts.
 #[test]
 fn dev_refuses_more_shards_than_chunk_servers() {
     let dir = std::env::temp_dir().join(format!("tessera-e2e-km-{}", std::process::id()));
-    let o = Command::new(TESSERA)
-        .arg("dev")
-        .arg("--data")
-        .arg(&dir)
-        .arg("--cluster")
-        .arg(dir.join("cluster.toml"))
-        .args(["--chunk-servers", "5", "--k", "4", "--m", "2"])
-        .output()
-        .unwrap();
+    let err = dev_fails(&dir, &["--chunk-servers", "5", "--k", "4", "--m", "2"]);
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("6 different chunk servers"), "{err}");
 }
 
@@ -106,19 +112,7 @@ fn dev_refuses_more_shards_than_chunk_servers() {
 fn dev_refuses_bad_or_changed_metad_counts() {
     let dir = std::env::temp_dir().join(format!("tessera-e2e-groups-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let dev = |extra: &[&str]| {
-        let o = Command::new(TESSERA)
-            .arg("dev")
-            .arg("--data")
-            .arg(&dir)
-            .arg("--cluster")
-            .arg(dir.join("cluster.toml"))
-            .args(extra)
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(1), "{o:?}");
-        String::from_utf8_lossy(&o.stderr).into_owned()
-    };
+    let dev = |extra: &[&str]| dev_fails(&dir, extra);
     let err = dev(&["--metad-groups", "0"]);
     assert!(err.contains("--metad-groups 0 is out of range"), "{err}");
     let err = dev(&["--wal-partitions", "100000"]);
