@@ -72,7 +72,7 @@ enum Cmd {
         #[arg(long)]
         gateway_cache_reads_only: bool,
         /// metad's metadata raft groups, fixed on the first run [default:
-        /// this machine's cores, 2 to 8].
+        /// one per two cores, 1 to 8].
         #[arg(long)]
         metad_groups: Option<u32>,
         /// metad's WAL partitions, fixed on the first run [default: half
