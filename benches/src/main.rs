@@ -171,8 +171,8 @@ fn main() -> Result<()> {
     // First, before any thread: may re-execute this binary once. The load
     // generator shares the cores with the cluster it measures, so its
     // copies are as costly as the servers'.
-    if let tessera_engine::MemcpyTuning::Failed(why) = tessera_engine::tune_memcpy() {
-        eprintln!("memcpy stays on glibc's rep movsb (slow for some copies on AMD): {why}");
+    if let Some(w) = tessera_engine::tune_memcpy().failure() {
+        eprintln!("{w}");
     }
     // As in the gateway: fresh huge pages under mimalloc cost a 2 MiB
     // fault and zeroing each; best effort.

@@ -66,7 +66,7 @@ const DEV_WAL_PARTITIONS_MAX: u32 = 4;
 /// beyond the cores add no parallelism, only split the same load into
 /// smaller batches. On two cores (docs/BENCHMARKS.md), 4 KiB PUTs at 32
 /// in flight: 8 groups and 4 WAL partitions 459-615 ops/s, 2 and 1
-/// 744-880, 1 and 1 968-973 (and 4 KiB GETs +25-65 % over 2 groups).
+/// 744-880, 1 and 1 968-973 (and 4 KiB GETs +28-66 % over 2 groups, run by run).
 /// The end-to-end test runs with 3 groups so that listing across groups
 /// stays tested.
 pub fn dev_metad_groups() -> u32 {

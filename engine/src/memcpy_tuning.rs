@@ -1,8 +1,8 @@
 //! glibc's `memcpy` on AMD: keeping it off `rep movsb` for copies whose
 //! destination sits just past the source modulo 4 KiB.
 //!
-//! What happens: glibc (2.36 here) copies anything from ~2 KiB up with
-//! `rep movsb`. On this machine's AMD EPYC, `rep movsb` runs at ~2.5 GB/s
+//! What happens: glibc (2.36 here) copies anything above its
+//! `rep movsb` threshold (a few KiB by default) with `rep movsb`. On this machine's AMD EPYC, `rep movsb` runs at ~2.5 GB/s
 //! instead of ~40 GB/s when `(dst - src) mod 4096` is between 1 and 31
 //! (4 KiB aliasing; measured with a 16 KiB copy, offsets 0, 32 and above
 //! are fast). rustls hits exactly that case on every record it sends: it
@@ -14,7 +14,8 @@
 //! The switch is glibc's tunable `glibc.cpu.x86_rep_movsb_threshold`,
 //! which glibc reads once, when the process starts. So [`tune_memcpy`]
 //! adds it to `GLIBC_TUNABLES` and re-executes the same binary with the
-//! same arguments (same pid, same descriptors) before anything else runs.
+//! same arguments (same pid, inherited descriptors kept) before anything
+//! else runs.
 //! Above the threshold glibc uses its AVX2 loop, which is as fast as
 //! `rep movsb` at its best and has no such trap (cold 1 MiB and 16 MiB
 //! copies measured equal or faster).
@@ -38,7 +39,8 @@ const REEXEC_GUARD_ENV: &str = "TESSERA_MEMCPY_REEXEC";
 /// `off` leaves glibc's memcpy as it is.
 pub const MEMCPY_TUNING_ENV: &str = "TESSERA_MEMCPY_TUNING";
 
-/// What [`tune_memcpy`] did (when it returns at all: success re-executes).
+/// What [`tune_memcpy`] did (when it returns at all: a first call that
+/// tunes re-executes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemcpyTuning {
     /// This process already runs with the tunable (the re-executed one,
@@ -50,6 +52,21 @@ pub enum MemcpyTuning {
     Disabled,
     /// The re-exec failed; the process goes on with glibc's defaults.
     Failed(String),
+}
+
+impl MemcpyTuning {
+    /// The warning a binary logs when tuning failed (None otherwise): what
+    /// it costs and what to do.
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            MemcpyTuning::Failed(why) => Some(format!(
+                "memcpy stays on glibc's rep movsb, slow for some copies on AMD ({why}); \
+                 start this binary with GLIBC_TUNABLES={REP_MOVSB_TUNABLE}={REP_MOVSB_THRESHOLD_OFF_BYTES} \
+                 to get the fast path, or {MEMCPY_TUNING_ENV}=off to skip the attempt"
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Makes glibc's `memcpy` avoid `rep movsb` (see the module doc): call it
@@ -136,7 +153,7 @@ fn reexec_with(tunables: &str) -> MemcpyTuning {
 mod tests {
     use super::*;
 
-    /// Set on the copy of this test binary that [`reexec_happens_once`]
+    /// Set on the copy of this test binary that [`child_reports`]
     /// starts; the child test does nothing without it.
     const CHILD_ENV: &str = "TESSERA_MEMCPY_TEST_CHILD";
 
@@ -222,6 +239,22 @@ mod tests {
         assert!(!names_threshold(""));
         assert!(!names_threshold("glibc.cpu.x86_rep_movsb_threshold_x=1"));
         assert!(!names_threshold("glibc.cpu.x86_rep_stosb_threshold=1"));
+    }
+
+    #[test]
+    fn only_a_failure_has_a_warning_and_it_says_what_to_do() {
+        assert_eq!(MemcpyTuning::Active.failure(), None);
+        assert_eq!(MemcpyTuning::Disabled.failure(), None);
+        assert_eq!(MemcpyTuning::NotNeeded("x").failure(), None);
+        let w = MemcpyTuning::Failed("exec: ENOENT".into())
+            .failure()
+            .unwrap();
+        assert!(w.contains("exec: ENOENT"), "{w}");
+        assert!(
+            w.contains(&format!("GLIBC_TUNABLES={REP_MOVSB_TUNABLE}=")),
+            "{w}"
+        );
+        assert!(w.contains(&format!("{MEMCPY_TUNING_ENV}=off")), "{w}");
     }
 
     #[test]

@@ -115,8 +115,8 @@ fn main() -> Result<()> {
         // Colours only on a terminal: log files stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let tessera_engine::MemcpyTuning::Failed(why) = &memcpy {
-        tracing::warn!("memcpy stays on glibc's rep movsb (slow for some copies on AMD): {why}");
+    if let Some(w) = memcpy.failure() {
+        tracing::warn!("{w}");
     }
     if !thp_off {
         tracing::warn!("could not turn transparent huge pages off (prctl); large buffers may cost more page faults");

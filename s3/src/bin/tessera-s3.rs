@@ -147,8 +147,8 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let tessera_engine::MemcpyTuning::Failed(why) = &memcpy {
-        tracing::warn!("memcpy stays on glibc's rep movsb (slow for some copies on AMD): {why}");
+    if let Some(w) = memcpy.failure() {
+        tracing::warn!("{w}");
     }
     let listen = cli.listen.unwrap_or(LISTEN_DEFAULT);
     let (opts, seal) = if cli.insecure {
