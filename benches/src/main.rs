@@ -39,6 +39,10 @@ struct Cli {
     /// Raft groups metad splits its keys into in `metad`.
     #[arg(long, global = true, default_value_t = 8)]
     metad_groups: u32,
+    /// WAL partitions of the metad replicas `wal` starts; 0 = metad's
+    /// default (4). `tessera dev` uses one per two cores (1 here).
+    #[arg(long, global = true, default_value_t = 0)]
+    wal_partitions: u32,
     /// Skip the etcd side of `metad` (Tessera's figures only).
     #[arg(long, global = true)]
     no_etcd: bool,
@@ -216,6 +220,7 @@ fn main() -> Result<()> {
                 metad_bench::Plan::full()
             };
             plan.groups = cli.metad_groups;
+            plan.wal_partitions = cli.wal_partitions;
             plan.wal_phases = cli
                 .wal_phases
                 .iter()

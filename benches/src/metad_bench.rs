@@ -33,6 +33,8 @@ pub struct Plan {
     pub replicas: usize,
     pub groups: u32,
     pub with_etcd: bool,
+    /// WAL partitions passed to metad; 0 = its default.
+    pub wal_partitions: u32,
     /// WAL phases to run as (entry bytes, in flight); empty = all six.
     pub wal_phases: Vec<(usize, usize)>,
 }
@@ -62,6 +64,7 @@ impl Plan {
             replicas: 3,
             groups: 8,
             with_etcd: true,
+            wal_partitions: 0,
             wal_phases: Vec::new(),
         }
     }
@@ -72,6 +75,7 @@ impl Plan {
             replicas: 3,
             groups: 8,
             with_etcd: true,
+            wal_partitions: 0,
             wal_phases: Vec::new(),
         }
     }
@@ -274,6 +278,14 @@ fn start_metad(dir: &Path, plan: &Plan) -> Result<(Vec<Proc>, Vec<u64>, Vec<Stri
                 "--metrics",
                 &metrics[i],
             ])
+            .args(if plan.wal_partitions > 0 {
+                vec![
+                    "--wal-partitions".to_string(),
+                    plan.wal_partitions.to_string(),
+                ]
+            } else {
+                Vec::new()
+            })
             .args([
                 "--groups",
                 &plan.groups.to_string(),
@@ -553,7 +565,9 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<Report> {
 }
 
 /// `tessera-bench wal`: appends of 4 KiB and 64 KiB at 1, 16 and 64 in
-/// flight against three metad replicas (4 WAL partitions), next to fio's
+/// flight against three metad replicas (4 WAL partitions unless
+/// `--wal-partitions`), each append to a partition picked at random (as
+/// the gateway's key hash spreads them), next to fio's
 /// 4 KiB write + fdatasync at queue depth 1 on the same file system, same
 /// run. A background consumer finishes appended entries every 20 ms (as
 /// gateways would), so the partitions never reach their byte limit.
@@ -634,7 +648,12 @@ pub fn run_wal(dir: &Path, plan: &Plan) -> Result<Report> {
                 let ph = closed_loop(plan, conc, move |seed| {
                     let (c, done, payload) = (c.clone(), done.clone(), payload.clone());
                     async move {
-                        let p = (seed as u32).wrapping_add((seed >> 40) as u32) % parts;
+                        // Each append picks its partition by a hash of
+                        // (task, iteration), as independent gateways would:
+                        // `task + iteration` kept the appends that finished
+                        // together on one partition forever (lock-step), so
+                        // one call at a time carried all of them.
+                        let p = (splitmix64(seed) % parts as u64) as u32;
                         match c.wal_append(p, "bench", &payload, false).await {
                             Ok(off) => {
                                 done.borrow_mut().push((p, off));
@@ -676,4 +695,12 @@ pub fn run_wal(dir: &Path, plan: &Plan) -> Result<Report> {
         r.add(&format!("{name}_p99"), ph.p99_ms, "ms", None, "");
     }
     Ok(r)
+}
+
+/// A 64-bit mixer (SplitMix64's finaliser): spreads consecutive seeds.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

@@ -264,9 +264,19 @@ impl Peers {
         addr: &str,
         group: u32,
         kind: u8,
-        payload: Vec<u8>,
+        msg: &impl Serialize,
         timeout: Duration,
     ) -> Result<Vec<u8>, PeerError> {
+        // Encoded straight into the request, not into a buffer first: an
+        // append can carry MiBs of entries, once per follower.
+        let size = bincode::serialized_size(msg)
+            .map_err(|e| PeerError::Call(target, format!("a raft message does not encode: {e}")))?;
+        if size > RAFT_MESSAGE_MAX_BYTES as u64 {
+            return Err(PeerError::Call(
+                target,
+                format!("a raft message of {size} bytes is over the {RAFT_MESSAGE_MAX_BYTES}-byte limit"),
+            ));
+        }
         let client = self.client(target, addr).await?;
         let fut = async {
             let mut req = client.raft_request();
@@ -274,7 +284,10 @@ impl Peers {
                 let mut p = req.get();
                 p.set_group(group);
                 p.set_kind(kind);
-                p.set_payload(&payload);
+                let buf: &mut [u8] = p.init_payload(size as u32);
+                bincode::serialize_into(buf, msg).map_err(|e| {
+                    capnp::Error::failed(format!("a raft message does not encode: {e}"))
+                })?;
             }
             let resp = req.send().promise.await?;
             let bytes = resp.get()?.get_payload()?;
@@ -381,7 +394,7 @@ impl GroupNetwork {
                 &self.addr,
                 self.group,
                 kind,
-                encode(req),
+                req,
                 option.hard_ttl(),
             )
             .await

@@ -249,7 +249,7 @@ impl Group {
                 out
             };
             let (cmds, txs): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-            match self.raft.client_write(Proposal(cmds)).await {
+            match self.raft.client_write(Proposal(cmds.into())).await {
                 Ok(resp) if resp.data.len() == txs.len() => {
                     for (tx, r) in txs.into_iter().zip(resp.data) {
                         let _ = tx.send(Ok(r));

@@ -129,7 +129,7 @@ fn wal_append_op(
     }
     let op = Op::WalAppend {
         gateway: gateway.to_string(),
-        data: data.to_vec(),
+        data: data.into(),
         is_intent,
     };
     Ok((client, seq, op))

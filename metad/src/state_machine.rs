@@ -17,8 +17,8 @@ use crate::limits::{
     DEDUP_ENTRIES_MAX, WAL_PARTITION_ENTRIES_MAX, WAL_PARTITION_UNFINISHED_BYTES_MAX,
 };
 use crate::types::{
-    Command, CommandResult, Entry, KeyWrite, LeaseState, LogId, Op, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig, WriteOutcome, VERSIONS_PER_ENTRY,
+    Command, CommandResult, Entry, KeyWrite, LeaseState, LogId, Op, SharedBytes, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig, WriteOutcome, VERSIONS_PER_ENTRY,
 };
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
@@ -61,8 +61,8 @@ struct Dedup {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct WalRecord {
     pub gateway: String,
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    #[serde(with = "crate::types::shared_bytes")]
+    pub data: SharedBytes,
     pub is_intent: bool,
     pub finished: bool,
 }
@@ -96,7 +96,7 @@ impl Default for WalState {
 }
 
 impl WalState {
-    fn append(&mut self, gateway: &str, data: &[u8], is_intent: bool) -> CommandResult {
+    fn append(&mut self, gateway: &str, data: &SharedBytes, is_intent: bool) -> CommandResult {
         if self.entries.len() >= WAL_PARTITION_ENTRIES_MAX {
             let oldest = self.entries.keys().next().copied().unwrap_or(0);
             return CommandResult::WalFull(format!(
@@ -120,7 +120,8 @@ impl WalState {
             offset,
             WalRecord {
                 gateway: gateway.to_string(),
-                data: data.to_vec(),
+                // The entry's own bytes, not a copy.
+                data: data.clone(),
                 is_intent,
                 finished: false,
             },
@@ -720,7 +721,7 @@ mod tests {
                 seq += 1;
                 match s {
                     WalStep::Append(g, n) => {
-                        let c = Command { client: 9, seq, now_ms: 0, op: Op::WalAppend { gateway: format!("g{g}"), data: vec![7; n], is_intent: false } };
+                        let c = Command { client: 9, seq, now_ms: 0, op: Op::WalAppend { gateway: format!("g{g}"), data: vec![7; n].into(), is_intent: false } };
                         let r = d.apply_command(seq, &c);
                         let again = d.apply_command(seq + 1_000_000, &c);
                         prop_assert_eq!(&r, &again, "a retried append must return the same offset");
@@ -760,11 +761,11 @@ mod tests {
     fn a_stuck_entry_holds_nothing_behind_it_and_unfinished_entries_are_bounded() {
         let mut w = WalState::default();
         assert!(matches!(
-            w.append("gone", &[1; 100], false),
+            w.append("gone", &SharedBytes::from(&[1; 100][..]), false),
             CommandResult::WalAppended { offset: 1 }
         ));
         for i in 0..100_000u64 {
-            let r = w.append("g", &[2; 8], false);
+            let r = w.append("g", &SharedBytes::from(&[2; 8][..]), false);
             assert!(matches!(r, CommandResult::WalAppended { offset } if offset == i + 2));
             w.finish(&[i + 2]);
         }
@@ -773,18 +774,18 @@ mod tests {
         assert_eq!(w.truncated_before, 1);
         for _ in 1..WAL_PARTITION_ENTRIES_MAX {
             assert!(matches!(
-                w.append("g", &[], true),
+                w.append("g", &SharedBytes::from(&[][..]), true),
                 CommandResult::WalAppended { .. }
             ));
         }
-        match w.append("g", &[3; 8], false) {
+        match w.append("g", &SharedBytes::from(&[3; 8][..]), false) {
             CommandResult::WalFull(why) => assert!(why.contains("offset 1"), "{why}"),
             other => panic!("expected full, got {other:?}"),
         }
         w.finish(&[1]);
         assert_eq!(w.truncated_before, 100_002);
         assert!(matches!(
-            w.append("g", &[3; 8], false),
+            w.append("g", &SharedBytes::from(&[3; 8][..]), false),
             CommandResult::WalAppended { .. }
         ));
     }

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
+use std::sync::Arc;
 
 /// A replica's id; also its raft node id in every group.
 pub type NodeId = u64;
@@ -30,8 +31,41 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 /// What one raft entry carries: the commands a leader gathered while its
 /// previous entries were being written (openraft 0.9 writes one entry's
 /// log IO at a time, so batching here is what makes group commit work).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
-pub struct Proposal(pub Vec<Command>);
+///
+/// Shared, not copied: openraft clones an entry each time it reads it from
+/// the log (once per follower it replicates to, once to apply it), and a
+/// WAL entry can carry a MiB. Encoded exactly as the `Vec<Command>` it
+/// replaced (serde codes an `Arc<[T]>` as its slice), so logs written
+/// before still decode.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Proposal(pub Arc<[Command]>);
+
+impl Default for Proposal {
+    fn default() -> Self {
+        Proposal(Arc::from(Vec::new()))
+    }
+}
+
+/// An immutable byte string shared by reference (a WAL payload: the raft
+/// entry that carries it and the WAL state that keeps it until finished
+/// hold the same bytes). Coded as one blob, like `serde_bytes`.
+pub type SharedBytes = Arc<[u8]>;
+
+/// `#[serde(with = "shared_bytes")]` for [`SharedBytes`]: the bytes bincode
+/// writes for a `serde_bytes` `Vec<u8>`.
+pub mod shared_bytes {
+    use super::SharedBytes;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &SharedBytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SharedBytes, D::Error> {
+        let v: serde_bytes::ByteBuf = serde::Deserialize::deserialize(d)?;
+        Ok(SharedBytes::from(v.into_vec()))
+    }
+}
 
 /// Versions per log entry: the command at position `p` of the entry at
 /// log index `i` writes version `i * VERSIONS_PER_ENTRY + p`, so versions
@@ -103,8 +137,8 @@ pub enum Op {
         // One blob, not byte by byte (bincode writes the same bytes either
         // way; element-wise coding of WAL payloads was ~17 % of metad's CPU
         // in the WAL bench).
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        #[serde(with = "shared_bytes")]
+        data: SharedBytes,
         is_intent: bool,
     },
     /// Marks entries finished (unknown or truncated offsets are ignored).
@@ -198,7 +232,7 @@ mod tests {
         .unwrap();
         let new_op = Op::WalAppend {
             gateway: "g".into(),
-            data,
+            data: data.into(),
             is_intent: true,
         };
         let new = bincode::serialize(&new_op).unwrap();
@@ -207,5 +241,30 @@ mod tests {
         assert_eq!(old[4..], new[4..]);
         let back: Op = bincode::deserialize(&new).unwrap();
         assert!(matches!(back, Op::WalAppend { ref data, .. } if data.len() == 256));
+    }
+
+    /// A shared proposal has exactly the bytes of the `Vec<Command>` it
+    /// replaced, both ways, so raft logs written before still decode.
+    #[test]
+    fn shared_proposals_keep_the_vec_format() {
+        #[derive(Serialize, Deserialize)]
+        struct Old(Vec<Command>);
+        let cmds: Vec<Command> = (0..3u8)
+            .map(|i| Command {
+                client: 7,
+                seq: i as u64,
+                now_ms: 1,
+                op: Op::WalAppend {
+                    gateway: "g".into(),
+                    data: vec![i; 100 * i as usize].into(),
+                    is_intent: i == 1,
+                },
+            })
+            .collect();
+        let old = bincode::serialize(&Old(cmds.clone())).unwrap();
+        let new = bincode::serialize(&Proposal(cmds.clone().into())).unwrap();
+        assert_eq!(old, new);
+        let back: Proposal = bincode::deserialize(&old).unwrap();
+        assert_eq!(&back.0[..], &cmds[..]);
     }
 }

@@ -703,16 +703,19 @@ mod tests {
         let value = vec![index as u8; (index % 97) as usize * 13];
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Proposal(vec![Command {
-                client: 0,
-                seq: 0,
-                now_ms: 0,
-                op: Op::Write(vec![KeyWrite {
-                    key: b"k".to_vec(),
-                    expected: None,
-                    value: Some(value),
-                }]),
-            }])),
+            payload: EntryPayload::Normal(Proposal(
+                vec![Command {
+                    client: 0,
+                    seq: 0,
+                    now_ms: 0,
+                    op: Op::Write(vec![KeyWrite {
+                        key: b"k".to_vec(),
+                        expected: None,
+                        value: Some(value),
+                    }]),
+                }]
+                .into(),
+            )),
         }
     }
 
