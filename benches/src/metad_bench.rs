@@ -567,7 +567,7 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<Report> {
 /// `tessera-bench wal`: appends of 4 KiB and 64 KiB at 1, 16 and 64 in
 /// flight against three metad replicas (4 WAL partitions unless
 /// `--wal-partitions`), each append to a partition picked at random (as
-/// the gateway's key hash spreads them), next to fio's
+/// the appends of many gateways, one partition each, arrive), next to fio's
 /// 4 KiB write + fdatasync at queue depth 1 on the same file system, same
 /// run. A background consumer finishes appended entries every 20 ms (as
 /// gateways would), so the partitions never reach their byte limit.
@@ -645,15 +645,15 @@ pub fn run_wal(dir: &Path, plan: &Plan) -> Result<Report> {
                 let payload = Rc::new(vec![0xA5u8; size]);
                 let before: Vec<LogCounters> = metrics.iter().map(|m| scrape_wal_log(m)).collect();
                 let started = std::time::Instant::now();
-                let ph = closed_loop(plan, conc, move |seed| {
+                let ph = closed_loop(plan, conc, move |_seed| {
                     let (c, done, payload) = (c.clone(), done.clone(), payload.clone());
                     async move {
-                        // Each append picks its partition by a hash of
-                        // (task, iteration), as independent gateways would:
-                        // `task + iteration` kept the appends that finished
-                        // together on one partition forever (lock-step), so
-                        // one call at a time carried all of them.
-                        let p = (splitmix64(seed) % parts as u64) as u32;
+                        // Each append picks a partition at random, as the
+                        // appends of many gateways (one partition each)
+                        // arrive: `task + iteration` kept the appends that
+                        // finished together on one partition forever
+                        // (lock-step), so one call carried all of them.
+                        let p = rand::thread_rng().gen_range(0..parts);
                         match c.wal_append(p, "bench", &payload, false).await {
                             Ok(off) => {
                                 done.borrow_mut().push((p, off));
@@ -695,12 +695,4 @@ pub fn run_wal(dir: &Path, plan: &Plan) -> Result<Report> {
         r.add(&format!("{name}_p99"), ph.p99_ms, "ms", None, "");
     }
     Ok(r)
-}
-
-/// A 64-bit mixer (SplitMix64's finaliser): spreads consecutive seeds.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }

@@ -325,7 +325,7 @@ impl Objects {
     /// ~0.6× of one partition's rate (docs/BENCHMARKS.md, "random
     /// partitions, and where a round's time goes"). Gateways spread over the
     /// partitions; replay and the healer read every partition anyway.
-    fn partition_of(&self, _key: &str) -> u32 {
+    fn wal_partition(&self) -> u32 {
         home_partition(&self.cfg.gateway_id, self.bridge.wal_partitions())
     }
 
@@ -679,7 +679,7 @@ impl Objects {
                 doc_hot: Some(hot.to_vec()),
                 attrs: Vec::new(),
             };
-            let p = self.partition_of(key);
+            let p = self.wal_partition();
             let gw = self.cfg.gateway_id.clone();
             let bytes = intent.encode();
             let off = self
@@ -1427,7 +1427,7 @@ impl PutWriter {
             doc_hot: None,
             attrs: self.attrs.clone(),
         };
-        let p = self.objects.partition_of(&self.key);
+        let p = self.objects.wal_partition();
         let gw = self.objects.cfg.gateway_id.clone();
         let bytes = intent.encode();
         let off = self
@@ -1801,6 +1801,7 @@ fn home_partition(gateway_id: &str, partitions: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// Every write of one gateway goes to one partition, in range; gateways
     /// spread over all partitions.
@@ -1825,7 +1826,6 @@ mod tests {
         }
         assert_eq!(home_partition("gw", 0), 0);
     }
-    use super::*;
 
     #[test]
     fn pools_parse_and_the_longest_prefix_wins() {
