@@ -401,13 +401,20 @@ pub struct GroupSm {
     current: RefCell<Option<StoredSnapshot>>,
 }
 
+/// The snapshot file's bytes: header, then `(meta, data)` in bincode, with
+/// `data` written as one blob (serde's default for a `&[u8]` is element by
+/// element, which was ~11 % of a WAL leader's CPU with snapshots of MiBs;
+/// bincode lays both out the same, so files written before still read).
 fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
-    let body = bincode::serialize(&(meta, data)).expect("bincode into a Vec");
-    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&body);
+    let body = (meta, serde_bytes::Bytes::new(data));
+    let len = bincode::serialized_size(&body).expect("bincode sizes a snapshot") as usize;
+    let mut out = vec![0u8; SNAPSHOT_HEADER_BYTES + len];
+    bincode::serialize_into(&mut out[SNAPSHOT_HEADER_BYTES..], &body)
+        .expect("bincode into a buffer of its size");
+    let crc = crc32c::crc32c(&out[SNAPSHOT_HEADER_BYTES..]);
+    out[..8].copy_from_slice(SNAPSHOT_MAGIC);
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
+    out[12..20].copy_from_slice(&(len as u64).to_le_bytes());
     out
 }
 
@@ -427,7 +434,9 @@ fn decode_snapshot(bytes: &[u8]) -> std::result::Result<(SnapshotMeta, Vec<u8>),
     if crc32c::crc32c(body) != crc {
         return Err("its crc32c does not match".into());
     }
-    bincode::deserialize(body).map_err(|e| format!("it does not decode: {e}"))
+    let (meta, data): (SnapshotMeta, serde_bytes::ByteBuf) =
+        bincode::deserialize(body).map_err(|e| format!("it does not decode: {e}"))?;
+    Ok((meta, data.into_vec()))
 }
 
 /// Writes `bytes` to `path` atomically and durably.
@@ -860,6 +869,27 @@ mod tests {
             }
         );
         assert_eq!(d.kv[&b"b"[..]].version, 5, "a failed batch writes nothing");
+    }
+
+    proptest! {
+        /// The blob coding of a snapshot's data writes exactly the bytes of
+        /// the element-wise coding it replaced, and reads back what it wrote.
+        #[test]
+        fn snapshot_blob_keeps_the_element_wise_format(
+            raw in proptest::collection::vec(any::<u8>(), 0..20_000),
+            index in 0u64..1_000_000,
+        ) {
+            let meta = SnapshotMeta {
+                last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), index)),
+                ..SnapshotMeta::default()
+            };
+            let bytes = encode_snapshot(&meta, &raw);
+            let old_body = bincode::serialize(&(&meta, &raw[..])).unwrap();
+            prop_assert_eq!(&bytes[SNAPSHOT_HEADER_BYTES..], &old_body[..]);
+            let (m, d) = decode_snapshot(&bytes).unwrap();
+            prop_assert_eq!(m, meta);
+            prop_assert_eq!(d, raw);
+        }
     }
 
     #[test]
