@@ -407,10 +407,12 @@ pub struct GroupSm {
 /// bincode lays both out the same, so files written before still read).
 fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
     let body = (meta, serde_bytes::Bytes::new(data));
-    let len = bincode::serialized_size(&body).expect("bincode sizes a snapshot") as usize;
-    let mut out = vec![0u8; SNAPSHOT_HEADER_BYTES + len];
-    bincode::serialize_into(&mut out[SNAPSHOT_HEADER_BYTES..], &body)
-        .expect("bincode into a buffer of its size");
+    // Sized first and written once: no zero-fill, no second copy of MiBs.
+    let size = bincode::serialized_size(&body).map_or(0, |n| n as usize);
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + size);
+    out.extend_from_slice(&[0u8; SNAPSHOT_HEADER_BYTES]);
+    bincode::serialize_into(&mut out, &body).expect("bincode into a Vec");
+    let len = out.len() - SNAPSHOT_HEADER_BYTES;
     let crc = crc32c::crc32c(&out[SNAPSHOT_HEADER_BYTES..]);
     out[..8].copy_from_slice(SNAPSHOT_MAGIC);
     out[8..12].copy_from_slice(&crc.to_le_bytes());
