@@ -157,7 +157,12 @@ fn main() -> Result<()> {
     .context("installing signal handlers")?;
     let engine = tessera_engine::Engine::open(cfg.data.join("engine"), cfg.engine_config())
         .context("opening the storage engine")?;
-    let server = Server::start(&engine, &cfg, node.clone(), server_tls)?;
+    let server = Server::start(&engine, &cfg, node.clone(), server_tls).with_context(|| {
+        format!(
+            "listening on {} (if the port is in use, stop what holds it or choose another with --listen)",
+            cfg.listen
+        )
+    })?;
     // stdout may be a pipe nobody reads any more: never fail on it.
     let mut out = std::io::stdout();
     let _ = writeln!(

@@ -709,3 +709,43 @@ fn client_works_when_the_server_refuses_more_connections() {
         }
     });
 }
+
+/// A port another process holds: chunkd exits with an error that names the
+/// address and says what to do, and leaves its data directory usable.
+#[test]
+fn a_taken_port_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().to_string();
+    let data = dir.path().join("d");
+    let cfg = dir.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        "segment_size_bytes = 33554432\npin_to_cores = false\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chunkd"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "--listen",
+            &taken,
+            "--shards",
+            "2",
+            "--log",
+            "warn",
+            "--insecure",
+        ])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running chunkd");
+    assert!(!out.status.success(), "chunkd started on a taken port");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("listening on {taken}")), "{err}");
+    assert!(err.contains("choose another with --listen"), "{err}");
+    drop(holder);
+    let mut c = Chunkd::start(&data);
+    c.terminate();
+}

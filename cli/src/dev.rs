@@ -281,11 +281,22 @@ fn spawn(data: &Path, name: &str, addr: &str, mut cmd: Command) -> Result<Runnin
 /// Lines of a child's log shown when it fails to start.
 const LOG_TAIL_LINES: usize = 8;
 
-/// The last lines of a log file, for an error message.
+/// The part of a log file that says why its process stopped, for an error
+/// message.
 fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    error_excerpt(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// What of a log says why a process stopped: from its last error or panic
+/// line on ([`LOG_TAIL_LINES`] lines), else its last lines. A backtrace
+/// after the error would otherwise fill the excerpt and hide the reason.
+fn error_excerpt(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    let start = lines
+        .iter()
+        .rposition(|l| l.starts_with("Error:") || l.contains("panicked at"))
+        .unwrap_or(lines.len().saturating_sub(LOG_TAIL_LINES));
+    lines[start..(start + LOG_TAIL_LINES).min(lines.len())].join("\n")
 }
 
 fn stop_all(procs: &mut Vec<Running>) {
@@ -654,4 +665,30 @@ pub fn run(args: DevArgs) -> Result<()> {
         data.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_excerpt_of_a_failed_start_shows_the_error_not_the_backtrace() {
+        let mut log = String::from("INFO starting\nINFO opening the engine\n");
+        log.push_str("Error: the engine at /d refuses to open: bad segment\n\nStack backtrace:\n");
+        for i in 0..40 {
+            log.push_str(&format!("  {i}: frame\n             at src/x.rs:{i}\n"));
+        }
+        let e = error_excerpt(&log);
+        assert!(e.starts_with("Error: the engine at /d refuses"), "{e}");
+        assert_eq!(e.lines().count(), LOG_TAIL_LINES);
+
+        let panic = format!("{log}thread 'main' panicked at src/y.rs:3:5:\nindex out of range\n");
+        assert!(error_excerpt(&panic).starts_with("thread 'main' panicked at src/y.rs"));
+
+        let plain: String = (0..20).map(|i| format!("line {i}\n")).collect();
+        let e = error_excerpt(&plain);
+        assert_eq!(e.lines().next(), Some("line 12"));
+        assert_eq!(e.lines().count(), LOG_TAIL_LINES);
+        assert_eq!(error_excerpt(""), "");
+    }
 }
