@@ -2,7 +2,8 @@
 //! drain at shutdown.
 //!
 //! Each engine shard's executor binds the listen address with SO_REUSEPORT
-//! (glommio's default) and serves the connections the kernel gives it. A
+//! (glommio's default) and serves the connections the kernel gives it;
+//! a bind without it first makes sure no other process listens there. A
 //! connection beyond the per-core limit is closed at once. Shutdown: stop
 //! accepting, refuse new requests with `unavailable`, wait (bounded by the
 //! grace period) for in-flight requests to finish; the caller then closes
@@ -67,6 +68,15 @@ impl Server {
         tls: Option<Arc<tessera_tls::rustls::ServerConfig>>,
     ) -> Result<Server> {
         let mut addr = cfg.listen;
+        if addr.port() != 0 {
+            // The executors bind with SO_REUSEPORT, which another process of
+            // the same user listening there with it too (a second chunk
+            // server given the same port) would let succeed: both would
+            // serve, each getting some of the connections. A bind without it
+            // fails if anything listens there. (A process that takes the
+            // port between this probe and the executors' binds is not seen.)
+            std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
+        }
         let mut stops = Vec::new();
         let (drained_tx, drained) = std::sync::mpsc::channel();
         for i in 0..engine.shards() {

@@ -717,21 +717,40 @@ fn a_taken_port_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = holder.local_addr().unwrap().to_string();
-    let data = dir.path().join("d");
-    let cfg = dir.path().join("d.toml");
+    refused_on(dir.path(), &taken);
+    drop(holder);
+    let mut c = Chunkd::start(&dir.path().join("d"));
+    c.terminate();
+}
+
+/// A second chunk server given a port another one serves is refused, not
+/// let in beside it by SO_REUSEPORT (each would get some connections).
+#[test]
+fn a_second_chunk_server_on_the_same_port_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Chunkd::start(&dir.path().join("first"));
+    refused_on(dir.path(), &first.addr.to_string());
+    first.terminate();
+}
+
+/// Runs a chunk server on `taken` and checks that it fails, naming the
+/// address and what to do.
+fn refused_on(dir: &std::path::Path, taken: &str) {
+    let data = dir.join("d");
+    let cfg = dir.join("d.toml");
     std::fs::write(
         &cfg,
         "segment_size_bytes = 33554432\npin_to_cores = false\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chunkd"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkd"))
         .arg("--config")
         .arg(&cfg)
         .arg("--data")
         .arg(&data)
         .args([
             "--listen",
-            &taken,
+            taken,
             "--shards",
             "2",
             "--log",
@@ -739,13 +758,26 @@ fn a_taken_port_is_named_in_the_error() {
             "--insecure",
         ])
         .env("RUST_BACKTRACE", "0")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("running chunkd");
-    assert!(!out.status.success(), "chunkd started on a taken port");
-    let err = String::from_utf8_lossy(&out.stderr);
+    // A chunk server that started anyway would run until killed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chunkd started on a taken port ({taken})");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(!status.success(), "chunkd started on a taken port");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains(&format!("listening on {taken}")), "{err}");
     assert!(err.contains("choose another with --listen"), "{err}");
-    drop(holder);
-    let mut c = Chunkd::start(&data);
-    c.terminate();
 }

@@ -139,8 +139,12 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
 fn layout(data: &Path, args: &DevArgs) -> Result<Layout> {
     let p = data.join("dev.toml");
     let mut l = match std::fs::read_to_string(&p) {
-        Ok(t) => toml::from_str::<Layout>(&t)
-            .with_context(|| format!("{} is damaged; move the directory away", p.display()))?,
+        Ok(t) => {
+            let mut l = toml::from_str::<Layout>(&t)
+                .with_context(|| format!("{} is damaged; move the directory away", p.display()))?;
+            reclaim_ports(&mut l, &p)?;
+            l
+        }
         Err(_) => Layout {
             metad_ports: (0..args.metad)
                 .map(|_| free_port())
@@ -205,6 +209,44 @@ fn layout(data: &Path, args: &DevArgs) -> Result<Layout> {
     std::fs::write(&p, toml::to_string_pretty(&l)?)
         .with_context(|| format!("writing {}", p.display()))?;
     Ok(l)
+}
+
+/// True when nothing listens on `port` of 127.0.0.1 now.
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Checks the ports a layout remembers before a second run uses them:
+/// another process (another dev cluster, say) may have taken one since.
+/// metad's ports cannot change (each replica knows the others by address),
+/// so a taken one is an error; a chunk server, the gateway and the S3 front
+/// simply get a new port (chunk servers register their address anew).
+fn reclaim_ports(l: &mut Layout, at: &Path) -> Result<()> {
+    for (i, port) in l.metad_ports.iter().enumerate() {
+        if !port_is_free(*port) {
+            bail!(
+                "metad-{}'s port {port} (kept in {}; replicas know each other by it) is in use:                  is this cluster already running? Stop whatever listens there (`ss -ltnp | grep :{port}`) and run again",
+                i + 1,
+                at.display()
+            );
+        }
+    }
+    let moved = |name: String, port: &mut u16| -> Result<()> {
+        if !port_is_free(*port) {
+            let new = free_port()?;
+            eprintln!("{name}'s port {port} is taken by another process; it listens on {new} now");
+            *port = new;
+        }
+        Ok(())
+    };
+    for (i, port) in l.chunk_ports.iter_mut().enumerate() {
+        moved(format!("chunkd-{}", i + 1), port)?;
+    }
+    moved("the gateway".into(), &mut l.gateway_port)?;
+    if let Some(port) = l.s3_port.as_mut() {
+        moved("the S3 front".into(), port)?;
+    }
+    Ok(())
 }
 
 struct Running {
@@ -690,5 +732,51 @@ mod tests {
         assert_eq!(e.lines().next(), Some("line 12"));
         assert_eq!(e.lines().count(), LOG_TAIL_LINES);
         assert_eq!(error_excerpt(""), "");
+    }
+
+    fn layout_on(metad: Vec<u16>, chunk: Vec<u16>, gateway: u16, s3: u16) -> Layout {
+        Layout {
+            metad_ports: metad,
+            chunk_ports: chunk,
+            gateway_port: gateway,
+            s3_port: Some(s3),
+            metad_groups: Some(1),
+            wal_partitions: Some(1),
+        }
+    }
+
+    /// A restart finds its remembered ports taken: chunk servers, the
+    /// gateway and the S3 front move to free ports, the free ones stay, and
+    /// a taken metad port is an error that says what to do.
+    #[test]
+    fn taken_ports_move_except_metad_which_is_an_error() {
+        let free: Vec<u16> = (0..4).map(|_| free_port().unwrap()).collect();
+        let held: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let taken: Vec<u16> = held
+            .iter()
+            .map(|h| h.local_addr().unwrap().port())
+            .collect();
+        let at = Path::new("/d/dev.toml");
+
+        let mut l = layout_on(vec![free[0]], vec![free[1], taken[0]], taken[1], taken[2]);
+        reclaim_ports(&mut l, at).unwrap();
+        assert_eq!(l.metad_ports, vec![free[0]]);
+        assert_eq!(l.chunk_ports[0], free[1], "a free port moved");
+        for (port, was) in [
+            (l.chunk_ports[1], taken[0]),
+            (l.gateway_port, taken[1]),
+            (l.s3_port.unwrap(), taken[2]),
+        ] {
+            assert_ne!(port, was, "a taken port was kept");
+            assert!(port_is_free(port), "moved to a port that is not free");
+        }
+
+        let mut l = layout_on(vec![free[2], taken[0]], vec![free[3]], free[1], free[0]);
+        let e = reclaim_ports(&mut l, at).unwrap_err().to_string();
+        assert!(e.contains(&format!("metad-2's port {}", taken[0])), "{e}");
+        assert!(e.contains("already running"), "{e}");
+        drop(held);
     }
 }

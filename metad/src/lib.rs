@@ -7,7 +7,7 @@
 //! - [`types`]: raft type configuration and the commands groups apply;
 //! - [`keys`]: key -> group;
 //! - [`log_store`]: the raft log of all groups, one group-committed file set
-//!   written with O_DIRECT through io_uring on a glommio executor of its own;
+//!   written with O_DIRECT through an io_uring this thread drives;
 //! - [`state_machine`]: a group's keys, leases, node registry, snapshots;
 //! - [`net`]: Cap'n Proto connections and the replica-to-replica transport;
 //! - [`replica`]: a replica's data directory and groups;

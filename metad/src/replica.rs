@@ -419,9 +419,9 @@ impl Replica {
             ));
         }
         check_identity(&cfg.data_dir, cfg.id, cfg.groups, cfg.wal_partitions)?;
-        let (log, report) = SharedLog::open(&cfg.data_dir.join("log"), cfg.groups)?;
+        let (log, report) = SharedLog::open(&cfg.data_dir.join("log"), cfg.groups).await?;
         let (wal_log, wal_report) =
-            SharedLog::open(&cfg.data_dir.join("wal-log"), cfg.wal_partitions.max(1))?;
+            SharedLog::open(&cfg.data_dir.join("wal-log"), cfg.wal_partitions.max(1)).await?;
         tracing::info!(
             segments = wal_report.segments,
             records = wal_report.records,

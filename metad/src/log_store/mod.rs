@@ -27,6 +27,7 @@
 //!   not): every later append fails and the replica stops.
 
 mod legacy;
+mod ring;
 mod segments;
 
 use crate::error::{Error, Result};
@@ -34,6 +35,7 @@ use crate::limits::LOG_SEGMENT_ROTATE_BYTES;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError};
+use ring::RingDevice;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -43,7 +45,7 @@ use std::io;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::rc::Rc;
-use tessera_engine::device::{Device, UringDevice};
+use tessera_engine::device::Device;
 use tokio::sync::{oneshot, Notify};
 
 const RECORD_HEADER_BYTES: usize = 4;
@@ -244,13 +246,14 @@ fn apply_record(groups: &mut [GroupLog], rec: Record) -> std::result::Result<(),
 impl SharedLog {
     /// Opens (creating if needed) the log in `dir` for `groups` groups on
     /// the real device (io_uring, O_DIRECT) and replays it. Must be called
-    /// inside a tokio `LocalSet`: it spawns the task that batches flushes.
-    pub fn open(dir: &Path, groups: u32) -> Result<(Rc<Self>, ReplayReport)> {
-        Self::open_rotating_at(dir, groups, LOG_SEGMENT_ROTATE_BYTES)
+    /// inside a tokio `LocalSet`: the writer, the task that batches flushes
+    /// and the ring's reaper are local tasks of the calling thread.
+    pub async fn open(dir: &Path, groups: u32) -> Result<(Rc<Self>, ReplayReport)> {
+        Self::open_rotating_at(dir, groups, LOG_SEGMENT_ROTATE_BYTES).await
     }
 
     /// [`SharedLog::open`] with segments rotating past `rotate_bytes`.
-    pub fn open_rotating_at(
+    pub async fn open_rotating_at(
         dir: &Path,
         groups: u32,
         rotate_bytes: u64,
@@ -261,16 +264,17 @@ impl SharedLog {
         let at = dir.to_path_buf();
         Self::open_on(
             dir,
-            move || async move { UringDevice::open(&at).await },
+            move || async move { RingDevice::open(&at) },
             groups,
             rotate_bytes,
         )
+        .await
     }
 
-    /// Opens the log on the device `make_device` returns (on the writer's
-    /// own thread), rotating segments past `rotate_bytes`. `dir` names the
-    /// files in errors. Tests use simulated devices and small segments.
-    pub fn open_on<D, F, Fut>(
+    /// Opens the log on the device `make_device` returns, rotating segments
+    /// past `rotate_bytes`. `dir` names the files in errors. Tests use
+    /// simulated devices and small segments.
+    pub async fn open_on<D, F, Fut>(
         dir: &Path,
         make_device: F,
         groups: u32,
@@ -278,34 +282,23 @@ impl SharedLog {
     ) -> Result<(Rc<Self>, ReplayReport)>
     where
         D: Device,
-        F: FnOnce() -> Fut + Send + 'static,
+        F: FnOnce() -> Fut + 'static,
         Fut: Future<Output = io::Result<D>> + 'static,
     {
-        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let (opened_tx, opened_rx) = oneshot::channel();
         let (jobs_tx, jobs_rx) = futures::channel::mpsc::unbounded();
         let dir_owned = dir.to_path_buf();
-        let thread = dir.file_name().map_or("metad-log".into(), |n| {
-            format!("metad-{}", n.to_string_lossy())
+        tokio::task::spawn_local(async move {
+            let dev = match make_device().await {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = opened_tx.send(Err(Error::io(&dir_owned, e)));
+                    return;
+                }
+            };
+            segments::run(dev, dir_owned, groups, rotate_bytes, opened_tx, jobs_rx).await
         });
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .name(&thread)
-            .spawn(move || async move {
-                let dev = match make_device().await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let _ = opened_tx.send(Err(Error::io(&dir_owned, e)));
-                        return;
-                    }
-                };
-                segments::run(dev, dir_owned, groups, rotate_bytes, opened_tx, jobs_rx).await
-            })
-            .map_err(|e| {
-                Error::io(
-                    dir,
-                    io::Error::other(format!("starting the log's io_uring executor: {e}")),
-                )
-            })?;
-        let opened = opened_rx.recv().map_err(|_| {
+        let opened = opened_rx.await.map_err(|_| {
             Error::io(
                 dir,
                 io::Error::other("the log writer stopped while opening"),
@@ -826,9 +819,9 @@ mod tests {
         Sim(SimFs, Arc<FaultPlan>),
     }
 
-    fn open_log(disk: &Disk, rotate_bytes: u64) -> Result<(Rc<SharedLog>, ReplayReport)> {
+    async fn open_log(disk: &Disk, rotate_bytes: u64) -> Result<(Rc<SharedLog>, ReplayReport)> {
         match disk {
-            Disk::Real(dir) => SharedLog::open_rotating_at(dir, GROUPS, rotate_bytes),
+            Disk::Real(dir) => SharedLog::open_rotating_at(dir, GROUPS, rotate_bytes).await,
             Disk::Sim(fs, plan) => {
                 let (fs, plan) = (fs.clone(), plan.clone());
                 SharedLog::open_on(
@@ -837,13 +830,14 @@ mod tests {
                     GROUPS,
                     rotate_bytes,
                 )
+                .await
             }
         }
     }
 
     fn reopen(disk: &Disk) -> Result<Model> {
         run_local(async {
-            let (log, _) = open_log(disk, SMALL_ROTATE_BYTES)?;
+            let (log, _) = open_log(disk, SMALL_ROTATE_BYTES).await?;
             let m: Model = (0..GROUPS).map(|g| log.describe(g)).collect();
             for g in 0..GROUPS {
                 assert_eq!(
@@ -865,7 +859,7 @@ mod tests {
     /// before the first step and after each.
     fn run_steps(disk: &Disk, steps: &[Step], rotate_bytes: u64) -> Vec<Model> {
         run_local(async {
-            let (log, _) = open_log(disk, rotate_bytes).unwrap();
+            let (log, _) = open_log(disk, rotate_bytes).await.unwrap();
             let mut m: Model = vec![(Vec::new(), None, None); GROUPS as usize];
             let mut after = vec![m.clone()];
             for s in steps {
@@ -908,8 +902,9 @@ mod tests {
         std::fs::write(dir.path().join("prep-00000000000000000007.seg"), b"torn").unwrap();
         let ino = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().ino();
         run_local(async {
-            let (log, _) =
-                SharedLog::open_rotating_at(dir.path(), GROUPS, SMALL_ROTATE_BYTES).unwrap();
+            let (log, _) = SharedLog::open_rotating_at(dir.path(), GROUPS, SMALL_ROTATE_BYTES)
+                .await
+                .unwrap();
             let names = files(dir.path());
             assert_eq!(
                 names,
@@ -987,7 +982,7 @@ mod tests {
             let mut want_after = before.clone();
             model_apply(&mut want_after, &steps[k]);
             let failed = run_local(async {
-                let (log, _) = open_log(&disk, rotate).unwrap();
+                let (log, _) = open_log(&disk, rotate).await.unwrap();
                 plan.fail_sync_after(0);
                 log_apply(&log, &before, &steps[k]).await.is_err()
             });

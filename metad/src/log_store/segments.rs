@@ -1,7 +1,8 @@
-//! The log's files and the thread that writes them: preallocated,
+//! The log's files and the task that writes them: preallocated,
 //! zero-filled segment files written with O_DIRECT and O_DSYNC through
-//! io_uring (the engine's device layer, on a glommio executor of its own),
-//! one frame per flush; retired segments are kept and reused.
+//! io_uring (a [`super::ring::RingDevice`] driven by the replica's own
+//! thread, or any engine device in tests), one frame per flush; retired
+//! segments are kept and reused.
 //!
 //! Owns: `<dir>/log-N.seg` (segments; N only grows), `<dir>/spare-N.seg`
 //! (retired segments waiting for reuse; one is prepared on open if there is
@@ -312,7 +313,7 @@ pub(super) async fn run<D: Device>(
     dir: PathBuf,
     groups: u32,
     segment_bytes: u64,
-    opened: std::sync::mpsc::Sender<Result<Opened>>,
+    opened: tokio::sync::oneshot::Sender<Result<Opened>>,
     mut jobs: futures::channel::mpsc::UnboundedReceiver<Job>,
 ) {
     let mut w = match Writer::open(dev, dir, groups, segment_bytes).await {
