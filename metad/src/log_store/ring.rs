@@ -261,16 +261,17 @@ async fn reap_loop(ring: Weak<Ring>, watched: AsyncFd<OwnedFd>) {
                 return;
             }
         };
+        // Resets the counter; its value does not matter (the completion
+        // queue says what completed), nor does EAGAIN (nothing to reset).
         let mut count = 0u64;
         // SAFETY: reads 8 bytes into a live u64 from our own eventfd.
-        let n = unsafe {
+        unsafe {
             libc::read(
                 watched.get_ref().as_raw_fd(),
                 (&mut count as *mut u64).cast(),
                 8,
             )
         };
-        let _ = n;
         // Cleared whether or not the read found a count: a completion
         // posted after the guard was taken raises readiness anew.
         guard.clear_ready();
