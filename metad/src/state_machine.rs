@@ -405,19 +405,20 @@ pub struct GroupSm {
 /// `data` written as one blob (serde's default for a `&[u8]` is element by
 /// element, which was ~11 % of a WAL leader's CPU with snapshots of MiBs;
 /// bincode lays both out the same, so files written before still read).
-fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
+fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> std::io::Result<Vec<u8>> {
     let body = (meta, serde_bytes::Bytes::new(data));
     // Sized first and written once: no zero-fill, no second copy of MiBs.
     let size = bincode::serialized_size(&body).map_or(0, |n| n as usize);
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + size);
     out.extend_from_slice(&[0u8; SNAPSHOT_HEADER_BYTES]);
-    bincode::serialize_into(&mut out, &body).expect("bincode into a Vec");
+    bincode::serialize_into(&mut out, &body)
+        .map_err(|e| std::io::Error::other(format!("encoding a snapshot: {e}")))?;
     let len = out.len() - SNAPSHOT_HEADER_BYTES;
     let crc = crc32c::crc32c(&out[SNAPSHOT_HEADER_BYTES..]);
     out[..8].copy_from_slice(SNAPSHOT_MAGIC);
     out[8..12].copy_from_slice(&crc.to_le_bytes());
     out[12..20].copy_from_slice(&(len as u64).to_le_bytes());
-    out
+    Ok(out)
 }
 
 fn decode_snapshot(bytes: &[u8]) -> std::result::Result<(SnapshotMeta, Vec<u8>), String> {
@@ -496,9 +497,10 @@ impl GroupSm {
         meta: &SnapshotMeta,
         raw: &[u8],
     ) -> std::result::Result<(), StorageError> {
-        let bytes = encode_snapshot(meta, raw);
-        let path = self.dir.join("snapshot.bin");
         let sig = meta.signature();
+        let bytes = encode_snapshot(meta, raw)
+            .map_err(|e| StorageIOError::write_snapshot(Some(sig.clone()), &e))?;
+        let path = self.dir.join("snapshot.bin");
         tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
             .await
             .map_err(|e| {
@@ -885,7 +887,7 @@ mod tests {
                 last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), index)),
                 ..SnapshotMeta::default()
             };
-            let bytes = encode_snapshot(&meta, &raw);
+            let bytes = encode_snapshot(&meta, &raw).unwrap();
             let old_body = bincode::serialize(&(&meta, &raw[..])).unwrap();
             prop_assert_eq!(&bytes[SNAPSHOT_HEADER_BYTES..], &old_body[..]);
             let (m, d) = decode_snapshot(&bytes).unwrap();
@@ -899,7 +901,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = SnapshotMeta::default();
         let raw = bincode::serialize(&SmData::default()).unwrap();
-        let mut bytes = encode_snapshot(&meta, &raw);
+        let mut bytes = encode_snapshot(&meta, &raw).unwrap();
         write_atomic(&dir.path().join("snapshot.bin"), &bytes).unwrap();
         assert!(GroupSm::open(dir.path()).is_ok());
         let last = bytes.len() - 1;

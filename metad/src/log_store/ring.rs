@@ -49,6 +49,9 @@ use tokio::io::unix::AsyncFd;
 /// `ZERO_FILL_IN_FLIGHT` (8) operations in flight; a full queue is
 /// submitted and retried, never an error.
 const RING_ENTRIES: u32 = 64;
+/// Largest single read or write: an io_uring read/write length is a u32,
+/// and the log never moves more than a segment (64 MiB) at once.
+pub const RING_IO_BYTES_MAX: usize = 1 << 30;
 /// Tries at submitting queued entries while the kernel answers EBUSY or
 /// EAGAIN, reaping between tries.
 const SUBMIT_ATTEMPTS_MAX: usize = 64;
@@ -338,7 +341,20 @@ fn check(res: i32, what: &str) -> io::Result<usize> {
     }
 }
 
+/// Refuses an I/O longer than [`RING_IO_BYTES_MAX`] (the kernel's length
+/// field would truncate it).
+fn check_len(len: usize, what: &str) -> io::Result<()> {
+    if len > RING_IO_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a log {what} of {len} bytes is above the {RING_IO_BYTES_MAX}-byte limit of one I/O; split it"),
+        ));
+    }
+    Ok(())
+}
+
 /// An owned buffer aligned for O_DIRECT.
+#[derive(Debug)]
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     /// Bytes in use (what a write covers, what a read returned).
@@ -463,7 +479,15 @@ impl Device for RingDevice {
     }
 
     async fn sync_dir(&self) -> io::Result<()> {
-        let dir = std::fs::File::open(&self.dir)?;
+        let dir = std::fs::File::open(&self.dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "opening the log directory {} to sync it: {e}",
+                    self.dir.display()
+                ),
+            )
+        })?;
         self.fsync(dir.as_raw_fd(), "syncing the log directory")
             .await
     }
@@ -508,6 +532,7 @@ impl RingFile {
 
     async fn write_fd(&self, fd: RawFd, buf: AlignedBuf, pos: u64) -> io::Result<()> {
         let want = buf.len;
+        check_len(want, "write")?;
         let entry = opcode::Write::new(types::Fd(fd), buf.ptr.as_ptr(), want as u32)
             .offset(pos)
             .build();
@@ -560,6 +585,7 @@ impl DeviceFile for RingFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<AlignedBuf> {
+        check_len(len, "read")?;
         let buf = AlignedBuf::new(len);
         let cap = buf.layout.size();
         let entry = opcode::Read::new(
@@ -806,6 +832,16 @@ mod tests {
             );
             assert_eq!(e.raw_os_error(), None);
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+            // Longer than one I/O can be: refused before any allocation.
+            let e = f
+                .read_at(0, RING_IO_BYTES_MAX + ALIGN_BYTES)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+            assert!(
+                e.to_string().contains("limit of one I/O"),
+                "unclear error: {e}"
+            );
             // The ring still works after a failed operation.
             f.write_at(f.alloc(ALIGN_BYTES), 0).await.unwrap();
         });
