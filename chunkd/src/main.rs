@@ -11,6 +11,13 @@ use std::sync::Arc;
 use tessera_chunkd::service::NodeState;
 use tessera_chunkd::{Config, Server};
 
+/// mimalloc: every request allocates its message segments, ids and
+/// futures; with glibc's allocator `malloc`, `_int_malloc`,
+/// `malloc_consolidate` and `free` took ~2 % of the whole machine during
+/// 4 KiB PUTs against `tessera dev`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "chunkd",
@@ -77,6 +84,9 @@ fn node_id(dir: &std::path::Path) -> Result<String> {
 fn main() -> Result<()> {
     // First, before any thread: may re-execute this binary once.
     let memcpy = tessera_engine::tune_memcpy();
+    // Before the heap grows: mimalloc's arenas would otherwise fault in
+    // whole 2 MiB pages (see the function's documentation).
+    let thp_off = tessera_engine::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let filter = cli
         .log
@@ -91,6 +101,9 @@ fn main() -> Result<()> {
         .init();
     if let Some(w) = memcpy.failure() {
         tracing::warn!("{w}");
+    }
+    if !thp_off {
+        tracing::warn!("could not turn transparent huge pages off (prctl); large buffers may cost more page faults");
     }
 
     let mut cfg = match &cli.config {
@@ -138,6 +151,9 @@ fn main() -> Result<()> {
 
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("creating the data directory {}", cfg.data.display()))?;
+    if let Some(w) = tessera_engine::journal_less_ext4_warning(&cfg.data, "the shards") {
+        tracing::warn!("{w}");
+    }
     let node = Arc::new(NodeState {
         node_id: node_id(&cfg.data)?,
         data_dir: cfg.data.clone(),

@@ -428,6 +428,10 @@ pub fn run(args: DevArgs) -> Result<()> {
         .data
         .canonicalize()
         .with_context(|| format!("resolving {}", args.data.display()))?;
+    // Once here, where the user sees it (the daemons log it too).
+    if let Some(w) = tessera_engine::journal_less_ext4_warning(&data, "the cluster's data") {
+        eprintln!("tessera dev: note: {w}");
+    }
     let l = layout(&data, &args)?;
     let tls = if args.insecure {
         None

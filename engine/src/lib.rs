@@ -26,6 +26,7 @@ pub mod device;
 mod engine;
 mod error;
 pub mod format;
+mod fs_check;
 pub mod limits;
 mod memcpy_tuning;
 mod reader;
@@ -37,6 +38,9 @@ pub use engine::{
     SimFactory, UringFactory,
 };
 pub use error::{Error, Result};
+pub use fs_check::{
+    journal_less_ext4, journal_less_ext4_device, journal_less_ext4_warning, SystemRoots,
+};
 pub use memcpy_tuning::{tune_memcpy, MemcpyTuning, MEMCPY_TUNING_ENV, REP_MOVSB_TUNABLE};
 pub use rlimit::{
     disable_transparent_huge_pages, raise_memlock, raise_open_files, MEMLOCK_MIN_BYTES,

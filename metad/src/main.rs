@@ -87,6 +87,9 @@ fn main() -> anyhow::Result<()> {
     let Some(data) = args.data.clone().or(file.data.clone()) else {
         bail!("--data DIR is required")
     };
+    if let Some(w) = tessera_engine::journal_less_ext4_warning(&data, "the raft logs") {
+        tracing::warn!("{w}");
+    }
     let Some(listen) = args.listen.clone().or(file.listen.clone()) else {
         bail!("--listen HOST:PORT is required")
     };
