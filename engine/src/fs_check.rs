@@ -60,7 +60,8 @@ pub fn journal_less_ext4_warning(dir: &Path, what: &str) -> Option<String> {
     let dev = journal_less_ext4(dir)?;
     Some(format!(
         "{what} ({}) are on ext4 without a journal (device {dev}): each durable write may also \
-         rewrite its file's inode block (up to 250 extra synchronous writes per file per second); \
+         rewrite its file's inode block (one extra synchronous write per file per clock tick: up to \
+         HZ, 250 on the bench machine, per second); \
          a journaled ext4 or XFS avoids it (docs/CONFIG.md, \"File system of the data directories\")",
         dir.display()
     ))
@@ -107,6 +108,8 @@ pub fn journal_less_ext4_device(roots: &SystemRoots, major: u32, minor: u32) -> 
 fn fs_magic(dir: &Path) -> Option<i64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `statfs` is plain old data (integers only); all zeros is a
+    // valid value of it.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statfs.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
