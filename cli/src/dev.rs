@@ -206,9 +206,15 @@ fn layout(data: &Path, args: &DevArgs) -> Result<Layout> {
     while l.chunk_ports.len() < args.chunk_servers {
         l.chunk_ports.push(free_port()?);
     }
-    std::fs::write(&p, toml::to_string_pretty(&l)?)
-        .with_context(|| format!("writing {}", p.display()))?;
+    save_layout(data, &l)?;
     Ok(l)
+}
+
+/// Writes the layout (`dev.toml`) a next run starts from.
+fn save_layout(data: &Path, l: &Layout) -> Result<()> {
+    let p = data.join("dev.toml");
+    std::fs::write(&p, toml::to_string_pretty(l)?)
+        .with_context(|| format!("writing {}", p.display()))
 }
 
 /// True when nothing listens on `port` of 127.0.0.1 now.
@@ -318,6 +324,57 @@ fn spawn(data: &Path, name: &str, addr: &str, mut cmd: Command) -> Result<Runnin
             )
         }
     }
+}
+
+/// Times a child is started again on a new port when its port was taken
+/// between choosing it and binding it (another dev cluster starting at the
+/// same moment picked it too: ports are checked free when chosen, but not
+/// held until the child binds them).
+const PORT_MOVES_MAX: usize = 3;
+
+/// Starts a chunk server, the gateway or the S3 front on `*port` with
+/// `make(listen address, metrics address)` (a fresh metrics address each
+/// attempt when `with_metrics`). When it exits before listening because an
+/// address was in use, moves `*port` to a new free one and starts it again,
+/// at most [`PORT_MOVES_MAX`] times; any other failure is returned as is.
+fn spawn_on_port(
+    data: &Path,
+    name: &str,
+    port: &mut u16,
+    with_metrics: bool,
+    mut make: impl FnMut(&str, Option<&str>) -> Command,
+) -> Result<Running> {
+    let mut moves = 0;
+    loop {
+        let addr = format!("127.0.0.1:{port}");
+        let metrics = if with_metrics {
+            Some(metrics_addr()?)
+        } else {
+            None
+        };
+        match spawn(data, name, &addr, make(&addr, metrics.as_deref())) {
+            Ok(mut r) => {
+                r.metrics = metrics;
+                return Ok(r);
+            }
+            Err(e) if moves < PORT_MOVES_MAX && address_was_in_use(&e) => {
+                let new = free_port()?;
+                eprintln!(
+                    "tessera dev: {name}'s port {port} (or its metrics port) was taken while it started; trying port {new}"
+                );
+                *port = new;
+                moves += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// True when a failed start says an address was in use (EADDRINUSE), in
+/// the excerpt of its log that [`spawn`] puts in the error.
+fn address_was_in_use(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("Address already in use") || text.contains("os error 98")
 }
 
 /// Lines of a child's log shown when it fails to start.
@@ -432,7 +489,7 @@ pub fn run(args: DevArgs) -> Result<()> {
     if let Some(w) = tessera_engine::journal_less_ext4_warning(&data, "the cluster's data") {
         eprintln!("tessera dev: note: {w}");
     }
-    let l = layout(&data, &args)?;
+    let mut l = layout(&data, &args)?;
     let tls = if args.insecure {
         None
     } else {
@@ -509,9 +566,8 @@ pub fn run(args: DevArgs) -> Result<()> {
             })?;
             credentials = Some(creds);
         }
-        for (i, port) in l.chunk_ports.iter().enumerate() {
+        for i in 0..l.chunk_ports.len() {
             let name = format!("chunkd-{}", i + 1);
-            let addr = format!("127.0.0.1:{port}");
             let cfg = data.join(format!("{name}.toml"));
             std::fs::write(
                 &cfg,
@@ -520,44 +576,24 @@ pub fn run(args: DevArgs) -> Result<()> {
                     args.segment_mib << 20
                 ),
             )?;
-            let mut c = Command::new(&chunkd_bin);
-            c.arg("--config")
-                .arg(&cfg)
-                .arg("--data")
-                .arg(data.join(&name))
-                .args(["--listen", &addr, "--metad", &metad_list]);
-            let m = metrics_addr()?;
-            c.args(["--metrics", &m]);
-            c.args(tessera_tls::daemon_args(tls.as_ref()));
-            let mut r = spawn(&data, &name, &addr, c)?;
-            r.metrics = Some(m);
-            procs.push(r);
-        }
-        let gw = format!("127.0.0.1:{}", l.gateway_port);
-        let mut c = Command::new(&gateway_bin);
-        c.args([
-            "--listen",
-            &gw,
-            "--metad",
-            &metad_list,
-            "--id",
-            "dev-gateway-1",
-            "--k",
-            &args.k.to_string(),
-            "--m",
-            &args.m.to_string(),
-        ]);
-        let m = metrics_addr()?;
-        c.args(["--metrics", &m]);
-        c.args(tessera_tls::daemon_args(tls.as_ref()));
-        if seal.is_some() {
-            c.arg("--seal-key").arg(&seal_path);
-        }
-        if let Some(b) = args.gateway_cache_bytes {
-            c.args(["--cache-bytes", &b.to_string()]);
-        }
-        if args.gateway_cache_reads_only {
-            c.arg("--cache-reads-only");
+            let mut port = l.chunk_ports[i];
+            let r = spawn_on_port(&data, &name, &mut port, true, |addr, metrics| {
+                let mut c = Command::new(&chunkd_bin);
+                c.arg("--config")
+                    .arg(&cfg)
+                    .arg("--data")
+                    .arg(data.join(&name))
+                    .args(["--listen", addr, "--metad", &metad_list]);
+                c.args(["--metrics", metrics.unwrap_or_default()]);
+                c.args(tessera_tls::daemon_args(tls.as_ref()));
+                c
+            });
+            if port != l.chunk_ports[i] {
+                // A chunk server registers its address anew at start.
+                l.chunk_ports[i] = port;
+                save_layout(&data, &l)?;
+            }
+            procs.push(r?);
         }
         // The S3 front runs beside it: it talks over this socket (no TLS
         // work for bytes that never leave the machine). A data directory
@@ -565,41 +601,79 @@ pub fn run(args: DevArgs) -> Result<()> {
         let gw_socket = data.join("gateway.sock");
         let gw_socket =
             (gw_socket.as_os_str().len() <= UNIX_SOCKET_PATH_MAX_BYTES).then_some(gw_socket);
-        match &gw_socket {
-            Some(p) => {
-                c.arg("--local-socket").arg(p);
-            }
-            None => eprintln!(
+        if gw_socket.is_none() {
+            eprintln!(
                 "tessera dev: {} is too long for a Unix socket ({UNIX_SOCKET_PATH_MAX_BYTES} bytes at most); \
                  the S3 front talks to the gateway over TCP + TLS",
                 data.join("gateway.sock").display()
-            ),
+            );
         }
-        let mut r = spawn(&data, "gateway", &gw, c)?;
-        r.metrics = Some(m);
-        procs.push(r);
+        let mut port = l.gateway_port;
+        let r = spawn_on_port(&data, "gateway", &mut port, true, |gw, metrics| {
+            let mut c = Command::new(&gateway_bin);
+            c.args([
+                "--listen",
+                gw,
+                "--metad",
+                &metad_list,
+                "--id",
+                "dev-gateway-1",
+                "--k",
+                &args.k.to_string(),
+                "--m",
+                &args.m.to_string(),
+            ]);
+            c.args(["--metrics", metrics.unwrap_or_default()]);
+            c.args(tessera_tls::daemon_args(tls.as_ref()));
+            if seal.is_some() {
+                c.arg("--seal-key").arg(&seal_path);
+            }
+            if let Some(b) = args.gateway_cache_bytes {
+                c.args(["--cache-bytes", &b.to_string()]);
+            }
+            if args.gateway_cache_reads_only {
+                c.arg("--cache-reads-only");
+            }
+            if let Some(p) = &gw_socket {
+                c.arg("--local-socket").arg(p);
+            }
+            c
+        });
+        if port != l.gateway_port {
+            l.gateway_port = port;
+            save_layout(&data, &l)?;
+        }
+        procs.push(r?);
+        let gw = format!("127.0.0.1:{}", l.gateway_port);
         let access = crate::access::Access {
             ca: tls.as_ref().map(|f| f.ca.clone()),
             credentials: credentials.clone(),
         };
         wait_registry(access.gateway(gw.parse()?)?, l.chunk_ports.len())?;
-        let s3 = format!("127.0.0.1:{}", l.s3_port.unwrap_or_default());
-        let mut c = Command::new(&s3_bin);
-        c.args(["--listen", &s3, "--gateway", &gw]);
-        if let Some(p) = &gw_socket {
-            c.arg("--gateway-socket").arg(p);
-        }
-        match &tls {
-            Some(f) => {
-                c.arg("--tls-ca").arg(&f.ca);
-                c.arg("--seal-key").arg(&seal_path);
-                c.arg("--key-file").arg(crate::access::dev_key_path(&data));
+        let mut port = l.s3_port.unwrap_or_default();
+        let r = spawn_on_port(&data, "s3", &mut port, false, |s3, _| {
+            let mut c = Command::new(&s3_bin);
+            c.args(["--listen", s3, "--gateway", &gw]);
+            if let Some(p) = &gw_socket {
+                c.arg("--gateway-socket").arg(p);
             }
-            None => {
-                c.arg("--insecure");
+            match &tls {
+                Some(f) => {
+                    c.arg("--tls-ca").arg(&f.ca);
+                    c.arg("--seal-key").arg(&seal_path);
+                    c.arg("--key-file").arg(crate::access::dev_key_path(&data));
+                }
+                None => {
+                    c.arg("--insecure");
+                }
             }
+            c
+        });
+        if Some(port) != l.s3_port {
+            l.s3_port = Some(port);
+            save_layout(&data, &l)?;
         }
-        procs.push(spawn(&data, "s3", &s3, c)?);
+        procs.push(r?);
         for i in 1..=DEV_HEALERS {
             let name = format!("healer-{i}");
             let mut c = Command::new(&healer_bin);
@@ -736,6 +810,67 @@ mod tests {
         assert_eq!(e.lines().next(), Some("line 12"));
         assert_eq!(e.lines().count(), LOG_TAIL_LINES);
         assert_eq!(error_excerpt(""), "");
+    }
+
+    /// A child that fails to start as a daemon does when its address is
+    /// taken, or for another reason, or starts and stays up.
+    fn child(kind: &str, addr: &str) -> Command {
+        let script = match kind {
+            "in-use" => "echo \"Error: listening on $1\" >&2; echo \"Caused by: cannot listen on $1: Address already in use (os error 98)\" >&2; exit 1",
+            "other" => "echo \"Error: the engine refuses to open: bad segment\" >&2; exit 1",
+            _ => "echo \"listening on $1\"; exec sleep 60",
+        };
+        let mut c = Command::new("sh");
+        c.args(["-c", script, "sh", addr]);
+        c
+    }
+
+    #[test]
+    fn a_child_whose_port_was_taken_starts_again_on_a_new_port() {
+        let t = tempfile::tempdir().unwrap();
+        let first = 20_001u16;
+        let mut port = first;
+        let mut seen = Vec::new();
+        let mut r = spawn_on_port(t.path(), "chunkd-1", &mut port, true, |addr, metrics| {
+            assert!(metrics.is_some_and(|m| m.starts_with("127.0.0.1:")));
+            seen.push(addr.to_string());
+            child(if seen.len() < 3 { "in-use" } else { "up" }, addr)
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_ne!(port, first);
+        assert_eq!(r.addr, format!("127.0.0.1:{port}"));
+        assert_eq!(seen.last(), Some(&r.addr));
+        assert!(r.metrics.is_some());
+        let _ = r.child.kill();
+        let _ = r.child.wait();
+    }
+
+    #[test]
+    fn other_failures_and_a_port_always_taken_are_errors() {
+        let t = tempfile::tempdir().unwrap();
+        let mut port = 20_002u16;
+        let mut calls = 0;
+        let e = spawn_on_port(t.path(), "gateway", &mut port, false, |addr, metrics| {
+            assert!(metrics.is_none());
+            calls += 1;
+            child("other", addr)
+        })
+        .err()
+        .unwrap();
+        assert_eq!(calls, 1, "a failure other than EADDRINUSE is not retried");
+        assert_eq!(port, 20_002);
+        assert!(format!("{e:#}").contains("bad segment"), "{e:#}");
+
+        let mut calls = 0;
+        let e = spawn_on_port(t.path(), "s3", &mut port, false, |addr, _| {
+            calls += 1;
+            child("in-use", addr)
+        })
+        .err()
+        .unwrap();
+        assert_eq!(calls, PORT_MOVES_MAX + 1);
+        assert!(address_was_in_use(&e), "{e:#}");
     }
 
     fn layout_on(metad: Vec<u16>, chunk: Vec<u16>, gateway: u16, s3: u16) -> Layout {
