@@ -24,11 +24,22 @@ const IN_FLIGHT_PER_CONNECTION: usize = 8;
 const PHASE_OPS_MAX: u64 = 1_000_000;
 /// Most bytes the PUT phases of one size may store (the disk is shared).
 const SIZE_BYTES_MAX: u64 = 6 << 30;
+/// Most bytes a warm-up may write, and its longest run.
+pub const WARMUP_BYTES_MAX: u64 = 16 << 30;
+const WARMUP_DURATION_MAX: Duration = Duration::from_secs(300);
+/// Objects a warm-up writes.
+const WARMUP_OBJECT_BYTES: usize = 1 << 20;
 
 pub struct Plan {
     pub duration: Duration,
     pub sizes: Vec<usize>,
     pub concurrency: Vec<usize>,
+    /// Bytes of 1 MiB objects written before the measured phases and not
+    /// measured (0: none). A gateway fresh from start spends its first
+    /// few GiB of writes growing its read cache — fresh memory, a page
+    /// fault per 4 KiB —; a warm-up of the cache's size measures a gateway
+    /// that has been running (docs/BENCHMARKS.md, "steady state").
+    pub warmup_bytes: u64,
 }
 
 impl Plan {
@@ -37,6 +48,7 @@ impl Plan {
             duration: Duration::from_secs(10),
             sizes: vec![4 << 10, 1 << 20, 16 << 20],
             concurrency: vec![8, 32],
+            warmup_bytes: 0,
         }
     }
     pub fn quick() -> Self {
@@ -175,6 +187,7 @@ pub fn run(gateway: crate::target::Target, plan: &Plan) -> Result<Report> {
     let sizes = plan.sizes.clone();
     let concs = plan.concurrency.clone();
     let dur = plan.duration;
+    let warmup_bytes = plan.warmup_bytes;
     let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("load")
         .spawn(move || async move {
@@ -182,6 +195,7 @@ pub fn run(gateway: crate::target::Target, plan: &Plan) -> Result<Report> {
                 duration: dur,
                 sizes,
                 concurrency: concs,
+                warmup_bytes,
             };
             run_inner(&gateway, &plan).await
         })
@@ -220,6 +234,7 @@ async fn run_inner(target: &crate::target::Target, plan: &Plan) -> Result<Report
     let clients = Rc::new(clients);
     let mut r = Report::default();
     let run_id: u64 = rand::random();
+    let warm_keys = warm_up(&clients, plan, run_id).await;
     for &size in &plan.sizes {
         let name = size_name(size);
         let payload = Rc::new({
@@ -312,7 +327,60 @@ async fn run_inner(target: &crate::target::Target, plan: &Plan) -> Result<Report
             let _ = clients[0].delete(k).await;
         }
     }
+    for k in warm_keys.iter() {
+        let _ = clients[0].delete(k).await;
+    }
     Ok(r)
+}
+
+/// Writes `plan.warmup_bytes` of 1 MiB objects at the plan's highest
+/// concurrency, for at most [`WARMUP_DURATION_MAX`]; not measured. Returns
+/// the keys written (deleted after every phase, not before: deleting them
+/// would hand the cache's memory back).
+async fn warm_up(clients: &Rc<Vec<Rc<GatewayClient>>>, plan: &Plan, run_id: u64) -> Vec<String> {
+    let target = plan.warmup_bytes.min(WARMUP_BYTES_MAX);
+    if target == 0 {
+        return Vec::new();
+    }
+    let start = Instant::now();
+    let deadline = start + WARMUP_DURATION_MAX;
+    let conc = plan.concurrency.iter().max().copied().unwrap_or(1);
+    let payload = Rc::new(vec![0x5au8; WARMUP_OBJECT_BYTES]);
+    let sent = Rc::new(Cell::new(0u64));
+    let written: Rc<RefCell<Vec<String>>> = Rc::default();
+    let tasks: Vec<_> = (0..conc)
+        .map(|w| {
+            let (clients, payload, sent, written) = (
+                clients.clone(),
+                payload.clone(),
+                sent.clone(),
+                written.clone(),
+            );
+            glommio::spawn_local(async move {
+                while Instant::now() < deadline && sent.get() < target {
+                    sent.set(sent.get() + payload.len() as u64);
+                    let key = format!("load/{run_id:016x}/warmup/{:08}", sent.get() >> 20);
+                    let c = &clients[w / IN_FLIGHT_PER_CONNECTION % clients.len()];
+                    match c.put(&key, &payload).await {
+                        Ok(_) => written.borrow_mut().push(key),
+                        Err(e) => tracing_err(&e),
+                    }
+                }
+            })
+            .detach()
+        })
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+    let keys = std::mem::take(&mut *written.borrow_mut());
+    eprintln!(
+        "  warm-up: {} MiB in {} objects of 1 MiB in {:.1} s (not measured)",
+        (keys.len() * WARMUP_OBJECT_BYTES) >> 20,
+        keys.len(),
+        start.elapsed().as_secs_f64()
+    );
+    keys
 }
 
 fn tracing_err(e: &tessera_rpc::Error) {

@@ -101,6 +101,12 @@ enum Cmd {
         /// Requests in flight per phase (default 8,32).
         #[arg(long, value_delimiter = ',')]
         concurrency: Vec<usize>,
+        /// MiB of 1 MiB objects to write first, not measured (0: none), so
+        /// that the gateway's read cache is full as in a gateway that has
+        /// been running: about its --cache-bytes (1/8 of its memory). At
+        /// most 16384.
+        #[arg(long, default_value_t = 0)]
+        warmup_mib: u64,
     },
     /// Prints the live bytes of a dev cluster's chunk servers (shards and
     /// record headers): the disk use `s3 --tessera-du` compares.
@@ -252,6 +258,7 @@ fn main() -> Result<()> {
             secs,
             sizes_kib,
             concurrency,
+            warmup_mib,
         } => {
             let gw = match gateway {
                 Some(g) => target::Target::insecure(g),
@@ -260,7 +267,8 @@ fn main() -> Result<()> {
                     target::Target::from_file(&tessera_rpc::cluster::read(&path)?)?
                 }
             };
-            let plan = load_plan(cli.quick, secs, &sizes_kib, &concurrency);
+            let mut plan = load_plan(cli.quick, secs, &sizes_kib, &concurrency);
+            plan.warmup_bytes = (warmup_mib << 20).min(load_bench::WARMUP_BYTES_MAX);
             load_bench::run(gw, &plan)?
         }
         Cmd::LiveBytes { cluster } => {
