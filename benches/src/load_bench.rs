@@ -114,11 +114,20 @@ async fn live_bytes(nodes: &[ChunkClient]) -> Result<u64> {
     Ok(total)
 }
 
+/// What one operation of a closed loop came to.
+enum OpEnd {
+    Done,
+    Failed,
+    /// The phase's byte budget is spent: this loop stops (not an error;
+    /// the rate is over the time the phase actually ran).
+    Budget,
+}
+
 /// Runs `conc` closed loops of `op(i)` for the plan's duration.
 async fn closed_loop<F, Fut>(plan: &Plan, conc: usize, bytes_per_op: usize, op: F) -> Phase
 where
     F: Fn(u64, usize) -> Fut + Clone + 'static,
-    Fut: std::future::Future<Output = bool> + 'static,
+    Fut: std::future::Future<Output = OpEnd> + 'static,
 {
     let start = Instant::now();
     let deadline = start + plan.duration;
@@ -136,11 +145,12 @@ where
                     }
                     next.set(i + 1);
                     let t = Instant::now();
-                    if op(i, w).await {
-                        lat.borrow_mut()
-                            .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    } else {
-                        errors.set(errors.get() + 1);
+                    match op(i, w).await {
+                        OpEnd::Done => lat
+                            .borrow_mut()
+                            .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                        OpEnd::Failed => errors.set(errors.get() + 1),
+                        OpEnd::Budget => break,
                     }
                 }
             })
@@ -263,19 +273,18 @@ async fn run_inner(target: &crate::target::Target, plan: &Plan) -> Result<Report
                 let key = format!("{tag}/{i:08}");
                 async move {
                     if stored.get() + payload.len() as u64 > SIZE_BYTES_MAX {
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
-                        return false;
+                        return OpEnd::Budget;
                     }
                     let c = &clients[w / IN_FLIGHT_PER_CONNECTION % clients.len()];
                     match c.put(&key, &payload).await {
                         Ok(_) => {
                             stored.set(stored.get() + payload.len() as u64);
                             written.borrow_mut().push(key);
-                            true
+                            OpEnd::Done
                         }
                         Err(e) => {
                             tracing_err(&e);
-                            false
+                            OpEnd::Failed
                         }
                     }
                 }
@@ -311,10 +320,11 @@ async fn run_inner(target: &crate::target::Target, plan: &Plan) -> Result<Report
                     let key = &keys[(i as usize).wrapping_mul(2654435761) % keys.len()];
                     let c = &clients[w / IN_FLIGHT_PER_CONNECTION % clients.len()];
                     match c.get(key).await {
-                        Ok(b) => b.len() == want,
+                        Ok(b) if b.len() == want => OpEnd::Done,
+                        Ok(_) => OpEnd::Failed,
                         Err(e) => {
                             tracing_err(&e);
-                            false
+                            OpEnd::Failed
                         }
                     }
                 }
