@@ -55,6 +55,10 @@ pub const RING_IO_BYTES_MAX: usize = 1 << 30;
 /// Tries at submitting queued entries while the kernel answers EBUSY or
 /// EAGAIN, reaping between tries.
 const SUBMIT_ATTEMPTS_MAX: usize = 64;
+/// Interrupted or refused waits tolerated while a dropped ring waits for
+/// its operations in flight; past it (or on any other error) their buffers
+/// are leaked rather than freed under the kernel.
+const DROP_WAIT_FAILURES_MAX: usize = 1024;
 
 /// Memory the kernel may read or write during an operation: owned by its
 /// slot until the completion is reaped.
@@ -241,9 +245,27 @@ impl Drop for Ring {
     fn drop(&mut self) {
         // The kernel may still use slots' buffers: wait for all of it.
         let uring = self.uring.get_mut();
+        let mut failures = 0;
         while self.in_flight.get() > 0 {
-            if uring.submit_and_wait(1).is_err() {
-                break;
+            match uring.submit_and_wait(1) {
+                Ok(_) => {}
+                // A signal (SIGTERM at shutdown) or a full completion
+                // queue: the operations are still the kernel's; wait again.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) && failures < DROP_WAIT_FAILURES_MAX =>
+                {
+                    failures += 1;
+                }
+                Err(e) => {
+                    // Never free memory the kernel may still write into:
+                    // leak the buffers of whatever is still in flight.
+                    tracing::error!(error = %e, in_flight = self.in_flight.get(), "cannot wait for the log's I/O in flight; leaking its buffers");
+                    std::mem::forget(std::mem::take(self.slots.get_mut()));
+                    break;
+                }
             }
             let n = uring.completion().count();
             self.in_flight.set(self.in_flight.get().saturating_sub(n));
