@@ -11,7 +11,10 @@
 //! Invariants: a write is retried only with the same (client, seq), so a
 //! write the cluster applied before the reply was lost is not applied
 //! again; a typed error other than notLeader/unavailable/stale is returned
-//! at once, never retried.
+//! at once, never retried. Every request also carries the client's settled
+//! watermark, the lowest seq still outstanding ([`Rid`]): it is at most the
+//! request's own seq, and no seq below it is ever sent again, so the
+//! cluster may forget those results and refuse late copies.
 
 use crate::batcher::{answer, wait, Batcher, Weighed};
 use crate::error::{Error, RemoteKind, Result};
@@ -22,7 +25,7 @@ use crate::limits::{
 };
 use crate::net::connect;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -185,14 +188,42 @@ fn check(has: bool, e: capnp::Result<wire_error::Reader<'_>>) -> std::result::Re
     })
 }
 
-/// Sets a request id (client, seq): a retry carries the same one, so the
-/// cluster applies the request once.
-fn fill_rid(
-    mut b: tessera_schema::metad_capnp::request_id::Builder<'_>,
-    (client, seq): (u64, u64),
-) {
-    b.set_client(client);
-    b.set_seq(seq);
+/// The seqs a client has issued whose requests may still be sent.
+type Outstanding = Rc<RefCell<BTreeSet<u64>>>;
+
+/// A request id, held while its request may be sent or retried. Dropping
+/// it (the answer is in, or the caller gave up) settles its seq.
+pub(crate) struct Rid {
+    client: u64,
+    seq: u64,
+    outstanding: Outstanding,
+}
+
+impl Rid {
+    /// The lowest seq still outstanding (this one's at most, as it is
+    /// outstanding while it lives).
+    fn settled_below(&self) -> u64 {
+        self.outstanding
+            .borrow()
+            .first()
+            .copied()
+            .unwrap_or(self.seq)
+            .min(self.seq)
+    }
+}
+
+impl Drop for Rid {
+    fn drop(&mut self) {
+        self.outstanding.borrow_mut().remove(&self.seq);
+    }
+}
+
+/// Sets a request id (client, seq) and the settled watermark: a retry
+/// carries the same id, so the cluster applies the request once.
+fn fill_rid(mut b: tessera_schema::metad_capnp::request_id::Builder<'_>, rid: &Rid) {
+    b.set_client(rid.client);
+    b.set_seq(rid.seq);
+    b.set_settled_below(rid.settled_below());
 }
 
 fn fill_op(mut b: write_op::Builder<'_>, w: &WriteSpec) {
@@ -219,6 +250,8 @@ pub struct MetaClient {
     wal_partitions: u32,
     client_id: u64,
     seq: Cell<u64>,
+    /// Seqs issued whose [`Rid`]s live.
+    outstanding: Outstanding,
     next_seed: Cell<usize>,
     opts: ClientOptions,
     /// WAL appends waiting to be sent, per partition.
@@ -247,7 +280,7 @@ struct WalItem {
     gateway: Rc<str>,
     data: Vec<u8>,
     is_intent: bool,
-    rid: (u64, u64),
+    rid: Rid,
 }
 
 impl Weighed for WalItem {
@@ -259,7 +292,7 @@ impl Weighed for WalItem {
 /// A single-key write waiting to be sent.
 struct WriteItem {
     spec: WriteSpec,
-    rid: (u64, u64),
+    rid: Rid,
 }
 
 impl Weighed for WriteItem {
@@ -299,6 +332,7 @@ impl MetaClient {
             wal_partitions: 0,
             client_id: rand::random::<u64>() | 1,
             seq: Cell::new(0),
+            outstanding: Rc::new(RefCell::new(BTreeSet::new())),
             next_seed: Cell::new(0),
             opts,
             wal_batcher: Batcher::new(
@@ -467,10 +501,15 @@ impl MetaClient {
         })
     }
 
-    fn next_rid(&self) -> (u64, u64) {
+    fn next_rid(&self) -> Rid {
         let s = self.seq.get() + 1;
         self.seq.set(s);
-        (self.client_id, s)
+        self.outstanding.borrow_mut().insert(s);
+        Rid {
+            client: self.client_id,
+            seq: s,
+            outstanding: self.outstanding.clone(),
+        }
     }
 
     /// Reads `key`.
@@ -511,12 +550,12 @@ impl MetaClient {
             return Err(Error::Config("an empty batch".into()));
         };
         let g = self.group_of(&first.key);
-        let (client, seq) = self.next_rid();
+        let rid = &self.next_rid();
         self.call(g, |c| async move {
             let mut req = c.batch_request();
             {
                 let mut p = req.get();
-                fill_rid(p.reborrow().init_rid(), (client, seq));
+                fill_rid(p.reborrow().init_rid(), rid);
                 let mut l = p.init_ops(ops.len() as u32);
                 for (i, w) in ops.iter().enumerate() {
                     fill_op(l.reborrow().get(i as u32), w);
@@ -626,7 +665,7 @@ impl MetaClient {
                 for (i, it) in items.iter().enumerate() {
                     let mut b = list.reborrow().get(i as u32);
                     fill_op(b.reborrow().init_op(), &it.spec);
-                    fill_rid(b.init_rid(), it.rid);
+                    fill_rid(b.init_rid(), &it.rid);
                 }
             }
             let resp = req.send().promise.await?;
@@ -646,13 +685,13 @@ impl MetaClient {
 
     /// One `write` call (retried until the deadline).
     async fn write_one(&self, g: u32, it: &WriteItem) -> Result<(u64, u64)> {
-        let (client, seq) = it.rid;
+        let rid = &it.rid;
         let w = &it.spec;
         self.call(g, |c| async move {
             let mut req = c.write_request();
             {
                 let mut p = req.get();
-                fill_rid(p.reborrow().init_rid(), (client, seq));
+                fill_rid(p.reborrow().init_rid(), rid);
                 fill_op(p.init_op(), w);
             }
             let resp = req.send().promise.await?;
@@ -800,7 +839,7 @@ impl MetaClient {
         holder: &[u8],
         ttl: Duration,
     ) -> Result<(bool, Lease)> {
-        let (client, seq) = self.next_rid();
+        let rid = &self.next_rid();
         self.call(SYSTEM_GROUP, |c| async move {
             let mut req = c.acquire_lease_request();
             {
@@ -808,7 +847,7 @@ impl MetaClient {
                 p.set_name(name);
                 p.set_holder(holder);
                 p.set_ttl_millis(ttl.as_millis().min(u32::MAX as u128) as u32);
-                fill_rid(p.init_rid(), (client, seq));
+                fill_rid(p.init_rid(), rid);
             }
             let resp = req.send().promise.await?;
             let r = resp.get()?;
@@ -826,7 +865,7 @@ impl MetaClient {
         epoch: u64,
         ttl: Duration,
     ) -> Result<(bool, Lease)> {
-        let (client, seq) = self.next_rid();
+        let rid = &self.next_rid();
         self.call(SYSTEM_GROUP, |c| async move {
             let mut req = c.renew_lease_request();
             {
@@ -835,7 +874,7 @@ impl MetaClient {
                 p.set_holder(holder);
                 p.set_epoch(epoch);
                 p.set_ttl_millis(ttl.as_millis().min(u32::MAX as u128) as u32);
-                fill_rid(p.init_rid(), (client, seq));
+                fill_rid(p.init_rid(), rid);
             }
             let resp = req.send().promise.await?;
             let r = resp.get()?;
@@ -863,7 +902,7 @@ impl MetaClient {
 
     /// Gives a lease up (no-op if `epoch` is no longer held by `holder`).
     pub async fn release_lease(&self, name: &[u8], holder: &[u8], epoch: u64) -> Result<()> {
-        let (client, seq) = self.next_rid();
+        let rid = &self.next_rid();
         self.call(SYSTEM_GROUP, |c| async move {
             let mut req = c.release_lease_request();
             {
@@ -871,7 +910,7 @@ impl MetaClient {
                 p.set_name(name);
                 p.set_holder(holder);
                 p.set_epoch(epoch);
-                fill_rid(p.init_rid(), (client, seq));
+                fill_rid(p.init_rid(), rid);
             }
             let resp = req.send().promise.await?;
             let r = resp.get()?;
@@ -1088,7 +1127,7 @@ impl MetaClient {
                     b.set_gateway(&*it.gateway);
                     b.set_data(&it.data);
                     b.set_is_intent(it.is_intent);
-                    fill_rid(b.init_rid(), it.rid);
+                    fill_rid(b.init_rid(), &it.rid);
                 }
             }
             let resp = req.send().promise.await?;
@@ -1107,7 +1146,7 @@ impl MetaClient {
 
     /// One `walAppend` call (retried until the deadline).
     async fn wal_append_one(&self, partition: u32, it: &WalItem) -> Result<u64> {
-        let (client, seq) = it.rid;
+        let rid = &it.rid;
         let (gateway, data, is_intent) = (&*it.gateway, &it.data[..], it.is_intent);
         let g = self.wal_group(partition)?;
         self.call(g, |c| async move {
@@ -1118,7 +1157,7 @@ impl MetaClient {
                 p.set_gateway(gateway);
                 p.set_data(data);
                 p.set_is_intent(is_intent);
-                fill_rid(p.init_rid(), (client, seq));
+                fill_rid(p.init_rid(), rid);
             }
             let resp = req.send().promise.await?;
             let r = resp.get()?;
@@ -1169,7 +1208,7 @@ impl MetaClient {
     /// Marks entries finished; returns the first offset not truncated.
     pub async fn wal_finish(&self, partition: u32, offsets: &[u64]) -> Result<u64> {
         let g = self.wal_group(partition)?;
-        let (client, seq) = self.next_rid();
+        let rid = &self.next_rid();
         self.call(g, |c| async move {
             let mut req = c.wal_finish_request();
             {
@@ -1179,7 +1218,7 @@ impl MetaClient {
                 for (i, o) in offsets.iter().enumerate() {
                     l.set(i as u32, *o);
                 }
-                fill_rid(p.init_rid(), (client, seq));
+                fill_rid(p.init_rid(), rid);
             }
             let resp = req.send().promise.await?;
             let r = resp.get()?;
@@ -1192,7 +1231,7 @@ impl MetaClient {
     /// Moves `from`'s unfinished entries of `partition` to `to`.
     pub async fn wal_claim(&self, partition: u32, from: &str, to: &str) -> Result<u64> {
         let g = self.wal_group(partition)?;
-        let (client, seq) = self.next_rid();
+        let rid = &self.next_rid();
         self.call(g, |c| async move {
             let mut req = c.wal_claim_request();
             {
@@ -1200,7 +1239,7 @@ impl MetaClient {
                 p.set_partition(partition);
                 p.set_from_gateway(from);
                 p.set_to_gateway(to);
-                fill_rid(p.init_rid(), (client, seq));
+                fill_rid(p.init_rid(), rid);
             }
             let resp = req.send().promise.await?;
             let r = resp.get()?;
@@ -1275,4 +1314,45 @@ pub struct WalStatus {
     pub unfinished: u64,
     pub unfinished_bytes: u64,
     pub positions: Vec<(String, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever order requests finish in, the watermark a request
+        /// carries is at most its own seq and at most every seq still
+        /// outstanding (so none that may be sent again is ever settled),
+        /// and once all are done it is the next seq to come.
+        #[test]
+        fn the_watermark_never_passes_an_outstanding_seq(
+            ops in proptest::collection::vec((any::<bool>(), any::<usize>()), 1..200),
+        ) {
+            let outstanding: Outstanding = Rc::new(RefCell::new(BTreeSet::new()));
+            let mut next = 0u64;
+            let mut live: Vec<Rid> = Vec::new();
+            for (issue, pick) in ops {
+                if issue || live.is_empty() {
+                    next += 1;
+                    outstanding.borrow_mut().insert(next);
+                    live.push(Rid { client: 1, seq: next, outstanding: outstanding.clone() });
+                } else {
+                    live.swap_remove(pick % live.len());
+                }
+                for r in &live {
+                    let w = r.settled_below();
+                    prop_assert!(w <= r.seq);
+                    prop_assert!(live.iter().all(|o| w <= o.seq));
+                    prop_assert!(live.iter().any(|o| o.seq == w));
+                }
+            }
+            drop(live);
+            prop_assert!(outstanding.borrow().is_empty());
+            let last = Rid { client: 1, seq: next + 1, outstanding: outstanding.clone() };
+            outstanding.borrow_mut().insert(next + 1);
+            prop_assert_eq!(last.settled_below(), next + 1);
+        }
+    }
 }

@@ -27,9 +27,20 @@ pub const REPLICAS_MAX: usize = 7;
 /// bounded by `max_payload_entries` times the value limit; snapshot chunks
 /// by `snapshot_max_chunk_size`).
 pub const RAFT_MESSAGE_MAX_BYTES: usize = 64 << 20;
-/// Remembered (client, seq) results per group for retried writes: enough
-/// for every write of the last several seconds at full rate.
+/// Remembered (client, seq) results per group for retried writes. A
+/// client that sends its settled watermark (this crate's does) keeps only
+/// its unsettled requests here; this bounds the rest (clients that do not
+/// say), oldest first.
 pub const DEDUP_ENTRIES_MAX: usize = 100_000;
+/// Clients whose settled watermark a group remembers; past it the one
+/// heard from least recently is forgotten (its late copies are then caught
+/// only by `DEDUP_ENTRIES_MAX`'s results).
+pub const CLIENT_SESSIONS_MAX: usize = 4096;
+/// A leader proposes a client's new watermark once it has moved this many
+/// seqs past the last one it proposed: a group then holds at most about
+/// this many settled results per client, at one small command per this
+/// many requests.
+pub const SETTLE_STEP_SEQS: u64 = 128;
 /// A log segment is rewritten (its live records into a new one) past this.
 pub const LOG_SEGMENT_ROTATE_BYTES: u64 = 64 << 20;
 /// Largest record in the log, in bytes (a torn or hostile length is

@@ -22,7 +22,7 @@
 use crate::error::{Error, Result};
 use crate::limits::{
     PROPOSALS_INFLIGHT_MAX, PROPOSALS_QUEUED_MAX, PROPOSAL_BYTES_MAX, PROPOSAL_COMMANDS_MAX,
-    READS_WAITING_MAX,
+    READS_WAITING_MAX, SETTLE_STEP_SEQS,
 };
 use crate::log_store::SharedLog;
 use crate::net::{GroupNetworkFactory, Peers};
@@ -32,7 +32,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -190,7 +190,14 @@ pub struct Group {
     pub caught_up: Cell<bool>,
     /// When the log bound last asked this group to snapshot and purge.
     pub log_bound_asked: Cell<Option<Instant>>,
+    /// The settled watermark this replica last proposed per client, while
+    /// leader (local, not replicated; at most [`SETTLE_CLIENTS_MAX`], then
+    /// cleared, which costs one extra `Settle` per client).
+    pub settle_proposed: RefCell<HashMap<u64, u64>>,
 }
+
+/// Clients whose last proposed watermark a leader keeps per group.
+const SETTLE_CLIENTS_MAX: usize = 4096;
 
 impl Group {
     /// Proposes `cmd` and returns its result once applied. Commands that
@@ -200,6 +207,21 @@ impl Group {
         self: &Rc<Self>,
         cmd: Command,
     ) -> std::result::Result<CommandResult, ProposeError> {
+        let rx = self.enqueue(cmd)?;
+        rx.await
+            .map_err(|_| ProposeError::Stopped("the group stopped while proposing".into()))?
+    }
+
+    /// Queues `cmd` for the proposer (starting one when fewer than
+    /// [`PROPOSALS_INFLIGHT_MAX`] are out); its result arrives on the
+    /// receiver.
+    fn enqueue(
+        self: &Rc<Self>,
+        cmd: Command,
+    ) -> std::result::Result<
+        oneshot::Receiver<std::result::Result<CommandResult, ProposeError>>,
+        ProposeError,
+    > {
         let (tx, rx) = oneshot::channel();
         let bytes = command_bytes(&cmd);
         let start = {
@@ -222,8 +244,35 @@ impl Group {
             let g = self.clone();
             tokio::task::spawn_local(async move { g.proposer().await });
         }
-        rx.await
-            .map_err(|_| ProposeError::Stopped("the group stopped while proposing".into()))?
+        Ok(rx)
+    }
+
+    /// A request of `client` said every seq below `below` is settled: once
+    /// that is [`SETTLE_STEP_SEQS`] past what this leader last proposed,
+    /// queue an `Op::Settle` ahead of the request (no one waits for it; a
+    /// lost one is made good by the next).
+    pub fn note_settled(self: &Rc<Self>, client: u64, below: u64, now_ms: u64) {
+        {
+            let mut sent = self.settle_proposed.borrow_mut();
+            let last = sent.get(&client).copied().unwrap_or(0);
+            if below < last.saturating_add(SETTLE_STEP_SEQS) && last != 0 {
+                return;
+            }
+            if sent.len() >= SETTLE_CLIENTS_MAX && !sent.contains_key(&client) {
+                sent.clear();
+            }
+            sent.insert(client, below);
+        }
+        let cmd = Command {
+            client,
+            seq: 0,
+            now_ms,
+            op: Op::Settle { below },
+        };
+        // Overloaded: the watermark waits for a later request.
+        if self.enqueue(cmd).is_err() {
+            self.settle_proposed.borrow_mut().remove(&client);
+        }
     }
 
     async fn proposer(self: Rc<Self>) {
@@ -489,6 +538,7 @@ impl Replica {
                 startup_last_index: glog.last_index(local),
                 caught_up: Cell::new(false),
                 log_bound_asked: Cell::new(None),
+                settle_proposed: RefCell::new(HashMap::new()),
             }));
         }
         let rep = Rc::new(Replica {

@@ -107,14 +107,23 @@ fn call_wide_failure<T>(outcomes: &[Result<T, Failure>]) -> Result<(), Failure> 
 }
 
 /// A checked WAL append: request id (client, seq) and the op.
-type WalAppendOp = (u64, u64, Op);
+type WalAppendOp = (Rid, Op);
+
+/// A request's id as it came: (client, seq) and the client's settled
+/// watermark (0 = not said).
+#[derive(Clone, Copy, Debug, Default)]
+struct Rid {
+    client: u64,
+    seq: u64,
+    settled_below: u64,
+}
 
 /// Checks one WAL append (walAppend or an item of walAppendMany).
 fn wal_append_op(
     gateway: &str,
     data: &[u8],
     is_intent: bool,
-    (client, seq): (u64, u64),
+    rid: Rid,
 ) -> Result<WalAppendOp, Failure> {
     check_node_field("gateway", gateway, false)?;
     if data.len() > WAL_DATA_MAX_BYTES {
@@ -132,7 +141,7 @@ fn wal_append_op(
         data: data.into(),
         is_intent,
     };
-    Ok((client, seq, op))
+    Ok((rid, op))
 }
 
 fn wall_ms() -> u64 {
@@ -492,20 +501,18 @@ impl MetadService {
         }
     }
 
-    async fn propose(
-        &self,
-        g: &Rc<Group>,
-        client: u64,
-        seq: u64,
-        op: Op,
-    ) -> Result<CommandResult, Failure> {
+    async fn propose(&self, g: &Rc<Group>, rid: Rid, op: Op) -> Result<CommandResult, Failure> {
         if !self.is_leader(g) {
             return Err(self.not_leader(g));
         }
+        let now_ms = wall_ms();
+        if rid.client != 0 && rid.settled_below != 0 {
+            g.note_settled(rid.client, rid.settled_below.min(rid.seq), now_ms);
+        }
         let cmd = Command {
-            client,
-            seq,
-            now_ms: wall_ms(),
+            client: rid.client,
+            seq: rid.seq,
+            now_ms,
             op,
         };
         match g.propose(cmd).await {
@@ -528,12 +535,12 @@ impl MetadService {
     /// Proposes one single-key write to its key's group.
     async fn propose_write(
         &self,
-        (client, seq): (u64, u64),
+        rid: Rid,
         op: KeyWrite,
     ) -> Result<crate::types::WriteOutcome, Failure> {
         let g = self.group_for_key(&op.key).clone();
         let expected = op.expected;
-        match self.propose(&g, client, seq, Op::Write(vec![op])).await? {
+        match self.propose(&g, rid, Op::Write(vec![op])).await? {
             CommandResult::Written(w) if w.len() == 1 => Ok(w[0]),
             CommandResult::Conflict { current, .. } => Err(fail(
                 ErrorKind::Conflict,
@@ -553,9 +560,9 @@ impl MetadService {
     async fn propose_wal_append(
         &self,
         g: &Rc<Group>,
-        (client, seq, op): WalAppendOp,
+        (rid, op): WalAppendOp,
     ) -> Result<u64, Failure> {
-        match self.propose(g, client, seq, op).await? {
+        match self.propose(g, rid, op).await? {
             CommandResult::WalAppended { offset } => Ok(offset),
             CommandResult::WalFull(why) => Err(fail(ErrorKind::Full, why)),
             other => Err(fail(
@@ -599,12 +606,14 @@ impl MetadService {
         }
     }
 
-    fn rid(
-        r: Result<tessera_schema::metad_capnp::request_id::Reader<'_>, capnp::Error>,
-    ) -> (u64, u64) {
+    fn rid(r: Result<tessera_schema::metad_capnp::request_id::Reader<'_>, capnp::Error>) -> Rid {
         match r {
-            Ok(r) => (r.get_client(), r.get_seq()),
-            Err(_) => (0, 0),
+            Ok(r) => Rid {
+                client: r.get_client(),
+                seq: r.get_seq(),
+                settled_below: r.get_settled_below(),
+            },
+            Err(_) => Rid::default(),
         }
     }
 }
@@ -788,9 +797,9 @@ impl metad::Server for MetadService {
                         group_of(&other.key, groups)
                     )));
                 }
-                let (client, seq) = Self::rid(p.get_rid());
+                let rid = Self::rid(p.get_rid());
                 let g = self.replica.groups[g0 as usize].clone();
-                match self.propose(&g, client, seq, Op::Write(ops)).await? {
+                match self.propose(&g, rid, Op::Write(ops)).await? {
                     CommandResult::Written(w) => Ok(w),
                     CommandResult::Conflict { index, current } => Err(fail(
                         ErrorKind::Conflict,
@@ -907,7 +916,7 @@ impl metad::Server for MetadService {
                     ttl_ms: p.get_ttl_millis(),
                 };
                 let g = self.replica.groups[SYSTEM_GROUP as usize].clone();
-                match self.propose(&g, 0, 0, op).await? {
+                match self.propose(&g, Rid::default(), op).await? {
                     CommandResult::Done => Ok(()),
                     other => Err(fail(
                         ErrorKind::Internal,
@@ -942,7 +951,7 @@ impl metad::Server for MetadService {
                     capacity: p.get_capacity_bytes(),
                 };
                 let g = self.replica.groups[SYSTEM_GROUP as usize].clone();
-                match self.propose(&g, 0, 0, op).await? {
+                match self.propose(&g, Rid::default(), op).await? {
                     CommandResult::Done => Ok(()),
                     CommandResult::Refused(why) => Err(fail(ErrorKind::InvalidArgument, why)),
                     other => Err(fail(
@@ -1012,13 +1021,12 @@ impl metad::Server for MetadService {
                 check_name("name", &name)?;
                 check_name("holder", &holder)?;
                 check_ttl(p.get_ttl_millis())?;
-                let (client, seq) = Self::rid(p.get_rid());
+                let rid = Self::rid(p.get_rid());
                 let g = self.replica.groups[SYSTEM_GROUP as usize].clone();
                 match self
                     .propose(
                         &g,
-                        client,
-                        seq,
+                        rid,
                         Op::AcquireLease {
                             name: name.clone(),
                             holder,
@@ -1062,7 +1070,7 @@ impl metad::Server for MetadService {
                 check_name("name", &name)?;
                 check_name("holder", &holder)?;
                 check_ttl(p.get_ttl_millis())?;
-                let (client, seq) = Self::rid(p.get_rid());
+                let rid = Self::rid(p.get_rid());
                 let g = self.replica.groups[SYSTEM_GROUP as usize].clone();
                 let op = Op::RenewLease {
                     name: name.clone(),
@@ -1070,7 +1078,7 @@ impl metad::Server for MetadService {
                     epoch: p.get_epoch(),
                     ttl_ms: p.get_ttl_millis(),
                 };
-                match self.propose(&g, client, seq, op).await? {
+                match self.propose(&g, rid, op).await? {
                     CommandResult::Lease { ok, lease } => Ok((name, ok, lease)),
                     other => Err(fail(
                         ErrorKind::Internal,
@@ -1105,12 +1113,11 @@ impl metad::Server for MetadService {
                 let holder = p.get_holder()?.to_vec();
                 check_name("name", &name)?;
                 check_name("holder", &holder)?;
-                let (client, seq) = Self::rid(p.get_rid());
+                let rid = Self::rid(p.get_rid());
                 let g = self.replica.groups[SYSTEM_GROUP as usize].clone();
                 self.propose(
                     &g,
-                    client,
-                    seq,
+                    rid,
                     Op::ReleaseLease {
                         name,
                         holder,
@@ -1546,11 +1553,8 @@ impl metad::Server for MetadService {
                     ));
                 }
                 let offsets: Vec<u64> = list.iter().collect();
-                let (client, seq) = Self::rid(p.get_rid());
-                match self
-                    .propose(&g, client, seq, Op::WalFinish { offsets })
-                    .await?
-                {
+                let rid = Self::rid(p.get_rid());
+                match self.propose(&g, rid, Op::WalFinish { offsets }).await? {
                     CommandResult::WalFinished { truncated_before } => Ok(truncated_before),
                     other => Err(fail(
                         ErrorKind::Internal,
@@ -1582,11 +1586,8 @@ impl metad::Server for MetadService {
                 let to = p.get_to_gateway()?.to_str()?.to_string();
                 check_node_field("fromGateway", &from, false)?;
                 check_node_field("toGateway", &to, false)?;
-                let (client, seq) = Self::rid(p.get_rid());
-                match self
-                    .propose(&g, client, seq, Op::WalClaim { from, to })
-                    .await?
-                {
+                let rid = Self::rid(p.get_rid());
+                match self.propose(&g, rid, Op::WalClaim { from, to }).await? {
                     CommandResult::WalClaimed { count } => Ok(count),
                     other => Err(fail(
                         ErrorKind::Internal,
@@ -1620,7 +1621,7 @@ impl metad::Server for MetadService {
                     gateway,
                     offset: p.get_offset(),
                 };
-                self.propose(&g, 0, 0, op).await.map(|_| ())
+                self.propose(&g, Rid::default(), op).await.map(|_| ())
             }
             .await;
             crate::metrics::observe(

@@ -11,10 +11,18 @@
 //!   every new grant of a name has a larger epoch than the last.
 //! - The snapshot file is replaced atomically (write, fsync, rename, fsync
 //!   directory) and carries a crc32c; a damaged one refuses to load.
+//! - A client's request applies at most once: a retry finds its result,
+//!   and once the client has settled a seq (`Op::Settle`, its watermark:
+//!   every seq below has its answer or was given up) the result is
+//!   forgotten and a late copy is refused, never applied. So the results
+//!   held are the clients' unsettled ones (plus, bounded by
+//!   `DEDUP_ENTRIES_MAX`, those of clients that never settle), and
+//!   snapshots stay small however fast requests come.
 
 use crate::error::{Error, Result};
 use crate::limits::{
-    DEDUP_ENTRIES_MAX, WAL_PARTITION_ENTRIES_MAX, WAL_PARTITION_UNFINISHED_BYTES_MAX,
+    CLIENT_SESSIONS_MAX, DEDUP_ENTRIES_MAX, WAL_PARTITION_ENTRIES_MAX,
+    WAL_PARTITION_UNFINISHED_BYTES_MAX,
 };
 use crate::types::{
     Command, CommandResult, Entry, KeyWrite, LeaseState, LogId, Op, SharedBytes, SnapshotMeta,
@@ -24,7 +32,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -51,10 +59,67 @@ pub struct NodeState {
     pub registered_version: u64,
 }
 
+/// Results of recent requests by (client, seq).
+///
+/// Invariants: every key of `results` is in `order` (oldest first; `order`
+/// may also hold ids already forgotten, at most about as many again as
+/// `results` plus [`DEDUP_ORDER_SLACK`]); `results.len()` is at most
+/// [`DEDUP_ENTRIES_MAX`]. (A `BTreeMap` so that one client's seqs below a
+/// watermark are one range; bincode codes it as it coded the `HashMap`
+/// before, so older snapshots still decode.)
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 struct Dedup {
-    results: HashMap<(u64, u64), CommandResult>,
+    results: BTreeMap<(u64, u64), CommandResult>,
     order: VecDeque<(u64, u64)>,
+}
+
+/// Forgotten ids `order` may carry beyond twice the results before it is
+/// compacted (amortized: one pass per this many forgotten results).
+const DEDUP_ORDER_SLACK: usize = 1024;
+
+impl Dedup {
+    fn remember(&mut self, rid: (u64, u64), result: &CommandResult) {
+        self.results.insert(rid, result.clone());
+        self.order.push_back(rid);
+        while self.results.len() > DEDUP_ENTRIES_MAX {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.results.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.compact();
+    }
+
+    /// Forgets `client`'s results for seqs below `below`.
+    fn forget_below(&mut self, client: u64, below: u64) {
+        let gone: Vec<(u64, u64)> = self
+            .results
+            .range((client, 0)..(client, below))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            self.results.remove(&k);
+        }
+        self.compact();
+    }
+
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.results.len() + DEDUP_ORDER_SLACK {
+            let results = &self.results;
+            self.order.retain(|id| results.contains_key(id));
+        }
+    }
+}
+
+/// What a group remembers of a client that settles its requests.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientSession {
+    /// Every seq below this has been settled by the client.
+    pub settled_below: u64,
+    /// State-machine time of its last `Settle`.
+    pub last_ms: u64,
 }
 
 /// One WAL entry as the state machine holds it.
@@ -184,6 +249,45 @@ pub struct SmData {
     dedup: Dedup,
     #[serde(default)]
     pub wal: WalState,
+    /// Clients' settled watermarks, at most [`CLIENT_SESSIONS_MAX`]. Last
+    /// field: a snapshot written before it has none ([`decode_sm_data`]).
+    pub sessions: BTreeMap<u64, ClientSession>,
+}
+
+/// `SmData` as snapshots before client sessions coded it (bincode has no
+/// field names, so a missing last field is a short read, not a default).
+#[derive(Deserialize)]
+struct SmDataBeforeSessions {
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    kv: BTreeMap<Vec<u8>, Versioned>,
+    leases: BTreeMap<Vec<u8>, LeaseState>,
+    nodes: BTreeMap<String, NodeState>,
+    clock_ms: u64,
+    dedup: Dedup,
+    wal: WalState,
+}
+
+/// Decodes a snapshot's state: the current layout, or the one before
+/// client sessions.
+pub(crate) fn decode_sm_data(raw: &[u8]) -> std::result::Result<SmData, bincode::Error> {
+    match bincode::deserialize::<SmData>(raw) {
+        Ok(d) => Ok(d),
+        Err(now) => match bincode::deserialize::<SmDataBeforeSessions>(raw) {
+            Ok(o) => Ok(SmData {
+                last_applied: o.last_applied,
+                last_membership: o.last_membership,
+                kv: o.kv,
+                leases: o.leases,
+                nodes: o.nodes,
+                clock_ms: o.clock_ms,
+                dedup: o.dedup,
+                wal: o.wal,
+                sessions: BTreeMap::new(),
+            }),
+            Err(_) => Err(now),
+        },
+    }
 }
 
 impl SmData {
@@ -233,6 +337,8 @@ impl SmData {
         let now = self.clock_ms;
         match op {
             Op::Write(ops) => self.apply_writes(index, ops),
+            // Handled by `apply_command` before the results are looked up.
+            Op::Settle { .. } => CommandResult::Done,
             Op::AcquireLease {
                 name,
                 holder,
@@ -369,23 +475,55 @@ impl SmData {
     pub fn apply_command(&mut self, version: u64, cmd: &Command) -> CommandResult {
         let index = version;
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
+        if let Op::Settle { below } = cmd.op {
+            return self.settle(cmd.client, below);
+        }
         let rid = (cmd.client, cmd.seq);
         if cmd.client != 0 {
             if let Some(r) = self.dedup.results.get(&rid) {
                 return r.clone();
             }
-        }
-        let result = self.apply_op(index, &cmd.op);
-        if cmd.client != 0 {
-            self.dedup.results.insert(rid, result.clone());
-            self.dedup.order.push_back(rid);
-            while self.dedup.order.len() > DEDUP_ENTRIES_MAX {
-                if let Some(old) = self.dedup.order.pop_front() {
-                    self.dedup.results.remove(&old);
+            if let Some(s) = self.sessions.get(&cmd.client) {
+                if cmd.seq < s.settled_below {
+                    return CommandResult::Refused(format!(
+                        "request {} of client {:#x} was already settled by that client (a late \
+                         copy of a retried request); it was not applied again",
+                        cmd.seq, cmd.client
+                    ));
                 }
             }
         }
+        let result = self.apply_op(index, &cmd.op);
+        if cmd.client != 0 {
+            self.dedup.remember(rid, &result);
+        }
         result
+    }
+
+    /// Records that `client` settled every seq below `below`.
+    fn settle(&mut self, client: u64, below: u64) -> CommandResult {
+        if client == 0 {
+            return CommandResult::Done;
+        }
+        let now = self.clock_ms;
+        let s = self.sessions.entry(client).or_default();
+        s.last_ms = now;
+        if below > s.settled_below {
+            s.settled_below = below;
+            self.dedup.forget_below(client, below);
+        }
+        if self.sessions.len() > CLIENT_SESSIONS_MAX {
+            let idle = self
+                .sessions
+                .iter()
+                .filter(|(c, _)| **c != client)
+                .min_by_key(|(c, s)| (s.last_ms, **c))
+                .map(|(c, _)| *c);
+            if let Some(c) = idle {
+                self.sessions.remove(&c);
+            }
+        }
+        CommandResult::Done
     }
 }
 
@@ -466,11 +604,10 @@ impl GroupSm {
                         path: path.clone(),
                         reason,
                     })?;
-                let data: SmData =
-                    bincode::deserialize(&raw).map_err(|e| Error::SnapshotCorrupt {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
+                let data: SmData = decode_sm_data(&raw).map_err(|e| Error::SnapshotCorrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
                 (data, Some(StoredSnapshot { meta, data: raw }))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (SmData::default(), None),
@@ -602,7 +739,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> std::result::Result<(), StorageError> {
         let raw = snapshot.into_inner();
-        let data: SmData = bincode::deserialize(&raw)
+        let data = decode_sm_data(&raw)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         self.0.persist(meta, &raw).await?;
         *self.0.data.borrow_mut() = data;
@@ -909,5 +1046,230 @@ mod tests {
         write_atomic(&dir.path().join("snapshot.bin"), &bytes).unwrap();
         let err = GroupSm::open(dir.path()).err().expect("must refuse");
         assert!(err.to_string().contains("crc32c"), "{err}");
+    }
+
+    fn from(client: u64, seq: u64, op: Op) -> Command {
+        Command {
+            client,
+            seq,
+            now_ms: 1,
+            op,
+        }
+    }
+
+    fn wal_append(tag: u64) -> Op {
+        Op::WalAppend {
+            gateway: "g".into(),
+            data: SharedBytes::from(&tag.to_le_bytes()[..]),
+            is_intent: false,
+        }
+    }
+
+    /// What one client request did to the state, as a test sees it.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Issue a new request (next seq), send it once.
+        Issue,
+        /// Send again the outstanding request at this position (a retry).
+        Retry(usize),
+        /// The answer of the outstanding request at this position arrives:
+        /// the client settles it (it is never sent again by the client).
+        Answer(usize),
+        /// A late copy of some already settled request arrives.
+        LateCopy(usize),
+        /// The leader proposes the client's current watermark.
+        Settle,
+    }
+
+    fn client_step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => Just(Step::Issue),
+            2 => any::<usize>().prop_map(Step::Retry),
+            3 => any::<usize>().prop_map(Step::Answer),
+            2 => any::<usize>().prop_map(Step::LateCopy),
+            2 => Just(Step::Settle),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever the order of retries, answers, late copies and settled
+        /// watermarks, each request applies at most once (one WAL entry per
+        /// applied seq, a retry gets the first offset back), a late copy of
+        /// a settled request is refused, and the results held are only the
+        /// unsettled ones (so they stay as few as the requests in flight).
+        #[test]
+        fn each_request_applies_once_and_settled_results_are_forgotten(
+            steps in proptest::collection::vec(client_step(), 1..300),
+        ) {
+            const CLIENT: u64 = 7;
+            let mut d = SmData::default();
+            let mut next = 0u64;
+            let mut outstanding: Vec<u64> = Vec::new();
+            let mut settled: Vec<u64> = Vec::new();
+            let mut offsets: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut proposed_below = 0u64;
+            let mut version = 0u64;
+            for st in steps {
+                version += 1;
+                match st {
+                    Step::Issue | Step::Retry(_) => {
+                        let seq = match st {
+                            Step::Retry(i) if !outstanding.is_empty() => {
+                                outstanding[i % outstanding.len()]
+                            }
+                            _ => {
+                                next += 1;
+                                outstanding.push(next);
+                                next
+                            }
+                        };
+                        let r = d.apply_command(version, &from(CLIENT, seq, wal_append(seq)));
+                        let CommandResult::WalAppended { offset } = r else {
+                            return Err(TestCaseError::fail(format!("seq {seq}: {r:?}")));
+                        };
+                        if let Some(first) = offsets.get(&seq) {
+                            prop_assert_eq!(*first, offset, "a retry applied again");
+                        }
+                        offsets.insert(seq, offset);
+                    }
+                    Step::Answer(i) if !outstanding.is_empty() => {
+                        let seq = outstanding.remove(i % outstanding.len());
+                        settled.push(seq);
+                    }
+                    Step::LateCopy(i) if !settled.is_empty() => {
+                        let seq = settled[i % settled.len()];
+                        let before = d.wal.next_offset;
+                        let r = d.apply_command(version, &from(CLIENT, seq, wal_append(seq)));
+                        match r {
+                            // Not yet below the proposed watermark: the
+                            // remembered result, or (never sent before) a
+                            // first apply.
+                            CommandResult::WalAppended { offset } => {
+                                prop_assert!(seq >= proposed_below);
+                                if let Some(first) = offsets.get(&seq) {
+                                    prop_assert_eq!(*first, offset);
+                                }
+                                offsets.insert(seq, offset);
+                            }
+                            CommandResult::Refused(why) => {
+                                prop_assert!(seq < proposed_below, "{}", why);
+                                prop_assert_eq!(d.wal.next_offset, before);
+                            }
+                            other => return Err(TestCaseError::fail(format!("{other:?}"))),
+                        }
+                    }
+                    Step::Settle => {
+                        let below = outstanding.iter().min().copied().unwrap_or(next + 1);
+                        d.apply_command(version, &from(CLIENT, 0, Op::Settle { below }));
+                        proposed_below = proposed_below.max(below);
+                    }
+                    _ => {}
+                }
+                // One WAL entry per seq ever applied.
+                prop_assert_eq!(d.wal.next_offset - 1, offsets.len() as u64);
+                // Only unsettled results are held, and `order` covers them
+                // within its slack.
+                for (c, s) in d.dedup.results.keys() {
+                    prop_assert!(*c != CLIENT || *s >= proposed_below);
+                    prop_assert!(d.dedup.order.contains(&(*c, *s)));
+                }
+                prop_assert!(d.dedup.order.len() <= 2 * d.dedup.results.len() + DEDUP_ORDER_SLACK + 1);
+            }
+        }
+    }
+
+    /// With a watermark proposed every so often, a long run of requests
+    /// keeps a few results, not `DEDUP_ENTRIES_MAX`, and so small snapshots.
+    #[test]
+    fn settled_clients_keep_few_results() {
+        let mut d = SmData::default();
+        for seq in 1..=50_000u64 {
+            d.apply_command(seq, &from(9, seq, wal_append(seq)));
+            d.wal.finish(&[seq]);
+            if seq % 128 == 0 {
+                d.apply_command(seq, &from(9, 0, Op::Settle { below: seq - 64 }));
+            }
+        }
+        assert!(d.dedup.results.len() <= 192, "{}", d.dedup.results.len());
+        assert!(d.dedup.order.len() <= 2 * 192 + DEDUP_ORDER_SLACK);
+        let raw = bincode::serialize(&d).unwrap();
+        assert!(raw.len() < 64 << 10, "snapshot of {} bytes", raw.len());
+        // A client that never settles is still bounded, oldest first.
+        for seq in 1..=(DEDUP_ENTRIES_MAX as u64 + 10) {
+            d.apply_command(seq, &from(11, seq, wal_append(seq)));
+            d.wal.finish(&[d.wal.next_offset - 1]);
+        }
+        assert!(d.dedup.results.len() <= DEDUP_ENTRIES_MAX);
+        assert!(!d.dedup.results.contains_key(&(11, 1)));
+        assert!(d
+            .dedup
+            .results
+            .contains_key(&(11, DEDUP_ENTRIES_MAX as u64 + 10)));
+    }
+
+    /// Past `CLIENT_SESSIONS_MAX` clients, the one heard from least recently
+    /// is forgotten.
+    #[test]
+    fn client_sessions_are_bounded_least_recent_first() {
+        let mut d = SmData::default();
+        let max = CLIENT_SESSIONS_MAX as u64;
+        let settle = |c: u64, now_ms: u64| Command {
+            now_ms,
+            ..from(c, 0, Op::Settle { below: 5 })
+        };
+        for c in 1..=max {
+            d.apply_command(c, &settle(c, 1_000 + c));
+        }
+        // Client 1 is heard from again: client 2 is now the least recent.
+        d.apply_command(max + 1, &settle(1, 1_000 + max + 1));
+        d.apply_command(max + 2, &settle(max + 1, 1_000 + max + 2));
+        assert_eq!(d.sessions.len(), CLIENT_SESSIONS_MAX);
+        assert!(d.sessions.contains_key(&1));
+        assert!(!d.sessions.contains_key(&2));
+        assert!(d.sessions.contains_key(&3));
+        assert!(d.sessions.contains_key(&(max + 1)));
+    }
+
+    /// A snapshot written before client sessions existed still loads (with
+    /// none), and one written now keeps them.
+    #[test]
+    fn snapshots_before_client_sessions_still_load() {
+        let mut d = SmData::default();
+        d.apply_command(1, &from(5, 1, wal_append(1)));
+        d.kv.insert(
+            b"k".to_vec(),
+            Versioned {
+                value: b"v".to_vec(),
+                version: 3,
+            },
+        );
+        // The old layout: the same fields, without the last one.
+        let old = bincode::serialize(&(
+            &d.last_applied,
+            &d.last_membership,
+            &d.kv,
+            &d.leases,
+            &d.nodes,
+            d.clock_ms,
+            &d.dedup,
+            &d.wal,
+        ))
+        .unwrap();
+        let back = decode_sm_data(&old).unwrap();
+        assert_eq!(back.kv, d.kv);
+        assert_eq!(back.wal.entries, d.wal.entries);
+        assert!(back.dedup.results.contains_key(&(5, 1)));
+        assert!(back.sessions.is_empty());
+
+        d.apply_command(2, &from(5, 0, Op::Settle { below: 2 }));
+        let now = bincode::serialize(&d).unwrap();
+        let back = decode_sm_data(&now).unwrap();
+        assert_eq!(back.sessions, d.sessions);
+        assert_eq!(back.sessions[&5].settled_below, 2);
+        assert!(!back.dedup.results.contains_key(&(5, 1)));
+        // Garbage is still an error, not an empty state.
+        assert!(decode_sm_data(&now[..now.len() / 2]).is_err());
     }
 }

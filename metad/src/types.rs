@@ -154,6 +154,14 @@ pub enum Op {
         gateway: String,
         offset: u64,
     },
+    /// The command's client has the answer to (or gave up on) every one of
+    /// its requests with a seq below `below`: the group forgets their
+    /// results and refuses a late copy of one. Proposed by a leader from
+    /// the watermark a request carries; the command's own seq is unused.
+    /// (Last variant: logs written before it still decode.)
+    Settle {
+        below: u64,
+    },
 }
 
 /// What a key write did.

@@ -58,6 +58,10 @@ enum ReadMode {
 struct RequestId {
   client @0 :UInt64;
   seq @1 :UInt64;
+  # Every seq of this client below this one has its answer or was given
+  # up (so it is never sent again): the cluster may forget their results
+  # and refuses a late copy of one. At most `seq`; 0 = not said.
+  settledBelow @2 :UInt64;
 }
 
 # A write inside a batch, or alone.
