@@ -241,6 +241,16 @@ impl Ring {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Waits of a dropped ring on this thread that a signal or a full queue
+    /// interrupted and that were made again (tests check the path runs).
+    static DROP_WAIT_RETRIES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Operations still in the kernel when the last ring dropped on this
+    /// thread returned (0 unless its buffers were leaked).
+    static DROP_LEFT_IN_FLIGHT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
 impl Drop for Ring {
     fn drop(&mut self) {
         // The kernel may still use slots' buffers: wait for all of it.
@@ -258,6 +268,8 @@ impl Drop for Ring {
                     ) && failures < DROP_WAIT_FAILURES_MAX =>
                 {
                     failures += 1;
+                    #[cfg(test)]
+                    DROP_WAIT_RETRIES.with(|n| n.set(n.get() + 1));
                 }
                 Err(e) => {
                     // Never free memory the kernel may still write into:
@@ -270,6 +282,8 @@ impl Drop for Ring {
             let n = uring.completion().count();
             self.in_flight.set(self.in_flight.get().saturating_sub(n));
         }
+        #[cfg(test)]
+        DROP_LEFT_IN_FLIGHT.with(|n| n.set(self.in_flight.get()));
         // Wake the reaper so it sees the ring gone and ends.
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
@@ -838,6 +852,89 @@ mod tests {
         // is in the file (O_DSYNC), whole.
         let bytes = std::fs::read(dir.path().join("f.seg")).unwrap();
         assert_written(&bytes, 0xa0, "when the device was dropped");
+    }
+
+    /// A timer that signals this thread (only) every `every`, through a
+    /// handler without `SA_RESTART`, so that a blocking wait ends with
+    /// EINTR as it does when SIGTERM arrives at shutdown. Stops on drop.
+    struct SignalStorm(libc::timer_t);
+
+    impl SignalStorm {
+        fn start(every: std::time::Duration) -> SignalStorm {
+            extern "C" fn ignore(_: libc::c_int) {}
+            let sig = libc::SIGRTMIN() + 2;
+            // SAFETY: plain libc calls on zeroed, then filled, structs; the
+            // handler does nothing, so it is async-signal-safe.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = ignore as extern "C" fn(libc::c_int) as usize;
+                sa.sa_flags = 0;
+                libc::sigemptyset(&mut sa.sa_mask);
+                assert_eq!(libc::sigaction(sig, &sa, std::ptr::null_mut()), 0);
+                let mut ev: libc::sigevent = std::mem::zeroed();
+                ev.sigev_notify = libc::SIGEV_THREAD_ID;
+                ev.sigev_signo = sig;
+                ev.sigev_notify_thread_id = libc::gettid();
+                let mut t: libc::timer_t = std::mem::zeroed();
+                assert_eq!(
+                    libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut t),
+                    0
+                );
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: every.as_nanos() as libc::c_long,
+                };
+                let spec = libc::itimerspec {
+                    it_interval: ts,
+                    it_value: ts,
+                };
+                assert_eq!(libc::timer_settime(t, 0, &spec, std::ptr::null_mut()), 0);
+                SignalStorm(t)
+            }
+        }
+    }
+
+    impl Drop for SignalStorm {
+        fn drop(&mut self) {
+            // SAFETY: deletes the timer `start` created.
+            unsafe { libc::timer_delete(self.0) };
+        }
+    }
+
+    /// Signals arriving while a dropped device waits for its writes (EINTR
+    /// from `io_uring_enter`) do not end the wait early: it waits again,
+    /// and returns only once every write is in the file.
+    #[test]
+    fn dropping_the_device_waits_through_signals() {
+        // An attempt whose writes all finish before the drop waits for
+        // nothing and tests nothing: try again, a bounded number of times.
+        const ATTEMPTS_MAX: usize = 5;
+        let mut interrupted = 0;
+        for _ in 0..ATTEMPTS_MAX {
+            let dir = tempfile::tempdir().unwrap();
+            let retries_before = DROP_WAIT_RETRIES.with(|n| n.get());
+            run_local(async {
+                let (dev, f) = with_abandoned_writes(dir.path(), 32, 0x30, true).await;
+                let storm = SignalStorm::start(std::time::Duration::from_micros(100));
+                drop((f, dev));
+                drop(storm);
+            });
+            interrupted = DROP_WAIT_RETRIES.with(|n| n.get()) - retries_before;
+            assert_eq!(
+                DROP_LEFT_IN_FLIGHT.with(|n| n.get()),
+                0,
+                "the dropped ring returned with operations still in the kernel"
+            );
+            let bytes = std::fs::read(dir.path().join("f.seg")).unwrap();
+            assert_written(&bytes, 0x30, "when the device was dropped under signals");
+            if interrupted > 0 {
+                break;
+            }
+        }
+        assert!(
+            interrupted > 0,
+            "no wait of a dropped ring was interrupted in {ATTEMPTS_MAX} attempts: the path was not tested"
+        );
     }
 
     /// I/O that breaks O_DIRECT's alignment is refused with an error that
