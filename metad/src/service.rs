@@ -107,12 +107,12 @@ fn call_wide_failure<T>(outcomes: &[Result<T, Failure>]) -> Result<(), Failure> 
 }
 
 /// A checked WAL append: request id (client, seq) and the op.
-type WalAppendOp = (Rid, Op);
+type WalAppendOp = (RequestRef, Op);
 
 /// A request's id as it came: (client, seq) and the client's settled
 /// watermark (0 = not said).
 #[derive(Clone, Copy, Debug, Default)]
-struct Rid {
+struct RequestRef {
     client: u64,
     seq: u64,
     settled_below: u64,
@@ -123,7 +123,7 @@ fn wal_append_op(
     gateway: &str,
     data: &[u8],
     is_intent: bool,
-    rid: Rid,
+    rid: RequestRef,
 ) -> Result<WalAppendOp, Failure> {
     check_node_field("gateway", gateway, false)?;
     if data.len() > WAL_DATA_MAX_BYTES {
@@ -501,7 +501,12 @@ impl MetadService {
         }
     }
 
-    async fn propose(&self, g: &Rc<Group>, rid: Rid, op: Op) -> Result<CommandResult, Failure> {
+    async fn propose(
+        &self,
+        g: &Rc<Group>,
+        rid: RequestRef,
+        op: Op,
+    ) -> Result<CommandResult, Failure> {
         if !self.is_leader(g) {
             return Err(self.not_leader(g));
         }
@@ -516,6 +521,17 @@ impl MetadService {
             op,
         };
         match g.propose(cmd).await {
+            // Only a copy the client no longer waits for gets here (its
+            // watermark passed this seq), but say so plainly.
+            Ok(CommandResult::AlreadySettled) => Err(fail(
+                ErrorKind::Conflict,
+                format!(
+                    "request {} of client {:#x} is a late copy of one its client had already \
+                     settled (answered or given up); nothing was applied. Nothing to do: a new \
+                     request gets a new seq",
+                    rid.seq, rid.client
+                ),
+            )),
             Ok(r) => Ok(r),
             Err(ProposeError::NotLeader) => Err(self.not_leader(g)),
             Err(ProposeError::Overloaded(e)) => Err(fail(ErrorKind::Unavailable, e)),
@@ -535,7 +551,7 @@ impl MetadService {
     /// Proposes one single-key write to its key's group.
     async fn propose_write(
         &self,
-        rid: Rid,
+        rid: RequestRef,
         op: KeyWrite,
     ) -> Result<crate::types::WriteOutcome, Failure> {
         let g = self.group_for_key(&op.key).clone();
@@ -606,14 +622,16 @@ impl MetadService {
         }
     }
 
-    fn rid(r: Result<tessera_schema::metad_capnp::request_id::Reader<'_>, capnp::Error>) -> Rid {
+    fn rid(
+        r: Result<tessera_schema::metad_capnp::request_id::Reader<'_>, capnp::Error>,
+    ) -> RequestRef {
         match r {
-            Ok(r) => Rid {
+            Ok(r) => RequestRef {
                 client: r.get_client(),
                 seq: r.get_seq(),
                 settled_below: r.get_settled_below(),
             },
-            Err(_) => Rid::default(),
+            Err(_) => RequestRef::default(),
         }
     }
 }
@@ -916,7 +934,7 @@ impl metad::Server for MetadService {
                     ttl_ms: p.get_ttl_millis(),
                 };
                 let g = self.replica.groups[SYSTEM_GROUP as usize].clone();
-                match self.propose(&g, Rid::default(), op).await? {
+                match self.propose(&g, RequestRef::default(), op).await? {
                     CommandResult::Done => Ok(()),
                     other => Err(fail(
                         ErrorKind::Internal,
@@ -951,7 +969,7 @@ impl metad::Server for MetadService {
                     capacity: p.get_capacity_bytes(),
                 };
                 let g = self.replica.groups[SYSTEM_GROUP as usize].clone();
-                match self.propose(&g, Rid::default(), op).await? {
+                match self.propose(&g, RequestRef::default(), op).await? {
                     CommandResult::Done => Ok(()),
                     CommandResult::Refused(why) => Err(fail(ErrorKind::InvalidArgument, why)),
                     other => Err(fail(
@@ -1621,7 +1639,9 @@ impl metad::Server for MetadService {
                     gateway,
                     offset: p.get_offset(),
                 };
-                self.propose(&g, Rid::default(), op).await.map(|_| ())
+                self.propose(&g, RequestRef::default(), op)
+                    .await
+                    .map(|_| ())
             }
             .await;
             crate::metrics::observe(

@@ -243,6 +243,9 @@ pub enum CommandResult {
     /// The partition is at its limit of unfinished bytes.
     WalFull(String),
     Done,
+    /// A late copy of a request its client had already settled: nothing
+    /// was applied. (Last variant: results stored before it still decode.)
+    AlreadySettled,
 }
 
 #[cfg(test)]
