@@ -21,6 +21,8 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod keys;
+#[cfg(test)]
+mod leader_flush_tests;
 pub mod limits;
 pub mod log_store;
 pub mod metrics;

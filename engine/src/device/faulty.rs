@@ -1,11 +1,13 @@
 //! A decorator that injects I/O faults into any device: EIO on the n-th write
-//! or sync, ENOSPC on file creation. The plan is shared (`Arc`) so a test on
+//! or sync, ENOSPC on file creation, syncs that hang until released (a disk
+//! that stops completing cache flushes). The plan is shared (`Arc`) so a test on
 //! another thread can arm it while the engine runs.
 
 use super::{Device, DeviceFile};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 
 /// What to break, and when. Countdowns: `-1` is off; `n >= 0` lets `n` more
 /// operations succeed and fails the next one (once).
@@ -15,6 +17,8 @@ pub struct FaultPlan {
     sync_eio_after: AtomicI64,
     create_enospc: AtomicBool,
     keep_durable_writes: AtomicBool,
+    /// While true, syncs wait; the wakers of those waiting.
+    syncs_stalled: Mutex<(bool, Vec<Waker>)>,
     /// Faults injected so far.
     pub injected: AtomicU64,
 }
@@ -26,6 +30,7 @@ impl Default for FaultPlan {
             sync_eio_after: AtomicI64::new(-1),
             create_enospc: AtomicBool::new(false),
             keep_durable_writes: AtomicBool::new(false),
+            syncs_stalled: Mutex::new((false, Vec::new())),
             injected: AtomicU64::new(0),
         }
     }
@@ -44,6 +49,38 @@ impl FaultPlan {
     pub fn fail_sync_after(&self, n: i64) {
         self.sync_eio_after.store(n, Ordering::SeqCst);
     }
+    /// While set, every sync waits (it completes, in order, once unset): a
+    /// disk whose cache flushes stop completing. Writes still complete, but
+    /// are not durable until a sync is.
+    pub fn stall_syncs(&self, stalled: bool) {
+        let wakers = {
+            let mut s = self.syncs_stalled.lock().unwrap_or_else(|p| p.into_inner());
+            s.0 = stalled;
+            if stalled {
+                Vec::new()
+            } else {
+                std::mem::take(&mut s.1)
+            }
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Waits while syncs are stalled.
+    async fn sync_gate(&self) {
+        std::future::poll_fn(|cx| {
+            let mut s = self.syncs_stalled.lock().unwrap_or_else(|p| p.into_inner());
+            if s.0 {
+                if !s.1.iter().any(|w| w.will_wake(cx.waker())) {
+                    s.1.push(cx.waker().clone());
+                }
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+
     /// While set, creating a file fails with ENOSPC.
     pub fn set_disk_full(&self, full: bool) {
         self.create_enospc.store(full, Ordering::SeqCst);
@@ -170,6 +207,7 @@ impl<F: DeviceFile> DeviceFile for FaultyFile<F> {
         self.inner.read_at(pos, len).await
     }
     async fn sync(&self) -> io::Result<()> {
+        self.plan.sync_gate().await;
         if self.plan.trip(&self.plan.sync_eio_after) {
             return Err(eio("fdatasync"));
         }

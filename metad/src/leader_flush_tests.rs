@@ -1,0 +1,289 @@
+//! The leader's own log flush and the commit quorum, on three in-process
+//! replicas of one group over an in-memory network, each log on a simulated
+//! disk whose syncs can be stalled.
+//!
+//! openraft 0.9 is patched (vendor/README.md) so that a leader replicates
+//! its entries while its own flush runs. These tests pin what the patch must
+//! keep and what it buys:
+//! - an entry the leader has not flushed does not count for the leader: with
+//!   one follower unreachable and the leader's disk stalled, a write is never
+//!   acknowledged (one durable copy of three is not a quorum);
+//! - an entry both followers have flushed is committed even while the
+//!   leader's flush has not completed (unpatched, the leader did not even
+//!   send it until its own flush completed).
+
+use crate::log_store::SharedLog;
+use crate::state_machine::{GroupSm, SmStore};
+use crate::types::{Command, KeyWrite, NodeId, Op, Proposal, Raft, TypeConfig};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_engine::device::{FaultPlan, FaultyDevice, SimFs};
+
+/// Segment size of the simulated logs.
+const ROTATE_BYTES: u64 = 1 << 20;
+/// Longest wait for an election or a write that must complete.
+const WAIT_LIMIT: Duration = Duration::from_secs(10);
+/// How long a write that must not complete is watched.
+const MUST_NOT_ANSWER_FOR: Duration = Duration::from_millis(1500);
+
+/// Which replicas exist and which are cut off.
+#[derive(Default)]
+struct Routes {
+    rafts: BTreeMap<NodeId, Raft>,
+    down: BTreeSet<NodeId>,
+}
+
+#[derive(Clone)]
+struct MemNetwork {
+    routes: Rc<RefCell<Routes>>,
+    source: NodeId,
+    target: NodeId,
+}
+
+impl MemNetwork {
+    /// The target's handle, unless the test cut either end off.
+    fn target(&self) -> Option<Raft> {
+        let r = self.routes.borrow();
+        // Cut off both ways: a cut replica's own vote requests would
+        // otherwise depose the leader.
+        if r.down.contains(&self.target) || r.down.contains(&self.source) {
+            return None;
+        }
+        r.rafts.get(&self.target).cloned()
+    }
+}
+
+fn cut_off<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+        "cut off by the test",
+    )))
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+impl RaftNetwork<TypeConfig> for MemNetwork {
+    async fn append_entries(
+        &mut self,
+        req: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        let raft = self.target().ok_or_else(cut_off)?;
+        raft.append_entries(req)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        req: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        let raft = self.target().ok_or_else(cut_off)?;
+        raft.install_snapshot(req)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        req: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        let raft = self.target().ok_or_else(cut_off)?;
+        raft.vote(req)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+struct MemNetworkFactory {
+    routes: Rc<RefCell<Routes>>,
+    source: NodeId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for MemNetworkFactory {
+    type Network = MemNetwork;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> MemNetwork {
+        MemNetwork {
+            routes: self.routes.clone(),
+            source: self.source,
+            target,
+        }
+    }
+}
+
+struct Cluster {
+    routes: Rc<RefCell<Routes>>,
+    plans: BTreeMap<NodeId, Arc<FaultPlan>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let routes = Rc::new(RefCell::new(Routes::default()));
+        let config = Arc::new(
+            openraft::Config {
+                heartbeat_interval: 50,
+                election_timeout_min: 300,
+                election_timeout_max: 600,
+                ..Default::default()
+            }
+            .validate()
+            .expect("a valid raft config"),
+        );
+        let mut plans = BTreeMap::new();
+        let mut dirs = Vec::new();
+        for id in 1..=3u64 {
+            let (fs, plan) = (SimFs::new(), FaultPlan::new());
+            plans.insert(id, plan.clone());
+            let (log, _) = SharedLog::open_on(
+                Path::new("sim"),
+                move || async move { Ok(FaultyDevice::new(fs.device(0), plan)) },
+                1,
+                ROTATE_BYTES,
+            )
+            .await
+            .expect("a simulated log opens");
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let sm = GroupSm::open(dir.path()).expect("a state machine opens");
+            dirs.push(dir);
+            let raft = Raft::new(
+                id,
+                config.clone(),
+                MemNetworkFactory {
+                    routes: routes.clone(),
+                    source: id,
+                },
+                log.group(0),
+                SmStore(sm),
+            )
+            .await
+            .expect("raft starts");
+            routes.borrow_mut().rafts.insert(id, raft);
+        }
+        let members: BTreeMap<NodeId, BasicNode> =
+            (1..=3u64).map(|id| (id, BasicNode::default())).collect();
+        let first = routes.borrow().rafts[&1].clone();
+        first
+            .initialize(members)
+            .await
+            .expect("the group initializes");
+        Cluster {
+            routes,
+            plans,
+            _dirs: dirs,
+        }
+    }
+
+    fn raft(&self, id: NodeId) -> Raft {
+        self.routes.borrow().rafts[&id].clone()
+    }
+
+    async fn leader(&self) -> NodeId {
+        let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+        loop {
+            let raft = self.raft(1);
+            if let Some(l) = raft.metrics().borrow().current_leader {
+                let lr = self.raft(l);
+                let m = lr.metrics().borrow().clone();
+                if m.current_leader == Some(l) && m.last_applied.is_some() {
+                    return l;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no leader elected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn set_down(&self, id: NodeId, down: bool) {
+        let mut r = self.routes.borrow_mut();
+        if down {
+            r.down.insert(id);
+        } else {
+            r.down.remove(&id);
+        }
+    }
+}
+
+fn put(seq: u64) -> Proposal {
+    Proposal(Arc::from(vec![Command {
+        client: 7,
+        seq,
+        now_ms: 0,
+        op: Op::Write(vec![KeyWrite {
+            key: format!("k{seq}").into_bytes(),
+            expected: None,
+            value: Some(vec![seq as u8; 64]),
+        }]),
+    }]))
+}
+
+fn run_local<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+#[test]
+fn a_leaders_unflushed_entry_does_not_count_toward_commit() {
+    run_local(async {
+        let c = Cluster::start().await;
+        let leader = c.leader().await;
+        let raft = c.raft(leader);
+        raft.client_write(put(1))
+            .await
+            .expect("a write with every replica up");
+
+        let cut = (1..=3u64).find(|&id| id != leader).expect("a follower");
+        c.set_down(cut, true);
+        c.plans[&leader].stall_syncs(true);
+        let writer = raft.clone();
+        let write = tokio::task::spawn_local(async move { writer.client_write(put(2)).await });
+        tokio::time::sleep(MUST_NOT_ANSWER_FOR).await;
+        assert!(
+            !write.is_finished(),
+            "a write was acknowledged while only one of three replicas had it durably"
+        );
+
+        c.plans[&leader].stall_syncs(false);
+        tokio::time::timeout(WAIT_LIMIT, write)
+            .await
+            .expect("the write completes once the leader's flush does")
+            .expect("the writer task")
+            .expect("the write succeeds");
+        c.set_down(cut, false);
+    });
+}
+
+#[test]
+fn followers_commit_an_entry_while_the_leaders_flush_is_stalled() {
+    run_local(async {
+        let c = Cluster::start().await;
+        let leader = c.leader().await;
+        let raft = c.raft(leader);
+        raft.client_write(put(1))
+            .await
+            .expect("a write with every replica up");
+
+        c.plans[&leader].stall_syncs(true);
+        let answered = tokio::time::timeout(WAIT_LIMIT, raft.client_write(put(2))).await;
+        c.plans[&leader].stall_syncs(false);
+        answered
+            .expect("two durable followers commit an entry without the leader's flush")
+            .expect("the write succeeds");
+    });
+}
