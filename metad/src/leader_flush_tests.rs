@@ -10,7 +10,11 @@
 //!   acknowledged (one durable copy of three is not a quorum);
 //! - an entry both followers have flushed is committed even while the
 //!   leader's flush has not completed (unpatched, the leader did not even
-//!   send it until its own flush completed).
+//!   send it until its own flush completed);
+//! - a leader that crashed after its followers acknowledged entries its own
+//!   log then lost does not lead again in the same term (it would reuse
+//!   those entries' log ids for others); every acknowledged write survives
+//!   on every replica.
 
 use crate::log_store::SharedLog;
 use crate::state_machine::{GroupSm, SmStore};
@@ -22,6 +26,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
+use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -127,12 +132,14 @@ impl RaftNetworkFactory<TypeConfig> for MemNetworkFactory {
 struct Cluster {
     routes: Rc<RefCell<Routes>>,
     plans: BTreeMap<NodeId, Arc<FaultPlan>>,
-    _dirs: Vec<tempfile::TempDir>,
+    disks: BTreeMap<NodeId, SimFs>,
+    sms: BTreeMap<NodeId, Rc<GroupSm>>,
+    dirs: BTreeMap<NodeId, tempfile::TempDir>,
+    config: Arc<openraft::Config>,
 }
 
 impl Cluster {
     async fn start() -> Cluster {
-        let routes = Rc::new(RefCell::new(Routes::default()));
         let config = Arc::new(
             openraft::Config {
                 heartbeat_interval: 50,
@@ -143,48 +150,76 @@ impl Cluster {
             .validate()
             .expect("a valid raft config"),
         );
-        let mut plans = BTreeMap::new();
-        let mut dirs = Vec::new();
+        let mut c = Cluster {
+            routes: Rc::new(RefCell::new(Routes::default())),
+            plans: BTreeMap::new(),
+            disks: BTreeMap::new(),
+            sms: BTreeMap::new(),
+            dirs: BTreeMap::new(),
+            config,
+        };
         for id in 1..=3u64 {
-            let (fs, plan) = (SimFs::new(), FaultPlan::new());
-            plans.insert(id, plan.clone());
-            let (log, _) = SharedLog::open_on(
-                Path::new("sim"),
-                move || async move { Ok(FaultyDevice::new(fs.device(0), plan)) },
-                1,
-                ROTATE_BYTES,
-            )
-            .await
-            .expect("a simulated log opens");
-            let dir = tempfile::tempdir().expect("a temporary directory");
-            let sm = GroupSm::open(dir.path()).expect("a state machine opens");
-            dirs.push(dir);
-            let raft = Raft::new(
-                id,
-                config.clone(),
-                MemNetworkFactory {
-                    routes: routes.clone(),
-                    source: id,
-                },
-                log.group(0),
-                SmStore(sm),
-            )
-            .await
-            .expect("raft starts");
-            routes.borrow_mut().rafts.insert(id, raft);
+            c.disks.insert(id, SimFs::new());
+            c.dirs
+                .insert(id, tempfile::tempdir().expect("a temporary directory"));
+            c.open(id).await;
         }
         let members: BTreeMap<NodeId, BasicNode> =
             (1..=3u64).map(|id| (id, BasicNode::default())).collect();
-        let first = routes.borrow().rafts[&1].clone();
-        first
+        c.raft(1)
             .initialize(members)
             .await
             .expect("the group initializes");
-        Cluster {
-            routes,
-            plans,
-            _dirs: dirs,
-        }
+        c
+    }
+
+    /// Opens replica `id` on its disk and state-machine directory, with a
+    /// fresh fault plan.
+    async fn open(&mut self, id: NodeId) {
+        let (fs, plan) = (self.disks[&id].clone(), FaultPlan::new());
+        self.plans.insert(id, plan.clone());
+        let (log, _) = SharedLog::open_on(
+            Path::new("sim"),
+            move || async move { Ok(FaultyDevice::new(fs.device(0), plan)) },
+            1,
+            ROTATE_BYTES,
+        )
+        .await
+        .expect("a simulated log opens");
+        let sm = GroupSm::open(self.dirs[&id].path()).expect("a state machine opens");
+        self.sms.insert(id, sm.clone());
+        let raft = Raft::new(
+            id,
+            self.config.clone(),
+            MemNetworkFactory {
+                routes: self.routes.clone(),
+                source: id,
+            },
+            log.group(0),
+            SmStore(sm),
+        )
+        .await
+        .expect("raft starts");
+        self.routes.borrow_mut().rafts.insert(id, raft);
+    }
+
+    /// Power loss on replica `id`: its raft stops, and of its log only what
+    /// a completed sync made durable survives.
+    async fn crash(&mut self, id: NodeId) {
+        let raft = self
+            .routes
+            .borrow_mut()
+            .rafts
+            .remove(&id)
+            .expect("a replica");
+        let _ = raft.shutdown().await;
+        // Every write not yet synced is lost: `SimFs::crash` draws its keep
+        // ratio first, from [0, 0.5, 1]; take a seed whose first draw is 0.
+        let mut rng = (0u64..)
+            .map(rand::rngs::StdRng::seed_from_u64)
+            .find(|r| r.clone().gen_range(0..3) == 0)
+            .expect("a seed");
+        self.disks[&id].crash(&mut rng);
     }
 
     fn raft(&self, id: NodeId) -> Raft {
@@ -285,5 +320,67 @@ fn followers_commit_an_entry_while_the_leaders_flush_is_stalled() {
         answered
             .expect("two durable followers commit an entry without the leader's flush")
             .expect("the write succeeds");
+    });
+}
+
+/// A leader that crashed with entries its followers hold but its own log
+/// lost must not lead again in the same term: it would append different
+/// entries under the same log ids, and the followers would keep theirs.
+#[test]
+fn a_crashed_leader_does_not_resume_its_term_over_entries_it_lost() {
+    run_local(async {
+        let mut c = Cluster::start().await;
+        let leader = c.leader().await;
+        c.raft(leader)
+            .client_write(put(1))
+            .await
+            .expect("a write with every replica up");
+
+        // Acknowledged by the two followers while the leader's flush stalls.
+        c.plans[&leader].stall_syncs(true);
+        for seq in 2..=3 {
+            tokio::time::timeout(WAIT_LIMIT, c.raft(leader).client_write(put(seq)))
+                .await
+                .expect("two durable followers commit")
+                .expect("the write succeeds");
+        }
+        c.crash(leader).await;
+        c.open(leader).await;
+
+        // Writes go on through whoever leads now; then every replica must
+        // hold the acknowledged writes.
+        let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+        let mut seq = 4;
+        while seq <= 6 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no write after the restart"
+            );
+            let l = c.leader().await;
+            if c.raft(l).client_write(put(seq)).await.is_ok() {
+                seq += 1;
+            } else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let l = c.leader().await;
+        let last = c.raft(l).metrics().borrow().last_log_index;
+        for id in 1..=3u64 {
+            let mut metrics = c.raft(id).metrics();
+            tokio::time::timeout(
+                WAIT_LIMIT,
+                metrics.wait_for(|m| m.last_applied.map(|x| x.index) >= last),
+            )
+            .await
+            .expect("every replica applies the log")
+            .expect("metrics");
+            for seq in 1..=6u64 {
+                let key = format!("k{seq}").into_bytes();
+                assert!(
+                    c.sms[&id].with(|d| d.kv.contains_key(&key)),
+                    "replica {id} lost acknowledged write k{seq} (leader before the crash: {leader})"
+                );
+            }
+        }
     });
 }

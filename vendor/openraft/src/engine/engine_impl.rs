@@ -15,7 +15,7 @@ use crate::engine::handler::following_handler::FollowingHandler;
 use crate::engine::handler::leader_handler::LeaderHandler;
 use crate::engine::handler::log_handler::LogHandler;
 use crate::engine::handler::replication_handler::ReplicationHandler;
-use crate::engine::handler::replication_handler::SendNone;
+// TESSERA PATCH: `SendNone` is no longer used here (startup does not restore a leader).
 use crate::engine::handler::server_state_handler::ServerStateHandler;
 use crate::engine::handler::snapshot_handler::SnapshotHandler;
 use crate::engine::handler::vote_handler::VoteHandler;
@@ -154,18 +154,20 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Previously it is a leader. restore it as leader at once
+        // TESSERA PATCH (see vendor/README.md): a replica that was the leader
+        // is not restored as leader in the same term. It replicated entries
+        // before its own flush of them completed, so its followers may hold
+        // entries of this term that its log lost in the crash; leading again
+        // in the same term, it would append different entries under the same
+        // log ids, and the followers would take them for the ones they hold.
+        // Its vote is demoted in memory only (as openraft 0.10 does without
+        // `enable_leader_restore`): it starts as a follower and a new
+        // election, in a higher term, picks the leader.
         if self.state.is_leader(&self.config.id) {
-            self.vote_handler().update_internal_server_state();
-
-            let mut rh = self.replication_handler();
-
-            // Restore the progress about the local log
-            rh.update_local_progress(rh.state.last_log_id().cloned());
-
-            rh.initiate_replication(SendNone::False);
-
-            return;
+            let mut demoted = self.state.vote_ref().clone();
+            demoted.committed = false;
+            self.state.vote.update(C::now(), demoted);
+            debug_assert!(!self.state.is_leader(&self.config.id));
         }
 
         let server_state = if self.state.membership_state.effective().is_voter(&self.config.id) {
