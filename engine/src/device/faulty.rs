@@ -49,9 +49,11 @@ impl FaultPlan {
     pub fn fail_sync_after(&self, n: i64) {
         self.sync_eio_after.store(n, Ordering::SeqCst);
     }
-    /// While set, every sync waits (it completes, in order, once unset): a
-    /// disk whose cache flushes stop completing. Writes still complete, but
-    /// are not durable until a sync is.
+    /// While set, every sync waits, and completes once unset: a disk whose
+    /// cache flushes stop completing. Writes still complete, but are not
+    /// durable until a sync is. A write through a file that says its writes
+    /// are durable (`set_keep_durable_writes`) needs no sync and is not
+    /// stalled.
     pub fn stall_syncs(&self, stalled: bool) {
         let wakers = {
             let mut s = self.syncs_stalled.lock().unwrap_or_else(|p| p.into_inner());
