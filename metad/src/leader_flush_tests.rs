@@ -77,16 +77,30 @@ fn cut_off<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
+impl MemNetwork {
+    /// Runs `rpc` on the target's handle: unreachable when cut off, a
+    /// remote error when the target answers with one.
+    async fn call<R, E, F, Fut>(&self, rpc: F) -> Result<R, RpcErr<E>>
+    where
+        E: std::error::Error,
+        F: FnOnce(Raft) -> Fut,
+        Fut: std::future::Future<Output = Result<R, RaftError<NodeId, E>>>,
+    {
+        let raft = self.target().ok_or_else(cut_off)?;
+        rpc(raft)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
 impl RaftNetwork<TypeConfig> for MemNetwork {
     async fn append_entries(
         &mut self,
         req: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        let raft = self.target().ok_or_else(cut_off)?;
-        raft.append_entries(req)
+        self.call(|raft| async move { raft.append_entries(req).await })
             .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn install_snapshot(
@@ -94,10 +108,8 @@ impl RaftNetwork<TypeConfig> for MemNetwork {
         req: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        let raft = self.target().ok_or_else(cut_off)?;
-        raft.install_snapshot(req)
+        self.call(|raft| async move { raft.install_snapshot(req).await })
             .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn vote(
@@ -105,10 +117,7 @@ impl RaftNetwork<TypeConfig> for MemNetwork {
         req: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        let raft = self.target().ok_or_else(cut_off)?;
-        raft.vote(req)
-            .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        self.call(|raft| async move { raft.vote(req).await }).await
     }
 }
 
