@@ -56,8 +56,13 @@ pub const PROPOSAL_COMMANDS_MAX: usize = 1024;
 /// (one command always fits).
 pub const PROPOSAL_BYTES_MAX: usize = 1 << 20;
 /// Entries of one group submitted to raft and not yet applied. While they
-/// are in flight new commands gather into the next entry.
-pub const PROPOSALS_INFLIGHT_MAX: usize = 2;
+/// are in flight new commands gather into the next entry. One: since a
+/// leader no longer waits for its own flush before replicating
+/// (vendor/README.md), a second entry in flight no longer shortened WAL
+/// rounds (append_4kib_c64 the same), and with one the entries are larger
+/// and fewer, which the CPU-bound whole store needs (4 KiB PUTs ~+10 %;
+/// docs/BENCHMARKS.md, "2026-11-28").
+pub const PROPOSALS_INFLIGHT_MAX: usize = 1;
 /// Largest WAL entry (request or intent), in bytes; larger objects log
 /// their intent and rely on their shards.
 pub const WAL_DATA_MAX_BYTES: usize = 1 << 20;
@@ -73,8 +78,9 @@ pub const WRITE_MANY_ITEMS_MAX: usize = 256;
 pub const WRITE_MANY_BYTES_MAX: usize = 4 << 20;
 /// Batched calls (`walAppend(Many)`, `write(Many)`) a client keeps out per
 /// WAL partition or group; what its callers make meanwhile waits and goes
-/// out together in the next call.
-pub const BATCHED_CALLS_INFLIGHT_MAX: usize = 2;
+/// out together in the next call. One, for the reason given at
+/// [`PROPOSALS_INFLIGHT_MAX`].
+pub const BATCHED_CALLS_INFLIGHT_MAX: usize = 1;
 /// Unfinished bytes one WAL partition holds before appends get `full`
 /// (back-pressure instead of unbounded memory: the state machine keeps
 /// unfinished entries in memory and in its snapshots).
