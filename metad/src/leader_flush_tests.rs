@@ -251,6 +251,19 @@ impl Cluster {
         }
     }
 
+    /// Starts the three replicas, waits for a leader and makes one write
+    /// through it with every replica up; returns the cluster and the
+    /// leader's id.
+    async fn start_with_one_write() -> (Cluster, NodeId) {
+        let c = Cluster::start().await;
+        let leader = c.leader().await;
+        c.raft(leader)
+            .client_write(put(1))
+            .await
+            .expect("a write with every replica up");
+        (c, leader)
+    }
+
     fn set_down(&self, id: NodeId, down: bool) {
         let mut r = self.routes.borrow_mut();
         if down {
@@ -285,12 +298,8 @@ fn run_local<F: std::future::Future>(f: F) -> F::Output {
 #[test]
 fn a_leaders_unflushed_entry_does_not_count_toward_commit() {
     run_local(async {
-        let c = Cluster::start().await;
-        let leader = c.leader().await;
+        let (c, leader) = Cluster::start_with_one_write().await;
         let raft = c.raft(leader);
-        raft.client_write(put(1))
-            .await
-            .expect("a write with every replica up");
 
         let cut = (1..=3u64).find(|&id| id != leader).expect("a follower");
         c.set_down(cut, true);
@@ -316,12 +325,8 @@ fn a_leaders_unflushed_entry_does_not_count_toward_commit() {
 #[test]
 fn followers_commit_an_entry_while_the_leaders_flush_is_stalled() {
     run_local(async {
-        let c = Cluster::start().await;
-        let leader = c.leader().await;
+        let (c, leader) = Cluster::start_with_one_write().await;
         let raft = c.raft(leader);
-        raft.client_write(put(1))
-            .await
-            .expect("a write with every replica up");
 
         c.plans[&leader].stall_syncs(true);
         let answered = tokio::time::timeout(WAIT_LIMIT, raft.client_write(put(2))).await;
@@ -338,12 +343,7 @@ fn followers_commit_an_entry_while_the_leaders_flush_is_stalled() {
 #[test]
 fn a_crashed_leader_does_not_resume_its_term_over_entries_it_lost() {
     run_local(async {
-        let mut c = Cluster::start().await;
-        let leader = c.leader().await;
-        c.raft(leader)
-            .client_write(put(1))
-            .await
-            .expect("a write with every replica up");
+        let (mut c, leader) = Cluster::start_with_one_write().await;
 
         // Acknowledged by the two followers while the leader's flush stalls.
         c.plans[&leader].stall_syncs(true);
