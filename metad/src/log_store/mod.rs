@@ -49,6 +49,9 @@ use tessera_engine::device::Device;
 use tokio::sync::{oneshot, Notify};
 
 const RECORD_HEADER_BYTES: usize = 4;
+/// Largest records buffer kept from one flush for the next, in bytes of
+/// capacity; a larger one (after a burst, or a checkpoint's) is freed.
+const PENDING_KEPT_BYTES_MAX: usize = 8 << 20;
 /// bincode's tag of [`Record::Checkpoint`] (the variant index, a u32,
 /// written first).
 const CHECKPOINT_VARIANT: u32 = 5;
@@ -129,6 +132,10 @@ fn entries_bytes<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> u64 {
 }
 
 fn encode_record<T: Serialize>(out: &mut Vec<u8>, rec: &T) {
+    // Room for all of it first: growing by doubling copied a flush's
+    // records up to twice more (a WAL entry carries its data).
+    let size = bincode::serialized_size(rec).unwrap_or(0) as usize;
+    out.reserve(RECORD_HEADER_BYTES + size);
     let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
     // Serialising plain data into a Vec cannot fail.
@@ -166,6 +173,11 @@ struct Inner {
     /// checkpoint would write for them); see [`SharedLog::live_bytes`].
     live_bytes: Vec<u64>,
     pending: Vec<u8>,
+    /// The buffer of the last completed flush, emptied, to gather the
+    /// records after the next one: a fresh buffer each flush cost page
+    /// faults on never-touched memory (a replica's largest single cost
+    /// under WAL appends). At most [`PENDING_KEPT_BYTES_MAX`] of capacity.
+    spare: Vec<u8>,
     waiters: Vec<Waiter>,
     /// Next write offset in the current segment.
     segment_bytes: u64,
@@ -314,6 +326,7 @@ impl SharedLog {
                 groups: opened.groups,
                 live_bytes,
                 pending: Vec::new(),
+                spare: Vec::new(),
                 waiters: Vec::new(),
                 segment_bytes: opened.pos,
                 segment_capacity: opened.capacity,
@@ -530,16 +543,26 @@ impl SharedLog {
                         inner.segment_bytes = end;
                         segments::Job::Append {
                             pos,
-                            payload: std::mem::take(&mut inner.pending),
+                            payload: {
+                                let next = std::mem::take(&mut inner.spare);
+                                std::mem::replace(&mut inner.pending, next)
+                            },
                             done: tx,
                         }
                     };
                     (job, rx, waiters)
                 };
                 let res = match self.jobs.unbounded_send(job) {
-                    Ok(()) => rx
-                        .await
-                        .unwrap_or_else(|_| Err(io::Error::other("the log writer stopped"))),
+                    Ok(()) => match rx.await {
+                        Ok((res, mut payload)) => {
+                            if payload.capacity() <= PENDING_KEPT_BYTES_MAX {
+                                payload.clear();
+                                self.inner.borrow_mut().spare = payload;
+                            }
+                            res
+                        }
+                        Err(_) => Err(io::Error::other("the log writer stopped")),
+                    },
                     Err(_) => Err(io::Error::other("the log writer stopped")),
                 };
                 if let Err(e) = &res {

@@ -59,6 +59,15 @@ const SUBMIT_ATTEMPTS_MAX: usize = 64;
 /// its operations in flight; past it (or on any other error) their buffers
 /// are leaked rather than freed under the kernel.
 const DROP_WAIT_FAILURES_MAX: usize = 1024;
+/// Write buffers a ring keeps for reuse once their write has completed. A
+/// log has one flush in flight (plus `ZERO_FILL_IN_FLIGHT` when zeroing a
+/// new segment); a fresh buffer per flush cost a zeroed allocation and
+/// page faults on never-touched memory every time (~4 % of a replica's CPU
+/// under WAL appends; docs/BENCHMARKS.md, "2026-11-28 02:00").
+const WRITE_BUFS_KEPT_MAX: usize = 4;
+/// Largest write buffer kept for reuse, in bytes; a larger one (a big
+/// checkpoint) is freed after its write.
+const WRITE_BUF_KEPT_BYTES_MAX: usize = 8 << 20;
 
 /// Memory the kernel may read or write during an operation: owned by its
 /// slot until the completion is reaped.
@@ -91,6 +100,9 @@ struct Ring {
     in_flight: std::cell::Cell<usize>,
     /// Signalled by the kernel when completions are posted.
     eventfd: OwnedFd,
+    /// Buffers of completed writes, for the next ones (at most
+    /// [`WRITE_BUFS_KEPT_MAX`], none above [`WRITE_BUF_KEPT_BYTES_MAX`]).
+    kept_bufs: RefCell<Vec<AlignedBuf>>,
 }
 
 impl Ring {
@@ -117,6 +129,7 @@ impl Ring {
             slots: RefCell::new(Vec::new()),
             in_flight: std::cell::Cell::new(0),
             eventfd,
+            kept_bufs: RefCell::new(Vec::new()),
         });
         // SAFETY: an `OwnedFd` keeps its descriptor open, unchanged, for
         // the `AsyncFd`'s whole life.
@@ -125,6 +138,54 @@ impl Ring {
                 .map_err(|e| e.into_parts().1)?;
         tokio::task::spawn_local(reap_loop(Rc::downgrade(&ring), watched));
         Ok(ring)
+    }
+
+    /// A write buffer of `len` bytes: a kept one that is large enough (the
+    /// smallest such), else a new one. Contents unspecified (the device
+    /// contract): a kept buffer holds its last write's bytes.
+    fn take_buf(&self, len: usize) -> AlignedBuf {
+        let mut kept = self.kept_bufs.borrow_mut();
+        let best = kept
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.layout.size() >= len.max(1))
+            .min_by_key(|(_, b)| b.layout.size())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let mut buf = kept.swap_remove(i);
+                buf.len = len;
+                buf
+            }
+            // Room to spare (the next power of two) for one that is kept:
+            // flush sizes vary from one to the next, and an exact fit was
+            // too small for the next flush about one time in four.
+            None if len <= WRITE_BUF_KEPT_BYTES_MAX => {
+                let mut buf = AlignedBuf::new(len.max(1).next_power_of_two());
+                buf.len = len;
+                buf
+            }
+            None => AlignedBuf::new(len),
+        }
+    }
+
+    /// Keeps the buffer of a completed write for [`Ring::take_buf`], within
+    /// the limits; otherwise frees it (a full set keeps its larger ones).
+    fn keep_buf(&self, buf: AlignedBuf) {
+        if buf.layout.size() > WRITE_BUF_KEPT_BYTES_MAX {
+            return;
+        }
+        let mut kept = self.kept_bufs.borrow_mut();
+        if kept.len() < WRITE_BUFS_KEPT_MAX {
+            kept.push(buf);
+        } else if let Some((i, _)) = kept
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, b)| b.layout.size())
+            .filter(|(_, b)| b.layout.size() < buf.layout.size())
+        {
+            kept[i] = buf;
+        }
     }
 
     /// Queues `entry` (its user data set here) holding `held`, submits it,
@@ -425,7 +486,8 @@ impl Drop for AlignedBuf {
 
 impl AsRef<[u8]> for AlignedBuf {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `len` ≤ the allocation, all of it initialised (zeroed).
+        // SAFETY: `len` ≤ the allocation, all of it initialised (zeroed
+        // when allocated; a kept buffer holds only bytes written since).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
@@ -539,7 +601,7 @@ impl Device for RingDevice {
     }
 
     fn alloc(&self, len: usize) -> AlignedBuf {
-        AlignedBuf::new(len)
+        self.ring.take_buf(len)
     }
 }
 
@@ -572,7 +634,10 @@ impl RingFile {
         let entry = opcode::Write::new(types::Fd(fd), buf.ptr.as_ptr(), want as u32)
             .offset(pos)
             .build();
-        let (res, _) = self.ring.submit(entry, Held::Buf(buf)).await;
+        let (res, held) = self.ring.submit(entry, Held::Buf(buf)).await;
+        if let Held::Buf(buf) = held {
+            self.ring.keep_buf(buf);
+        }
         let n = check(res, "an O_DIRECT log write")?;
         if n != want {
             return Err(io::Error::new(
@@ -589,7 +654,7 @@ impl DeviceFile for RingFile {
     type ReadBuf = AlignedBuf;
 
     fn alloc(&self, len: usize) -> AlignedBuf {
-        AlignedBuf::new(len)
+        self.ring.take_buf(len)
     }
 
     fn shrink(buf: &mut AlignedBuf, len: usize) {
@@ -796,6 +861,48 @@ mod tests {
             });
             prop_assert!(got.0 == model, "read back while open differs from what was written");
             prop_assert!(got.1 == model, "read back after reopening differs from what was written");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// Buffers of completed writes are reused within their limits: the
+        /// kept set never passes `WRITE_BUFS_KEPT_MAX` buffers nor holds one
+        /// above `WRITE_BUF_KEPT_BYTES_MAX`, a write as large as the largest
+        /// so far (within the limit) allocates nothing new, and a reused
+        /// buffer's older, longer contents never reach the file.
+        #[test]
+        fn write_buffers_are_kept_within_limits_and_reused(
+            sizes in proptest::collection::vec(1usize..=2048, 1..24)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let blocks_max = *sizes.iter().max().unwrap();
+            let len = blocks_max * ALIGN_BYTES;
+            let ok = run_local(async {
+                let (dev, f) = new_file(dir.path(), len).await;
+                let mut model = vec![0u8; len];
+                for (i, blocks) in sizes.iter().enumerate() {
+                    let n = blocks * ALIGN_BYTES;
+                    let mut buf = f.alloc(n);
+                    assert_eq!(buf.as_ref().len(), n);
+                    buf.as_mut().fill(i as u8 + 1);
+                    model[..n].fill(i as u8 + 1);
+                    f.write_at(buf, 0).await.unwrap();
+                    let kept = dev.ring.kept_bufs.borrow();
+                    assert!(kept.len() <= WRITE_BUFS_KEPT_MAX, "{} buffers kept", kept.len());
+                    assert!(kept.iter().all(|b| b.layout.size() <= WRITE_BUF_KEPT_BYTES_MAX));
+                }
+                let live = LIVE_BUFS.with(|n| n.get());
+                let mut buf = f.alloc(len);
+                buf.as_mut().fill(0xEE);
+                model.fill(0xEE);
+                f.write_at(buf, 0).await.unwrap();
+                let reused = LIVE_BUFS.with(|n| n.get()) == live || len > WRITE_BUF_KEPT_BYTES_MAX;
+                let back = read_whole(&f, len).await;
+                reused && back == model
+            });
+            prop_assert!(ok, "a write allocated although a kept buffer fit, or the file differs from what was written");
         }
     }
 

@@ -269,7 +269,9 @@ pub(super) enum Job {
     Append {
         pos: u64,
         payload: Vec<u8>,
-        done: oneshot::Sender<io::Result<()>>,
+        /// Gets the result and `payload` back (its buffer gathers the
+        /// records of a later flush).
+        done: oneshot::Sender<(io::Result<()>, Vec<u8>)>,
     },
     /// Starts segment `seq` of at least `capacity` bytes with the frame of
     /// `payload` (a checkpoint), then retires the older segments.
@@ -277,7 +279,7 @@ pub(super) enum Job {
         seq: u64,
         capacity: u64,
         payload: Vec<u8>,
-        done: oneshot::Sender<io::Result<()>>,
+        done: oneshot::Sender<(io::Result<()>, Vec<u8>)>,
     },
 }
 
@@ -354,10 +356,10 @@ pub(super) async fn run<D: Device>(
     );
     while let Some(job) = jobs.next().await {
         let started = std::time::Instant::now();
-        let (done, res, bytes) = match job {
+        let (done, res, bytes, payload) = match job {
             Job::Append { pos, payload, done } => {
                 let bytes = frame_len(payload.len());
-                (done, w.append(pos, &payload).await, bytes)
+                (done, w.append(pos, &payload).await, bytes, payload)
             }
             Job::Rotate {
                 seq,
@@ -367,7 +369,12 @@ pub(super) async fn run<D: Device>(
             } => {
                 rotations.inc();
                 let bytes = frame_len(payload.len());
-                (done, w.rotate(seq, capacity, &payload).await, bytes)
+                (
+                    done,
+                    w.rotate(seq, capacity, &payload).await,
+                    bytes,
+                    payload,
+                )
             }
         };
         if res.is_ok() {
@@ -377,7 +384,7 @@ pub(super) async fn run<D: Device>(
         if let Err(e) = &res {
             w.failed.get_or_insert_with(|| e.to_string());
         }
-        let _ = done.send(res);
+        let _ = done.send((res, payload));
     }
 }
 
