@@ -20,6 +20,10 @@
 //! - A buffer handed to the kernel lives in its slot until the kernel's
 //!   completion for it has been reaped, even if the operation's future is
 //!   dropped first; dropping the ring waits for every operation in flight.
+//! - Only a buffer whose write has completed is kept for reuse (at most
+//!   [`WRITE_BUFS_KEPT_MAX`], none above [`WRITE_BUF_KEPT_BYTES_MAX`]); a
+//!   reused buffer is handed out with its length set to what was asked, and
+//!   holds only bytes written into it since it was zeroed.
 //! - Offsets, lengths and buffers are multiples of [`IO_ALIGN_BYTES`]
 //!   (the device contract); files are opened O_DIRECT, and O_DSYNC except
 //!   for the second descriptor [`DeviceFile::write_at_unsynced`] uses.
