@@ -279,6 +279,8 @@ pub(super) enum Job {
         seq: u64,
         capacity: u64,
         payload: Vec<u8>,
+        /// As for `Append` (a checkpoint's buffer above the kept size is
+        /// freed by the log).
         done: oneshot::Sender<(io::Result<()>, Vec<u8>)>,
     },
 }
