@@ -14,7 +14,10 @@
 //! - a leader that crashed after its followers acknowledged entries its own
 //!   log then lost does not lead again in the same term (it would reuse
 //!   those entries' log ids for others); every acknowledged write survives
-//!   on every replica.
+//!   on every replica;
+//! - a commit reaches the followers with the next entries, not by a
+//!   heartbeat of its own (the heartbeat deferral), and the last commit still
+//!   reaches them within a bounded wait when no entries follow.
 
 use crate::log_store::SharedLog;
 use crate::state_machine::{GroupSm, SmStore};
@@ -41,12 +44,16 @@ const ROTATE_BYTES: u64 = 1 << 20;
 const WAIT_LIMIT: Duration = Duration::from_secs(10);
 /// How long a write that must not complete is watched.
 const MUST_NOT_ANSWER_FOR: Duration = Duration::from_millis(1500);
+/// The tests' heartbeat interval (elections take 6 to 12 of them).
+const HEARTBEAT_MILLIS: u64 = 50;
 
 /// Which replicas exist and which are cut off.
 #[derive(Default)]
 struct Routes {
     rafts: BTreeMap<NodeId, Raft>,
     down: BTreeSet<NodeId>,
+    /// AppendEntries requests sent without entries (heartbeats).
+    empty_appends: u64,
 }
 
 #[derive(Clone)]
@@ -99,6 +106,9 @@ impl RaftNetwork<TypeConfig> for MemNetwork {
         req: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        if req.entries.is_empty() {
+            self.routes.borrow_mut().empty_appends += 1;
+        }
         self.call(|raft| async move { raft.append_entries(req).await })
             .await
     }
@@ -148,12 +158,14 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start() -> Cluster {
+    /// Starts three replicas with heartbeats every `heartbeat_ms` (election
+    /// timeouts 6 to 12 of them).
+    async fn start_with_heartbeat(heartbeat_ms: u64) -> Cluster {
         let config = Arc::new(
             openraft::Config {
-                heartbeat_interval: 50,
-                election_timeout_min: 300,
-                election_timeout_max: 600,
+                heartbeat_interval: heartbeat_ms,
+                election_timeout_min: 6 * heartbeat_ms,
+                election_timeout_max: 12 * heartbeat_ms,
                 ..Default::default()
             }
             .validate()
@@ -255,7 +267,11 @@ impl Cluster {
     /// through it with every replica up; returns the cluster and the
     /// leader's id.
     async fn start_with_one_write() -> (Cluster, NodeId) {
-        let c = Cluster::start().await;
+        Cluster::start_with_one_write_heartbeat(HEARTBEAT_MILLIS).await
+    }
+
+    async fn start_with_one_write_heartbeat(heartbeat_ms: u64) -> (Cluster, NodeId) {
+        let c = Cluster::start_with_heartbeat(heartbeat_ms).await;
         let leader = c.leader().await;
         c.raft(leader)
             .client_write(put(1))
@@ -388,6 +404,70 @@ fn a_crashed_leader_does_not_resume_its_term_over_entries_it_lost() {
                 assert!(
                     c.sms[&id].with(|d| d.kv.contains_key(&key)),
                     "replica {id} lost acknowledged write k{seq} (leader before the crash: {leader})"
+                );
+            }
+        }
+    });
+}
+
+/// A commit is told to the followers by the next entries when they follow
+/// at once (vendor/README.md, the heartbeat deferral), not by a heartbeat
+/// of its own per follower: over sequential writes, the heartbeats sent
+/// are the timer's and at most a few more. Unpatched, every commit sent
+/// one heartbeat to each follower (about two per write here).
+#[test]
+fn commits_ride_on_the_next_entries() {
+    const WRITES: u64 = 40;
+    run_local(async {
+        let (c, leader) = Cluster::start_with_one_write().await;
+        let raft = c.raft(leader);
+        let start = tokio::time::Instant::now();
+        c.routes.borrow_mut().empty_appends = 0;
+        for seq in 2..2 + WRITES {
+            tokio::time::timeout(WAIT_LIMIT, raft.client_write(put(seq)))
+                .await
+                .expect("a write with every replica up completes")
+                .expect("the write succeeds");
+        }
+        let empty = c.routes.borrow().empty_appends;
+        // The timer's heartbeats to two followers over the run, and one
+        // deferred heartbeat per follower that may fire at the end.
+        let timer = 2 * (start.elapsed().as_millis() as u64 / HEARTBEAT_MILLIS + 2);
+        assert!(
+            empty <= timer + WRITES / 4,
+            "{empty} heartbeats over {WRITES} sequential writes (timer's: about {timer}): \
+             commits are not riding on the next entries"
+        );
+    });
+}
+
+/// The deferral is bounded: after a last write, the followers learn its
+/// commit (and apply it) long before the next timer heartbeat.
+#[test]
+fn followers_learn_the_last_commit_without_more_writes() {
+    /// Heartbeats far apart, so that only the deferred one can tell them.
+    const SLOW_HEARTBEAT_MILLIS: u64 = 2_000;
+    /// Well under a heartbeat interval, well over the deferral (1 ms).
+    const LEARN_WITHIN: Duration = Duration::from_millis(500);
+    run_local(async {
+        let (c, leader) = Cluster::start_with_one_write_heartbeat(SLOW_HEARTBEAT_MILLIS).await;
+        let raft = c.raft(leader);
+        let written = raft
+            .client_write(put(2))
+            .await
+            .expect("a write with every replica up")
+            .log_id;
+        let deadline = tokio::time::Instant::now() + LEARN_WITHIN;
+        for id in (1..=3u64).filter(|&id| id != leader) {
+            let mut metrics = c.raft(id).metrics();
+            loop {
+                if metrics.borrow().last_applied >= Some(written) {
+                    break;
+                }
+                let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+                assert!(
+                    tokio::time::timeout(wait, metrics.changed()).await.is_ok(),
+                    "follower {id} had not applied the last write {LEARN_WITHIN:?} after it was acknowledged"
                 );
             }
         }

@@ -145,7 +145,21 @@ where
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
+
+    /// TESSERA PATCH (see vendor/README.md): when the pending heartbeat
+    /// stops waiting for entries to carry the committed index instead.
+    heartbeat_deferred_until: Option<InstantOf<C>>,
 }
+
+/// TESSERA PATCH (see vendor/README.md): how long a heartbeat waits for the
+/// next entries before it is sent. A leader's commit asks every follower's
+/// stream for a heartbeat that only says the new committed index; under
+/// load the next entries follow within a fraction of this and carry the
+/// same index, so waiting saves one AppendEntries round trip per follower
+/// per commit. A follower learns a commit at most this much later when no
+/// entries follow; nothing waits on that (clients are answered by the
+/// leader, and linearizable reads check leadership with their own RPCs).
+const HEARTBEAT_DEFER_MICROS: u64 = 1_000;
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
 where
@@ -198,6 +212,7 @@ where
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
             entries_hint: Default::default(),
+            heartbeat_deferred_until: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -217,6 +232,30 @@ where
                 self.drain_events_with_backoff().await?;
                 continue;
             };
+
+            // TESSERA PATCH (see vendor/README.md): a heartbeat waits up to
+            // HEARTBEAT_DEFER_MICROS (from when it was first due) for
+            // entries, which replace it and carry the committed index.
+            if matches!(d, Data::Heartbeat) {
+                let until = *self
+                    .heartbeat_deferred_until
+                    .get_or_insert_with(|| C::now() + Duration::from_micros(HEARTBEAT_DEFER_MICROS));
+                if C::now() < until {
+                    let sleep = C::sleep_until(until);
+                    let recv = self.rx_event.recv();
+                    select! {
+                        _ = sleep => {}
+                        recv_res = recv => {
+                            let event = recv_res.ok_or(ReplicationClosed::new("RaftCore closed replication"))?;
+                            self.next_action = Some(d);
+                            self.process_event(event);
+                            self.try_drain_events().await?;
+                            continue;
+                        }
+                    }
+                }
+            }
+            self.heartbeat_deferred_until = None;
 
             // Backup the log data for retrying.
             let mut log_data = None;
