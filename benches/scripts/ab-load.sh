@@ -10,14 +10,12 @@
 # Each run: 4 KiB or SIZE_KIB objects, 32 in flight, 10 s per phase.
 # Single runs vary by ±20 % on a shared VM: use 5 or more rounds.
 set -u
+. "$(dirname "$0")/dev-cluster.sh"
 R=$1; S=$2; shift 2
 for r in $(seq 1 "$R"); do for v in "$@"; do
   D=$(mktemp -d /tmp/abdata.XXXX)
-  "$v/tessera" dev --data "$D/data" --cluster "$D/cluster.toml" > "$D/dev.log" 2>&1 &
-  DEV=$!
-  for _ in $(seq 1 120); do grep -q "cluster file" "$D/dev.log" && break; sleep 0.5; done
-  sleep 2
+  dev_start "$v" "$D"
   "$v/tessera-bench" load --cluster "$D/cluster.toml" --sizes-kib "$S" --concurrency 32 --secs 10 2>&1 \
     | grep -E '^(put|get)_' | awk -v v="$(basename "$v")" '{print v, $1, $2, $3}'
-  kill -INT "$DEV"; wait "$DEV"; rm -rf "$D"
+  dev_stop; rm -rf "$D"
 done; done

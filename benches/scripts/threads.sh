@@ -10,13 +10,11 @@
 # per second and CPU (% of one core), busiest first. Threads that switched
 # fewer than 50 times a second are left out.
 set -u
+. "$(dirname "$0")/dev-cluster.sh"
 S=${1:?usage: threads.sh SIZE_KIB [BIN_DIR]}
 B=${2:-target/release}
 D=$(mktemp -d /tmp/threads.XXXX)
-"$B/tessera" dev --data "$D/data" --cluster "$D/cluster.toml" > "$D/dev.log" 2>&1 &
-DEV=$!
-for _ in $(seq 1 120); do grep -q "cluster file" "$D/dev.log" && break; sleep 0.5; done
-sleep 2
+dev_start "$B" "$D"
 "$B/tessera-bench" load --cluster "$D/cluster.toml" --sizes-kib "$S" --concurrency 32 --secs 10 > "$D/load.out" 2>&1 &
 L=$!
 # pid:tid process/thread voluntary-switches cpu-ticks
@@ -36,4 +34,4 @@ grep -E '^(put|get)_' "$D/load.out" | awk '{print $1, $2, $3}'
 # ticks are 1/100 s: (ticks over 4 s) / 4 = % of a core
 join "$D/a" "$D/b" | awk '{cs=($6-$3)/4; cpu=($7-$4)/4; if (cs>=50) printf "%-40s %8.0f switches/s %6.1f %% cpu\n", $2, cs, cpu}' \
   | sort -k2 -n -r
-kill -INT "$DEV"; wait "$DEV"; rm -rf "$D"
+dev_stop; rm -rf "$D"
