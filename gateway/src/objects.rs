@@ -949,7 +949,8 @@ impl Objects {
                     Some(d) => d,
                     None => {
                         let d = stripe_data(vec![self.read_replicated(meta, replicas).await?]);
-                        self.cache.insert(version, REPLICATED_STRIPE, d.clone());
+                        self.cache
+                            .insert_read(version, REPLICATED_STRIPE, d.clone());
                         d
                     }
                 };
@@ -1000,7 +1001,7 @@ impl Objects {
                     let b = end.min(base + stripe_len) - base;
                     let d = stripe_data(shards);
                     self.cache
-                        .insert(meta.shards_version(), s as u32, d.clone());
+                        .insert_read(meta.shards_version(), s as u32, d.clone());
                     out(Piece::of(d, a as usize, b as usize)).await?;
                 }
                 Ok(())
@@ -1740,7 +1741,7 @@ async fn write_replicas(
     if objects.cfg.cache_writes {
         objects
             .cache
-            .insert(version, REPLICATED_STRIPE, Rc::new(vec![data]));
+            .insert_written(version, REPLICATED_STRIPE, Rc::new(vec![data]));
     }
     Ok(landed)
 }
@@ -1788,7 +1789,9 @@ async fn write_stripe(
     if objects.cfg.cache_writes {
         // The stripe buffer the shards were cut from: no copy. A version
         // whose commit then fails is never read; its entry ages out.
-        objects.cache.insert(version, s, Rc::new(vec![data]));
+        objects
+            .cache
+            .insert_written(version, s, Rc::new(vec![data]));
     }
     Ok(landed)
 }
