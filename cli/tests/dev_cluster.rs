@@ -765,6 +765,15 @@ fn read_cache_end_to_end() {
     let o = tessera(&dev, &["status"], None);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("read cache: "), "{out}");
+    // The cache's counters reach the gateway's metrics (copied every
+    // second, so wait for the next copy).
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let m = scrape(&dev, "gateway");
+    let event = |e: &str| sample(&m, "tessera_gateway_cache_events_total", &[("event", e)]);
+    assert!(event("hit") >= 4.0 * 6.0, "hits exported: {}", event("hit"));
+    assert!(event("inserted") > 0.0);
+    assert!(sample(&m, "tessera_gateway_cache_bytes", &[]) > 0.0);
+    assert!(sample(&m, "tessera_gateway_cache_capacity_bytes", &[]) > 0.0);
 
     dev.extra.push("--gateway-cache-reads-only".into());
     restart_dev(&mut dev, 6);

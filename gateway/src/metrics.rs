@@ -41,3 +41,42 @@ pub fn bytes(direction: &'static str, n: u64) {
     let i = usize::from(direction == "out");
     COUNTERS.with(|c| c[i].add(n));
 }
+
+/// How often the read cache's counters are copied into the registry.
+pub const CACHE_METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Copies the read cache's counters into the registry (they are kept by
+/// the executor's cache, which the metrics thread cannot read).
+pub fn cache(s: &crate::cache::CacheStats) {
+    let r = tessera_metrics::global();
+    for (event, v) in [
+        ("hit", s.hits),
+        ("miss", s.misses),
+        ("inserted", s.inserted),
+        ("evicted", s.evicted),
+        ("rejected", s.rejected),
+    ] {
+        r.counter(
+            "tessera_gateway_cache_events_total",
+            "Read cache lookups (hit, miss) and entries inserted, evicted from \
+             the main part, or rejected by the admission filter (used less \
+             often than the entry they would have evicted).",
+            &[("event", event)],
+        )
+        .mirror(v);
+    }
+    for (name, help, v) in [
+        (
+            "tessera_gateway_cache_bytes",
+            "Bytes the read cache holds.",
+            s.bytes,
+        ),
+        (
+            "tessera_gateway_cache_capacity_bytes",
+            "Bytes the read cache may hold (0: off).",
+            s.capacity_bytes,
+        ),
+    ] {
+        r.gauge(name, help, &[]).set(v as f64);
+    }
+}

@@ -264,3 +264,39 @@ pub fn check_all(gw: &Gw, objects: Vec<(String, u64, usize)>) {
         }
     })
 }
+
+/// Scrapes the metrics endpoint of process `name` and parses it.
+pub fn scrape(dev: &Dev, name: &str) -> prometheus_parse::Scrape {
+    use std::io::{Read, Write};
+    let addr = cluster(dev)["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some(name))
+        .and_then(|p| p["metrics"].as_str().map(String::from))
+        .unwrap_or_else(|| panic!("{name} has no metrics address in the cluster file"));
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("{name}'s metrics do not parse: {e}\n{body}"))
+}
+
+/// The value of the sample `metric` with exactly these labels (0 if none).
+pub fn sample(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}

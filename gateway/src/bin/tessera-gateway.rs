@@ -223,6 +223,19 @@ fn main() -> Result<()> {
                     return;
                 }
             };
+            if objects.cache.enabled() {
+                // A weak reference: this task never keeps the gateway's
+                // state alive at shutdown.
+                let weak = std::rc::Rc::downgrade(&objects);
+                glommio::spawn_local(async move {
+                    while let Some(o) = weak.upgrade() {
+                        tessera_gateway::metrics::cache(&o.cache.stats());
+                        drop(o);
+                        glommio::timer::sleep(tessera_gateway::metrics::CACHE_METRICS_EVERY).await;
+                    }
+                })
+                .detach();
+            }
             match objects.replay_wal().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(entries = n, "WAL replay done"),
