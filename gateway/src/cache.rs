@@ -449,7 +449,9 @@ impl Inner {
                     self.stats.evicted += 1;
                 }
             } else {
-                // The incumbent stays, first in line again.
+                // The incumbent stays, first in line again. Victims already
+                // evicted for this candidate stay evicted: each was used
+                // less often than it; their room goes to later entries.
                 self.main.push_front((victim, vseq));
                 break;
             }
