@@ -376,7 +376,8 @@ pub async fn status(
                             "gets_degraded": s.gets_degraded, "checksum_failures": s.checksum_failures, "wal_replayed": s.wal_replayed,
                             "docs_cold_reused": s.docs_cold_reused, "reads_hedged": s.reads_hedged,
                             "cache": {"hits": s.cache_hits, "misses": s.cache_misses, "bytes": s.cache_bytes,
-                                      "capacity_bytes": s.cache_capacity_bytes}},
+                                      "capacity_bytes": s.cache_capacity_bytes, "evicted": s.cache_evicted,
+                                      "rejected": s.cache_rejected}},
                 "nodes": nodes,
                 "objects": {"count": objects, "bytes": bytes, "dirty": dirty},
                 "healer": healer.as_ref().map(|(l, s)| crate::heal::healer_json(l, s)),
@@ -412,11 +413,13 @@ pub async fn status(
         println!("read cache: off");
     } else {
         println!(
-            "read cache: {} of {}, {} hits, {} misses",
+            "read cache: {} of {}, {} hits, {} misses, {} evicted, {} not admitted",
             human(s.cache_bytes),
             human(s.cache_capacity_bytes),
             s.cache_hits,
-            s.cache_misses
+            s.cache_misses,
+            s.cache_evicted,
+            s.cache_rejected
         );
     }
     match &healer {

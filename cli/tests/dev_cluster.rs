@@ -765,6 +765,14 @@ fn read_cache_end_to_end() {
     let o = tessera(&dev, &["status"], None);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("read cache: "), "{out}");
+    assert!(out.contains(" not admitted"), "{out}");
+    let o = tessera(&dev, &["status", "--json"], None);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cache = &j["gateway"]["cache"];
+    assert!(cache["hits"].as_u64().unwrap_or(0) > 0, "{cache}");
+    for k in ["evicted", "rejected"] {
+        assert!(cache[k].is_u64(), "status --json has cache.{k}: {cache}");
+    }
     // The cache's counters reach the gateway's metrics (copied every
     // second, so wait for the next copy).
     std::thread::sleep(std::time::Duration::from_millis(1_500));

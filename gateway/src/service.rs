@@ -729,6 +729,8 @@ impl gateway::Server for GatewayService {
         s.set_cache_misses(c.misses);
         s.set_cache_bytes(c.bytes);
         s.set_cache_capacity_bytes(c.capacity_bytes);
+        s.set_cache_evicted(c.evicted);
+        s.set_cache_rejected(c.rejected);
         s.set_default_layout(format!(
             "rs {}+{} ({}-byte shards, {}) above {} bytes, replicated x{REPLICAS} up to it",
             o.cfg.k,

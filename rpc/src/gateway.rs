@@ -180,6 +180,11 @@ pub struct GatewayStatus {
     /// Bytes the read cache holds, and may hold (0: off).
     pub cache_bytes: u64,
     pub cache_capacity_bytes: u64,
+    /// Entries evicted from the cache's main part, and new entries its
+    /// admission filter dropped (used less often than the entry they
+    /// would have evicted). 0 from a gateway older than these counters.
+    pub cache_evicted: u64,
+    pub cache_rejected: u64,
 }
 
 pub struct GatewayClient {
@@ -916,6 +921,8 @@ impl GatewayClient {
                 cache_misses: s.get_cache_misses(),
                 cache_bytes: s.get_cache_bytes(),
                 cache_capacity_bytes: s.get_cache_capacity_bytes(),
+                cache_evicted: s.get_cache_evicted(),
+                cache_rejected: s.get_cache_rejected(),
             })
         })
         .await

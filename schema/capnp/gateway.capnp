@@ -74,6 +74,8 @@ struct GatewayStatus {
   cacheMisses @13 :UInt64;
   cacheBytes @14 :UInt64;       # held now
   cacheCapacityBytes @15 :UInt64; # 0: the cache is off
+  cacheEvicted @16 :UInt64;     # entries evicted from the cache's main part
+  cacheRejected @17 :UInt64;    # new entries the admission filter dropped (used less often than the entry they would evict)
 }
 
 interface ByteSink {
