@@ -58,10 +58,11 @@ pub const ENTRY_OVERHEAD_BYTES: usize = 160;
 /// The stripe index that names a replicated object's single buffer.
 pub const REPLICATED_STRIPE: u32 = u32::MAX;
 /// The window (new entries, FIFO) holds this fraction (1/N) of the
-/// capacity; the main part the rest. A simulation of the load generator's
-/// GET phase (a loop over 1.3–1.6× the cache) hit 70 / 68 / 66 % with
-/// 1/100, 1/16 and 1/10; a larger window keeps a just-written object
-/// longer for the read that often follows.
+/// capacity; the main part the rest. A window is lost to a loop over more
+/// than fits (its entries leave before they come round again), so it is
+/// small; it is there so that a just-written object stays for the read
+/// that often follows. With 1/16 the load generator's GET pattern hits
+/// 0.60–0.71 where at most 0.63–0.69 fits (test `policy_figures`).
 pub const WINDOW_SHARE: usize = 16;
 /// Rows of the frequency sketch (each an independent hash of the key; the
 /// estimate is their minimum).
@@ -654,6 +655,97 @@ mod tests {
         let rate = loop_hits(&c, 300, 10);
         assert!(rate > 0.5, "hit rate {rate:.3}: the loop flushed the cache");
         assert!(rate <= 200.0 / 300.0 + 0.05, "{rate}");
+    }
+
+    /// The load generator's GET pattern on this cache (benches/src/
+    /// load_bench.rs): `keys` objects written in order, then two GET phases
+    /// of `phase_reads` each, both starting from `i = 0`, reading key
+    /// `i * 2654435761 % keys` (a miss reads and inserts). Entries of 4 KiB
+    /// stand in for 1 MiB stripes (the policy counts entries, not bytes,
+    /// when they are all one size).
+    fn load_generator_hits(cache_entries: u64, keys: usize, phase_reads: usize) -> f64 {
+        let c = cache_of(cache_entries);
+        for k in 0..keys as u32 {
+            c.insert_written(&k.to_le_bytes(), 0, data(1, 4096));
+        }
+        let mut hits = 0;
+        for _ in 0..2 {
+            for i in 0..phase_reads {
+                let v = ((i.wrapping_mul(2654435761) % keys) as u32).to_le_bytes();
+                if c.get(&v, 0).is_some() {
+                    hits += 1;
+                } else {
+                    c.insert_read(&v, 0, data(1, 4096));
+                }
+            }
+        }
+        hits as f64 / (2 * phase_reads) as f64
+    }
+
+    /// The most a cache of `entries` can hit on reads drawn from `weights`:
+    /// the sum of the largest weights that fit.
+    fn best_hit_rate(weights: &[f64], entries: usize) -> f64 {
+        let mut w = weights.to_vec();
+        w.sort_by(|a, b| b.total_cmp(a));
+        w.iter().take(entries).sum::<f64>() / w.iter().sum::<f64>()
+    }
+
+    /// The figures docs/BENCHMARKS.md and ARCHITECTURE.md quote for the
+    /// admission policy, measured on this code (print them with
+    /// `cargo test -p tessera-gateway --lib cache::tests::policy_figures --
+    /// --nocapture`), each held to a floor:
+    /// - the load generator's GET pattern with 1.44× and 1.6× more objects
+    ///   than fit (the 2026-11-28 full runs wrote 4,280 and 4,742 objects
+    ///   against ~2,970 entries): at least 0.8 of the best possible hit rate
+    ///   (cache / objects). CLOCK, the previous policy, hit 31–56 % in the
+    ///   whole-store A/B where this one hit 58–75 %.
+    /// - Zipf-distributed reads (s = 0.8 and 1.0) over 20,000 objects: at
+    ///   least 0.8 of the best possible (the hottest that fit).
+    #[test]
+    fn policy_figures() {
+        const CACHE: u64 = 2_970;
+        for keys in [4_280usize, 4_742] {
+            let rate = load_generator_hits(CACHE, keys, 6_500);
+            let best = CACHE as f64 / keys as f64;
+            eprintln!(
+                "load generator pattern, {keys} objects: hit rate {rate:.3} (best {best:.3})"
+            );
+            assert!(
+                rate >= 0.8 * best,
+                "{keys} objects: hit rate {rate:.3}, best {best:.3}"
+            );
+        }
+        use rand::{Rng, SeedableRng};
+        const OBJECTS: usize = 20_000;
+        const READS: usize = 100_000;
+        for s in [0.8f64, 1.0] {
+            let weights: Vec<f64> = (1..=OBJECTS).map(|i| 1.0 / (i as f64).powf(s)).collect();
+            let mut cumulative = Vec::with_capacity(OBJECTS);
+            let mut total = 0.0;
+            for w in &weights {
+                total += w;
+                cumulative.push(total);
+            }
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let c = cache_of(CACHE);
+            let mut hits = 0;
+            for _ in 0..READS {
+                let x = rng.gen::<f64>() * total;
+                let k = (cumulative.partition_point(|&c| c < x) as u32).to_le_bytes();
+                if c.get(&k, 0).is_some() {
+                    hits += 1;
+                } else {
+                    c.insert_read(&k, 0, data(1, 4096));
+                }
+            }
+            let rate = hits as f64 / READS as f64;
+            let best = best_hit_rate(&weights, CACHE as usize);
+            eprintln!("zipf {s}: hit rate {rate:.3} (best {best:.3})");
+            assert!(
+                rate >= 0.8 * best,
+                "zipf {s}: hit rate {rate:.3}, best {best:.3}"
+            );
+        }
     }
 
     #[test]
