@@ -782,6 +782,20 @@ fn read_cache_end_to_end() {
     assert!(event("inserted") > 0.0);
     assert!(sample(&m, "tessera_gateway_cache_bytes", &[]) > 0.0);
     assert!(sample(&m, "tessera_gateway_cache_capacity_bytes", &[]) > 0.0);
+    // Stripe buffers come from the warm-buffer pool: the first of each
+    // capacity at least is allocated on the executor (a miss), and the
+    // pool stays within its bound.
+    let warm = |r: &str| sample(&m, "tessera_gateway_warm_buffers_total", &[("result", r)]);
+    assert!(
+        warm("miss") >= 1.0,
+        "warm buffers exported: {}",
+        warm("miss")
+    );
+    let ready = sample(&m, "tessera_gateway_warm_buffers_ready_bytes", &[]);
+    assert!(
+        ready <= tessera_gateway::warm::WARM_READY_BYTES_MAX as f64,
+        "{ready} bytes ready"
+    );
 
     dev.extra.push("--gateway-cache-reads-only".into());
     restart_dev(&mut dev, 6);

@@ -11,7 +11,9 @@
 //! - [`nodes`] keeps the node table and a chunk client per node;
 //! - [`objects`] is the write and read paths (WAL first, parallel shard
 //!   writes, compare-and-set commit, degraded reads) and WAL replay;
-//! - [`service`] serves the Cap'n Proto `Gateway` interface.
+//! - [`service`] serves the Cap'n Proto `Gateway` interface;
+//! - [`warm`] prepares large stripe buffers on a helper thread, so that the
+//!   executor does not fault in the memory a growing read cache takes.
 
 pub mod admission;
 pub mod auth;
@@ -29,5 +31,6 @@ pub mod nodes;
 pub mod objects;
 pub mod placement;
 pub mod service;
+pub mod warm;
 
 pub use error::{Error, Result};

@@ -45,6 +45,28 @@ pub fn bytes(direction: &'static str, n: u64) {
 /// How often the read cache's counters are copied into the registry.
 pub const CACHE_METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Copies the warm-buffer pool's counters into the registry (see
+/// [`crate::warm`]; copied with the cache's).
+pub fn warm(s: &crate::warm::WarmStats, ready_bytes: usize) {
+    let r = tessera_metrics::global();
+    for (result, v) in [("hit", s.hits), ("miss", s.misses)] {
+        r.counter(
+            "tessera_gateway_warm_buffers_total",
+            "Large stripe buffers handed out already faulted in by the helper \
+             thread (hit) or allocated on the executor (miss: none of that \
+             capacity was ready).",
+            &[("result", result)],
+        )
+        .mirror(v);
+    }
+    r.gauge(
+        "tessera_gateway_warm_buffers_ready_bytes",
+        "Bytes of stripe buffers the helper thread holds ready.",
+        &[],
+    )
+    .set(ready_bytes as f64);
+}
+
 /// Copies the read cache's counters into the registry (they are kept by
 /// the executor's cache, which the metrics thread cannot read).
 pub fn cache(s: &crate::cache::CacheStats) {

@@ -32,6 +32,7 @@ use crate::limits::*;
 use crate::meta::*;
 use crate::nodes::Nodes;
 use crate::placement::{place, rank, Candidate};
+use crate::warm::{WarmBuffers, WARM_READY_BYTES_MAX};
 use futures::future::join_all;
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -226,6 +227,9 @@ pub struct Objects {
     pub started: Instant,
     /// Recently read or written stripes (see [`crate::cache`]).
     pub cache: StripeCache,
+    /// Stripe buffers faulted in ahead of need (see [`crate::warm`]); on
+    /// only while written stripes fill the read cache.
+    pub warm: WarmBuffers,
     /// WAL entries to mark finished, gathered by [`Objects::wal_finish`].
     wal_done: std::cell::RefCell<Vec<(u32, u64)>>,
     wal_finisher_running: Cell<bool>,
@@ -310,6 +314,11 @@ impl Objects {
         Ok(Rc::new(Objects {
             nodes: Nodes::new(bridge.clone(), cfg.chunk_tls.clone()),
             cache: StripeCache::new(cfg.cache_bytes),
+            warm: WarmBuffers::new(if cfg.cache_bytes > 0 && cfg.cache_writes {
+                WARM_READY_BYTES_MAX
+            } else {
+                0
+            }),
             cfg,
             bridge,
             stats: Stats::default(),
@@ -1454,7 +1463,7 @@ impl PutWriter {
         match self.plan {
             Plan::Replicated => {
                 if self.buf.capacity() == 0 {
-                    self.buf.reserve_exact(self.size as usize);
+                    self.buf = self.objects.warm.take(self.size as usize);
                 }
                 self.buf.extend_from_slice(chunk)
             }
@@ -1468,7 +1477,7 @@ impl PutWriter {
                         // slack.
                         let (_, shard_len) =
                             stripe_geometry(self.size, k, shard_bytes, self.next_stripe);
-                        self.buf.reserve_exact(k as usize * shard_len as usize);
+                        self.buf = self.objects.warm.take(k as usize * shard_len as usize);
                     }
                     let take = (stripe - self.buf.len()).min(rest.len());
                     self.buf.extend_from_slice(&rest[..take]);

@@ -230,6 +230,7 @@ fn main() -> Result<()> {
                 glommio::spawn_local(async move {
                     while let Some(o) = weak.upgrade() {
                         tessera_gateway::metrics::cache(&o.cache.stats());
+                        tessera_gateway::metrics::warm(&o.warm.stats(), o.warm.ready_bytes());
                         drop(o);
                         glommio::timer::sleep(tessera_gateway::metrics::CACHE_METRICS_EVERY).await;
                     }
