@@ -17,7 +17,10 @@
 //! - the ready buffers hold at most the `ready_bytes_max` given to
 //!   [`WarmBuffers::new`] (≤ [`WARM_READY_BYTES_MAX`]);
 //! - at most [`WARM_SIZES_MAX`] capacities are kept; asking for another
-//!   forgets the least recently asked one and frees its buffers;
+//!   forgets one asked for only once if there is one, else the least
+//!   recently asked, and frees its buffers;
+//! - a capacity is prepared only once it has been asked for twice (the
+//!   helper spends the other core only on sizes that come again);
 //! - [`WarmBuffers::take`] never waits for the helper: on a miss it
 //!   allocates on the caller's thread, exactly as without this module;
 //! - a buffer handed out is empty (`len` 0) with `capacity` exactly the
@@ -81,6 +84,8 @@ struct Class {
     len: usize,
     ready: Vec<Vec<u8>>,
     last_asked: u64,
+    /// Times asked for since it was kept; prepared from the second on.
+    asks: u64,
 }
 
 impl WarmBuffers {
@@ -127,6 +132,7 @@ impl WarmBuffers {
                 Some(i) => {
                     let c = &mut st.classes[i];
                     c.last_asked = now;
+                    c.asks += 1;
                     let b = c.ready.pop();
                     if b.is_some() {
                         st.ready_bytes -= len;
@@ -135,8 +141,11 @@ impl WarmBuffers {
                 }
                 None => {
                     if st.classes.len() >= WARM_SIZES_MAX {
-                        if let Some(i) =
-                            (0..st.classes.len()).min_by_key(|&i| st.classes[i].last_asked)
+                        // A capacity asked for once goes first (the last
+                        // stripe of objects of many sizes), then the least
+                        // recently asked.
+                        if let Some(i) = (0..st.classes.len())
+                            .min_by_key(|&i| (st.classes[i].asks >= 2, st.classes[i].last_asked))
                         {
                             let c = st.classes.swap_remove(i);
                             st.ready_bytes -= c.len * c.ready.len();
@@ -147,6 +156,7 @@ impl WarmBuffers {
                         len,
                         ready: Vec::new(),
                         last_asked: now,
+                        asks: 1,
                     });
                     None
                 }
@@ -199,13 +209,15 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The capacity to prepare next: among the kept capacities whose next
-/// buffer still fits under the bound, the one with the fewest ready, the
-/// most recently asked first.
+/// The capacity to prepare next: among the kept capacities asked for more
+/// than once (a size seen once — say the last stripe of an object of an
+/// odd size — may never come again, and preparing it would spend the
+/// other core on memory no one takes) whose next buffer still fits under
+/// the bound, the one with the fewest ready, the most recently asked first.
 fn next_job(st: &State, ready_bytes_max: usize) -> Option<usize> {
     st.classes
         .iter()
-        .filter(|c| st.ready_bytes + c.len <= ready_bytes_max)
+        .filter(|c| c.asks >= 2 && st.ready_bytes + c.len <= ready_bytes_max)
         .min_by_key(|c| (c.ready.len(), std::cmp::Reverse(c.last_asked)))
         .map(|c| c.len)
 }
@@ -283,13 +295,17 @@ mod tests {
     }
 
     #[test]
-    fn a_capacity_asked_for_is_prepared_within_the_bound_and_then_handed_out() {
+    fn a_capacity_asked_for_again_is_prepared_within_the_bound_and_then_handed_out() {
         let max = 4 << 20;
         let w = WarmBuffers::new(max);
         let len = 1 << 20;
         let first = w.take(len);
         assert_eq!((first.len(), first.capacity()), (0, len));
-        assert_eq!(w.stats().misses, 1);
+        // Asked for once: nothing is prepared.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(w.ready_bytes(), 0, "a size asked for once was prepared");
+        w.take(len);
+        assert_eq!(w.stats().misses, 2);
         wait_ready(&w, max);
         // It stops at the bound.
         std::thread::sleep(Duration::from_millis(50));
@@ -298,29 +314,40 @@ mod tests {
             let b = w.take(len);
             assert_eq!((b.len(), b.capacity()), (0, len));
         }
-        assert_eq!(w.stats(), WarmStats { hits: 4, misses: 1 });
+        assert_eq!(w.stats(), WarmStats { hits: 4, misses: 2 });
     }
 
     #[test]
-    fn a_new_capacity_beyond_the_kept_ones_forgets_the_least_recent() {
+    fn a_new_capacity_beyond_the_kept_ones_forgets_a_one_off_then_the_least_recent() {
         let w = WarmBuffers::new(WARM_READY_BYTES_MAX);
         let base = WARM_BUFFER_MIN_BYTES;
+        let len = |pages: usize| base + pages * PAGE_BYTES;
         for i in 0..WARM_SIZES_MAX {
-            w.take(base + i * PAGE_BYTES);
+            w.take(len(i));
+            w.take(len(i));
         }
-        wait_ready(&w, WARM_READY_BYTES_MAX - 2 * base);
+        wait_ready(&w, WARM_READY_BYTES_MAX - 2 * len(WARM_SIZES_MAX));
+        let kept = |w: &WarmBuffers| -> Vec<usize> {
+            let st = lock(&w.shared.state);
+            st.classes.iter().map(|c| c.len).collect()
+        };
         // Keep the first one recent, then ask for a new capacity: the
         // second (least recently asked) goes.
-        w.take(base);
-        w.take(base + 100 * PAGE_BYTES);
-        let st = lock(&w.shared.state);
-        let kept: Vec<usize> = st.classes.iter().map(|c| c.len).collect();
-        assert_eq!(kept.len(), WARM_SIZES_MAX);
-        assert!(!kept.contains(&(base + PAGE_BYTES)), "{kept:?}");
-        assert!(kept.contains(&base) && kept.contains(&(base + 100 * PAGE_BYTES)));
-        let held: usize = st.classes.iter().map(|c| c.len * c.ready.len()).sum();
-        assert_eq!(held, st.ready_bytes);
-        assert!(st.ready_bytes <= WARM_READY_BYTES_MAX);
+        w.take(len(0));
+        w.take(len(100));
+        let k = kept(&w);
+        assert_eq!(k.len(), WARM_SIZES_MAX);
+        assert!(!k.contains(&len(1)), "{k:?}");
+        assert!(k.contains(&len(0)) && k.contains(&len(100)), "{k:?}");
+        // Another new one replaces the one-off, not a capacity that came
+        // again.
+        w.take(len(200));
+        let k = kept(&w);
+        assert!(!k.contains(&len(100)), "{k:?}");
+        for keep in [len(0), len(2), len(3), len(200)] {
+            assert!(k.contains(&keep), "{k:?}");
+        }
+        check_invariants(&w);
     }
 
     /// The bookkeeping the helper and `take` share, checked under the lock.
@@ -384,6 +411,7 @@ mod tests {
     #[test]
     fn dropping_the_pool_ends_its_helper() {
         let w = WarmBuffers::new(8 << 20);
+        w.take(1 << 20);
         w.take(1 << 20);
         wait_ready(&w, 1 << 20);
         let shared = w.shared.clone();
