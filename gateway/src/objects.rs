@@ -228,7 +228,8 @@ pub struct Objects {
     /// Recently read or written stripes (see [`crate::cache`]).
     pub cache: StripeCache,
     /// Stripe buffers faulted in ahead of need (see [`crate::warm`]); on
-    /// only while written stripes fill the read cache.
+    /// whenever written stripes go into the read cache (the default), also
+    /// once the cache is full.
     pub warm: WarmBuffers,
     /// WAL entries to mark finished, gathered by [`Objects::wal_finish`].
     wal_done: std::cell::RefCell<Vec<(u32, u64)>>,
