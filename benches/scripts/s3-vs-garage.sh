@@ -8,12 +8,13 @@
 # a long build) and `cargo build --release` of this repository. Extra
 # arguments go to `tessera-bench s3` (e.g. `--secs 5 --json`); KEEP=1 keeps
 # the data directories in /tmp/tessera-s3-vs-garage for a look afterwards;
-# TESSERA_DEV_ARGS adds flags to `tessera dev` (e.g. `--gateway-cache-bytes 0`).
+# TESSERA_DEV_ARGS adds flags to `tessera dev` (e.g. `--gateway-cache-bytes 0`);
+# NO_PEER=1 runs Tessera alone (no Garage needed: for A/B runs of Tessera).
 # Not part of CI: it stores gigabytes and takes minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B="${CARGO_TARGET_DIR:-target}/release"
-command -v garage > /dev/null || { echo "garage is not on PATH: cargo install garage --version 2.3.0 --locked"; exit 1; }
+[ -n "${NO_PEER:-}" ] || command -v garage > /dev/null || { echo "garage is not on PATH: cargo install garage --version 2.3.0 --locked"; exit 1; }
 [ -x "$B/tessera-s3" ] || { echo "build first: cargo build --release"; exit 1; }
 W=/tmp/tessera-s3-vs-garage
 rm -rf "$W"; mkdir -p "$W"
@@ -37,6 +38,8 @@ kid=$(sed -n 's/^key_id = "\(.*\)"/\1/p' "$W/cluster.toml")
 sec=$(sed -n 's/^secret = "\(.*\)"/\1/p' "$W/cluster.toml")
 
 # --- Garage: 3 nodes, replication 3, compression off (Tessera stores bytes as given) ---
+peer=()
+if [ -z "${NO_PEER:-}" ]; then
 rpc_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 for i in 1 2 3; do
     cat > "$W/garage$i.toml" << EOF
@@ -75,11 +78,13 @@ g bucket create bench > /dev/null
 g bucket allow --read --write --owner bench --key bench > /dev/null
 
 gdirs="$W/garage-data-1,$W/garage-data-2,$W/garage-data-3,$W/garage-meta-1,$W/garage-meta-2,$W/garage-meta-3"
+peer=(--peer "garage,http://127.0.0.1:3911,$gkid,$gsec,garage,bench,$gdirs")
+fi
 # Tessera's disk use: the chunk servers' live bytes (their segment files
 # are preallocated) plus what metad's directories take.
 tdu="echo \$(( \$('$B/tessera-bench' live-bytes --cluster '$W/cluster.toml') + \$(du -s --block-size=1 '$W'/tessera/metad-* | awk '{s+=\$1} END {print s}') ))"
 "$B/tessera-bench" s3 \
     --tessera "tessera,$s3,$kid,$sec,us-east-1,bench" \
     --tessera-du "$tdu" \
-    --peer "garage,http://127.0.0.1:3911,$gkid,$gsec,garage,bench,$gdirs" \
+    "${peer[@]}" \
     "$@"

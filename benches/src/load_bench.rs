@@ -237,7 +237,12 @@ async fn run_inner(target: &crate::target::Target, plan: &Plan) -> Result<Report
         bail!("the gateway sees no live chunk server");
     }
     eprintln!(
-        "load against {gateway}: {} live chunk servers, {}",
+        "load against {}: {} live chunk servers, {}",
+        match &target.opts.local_socket {
+            Some(p) => format!("{} (local socket)", p.display()),
+            None if target.opts.tls.is_some() => format!("{gateway} (TCP, TLS)"),
+            None => format!("{gateway} (TCP)"),
+        },
         nodes.len(),
         status.default_layout
     );

@@ -107,6 +107,11 @@ enum Cmd {
         /// most 16384.
         #[arg(long, default_value_t = 0)]
         warmup_mib: u64,
+        /// Connect over the dev cluster's Unix socket (DATA/gateway.sock)
+        /// instead of TCP and TLS, as a client on the gateway's machine
+        /// (the S3 front) does: no TLS, no loopback TCP.
+        #[arg(long)]
+        local_socket: bool,
     },
     /// Prints the live bytes of a dev cluster's chunk servers (shards and
     /// record headers): the disk use `s3 --tessera-du` compares.
@@ -259,12 +264,21 @@ fn main() -> Result<()> {
             sizes_kib,
             concurrency,
             warmup_mib,
+            local_socket,
         } => {
             let gw = match gateway {
-                Some(g) => target::Target::insecure(g),
+                Some(g) if !local_socket => target::Target::insecure(g),
+                Some(_) => anyhow::bail!(
+                    "--local-socket connects through the cluster file's socket; leave out --gateway"
+                ),
                 None => {
                     let path = tessera_rpc::cluster::path(cluster.as_deref());
-                    target::Target::from_file(&tessera_rpc::cluster::read(&path)?)?
+                    let file = tessera_rpc::cluster::read(&path)?;
+                    let mut t = target::Target::from_file(&file)?;
+                    if local_socket {
+                        t.via_local_socket(file.data.as_deref())?;
+                    }
+                    t
                 }
             };
             let mut plan = load_plan(cli.quick, secs, &sizes_kib, &concurrency);

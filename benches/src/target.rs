@@ -44,11 +44,33 @@ impl Target {
                         .with_context(|| format!("the cluster CA {}", ca.display()))?,
                 ),
                 credentials: file.credentials.clone(),
-                // A load generator is a client like any other: TCP and TLS.
+                // A load generator is a client like any other: TCP and TLS
+                // (unless `via_local_socket`).
                 local_socket: None,
             },
             node_tls,
         })
+    }
+
+    /// Connect over the dev cluster's Unix socket (`DATA/gateway.sock`)
+    /// instead of TCP and TLS: plaintext, guarded by the socket file's
+    /// mode, as a client on the gateway's machine (the S3 front) does.
+    /// `data`: the cluster file's data directory.
+    pub fn via_local_socket(&mut self, data: Option<&std::path::Path>) -> Result<()> {
+        let Some(d) = data else {
+            anyhow::bail!(
+                "--local-socket needs a dev cluster's file (it names the data directory that                  holds gateway.sock); this cluster file has none"
+            );
+        };
+        let sock = d.join("gateway.sock");
+        if !sock.exists() {
+            anyhow::bail!(
+                "--local-socket: {} does not exist; is the dev cluster running?",
+                sock.display()
+            );
+        }
+        self.opts.local_socket = Some(sock);
+        Ok(())
     }
 
     /// Options of a chunk client (TLS with the node certificate).

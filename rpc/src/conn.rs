@@ -146,11 +146,14 @@ fn reader_options() -> ReaderOptions {
 }
 
 /// Opens a connection to the Unix socket at `path` within `timeout`
-/// (plaintext: only a process that may open the socket file gets here).
+/// (plaintext: only a process that may open the socket file gets here),
+/// with buffers sized for large messages ([`crate::local`]).
 pub async fn connect_unix(path: &std::path::Path, timeout: Duration) -> std::io::Result<Stream> {
-    let s = within(timeout, "connecting to the Unix socket", async {
-        Ok(glommio::net::UnixStream::connect(path).await?)
-    })
+    let s = within(
+        timeout,
+        "connecting to the Unix socket",
+        crate::local::connect(path, timeout),
+    )
     .await
     .map_err(|e| {
         std::io::Error::new(e.kind(), format!("the Unix socket {}: {e}", path.display()))

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod error;
 pub mod gateway;
 pub mod limits;
+pub mod local;
 pub mod ports;
 
 pub use chunk::{ChunkClient, ClientOptions, NodeInfo, ScrubStatus, ShardInfo};

@@ -367,7 +367,7 @@ const LOCAL_PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UN
 
 /// Binds the Unix socket at `path` with mode 0600, replacing a stale one
 /// left by a crash — never one a running process still listens on.
-fn bind_local(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListener> {
+fn bind_local(path: &std::path::Path) -> std::io::Result<tessera_rpc::local::LocalListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
@@ -388,7 +388,7 @@ fn bind_local(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListe
         }
         Err(_) => {}
     }
-    let l = glommio::net::UnixListener::bind(path)?;
+    let l = tessera_rpc::local::LocalListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
 }
@@ -396,7 +396,7 @@ fn bind_local(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListe
 /// Serves connections on the local socket: no TLS (the file's mode admits
 /// only this user), and, in a secure cluster, every client shows a key.
 async fn serve_local(
-    listener: glommio::net::UnixListener,
+    mut listener: tessera_rpc::local::LocalListener,
     objects: std::rc::Rc<Objects>,
     admission: tessera_gateway::admission::Admission,
     bounds: std::rc::Rc<tessera_auth::Bounds>,

@@ -1,0 +1,362 @@
+//! Unix-socket connections between processes on one machine (the S3 front,
+//! or any client, to its gateway), with socket buffers sized for the large
+//! messages that cross them.
+//!
+//! Why this module exists: Linux gives a Unix stream socket
+//! `net.core.wmem_default` (208 KiB) of send buffer, and a sender may have
+//! at most that much queued at its peer. A 1 MiB answer then crosses in
+//! five or more rounds of "send what fits, sleep, be woken when the reader
+//! drained it" on each side; measured under 1 MiB GETs at 32 in flight that
+//! made the local socket *slower* than TCP with TLS (loopback TCP sizes its
+//! buffers up to `net.ipv4.tcp_wmem`, 4 MiB). Every local connection here
+//! asks for [`LOCAL_SOCKET_BUFFER_BYTES`] both ways.
+//!
+//! An accepted Unix socket does not inherit the listener's buffer sizes, and
+//! glommio's Unix streams do not expose their descriptor, so connections are
+//! accepted by a thread of the listener's own ([`LocalListener`]), which
+//! sizes each socket before handing it to the executor; connecting sizes
+//! the socket before `connect`.
+//!
+//! Invariants: every socket handed out has had its buffers asked for (a
+//! kernel that grants less, because `net.core.wmem_max` is lower, is
+//! reported once, with the sysctl that lifts it); the accept thread ends
+//! when its [`LocalListener`] drops, and at most
+//! [`ACCEPTED_QUEUE_MAX`] accepted connections wait for the executor (the
+//! kernel's listen backlog holds the rest).
+
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use std::os::fd::{AsFd, FromRawFd, IntoRawFd};
+use std::os::unix::net::{UnixListener as StdListener, UnixStream as StdStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Send and receive buffer asked for on every local connection, in bytes.
+/// Linux doubles what it is asked for (bookkeeping overhead) after capping
+/// it at `net.core.wmem_max` / `rmem_max`: 2 MiB asked is 4 MiB granted,
+/// room for a 1 MiB answer and the next ones without a wake-up between.
+pub const LOCAL_SOCKET_BUFFER_BYTES: usize = 2 << 20;
+
+/// Accepted connections waiting for the executor to take them; past this
+/// the accept thread waits (and the kernel's backlog queues new clients).
+pub const ACCEPTED_QUEUE_MAX: usize = 16;
+
+/// Pause of the accept thread after a failed accept (out of descriptors,
+/// say), so that a persistent failure does not spin a core.
+const ACCEPT_FAILED_PAUSE: Duration = Duration::from_millis(20);
+
+/// Pause between connection attempts while the listener's backlog is full.
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(1);
+
+/// Whether the "buffers capped by the kernel" warning was given.
+static CAPPED_REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks for [`LOCAL_SOCKET_BUFFER_BYTES`] of send and receive buffer on
+/// `sock`; returns the send buffer the kernel granted.
+pub fn size_buffers(sock: impl AsFd) -> std::io::Result<usize> {
+    let s = socket2::SockRef::from(&sock);
+    s.set_send_buffer_size(LOCAL_SOCKET_BUFFER_BYTES)?;
+    s.set_recv_buffer_size(LOCAL_SOCKET_BUFFER_BYTES)?;
+    let granted = s.send_buffer_size()?;
+    if granted < 2 * LOCAL_SOCKET_BUFFER_BYTES && !CAPPED_REPORTED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            granted_bytes = granted,
+            wanted_bytes = 2 * LOCAL_SOCKET_BUFFER_BYTES,
+            "the kernel caps Unix socket buffers (net.core.wmem_max/rmem_max): large objects over \
+             the local socket cross in more rounds; `sysctl -w net.core.wmem_max={} \
+             net.core.rmem_max={}` lifts the cap",
+            LOCAL_SOCKET_BUFFER_BYTES,
+            LOCAL_SOCKET_BUFFER_BYTES
+        );
+    }
+    Ok(granted)
+}
+
+/// Hands a connected, sized socket to the current glommio executor.
+fn to_glommio(s: StdStream) -> std::io::Result<glommio::net::UnixStream> {
+    s.set_nonblocking(true)?;
+    // SAFETY: `into_raw_fd` gives up ownership of an open, connected Unix
+    // stream socket; the glommio stream becomes its only owner.
+    Ok(unsafe { glommio::net::UnixStream::from_raw_fd(s.into_raw_fd()) })
+}
+
+/// Connects to the Unix socket at `path` with sized buffers. A listener
+/// whose backlog is full is retried until `timeout`.
+pub async fn connect(path: &Path, timeout: Duration) -> std::io::Result<glommio::net::UnixStream> {
+    let addr = socket2::SockAddr::unix(path)?;
+    let started = std::time::Instant::now();
+    loop {
+        let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+        size_buffers(&sock)?;
+        sock.set_nonblocking(true)?;
+        match sock.connect(&addr) {
+            Ok(()) => return to_glommio(StdStream::from(std::os::fd::OwnedFd::from(sock))),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if started.elapsed() >= timeout {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("its listener accepted nothing for {timeout:?} (backlog full)"),
+                    ));
+                }
+                glommio::timer::sleep(CONNECT_RETRY_PAUSE).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A listening Unix socket whose connections get sized buffers. Accepts on
+/// a thread of its own ("local-accept"); [`LocalListener::accept`] takes
+/// the next connection on the calling glommio executor.
+pub struct LocalListener {
+    listener: Arc<StdListener>,
+    accepted: mpsc::Receiver<std::io::Result<StdStream>>,
+    closing: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LocalListener {
+    /// Binds `path` (which must not exist) and starts accepting.
+    pub fn bind(path: &Path) -> std::io::Result<Self> {
+        let listener = Arc::new(StdListener::bind(path)?);
+        let (tx, accepted) = mpsc::channel(ACCEPTED_QUEUE_MAX);
+        let closing = Arc::new(AtomicBool::new(false));
+        let (l, c) = (listener.clone(), closing.clone());
+        let thread = std::thread::Builder::new()
+            .name("local-accept".into())
+            .spawn(move || accept_loop(&l, &c, tx))?;
+        Ok(LocalListener {
+            listener,
+            accepted,
+            closing,
+            thread: Some(thread),
+        })
+    }
+
+    /// The next connection. An error (out of descriptors, say) is the
+    /// accept thread's; it goes on accepting after a pause.
+    pub async fn accept(&mut self) -> std::io::Result<glommio::net::UnixStream> {
+        match self.accepted.next().await {
+            Some(r) => to_glommio(r?),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the local socket's accept thread ended",
+            )),
+        }
+    }
+}
+
+fn accept_loop(
+    listener: &StdListener,
+    closing: &AtomicBool,
+    mut tx: mpsc::Sender<std::io::Result<StdStream>>,
+) {
+    loop {
+        let r = listener.accept().and_then(|(s, _)| {
+            size_buffers(&s)?;
+            Ok(s)
+        });
+        if closing.load(Ordering::Acquire) {
+            return;
+        }
+        let failed = r.is_err();
+        if futures::executor::block_on(tx.send(r)).is_err() {
+            return; // the listener is gone
+        }
+        if failed {
+            std::thread::sleep(ACCEPT_FAILED_PAUSE);
+        }
+    }
+}
+
+impl Drop for LocalListener {
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::Release);
+        // Wakes a send waiting for room, then an accept waiting for a client.
+        self.accepted.close();
+        let _ = socket2::SockRef::from(&*self.listener).shutdown(std::net::Shutdown::Read);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{AsyncReadExt, AsyncWriteExt};
+
+    fn wmem_max() -> usize {
+        std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The kernel grants what was asked for, up to its cap (doubled).
+    #[test]
+    fn buffers_are_sized_up_to_the_kernel_cap() {
+        let (a, b) = StdStream::pair().unwrap();
+        let default = socket2::SockRef::from(&b).send_buffer_size().unwrap();
+        let granted = size_buffers(&a).unwrap();
+        assert_eq!(granted, 2 * LOCAL_SOCKET_BUFFER_BYTES.min(wmem_max()));
+        if wmem_max() >= LOCAL_SOCKET_BUFFER_BYTES {
+            assert!(granted > default, "granted {granted}, default {default}");
+        }
+    }
+
+    /// Runs `f` on a fresh glommio executor and waits for it.
+    fn on_executor<F, Fut>(f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        tessera_engine::raise_memlock().unwrap();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("tessera-local-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Many large messages cross both ways byte-exact, over several
+    /// connections accepted by the thread.
+    #[test]
+    fn large_messages_cross_both_ways() {
+        let d = dir("cross");
+        let path = d.join("s.sock");
+        on_executor(move || async move {
+            let mut l = LocalListener::bind(&path).unwrap();
+            const CONNS: usize = 3;
+            const BYTES: usize = 3 << 20;
+            let server = glommio::spawn_local(async move {
+                let mut tasks = Vec::new();
+                for _ in 0..CONNS {
+                    let mut s = l.accept().await.unwrap();
+                    tasks.push(glommio::spawn_local(async move {
+                        let mut buf = vec![0u8; BYTES];
+                        s.read_exact(&mut buf).await.unwrap();
+                        s.write_all(&buf).await.unwrap();
+                        s.flush().await.unwrap();
+                    }));
+                }
+                for t in tasks {
+                    t.await;
+                }
+                l
+            });
+            let mut clients = Vec::new();
+            for c in 0..CONNS {
+                let p = path.clone();
+                clients.push(glommio::spawn_local(async move {
+                    let mut s = connect(&p, Duration::from_secs(5)).await.unwrap();
+                    let data: Vec<u8> = (0..BYTES).map(|i| (i * 31 + c) as u8).collect();
+                    s.write_all(&data).await.unwrap();
+                    s.flush().await.unwrap();
+                    let mut back = vec![0u8; BYTES];
+                    s.read_exact(&mut back).await.unwrap();
+                    assert!(back == data, "connection {c} came back different");
+                }));
+            }
+            for c in clients {
+                c.await;
+            }
+            drop(server.await);
+        });
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Bytes `w` manages to queue, in 64 KiB writes, before its peer reads
+    /// anything (measured after a pause long enough to fill any buffer).
+    async fn queued_without_a_reader(mut w: glommio::net::UnixStream) -> usize {
+        let queued = std::rc::Rc::new(std::cell::Cell::new(0usize));
+        let q = queued.clone();
+        let writer = glommio::spawn_local(async move {
+            let chunk = vec![7u8; 64 << 10];
+            for _ in 0..(16 << 20) / chunk.len() {
+                if w.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                q.set(q.get() + chunk.len());
+            }
+            w
+        });
+        glommio::timer::sleep(Duration::from_millis(300)).await;
+        let n = queued.get();
+        drop(writer);
+        n
+    }
+
+    /// Both ends — the one `connect` made and the one the accept thread
+    /// made — can queue megabytes for a peer that is not reading: their
+    /// send buffers were sized (an unsized Unix socket queues ~200 KiB).
+    #[test]
+    fn both_ends_queue_megabytes_without_a_reader() {
+        if wmem_max() < LOCAL_SOCKET_BUFFER_BYTES {
+            eprintln!("net.core.wmem_max is below {LOCAL_SOCKET_BUFFER_BYTES}: nothing to check");
+            return;
+        }
+        let d = dir("queue");
+        let path = d.join("s.sock");
+        on_executor(move || async move {
+            let mut l = LocalListener::bind(&path).unwrap();
+            let c1 = connect(&path, Duration::from_secs(5)).await.unwrap();
+            let s1 = l.accept().await.unwrap();
+            let from_client = queued_without_a_reader(c1).await;
+            let c2 = connect(&path, Duration::from_secs(5)).await.unwrap();
+            let s2 = l.accept().await.unwrap();
+            let from_server = queued_without_a_reader(s2).await;
+            drop((s1, c2));
+            assert!(
+                from_client > 2 << 20,
+                "the client queued {from_client} bytes"
+            );
+            assert!(
+                from_server > 2 << 20,
+                "the server queued {from_server} bytes"
+            );
+        });
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Dropping a listener ends its thread, also while connections wait
+    /// that the executor never took (the thread blocked on a full queue).
+    #[test]
+    fn dropping_the_listener_ends_its_thread() {
+        let d = dir("drop");
+        let path = d.join("s.sock");
+        let l = LocalListener::bind(&path).unwrap();
+        let mut waiting = Vec::new();
+        for _ in 0..ACCEPTED_QUEUE_MAX + 4 {
+            waiting.push(StdStream::connect(&path).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        drop(l);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // A new client is refused or never accepted: nothing listens.
+        drop(waiting);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Connecting to a path nobody listens on is an error, not a hang.
+    #[test]
+    fn connecting_to_nothing_fails() {
+        let d = dir("nothing");
+        let path = d.join("none.sock");
+        on_executor(move || async move {
+            assert!(connect(&path, Duration::from_secs(1)).await.is_err());
+        });
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
