@@ -78,12 +78,21 @@ impl Default for RaftTuning {
 /// groups by default, so about 100 MiB of log per replica at most).
 pub const LOG_BYTES_SNAPSHOT_AT_DEFAULT: u64 = 8 << 20;
 /// How often every group's in-memory log is checked against
-/// [`RaftTuning::log_bytes_snapshot_at`].
-const LOG_BOUND_CHECK_EVERY: Duration = Duration::from_millis(100);
-/// Least time between two snapshot-and-purge requests for one group. A
-/// purge can only reach the last snapshot built before it was asked, so
-/// the log can grow by about two gaps' worth of appends past the bound;
-/// openraft ignores a snapshot request while one is being built, so a
+/// [`RaftTuning::log_bytes_snapshot_at`]. Every check of a log over the
+/// bound purges it up to its newest snapshot, so this is how long a
+/// finished snapshot waits to free the log before it. At 100 ms (and a
+/// purge only when a snapshot was asked for) a WAL partition taking 4 KiB
+/// appends at 64 in flight (~130 MB/s of log) held far more than its
+/// 8 MiB bound, and every log rotation copies the live log into its
+/// checkpoint: ~1.2 KiB more log per 4 KiB append than with four times
+/// fewer rotations. At 20 ms, half that, and WAL appends +10 %
+/// (docs/BENCHMARKS.md, "WAL log checkpoints"). A check reads each
+/// group's metrics, a few microseconds.
+const LOG_BOUND_CHECK_EVERY: Duration = Duration::from_millis(20);
+/// Least time between two snapshot requests for one group. Every check
+/// purges up to the newest snapshot, so the log grows past the bound by
+/// about one gap's worth of appends plus a snapshot's build; openraft
+/// ignores a snapshot request while one is being built, so a
 /// short gap costs no extra snapshots. (500 ms let a WAL partition taking
 /// 16 KiB appends reach 6.9 MB over a 256 KiB bound once appends got
 /// faster.)
@@ -656,13 +665,36 @@ impl Replica {
     }
 }
 
+/// What [`bound_logs`] does with one group's log this check: the index to
+/// purge up to, and whether to ask for a snapshot. Under `bound` bytes: up
+/// to `keep` entries before the snapshot, no snapshot asked. Over it: up to
+/// the newest snapshot at *every* check — also one built since the last
+/// request (waiting for the next request left the log up to two gaps'
+/// worth of appends long) — and a snapshot asked when none was lately and
+/// the snapshot is behind what was applied.
+fn purge_plan(
+    bytes: u64,
+    bound: u64,
+    applied: u64,
+    snapshot: u64,
+    keep: u64,
+    asked_lately: bool,
+) -> (u64, bool) {
+    if bytes > bound {
+        (snapshot, !asked_lately && snapshot < applied)
+    } else {
+        (snapshot.saturating_sub(keep), false)
+    }
+}
+
 /// Purges every group's log, the one place that does (openraft's own
 /// purge after a snapshot is switched off in [`raft_config`]): normally up
 /// to `keep` entries before its snapshot (`entries_kept_after_snapshot`,
 /// a tenth of it for WAL groups); past `at` bytes in memory, the group is
-/// also asked to snapshot (when its snapshot is behind what it applied) and
-/// is purged up to its snapshot, so a follower that far behind catches up
-/// from the snapshot. Ends when the replica is dropped.
+/// asked to snapshot (when its snapshot is behind what it applied; at most
+/// once per [`LOG_BOUND_TRIGGER_GAP`]) and, at every check while over, is
+/// purged up to its newest snapshot — a follower that far behind catches
+/// up from the snapshot. Ends when the replica is dropped.
 ///
 /// Why one place: openraft asserts that the purge point it schedules never
 /// moves back. Its own policy after a new snapshot (`snapshot - keep`)
@@ -678,41 +710,72 @@ async fn bound_logs(rep: std::rc::Weak<Replica>, at: u64, keep_meta: u64, keep_w
             let applied = m.last_applied.map_or(0, |l| l.index);
             let snapshot = m.snapshot.map_or(0, |l| l.index);
             let purged = m.purged.map_or(0, |l| l.index);
-            let over = rep.log_bytes(g.id) > at
-                && !g
-                    .log_bound_asked
-                    .get()
-                    .is_some_and(|t| t.elapsed() < LOG_BOUND_TRIGGER_GAP);
-            let upto = if over {
+            let keep = if g.id < rep.meta_groups {
+                keep_meta
+            } else {
+                keep_wal
+            };
+            let asked_lately = g
+                .log_bound_asked
+                .get()
+                .is_some_and(|t| t.elapsed() < LOG_BOUND_TRIGGER_GAP);
+            let bytes = rep.log_bytes(g.id);
+            let (upto, ask) = purge_plan(bytes, at, applied, snapshot, keep, asked_lately);
+            if ask {
                 g.log_bound_asked.set(Some(Instant::now()));
                 tracing::debug!(
                     group = g.id,
-                    bytes = rep.log_bytes(g.id),
+                    bytes,
                     applied,
                     snapshot,
                     purged,
                     "log over its byte bound"
                 );
-                if snapshot < applied {
-                    if let Err(e) = g.raft.trigger().snapshot().await {
-                        tracing::warn!(group = g.id, error = %e, "could not ask for a snapshot");
-                    }
+                if let Err(e) = g.raft.trigger().snapshot().await {
+                    tracing::warn!(group = g.id, error = %e, "could not ask for a snapshot");
                 }
-                snapshot
-            } else {
-                let keep = if g.id < rep.meta_groups {
-                    keep_meta
-                } else {
-                    keep_wal
-                };
-                snapshot.saturating_sub(keep)
-            };
+            }
             // An index at or below what is already scheduled is ignored by
             // openraft, so a stale `purged` here does no harm.
             if purged < upto {
                 if let Err(e) = g.raft.trigger().purge_log(upto).await {
                     tracing::warn!(group = g.id, error = %e, "could not ask for a log purge");
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::purge_plan;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A purge never passes the snapshot (entries not in a snapshot are
+        /// never dropped); over the bound the log is purged up to the
+        /// snapshot at every check, whether or not a snapshot was asked for
+        /// lately; under it, `keep` entries stay behind the snapshot; a
+        /// snapshot is asked for only over the bound, not twice within the
+        /// gap, and only when there is something new to put in it.
+        #[test]
+        fn purges_stop_at_the_snapshot_and_reach_it_when_over_the_bound(
+            bytes in 0u64..1 << 30,
+            bound in 1u64..1 << 30,
+            snapshot in 0u64..1_000_000,
+            ahead in 0u64..1_000,
+            keep in 0u64..10_000,
+            asked_lately: bool,
+        ) {
+            let applied = snapshot + ahead;
+            let (upto, ask) = purge_plan(bytes, bound, applied, snapshot, keep, asked_lately);
+            prop_assert!(upto <= snapshot);
+            if bytes > bound {
+                prop_assert_eq!(upto, snapshot);
+                prop_assert_eq!(ask, !asked_lately && ahead > 0);
+            } else {
+                prop_assert_eq!(upto, snapshot.saturating_sub(keep));
+                prop_assert!(!ask);
             }
         }
     }
