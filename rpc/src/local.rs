@@ -17,6 +17,11 @@
 //! sizes each socket before handing it to the executor; connecting sizes
 //! the socket before `connect`.
 //!
+//! The accept thread also checks the peer's user (SO_PEERCRED): only the
+//! listener's own user and root are handed on. The socket file's mode
+//! (0600, set by its owner) is the first guard; this one holds when the
+//! mode was loosened.
+//!
 //! Invariants: every socket handed out has had its buffers asked for (a
 //! kernel that grants less, because `net.core.wmem_max` is lower, is
 //! reported once, with the sysctl that lifts it); the accept thread ends
@@ -148,19 +153,53 @@ impl LocalListener {
     }
 }
 
+/// Whether a peer running as `peer_uid` may use a socket whose listener
+/// runs as `own_uid`: the same user, or root.
+fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
+    peer_uid == own_uid || peer_uid == 0
+}
+
+/// The uid of the process at the other end of `s`, if the kernel says.
+fn peer_uid(s: &StdStream) -> std::io::Result<u32> {
+    nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
+        .map(|c| c.uid())
+        .map_err(std::io::Error::from)
+}
+
 fn accept_loop(
     listener: &StdListener,
     closing: &AtomicBool,
     mut tx: mpsc::Sender<std::io::Result<StdStream>>,
 ) {
+    let own_uid = nix::unistd::geteuid().as_raw();
     loop {
-        let r = listener.accept().and_then(|(s, _)| {
-            size_buffers(&s)?;
-            Ok(s)
-        });
+        let r = listener.accept().map(|(s, _)| s);
         if closing.load(Ordering::Acquire) {
             return;
         }
+        if let Ok(s) = &r {
+            // Refused here, without the pause of a failed accept: a
+            // stranger connecting in a loop must not slow anyone else.
+            match peer_uid(s) {
+                Ok(uid) if peer_allowed(uid, own_uid) => {}
+                Ok(uid) => {
+                    tracing::warn!(
+                        peer_uid = uid,
+                        own_uid,
+                        "refused a local connection: only this process's user and root may use                          the local socket (check the socket file's mode)"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "refused a local connection: its peer's user is unknown");
+                    continue;
+                }
+            }
+        }
+        let r = r.and_then(|s| {
+            size_buffers(&s)?;
+            Ok(s)
+        });
         let failed = r.is_err();
         if futures::executor::block_on(tx.send(r)).is_err() {
             return; // the listener is gone
@@ -347,6 +386,73 @@ mod tests {
         // A new client is refused or never accepted: nothing listens.
         drop(waiting);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn only_the_same_user_and_root_are_allowed() {
+        assert!(peer_allowed(1000, 1000));
+        assert!(peer_allowed(0, 1000));
+        assert!(peer_allowed(0, 0));
+        assert!(!peer_allowed(1001, 1000));
+        assert!(!peer_allowed(65534, 0));
+    }
+
+    /// A process of another user that reaches the socket (its file mode
+    /// loosened) is closed by the accept thread; this user's connection
+    /// after it is served.
+    #[test]
+    fn another_user_is_refused_even_when_the_file_mode_admits_it() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        const NOBODY: u32 = 65534;
+        if nix::unistd::geteuid().as_raw() != 0 || which("python3").is_none() {
+            eprintln!("needs root and python3 to connect as another user: nothing to check");
+            return;
+        }
+        let d = dir("peer");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = d.join("s.sock");
+        let p = path.clone();
+        on_executor(move || async move {
+            let mut l = LocalListener::bind(&p).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+            // The stranger connects, then waits to be closed: it prints
+            // what it read (nothing, at end of stream) once closed.
+            let out = std::process::Command::new("python3")
+                .arg("-c")
+                .arg(
+                    "import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(5); \
+                     s.connect(sys.argv[1]); print(repr(s.recv(1)))",
+                )
+                .arg(&p)
+                .uid(NOBODY)
+                .gid(NOBODY)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "the stranger's connect failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "b''");
+            // Nothing was handed on for it; this user's connection is.
+            let mut c = connect(&p, Duration::from_secs(5)).await.unwrap();
+            let mut s = l.accept().await.unwrap();
+            c.write_all(b"x").await.unwrap();
+            c.flush().await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            assert_eq!(&b, b"x");
+        });
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    fn which(cmd: &str) -> Option<std::path::PathBuf> {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|d| std::path::Path::new(d).join(cmd))
+            .find(|p| p.exists())
     }
 
     /// Connecting to a path nobody listens on is an error, not a hang.
