@@ -59,7 +59,8 @@ impl Target {
     pub fn via_local_socket(&mut self, data: Option<&std::path::Path>) -> Result<()> {
         let Some(d) = data else {
             anyhow::bail!(
-                "--local-socket needs a dev cluster's file (it names the data directory that                  holds gateway.sock); this cluster file has none"
+                "--local-socket needs a dev cluster's file (it names the data directory that \
+                 holds gateway.sock); this cluster file has none"
             );
         };
         let sock = d.join("gateway.sock");

@@ -141,7 +141,9 @@ impl LocalListener {
     }
 
     /// The next connection. An error (out of descriptors, say) is the
-    /// accept thread's; it goes on accepting after a pause.
+    /// accept thread's, which goes on accepting after a pause of its own
+    /// (the caller need not wait); `BrokenPipe` means the thread ended and
+    /// nothing more will come.
     pub async fn accept(&mut self) -> std::io::Result<glommio::net::UnixStream> {
         match self.accepted.next().await {
             Some(r) => to_glommio(r?),

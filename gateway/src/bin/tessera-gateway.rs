@@ -405,9 +405,13 @@ async fn serve_local(
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                tracing::error!(error = %e, "the local socket stopped accepting; TCP still serves");
+                return;
+            }
             Err(e) => {
+                // The accept thread has paused already (it paces failures).
                 tracing::warn!(error = %e, "accept on the local socket failed");
-                glommio::timer::sleep(ACCEPT_RETRY_DELAY).await;
                 continue;
             }
         };
