@@ -231,7 +231,9 @@ fn reclaim_ports(l: &mut Layout, at: &Path) -> Result<()> {
     for (i, port) in l.metad_ports.iter().enumerate() {
         if !port_is_free(*port) {
             bail!(
-                "metad-{}'s port {port} (kept in {}; replicas know each other by it) is in use:                  is this cluster already running? Stop whatever listens there (`ss -ltnp | grep :{port}`) and run again",
+                "metad-{}'s port {port} (kept in {}; replicas know each other by it) is in use: \
+                 is this cluster already running? Stop whatever listens there \
+                 (`ss -ltnp | grep :{port}`) and run again",
                 i + 1,
                 at.display()
             );

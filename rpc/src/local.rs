@@ -54,6 +54,35 @@ const ACCEPT_FAILED_PAUSE: Duration = Duration::from_millis(20);
 
 /// Pause between connection attempts while the listener's backlog is full.
 const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(1);
+/// Least time between two logged refusals of a peer of another user; the
+/// ones in between are counted and the count logged with the next (a
+/// stranger connecting in a loop must not flood the log).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Which refused connections are logged: the first, then at most one per
+/// [`REFUSAL_LOG_EVERY`], each carrying how many were refused silently
+/// since the last one logged.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<std::time::Instant>,
+    silent: u64,
+}
+
+impl RefusalLog {
+    /// A refusal at `now`: `Some(refused silently before it)` when this
+    /// one is to be logged.
+    fn note(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY)
+        {
+            self.silent += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.silent))
+    }
+}
 
 /// Whether the "buffers capped by the kernel" warning was given.
 static CAPPED_REPORTED: AtomicBool = AtomicBool::new(false);
@@ -174,6 +203,7 @@ fn accept_loop(
     mut tx: mpsc::Sender<std::io::Result<StdStream>>,
 ) {
     let own_uid = nix::unistd::geteuid().as_raw();
+    let mut refusals = RefusalLog::default();
     loop {
         let r = listener.accept().map(|(s, _)| s);
         if closing.load(Ordering::Acquire) {
@@ -182,20 +212,22 @@ fn accept_loop(
         if let Ok(s) = &r {
             // Refused here, without the pause of a failed accept: a
             // stranger connecting in a loop must not slow anyone else.
-            match peer_uid(s) {
-                Ok(uid) if peer_allowed(uid, own_uid) => {}
-                Ok(uid) => {
+            let why = match peer_uid(s) {
+                Ok(uid) if peer_allowed(uid, own_uid) => None,
+                Ok(uid) => Some(format!(
+                    "its peer runs as uid {uid}; only this process's user ({own_uid}) and root \
+                     may use the local socket (check the socket file's mode)"
+                )),
+                Err(e) => Some(format!("its peer's user is unknown: {e}")),
+            };
+            if let Some(why) = why {
+                if let Some(silent) = refusals.note(std::time::Instant::now()) {
                     tracing::warn!(
-                        peer_uid = uid,
-                        own_uid,
-                        "refused a local connection: only this process's user and root may use                          the local socket (check the socket file's mode)"
+                        refused_silently_before = silent,
+                        "refused a local connection: {why}"
                     );
-                    continue;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "refused a local connection: its peer's user is unknown");
-                    continue;
-                }
+                continue;
             }
         }
         let r = r.and_then(|s| {
@@ -388,6 +420,24 @@ mod tests {
         // A new client is refused or never accepted: nothing listens.
         drop(waiting);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// The first refusal is logged, then at most one per period, each
+    /// with the count of those refused silently since the last logged.
+    #[test]
+    fn refusals_are_logged_at_most_once_a_period_with_a_count() {
+        let t0 = std::time::Instant::now();
+        let mut log = RefusalLog::default();
+        assert_eq!(log.note(t0), Some(0));
+        for i in 1..=5u64 {
+            assert_eq!(log.note(t0 + Duration::from_secs(i)), None);
+        }
+        assert_eq!(log.note(t0 + REFUSAL_LOG_EVERY), Some(5));
+        assert_eq!(
+            log.note(t0 + REFUSAL_LOG_EVERY + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(log.note(t0 + REFUSAL_LOG_EVERY * 2), Some(1));
     }
 
     #[test]
