@@ -311,6 +311,81 @@ impl chunk_server::Server for ChunkService {
         }
     }
 
+    fn put_shards(
+        self: Rc<Self>,
+        params: chunk_server::PutShardsParams,
+        mut results: chunk_server::PutShardsResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let this = self;
+        async move {
+            let started = std::time::Instant::now();
+            // The call as a whole: refused before anything is stored, or
+            // each shard's own outcome (by position).
+            let r = async {
+                let _g = this.begin()?;
+                let p = params.get()?;
+                let shards = p.get_shards()?;
+                let n = shards.len() as usize;
+                if n == 0 || n > PUT_BATCH_SHARDS_MAX {
+                    return Err(fail(
+                        RemoteKind::InvalidArgument,
+                        format!("putShards carries {n} shards; send 1..={PUT_BATCH_SHARDS_MAX} per call"),
+                    ));
+                }
+                let mut total = 0usize;
+                for s in shards.iter() {
+                    total = total.saturating_add(s.get_data()?.len());
+                }
+                if total > PUT_BATCH_DATA_MAX_BYTES {
+                    return Err(fail(
+                        RemoteKind::TooLarge,
+                        format!(
+                            "putShards carries {total} bytes of data; at most {PUT_BATCH_DATA_MAX_BYTES} per call — send fewer shards per call"
+                        ),
+                    ));
+                }
+                // Every shard is checked and stored as putShard would;
+                // stored concurrently, so they share the durable writes.
+                let puts = shards.iter().map(|s| {
+                    let this = &this;
+                    async move {
+                        let (id, data) = (s.get_id()?, s.get_data()?);
+                        check_id(id)?;
+                        check_crc(data, s.get_crc32c())?;
+                        this.put(id, data).await
+                    }
+                });
+                Ok(futures::future::join_all(puts).await)
+            }
+            .await;
+            match r {
+                Ok(outcomes) => {
+                    // Each shard counts as a put, as if sent alone.
+                    for r in &outcomes {
+                        crate::metrics::observe("put", started, r.as_ref().err().map(|f| f.kind));
+                    }
+                    crate::metrics::observe("put_shards", started, None);
+                    let failed: Vec<(u32, Failure)> = outcomes
+                        .into_iter()
+                        .enumerate()
+                        .filter_map(|(i, r)| r.err().map(|f| (i as u32, f)))
+                        .collect();
+                    let mut list = results.get().init_failed(failed.len() as u32);
+                    for (j, (i, f)) in failed.iter().enumerate() {
+                        let mut b = list.reborrow().get(j as u32);
+                        b.set_index(*i);
+                        write_failure(b.init_error(), f);
+                    }
+                }
+                Err(f) => {
+                    crate::metrics::observe("put_shards", started, Some(f.kind));
+                    write_failure(results.get().init_error(), &f);
+                }
+            }
+            Ok(())
+        }
+    }
+
     fn put_shard_stream(
         self: Rc<Self>,
         params: chunk_server::PutShardStreamParams,

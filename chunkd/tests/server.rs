@@ -245,6 +245,200 @@ fn bad_requests_get_typed_errors_and_change_nothing() {
     });
 }
 
+/// Many small puts at once from one client share `putShards` calls; each
+/// gets its own answer (a bad id only its own error), and what is stored is
+/// exactly what was acknowledged, over generated sizes and duplicates.
+#[test]
+fn batched_puts_share_calls_and_each_gets_its_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Chunkd::start(&dir.path().join("n1"));
+    let addr = srv.addr;
+    let (stats, stored) = on_glommio(move || async move {
+        let cl = Rc::new(ChunkClient::connect(addr, opts()).await.unwrap());
+        // Sizes around the batching limit (64 KiB) and the empty shard;
+        // every 7th id repeats an earlier one with the same bytes (a retry).
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut jobs = Vec::new();
+        for n in 0..400u64 {
+            let id = if n % 7 == 6 {
+                format!("b{}", n - 3).into_bytes()
+            } else if n % 50 == 49 {
+                Vec::new() // refused by the client, alone
+            } else {
+                format!("b{n}").into_bytes()
+            };
+            let len = match next() % 4 {
+                0 => 0,
+                1 => (next() % 4096) as usize,
+                2 => (60 << 10) + (next() % (8 << 10)) as usize,
+                _ => (next() % (64 << 10)) as usize,
+            };
+            jobs.push((id, len));
+        }
+        // Same id, same bytes: the length is the id's first one.
+        let mut first_len = BTreeMap::new();
+        for (id, len) in &mut jobs {
+            *len = *first_len.entry(id.clone()).or_insert(*len);
+        }
+        let tasks: Vec<_> = jobs
+            .into_iter()
+            .map(|(id, len)| {
+                let cl = cl.clone();
+                glommio::spawn_local(async move {
+                    let data = if id.is_empty() {
+                        vec![1u8; len]
+                    } else {
+                        content(&id, len)
+                    };
+                    let r = cl.put_batched(&id, &data).await;
+                    (id, len, r)
+                })
+            })
+            .collect();
+        let mut acked = BTreeMap::new();
+        for t in tasks {
+            let (id, len, r) = t.await;
+            if id.is_empty() {
+                assert!(
+                    matches!(r, Err(tessera_rpc::Error::Invalid(_))),
+                    "an empty id must be refused: {r:?}"
+                );
+                continue;
+            }
+            r.unwrap_or_else(|e| panic!("put of {} failed: {e}", String::from_utf8_lossy(&id)));
+            acked.insert(id, len);
+        }
+        for (id, len) in &acked {
+            let v = cl.get(id).await.unwrap();
+            assert!(
+                v == content(id, *len),
+                "{} came back different",
+                String::from_utf8_lossy(id)
+            );
+        }
+        let listed = cl.inventory_all().await.unwrap();
+        let listed: BTreeMap<_, _> = listed.into_iter().map(|i| (i.id, i.len as usize)).collect();
+        assert_eq!(
+            listed, acked,
+            "the store holds exactly what was acknowledged"
+        );
+        (cl.put_batch_stats(), acked.len())
+    });
+    // 400 puts started at once: most must have shared calls.
+    assert!(
+        stats.calls > 0 && stats.shards >= 2 * stats.calls && stats.shards > 200,
+        "puts were not batched: {stats:?} for {stored} shards"
+    );
+}
+
+/// `putShards` sent straight on the wire: a call breaking the contract is
+/// refused whole with nothing stored; within a valid call each bad shard
+/// fails alone, by position, and the others are stored.
+#[test]
+fn put_shards_refuses_bad_calls_whole_and_bad_shards_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Chunkd::start(&dir.path().join("n1"));
+    let addr = srv.addr;
+    on_glommio(move || async move {
+        let cl = ChunkClient::connect(addr, opts()).await.unwrap();
+        let stream = tessera_rpc::conn::connect_tcp(addr, Duration::from_secs(3))
+            .await
+            .unwrap();
+        let raw: chunk_server::Client = tessera_rpc::conn::client_side(stream);
+        type Shard<'a> = (&'a [u8], &'a [u8], u32);
+        async fn call(
+            raw: &chunk_server::Client,
+            shards: &[Shard<'_>],
+        ) -> (Option<RemoteKind>, Vec<(u32, RemoteKind)>) {
+            let mut r = raw.put_shards_request();
+            let mut list = r.get().init_shards(shards.len() as u32);
+            for (i, (id, data, crc)) in shards.iter().enumerate() {
+                let mut s = list.reborrow().get(i as u32);
+                s.set_id(id);
+                s.set_data(data);
+                s.set_crc32c(*crc);
+            }
+            let resp = r.send().promise.await.unwrap();
+            let resp = resp.get().unwrap();
+            let whole = resp.has_error().then(|| kind(resp.get_error().unwrap()));
+            let failed = resp
+                .get_failed()
+                .unwrap()
+                .iter()
+                .map(|f| (f.get_index(), kind(f.get_error().unwrap())))
+                .collect();
+            (whole, failed)
+        }
+        fn kind(e: tessera_rpc::chunk_capnp::error::Reader<'_>) -> RemoteKind {
+            use tessera_rpc::chunk_capnp::error::Kind as K;
+            let msg = e.get_message().unwrap().to_str().unwrap().to_string();
+            assert!(msg.len() > 10, "error message too terse: {msg}");
+            match e.get_kind().unwrap() {
+                K::TooLarge => RemoteKind::TooLarge,
+                K::InvalidArgument => RemoteKind::InvalidArgument,
+                other => panic!("unexpected kind {other:?}: {msg}"),
+            }
+        }
+        let ok = b"fine bytes";
+        let crc = crc32c::crc32c(ok);
+        // Whole calls refused: no shards, too many, too much data.
+        assert_eq!(
+            call(&raw, &[]).await,
+            (Some(RemoteKind::InvalidArgument), vec![])
+        );
+        let many: Vec<Shard<'_>> = (0..257).map(|_| (&b"many"[..], &ok[..], crc)).collect();
+        assert_eq!(
+            call(&raw, &many).await,
+            (Some(RemoteKind::InvalidArgument), vec![])
+        );
+        let mib = vec![3u8; 1 << 20];
+        let mcrc = crc32c::crc32c(&mib);
+        let heavy: Vec<Shard<'_>> = (0..5).map(|_| (&b"heavy"[..], &mib[..], mcrc)).collect();
+        assert_eq!(
+            call(&raw, &heavy).await,
+            (Some(RemoteKind::TooLarge), vec![])
+        );
+        // Bad shards fail alone: a wrong crc, an empty id, a long id.
+        let long = [9u8; 129];
+        let (whole, failed) = call(
+            &raw,
+            &[
+                (b"good-0", ok, crc),
+                (b"bad-crc", ok, crc ^ 1),
+                (b"", ok, crc),
+                (b"good-3", ok, crc),
+                (&long, ok, crc),
+            ],
+        )
+        .await;
+        assert_eq!(whole, None);
+        assert_eq!(
+            failed,
+            vec![
+                (1, RemoteKind::InvalidArgument),
+                (2, RemoteKind::InvalidArgument),
+                (4, RemoteKind::InvalidArgument)
+            ]
+        );
+        let mut ids: Vec<Vec<u8>> = cl
+            .inventory_all()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec![b"good-0".to_vec(), b"good-3".to_vec()]);
+        assert_eq!(cl.get(b"good-3").await.unwrap(), ok);
+    });
+}
+
 /// Random bytes, truncated frames and absurd segment tables on fresh
 /// connections: each ends that connection only.
 #[test]
@@ -329,7 +523,14 @@ fn kill9_under_heavy_writes_keeps_every_acknowledged_shard() {
                                 let id = format!("r{round}-w{w}-n{n}").into_bytes();
                                 let len = [100, 4096, 20_000, 300_000, 5 << 20][(n % 5) as usize];
                                 t2.lock().unwrap().push(id.clone());
-                                match cl.put(&id, &content(&id, len)).await {
+                                // Half the writers' small puts share batched calls.
+                                let data = content(&id, len);
+                                let put = if w % 2 == 0 {
+                                    cl.put_batched(&id, &data).await
+                                } else {
+                                    cl.put(&id, &data).await
+                                };
+                                match put {
                                     Ok(()) => a2.lock().unwrap().push(id),
                                     Err(_) => return,
                                 }

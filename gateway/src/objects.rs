@@ -1716,7 +1716,7 @@ async fn write_ranked(
             for _ in 0..SHARD_WRITE_TRIES {
                 let Some(n) = node.take() else { break };
                 match objects.nodes.client(&n).await {
-                    Ok(c) => match c.put(&id, &buf[range.clone()]).await {
+                    Ok(c) => match c.put_batched(&id, &buf[range.clone()]).await {
                         Ok(()) => return Some(n),
                         Err(e) => tracing::warn!(node = %n, error = %e, "shard write failed; trying a spare"),
                     },

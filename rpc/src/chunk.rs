@@ -7,11 +7,23 @@
 //! every `ChunkServer` method is idempotent (a put of the same bytes under
 //! the same id, as the gateway does, stores the same shard). Server errors
 //! (not found, checksum, limits…) are returned at once, typed.
+//!
+//! Small puts ([`ChunkClient::put_batched`], shards of at most
+//! [`PUT_BATCH_ITEM_MAX_BYTES`]) travel together: while a put call to a
+//! server connection is in flight, the puts asked for meanwhile wait and
+//! leave as one `putShards` call when it returns (at most
+//! [`PUT_BATCHES_INFLIGHT_MAX`] in flight, [`PUT_BATCH_SHARDS_MAX`] shards
+//! and [`PUT_BATCH_SEND_MAX_BYTES`] in one). A put that finds nothing in
+//! flight leaves at once, alone. Each waiting put holds a copy of its bytes;
+//! how many wait is bounded by the callers' own concurrency (the gateway's
+//! admission limits).
 
 use crate::error::{Error, RemoteKind, Result};
 use crate::limits::*;
+use futures::channel::oneshot;
 use futures::future::{select, Either};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -110,6 +122,39 @@ pub struct ChunkClient {
     conns: RefCell<Vec<Option<chunk_server::Client>>>,
     /// Engine shards of the server (0 until learned).
     shards: std::cell::Cell<usize>,
+    /// Small puts waiting for a call, by the engine shard that owns them
+    /// (slot 0 until the count is known).
+    put_queues: RefCell<Vec<PutQueue>>,
+    /// False once the server answered `putShards` as unimplemented (a
+    /// server older than it): small puts are then sent one call each.
+    batches_served: Cell<bool>,
+    /// `putShards` calls answered, and the shards they carried.
+    batch_stats: Cell<PutBatchStats>,
+}
+
+/// What [`ChunkClient::put_batched`] has sent as `putShards` calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutBatchStats {
+    /// `putShards` calls the server answered.
+    pub calls: u64,
+    /// Shards those calls carried.
+    pub shards: u64,
+}
+
+/// A small put waiting for its call.
+struct QueuedPut {
+    id: Vec<u8>,
+    data: Vec<u8>,
+    crc: u32,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// The small puts of one connection slot.
+#[derive(Default)]
+struct PutQueue {
+    waiting: VecDeque<QueuedPut>,
+    /// Put calls of this slot in flight (at most [`PUT_BATCHES_INFLIGHT_MAX`]).
+    sending: usize,
 }
 
 /// Closes a connection that is not kept (dropping a client capability alone
@@ -150,6 +195,9 @@ impl ChunkClient {
             opts,
             conns: RefCell::new(Vec::new()),
             shards: std::cell::Cell::new(0),
+            put_queues: RefCell::new(Vec::new()),
+            batches_served: Cell::new(true),
+            batch_stats: Cell::new(PutBatchStats::default()),
         };
         c.client(None).await?;
         Ok(c)
@@ -368,26 +416,200 @@ impl ChunkClient {
         }
         let crc = crc32c::crc32c(data);
         if data.len() <= INLINE_DATA_MAX_BYTES {
-            self.retried("putShard", Some(id), |c| async move {
-                let mut req = c.put_shard_request();
-                {
-                    let mut p = req.get();
-                    p.set_id(id);
-                    p.set_data(data);
-                    p.set_crc32c(crc);
-                }
-                let resp = req.send().promise.await.map_err(self.transport())?;
-                let r = resp.get().map_err(self.transport())?;
-                server_error!(self, r);
-                Ok(())
-            })
-            .await
+            self.put_inline(id, data, crc).await
         } else {
             self.retried("putShardStream", Some(id), |c| {
                 self.put_stream(c, id, data, crc)
             })
             .await
         }
+    }
+
+    /// One `putShard` call (retried): `data` is at most
+    /// [`INLINE_DATA_MAX_BYTES`] and `crc` its crc32c.
+    async fn put_inline(&self, id: &[u8], data: &[u8], crc: u32) -> Result<()> {
+        self.retried("putShard", Some(id), |c| async move {
+            let mut req = c.put_shard_request();
+            {
+                let mut p = req.get();
+                p.set_id(id);
+                p.set_data(data);
+                p.set_crc32c(crc);
+            }
+            let resp = req.send().promise.await.map_err(self.transport())?;
+            let r = resp.get().map_err(self.transport())?;
+            server_error!(self, r);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Like [`put`](Self::put), but a small shard (at most
+    /// [`PUT_BATCH_ITEM_MAX_BYTES`]) shares a `putShards` call with the
+    /// other small puts to this server that wait while one is in flight
+    /// (see the module doc). Durable on the server when this returns.
+    pub async fn put_batched(self: &Rc<Self>, id: &[u8], data: &[u8]) -> Result<()> {
+        if data.len() > PUT_BATCH_ITEM_MAX_BYTES || !self.batches_served.get() {
+            return self.put(id, data).await;
+        }
+        check_id(id)?;
+        let slot = match self.shards.get() {
+            0 => 0,
+            n => owner_shard(id, n),
+        };
+        let (done, answer) = oneshot::channel();
+        {
+            let mut queues = self.put_queues.borrow_mut();
+            if queues.len() <= slot {
+                queues.resize_with(slot + 1, PutQueue::default);
+            }
+            queues[slot].waiting.push_back(QueuedPut {
+                id: id.to_vec(),
+                data: data.to_vec(),
+                crc: crc32c::crc32c(data),
+                done,
+            });
+        }
+        self.send_waiting_puts(slot);
+        match answer.await {
+            Ok(r) => r,
+            // Only if the executor drops the sending task (shutting down).
+            Err(_) => Err(Error::Invalid(format!(
+                "the put to {} was dropped before it was sent (the client is shutting down); retry",
+                self.addr
+            ))),
+        }
+    }
+
+    /// The `putShards` calls [`put_batched`](Self::put_batched) has made.
+    pub fn put_batch_stats(&self) -> PutBatchStats {
+        self.batch_stats.get()
+    }
+
+    /// Starts put calls for the puts waiting in `slot`, while fewer than
+    /// [`PUT_BATCHES_INFLIGHT_MAX`] are in flight; each call, when it
+    /// returns, starts the next.
+    fn send_waiting_puts(self: &Rc<Self>, slot: usize) {
+        loop {
+            let batch = {
+                let mut queues = self.put_queues.borrow_mut();
+                let Some(q) = queues.get_mut(slot) else {
+                    return;
+                };
+                if q.sending >= PUT_BATCHES_INFLIGHT_MAX {
+                    return;
+                }
+                let mut batch = Vec::new();
+                let mut bytes = 0usize;
+                while let Some(front) = q.waiting.front() {
+                    let full = batch.len() >= PUT_BATCH_SHARDS_MAX
+                        || bytes + front.data.len() > PUT_BATCH_SEND_MAX_BYTES;
+                    if !batch.is_empty() && full {
+                        break;
+                    }
+                    let Some(p) = q.waiting.pop_front() else {
+                        break;
+                    };
+                    // A caller that stopped waiting (its request was
+                    // cancelled) does not need its put.
+                    if p.done.is_canceled() {
+                        continue;
+                    }
+                    bytes += p.data.len();
+                    batch.push(p);
+                }
+                if batch.is_empty() {
+                    return;
+                }
+                q.sending += 1;
+                batch
+            };
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                me.send_puts(batch).await;
+                if let Some(q) = me.put_queues.borrow_mut().get_mut(slot) {
+                    q.sending -= 1;
+                }
+                me.send_waiting_puts(slot);
+            })
+            .detach();
+        }
+    }
+
+    /// Sends `batch` (one `putShards` call, or `putShard` for one shard or
+    /// an older server) and answers each of its puts.
+    async fn send_puts(&self, batch: Vec<QueuedPut>) {
+        if batch.len() > 1 && self.batches_served.get() {
+            let r = self
+                .retried("putShards", Some(&batch[0].id), |c| {
+                    self.put_shards_call(c, &batch)
+                })
+                .await;
+            match r {
+                Ok(Some(mut failed)) => {
+                    let mut st = self.batch_stats.get();
+                    st.calls += 1;
+                    st.shards += batch.len() as u64;
+                    self.batch_stats.set(st);
+                    for (i, p) in batch.into_iter().enumerate() {
+                        let r = match failed.iter().position(|(at, _)| *at as usize == i) {
+                            Some(j) => Err(failed.swap_remove(j).1),
+                            None => Ok(()),
+                        };
+                        let _ = p.done.send(r);
+                    }
+                    return;
+                }
+                Ok(None) => {
+                    tracing::info!(addr = %self.addr, "the chunk server does not serve putShards (older version); sending one putShard per shard");
+                    self.batches_served.set(false);
+                }
+                Err(e) => {
+                    for p in batch {
+                        let _ = p.done.send(Err(e.duplicate()));
+                    }
+                    return;
+                }
+            }
+        }
+        let one = |p: QueuedPut| async move {
+            let r = self.put_inline(&p.id, &p.data, p.crc).await;
+            let _ = p.done.send(r);
+        };
+        futures::future::join_all(batch.into_iter().map(one)).await;
+    }
+
+    /// One `putShards` attempt: the shards that failed, by position with
+    /// their errors, or `None` when the server does not serve the method.
+    async fn put_shards_call(
+        &self,
+        c: chunk_server::Client,
+        batch: &[QueuedPut],
+    ) -> Result<Option<Vec<(u32, Error)>>> {
+        let mut req = c.put_shards_request();
+        {
+            let mut list = req.get().init_shards(batch.len() as u32);
+            for (i, p) in batch.iter().enumerate() {
+                let mut s = list.reborrow().get(i as u32);
+                s.set_id(&p.id);
+                s.set_data(&p.data);
+                s.set_crc32c(p.crc);
+            }
+        }
+        let resp = match req.send().promise.await {
+            Ok(r) => r,
+            Err(e) if e.kind == capnp::ErrorKind::Unimplemented => return Ok(None),
+            Err(e) => return Err(self.transport()(e)),
+        };
+        let r = resp.get().map_err(self.transport())?;
+        server_error!(self, r);
+        let failed = r.get_failed().map_err(self.transport())?;
+        let mut out = Vec::with_capacity(failed.len() as usize);
+        for f in failed.iter() {
+            let e = f.get_error().map_err(self.transport())?;
+            out.push((f.get_index(), self.remote(e)));
+        }
+        Ok(Some(out))
     }
 
     async fn put_stream(

@@ -166,6 +166,68 @@ impl Error {
         self.remote_kind() == Some(RemoteKind::NotFound)
     }
 
+    /// The same error again, for each of several callers one call failed
+    /// for (an I/O error's kind and text are kept).
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Remote {
+                addr,
+                kind,
+                message,
+            } => Error::Remote {
+                addr: *addr,
+                kind: *kind,
+                message: message.clone(),
+            },
+            Error::Invalid(m) => Error::Invalid(m.clone()),
+            Error::Connect { addr, source } => Error::Connect {
+                addr: *addr,
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Timeout { addr, what, after } => Error::Timeout {
+                addr: *addr,
+                what,
+                after: *after,
+            },
+            Error::Transport { addr, source } => Error::Transport {
+                addr: *addr,
+                source: source.clone(),
+            },
+            Error::Gateway {
+                addr,
+                kind,
+                message,
+            } => Error::Gateway {
+                addr: *addr,
+                kind: *kind,
+                message: message.clone(),
+            },
+            Error::WrongNode {
+                addr,
+                expected,
+                found,
+            } => Error::WrongNode {
+                addr: *addr,
+                expected: expected.clone(),
+                found: found.clone(),
+            },
+            Error::TransitChecksum {
+                addr,
+                expected,
+                got,
+            } => Error::TransitChecksum {
+                addr: *addr,
+                expected: *expected,
+                got: *got,
+            },
+            Error::NoFreePort { lo, hi, attempts } => Error::NoFreePort {
+                lo: *lo,
+                hi: *hi,
+                attempts: *attempts,
+            },
+        }
+    }
+
     /// Worth another attempt (on a fresh connection) for an idempotent call.
     pub(crate) fn is_retryable(&self) -> bool {
         match self {

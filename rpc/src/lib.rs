@@ -16,7 +16,7 @@ pub mod limits;
 pub mod local;
 pub mod ports;
 
-pub use chunk::{ChunkClient, ClientOptions, NodeInfo, ScrubStatus, ShardInfo};
+pub use chunk::{ChunkClient, ClientOptions, NodeInfo, PutBatchStats, ScrubStatus, ShardInfo};
 pub use error::{Error, GatewayErrorKind, RemoteKind, Result};
 pub use gateway::{
     ConnectOptions, Credentials, GatewayClient, KeyInfo, NodeScrub, ObjectInfo, PutIf, PutOutcome,

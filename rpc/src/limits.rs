@@ -13,6 +13,29 @@ pub const SHARD_SIZE_MAX_BYTES: usize = 16 << 20;
 /// the common shard sizes (a 4+2 stripe of 16 MiB has 4 MiB shards).
 pub const INLINE_DATA_MAX_BYTES: usize = 4 << 20;
 
+/// Most shards in one `putShards` call.
+pub const PUT_BATCH_SHARDS_MAX: usize = 256;
+
+/// Most data (all shards together) in one `putShards` call: the inline
+/// message limit.
+pub const PUT_BATCH_DATA_MAX_BYTES: usize = INLINE_DATA_MAX_BYTES;
+
+/// Largest shard a client batches into `putShards` calls; a larger one is
+/// a call of its own (its bytes, not the call, are its cost). 64 KiB is
+/// the gateway's inline limit: every replica of a replicated object and
+/// the shards of small erasure-coded ones.
+pub const PUT_BATCH_ITEM_MAX_BYTES: usize = 64 << 10;
+
+/// Most data a client gathers into one `putShards` call (a quarter of
+/// what the server accepts, so a batch stays a short message).
+pub const PUT_BATCH_SEND_MAX_BYTES: usize = 1 << 20;
+
+/// Batched put calls a client has in flight per server connection; puts
+/// asked for meanwhile wait and leave together in the next one. One keeps
+/// batches largest: a durable write takes ~1 ms here, and what arrives in
+/// it shares the next.
+pub const PUT_BATCHES_INFLIGHT_MAX: usize = 1;
+
 /// Largest chunk of one stream write.
 pub const STREAM_CHUNK_MAX_BYTES: usize = 1 << 20;
 

@@ -13,6 +13,7 @@
 #   inline put / get     <= 4 MiB of data in one message; larger shards use
 #                           putShardStream / getShardStream
 #   stream chunk         <= 1 MiB per write
+#   putShards            1..=256 shards, <= 4 MiB of data in all
 #   inventory page       <= 10000 items
 #   bad-shard reports    <= 10000 per call
 
@@ -38,6 +39,19 @@ struct ShardInfo {
   id @0 :Data;
   length @1 :UInt32;
   crc32c @2 :UInt32;
+}
+
+# One shard of a putShards call.
+struct ShardPut {
+  id @0 :Data;
+  data @1 :Data;
+  crc32c @2 :UInt32;
+}
+
+# A shard of a putShards call that was not stored, and why.
+struct PutFailure {
+  index @0 :UInt32;   # its position in the call's `shards`
+  error @1 :Error;
 }
 
 struct ScrubStatus {
@@ -131,4 +145,14 @@ interface ChunkServer {
 
   # Health and capacity, for the node registry.
   nodeInfo @10 () -> (info :NodeInfo);
+
+  # Stores several whole shards sent in one message, each exactly as
+  # putShard would (same checks, same durability); they share the server's
+  # durable writes, and the call's overhead is paid once. `failed` names
+  # the shards not stored, by position, with why; every other one is
+  # durable when the call returns. `error` is set (and `failed` empty) when
+  # the call as a whole is refused: nothing was stored. Idempotent for the
+  # same bytes. A server older than this method answers it with an
+  # `unimplemented` exception; a client then sends putShard calls.
+  putShards @11 (shards :List(ShardPut)) -> (failed :List(PutFailure), error :Error);
 }
