@@ -281,7 +281,7 @@ async fn run_inner(
 ) -> Result<(Report, Child)> {
     let mut r = Report::default();
     let target = crate::target::Target::from_file(file)?;
-    let bridge = MetaBridge::start(metad.clone(), target.metad_security())?;
+    let bridge = MetaBridge::start(metad.clone(), target.metad_security()).await?;
     let gw = Rc::new(GatewayClient::connect_with(gw_addr, target.opts.clone()).await?);
     // 1. Fill until each chunk server holds `per_node` bytes: with 4+2 on
     // six servers each holds a quarter of the object bytes.

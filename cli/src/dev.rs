@@ -563,7 +563,8 @@ pub fn run(args: DevArgs) -> Result<()> {
                         tls: Some(tessera_tls::Connector::node(&f)?),
                         credentials: None,
                     },
-                )?;
+                )
+                .await?;
                 crate::access::dev_admin_key(&data, &b, seal.as_deref()).await
             })?;
             credentials = Some(creds);

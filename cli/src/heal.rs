@@ -22,11 +22,17 @@ const FOLLOW_MAX: Duration = Duration::from_secs(24 * 3600);
 /// A repair request nobody picks up within this is reported.
 const REQUEST_PICKUP_MAX: Duration = Duration::from_secs(60);
 
-pub fn bridge(metad: &[String], security: tessera_metad::net::Security) -> Result<MetaBridge> {
+/// The metad client of the calling executor.
+pub async fn bridge(
+    metad: &[String],
+    security: tessera_metad::net::Security,
+) -> Result<MetaBridge> {
     if metad.is_empty() {
         bail!("the cluster file names no metad replica; pass --cluster with a complete file");
     }
-    MetaBridge::start(metad.to_vec(), security).context("connecting to metad")
+    MetaBridge::start(metad.to_vec(), security)
+        .await
+        .context("connecting to metad")
 }
 
 /// The healer lease and the leader's last published status.

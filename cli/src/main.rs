@@ -370,7 +370,7 @@ fn run(cli: Cli) -> Result<()> {
             let keys: Vec<String> = key.iter().cloned().collect();
             let dry = *dry_run;
             ops::on_executor(move || async move {
-                heal::repair(heal::bridge(&metad, sec)?, tls, keys, dry, json).await
+                heal::repair(heal::bridge(&metad, sec).await?, tls, keys, dry, json).await
             })
         }
         Cmd::Node(cmd) => {
@@ -395,14 +395,14 @@ fn run(cli: Cli) -> Result<()> {
                     let (data, listen) = (data.clone(), listen.clone());
                     let tls = node_tls(&file)?;
                     ops::on_executor(move || async move {
-                        let b = heal::bridge(&metad, sec)?;
+                        let b = heal::bridge(&metad, sec).await?;
                         heal::node_add(b, metad, data, listen, config, tls, json).await
                     })
                 }
                 NodeCmd::Drain { id, undo } => {
                     let (id, undo) = (id.clone(), *undo);
                     ops::on_executor(move || async move {
-                        heal::node_drain(heal::bridge(&metad, sec)?, id, undo, json).await
+                        heal::node_drain(heal::bridge(&metad, sec).await?, id, undo, json).await
                     })
                 }
                 NodeCmd::Remove { id } => {
@@ -411,7 +411,7 @@ fn run(cli: Cli) -> Result<()> {
                         .map(|f| tessera_tls::Connector::node(&f))
                         .transpose()?;
                     ops::on_executor(move || async move {
-                        heal::node_remove(heal::bridge(&metad, sec)?, tls, id, json).await
+                        heal::node_remove(heal::bridge(&metad, sec).await?, tls, id, json).await
                     })
                 }
             }

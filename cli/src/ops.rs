@@ -343,13 +343,15 @@ pub async fn status(
             _ => break,
         }
     }
-    let healer = match cluster.as_ref().map(|c| {
-        crate::access::Access::new(Some(c))
-            .and_then(|a| a.metad())
-            .and_then(|sec| crate::heal::bridge(&c.metad, sec))
-    }) {
-        Some(Ok(b)) => crate::heal::healer_state(&b).await.ok(),
-        _ => None,
+    let healer = match cluster.as_ref() {
+        Some(c) => match crate::access::Access::new(Some(c)).and_then(|a| a.metad()) {
+            Ok(sec) => match crate::heal::bridge(&c.metad, sec).await {
+                Ok(b) => crate::heal::healer_state(&b).await.ok(),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        },
+        None => None,
     };
     let pid_of = |addr: &str| {
         cluster

@@ -6,8 +6,8 @@
 //!   rendezvous hashing over the live nodes of the registry);
 //! - [`cache`] keeps recently read or written stripes for reads;
 //! - [`codec`] is the erasure code behind a trait (Reed-Solomon);
-//! - [`bridge`] carries metad calls from the glommio executor to the tokio
-//!   thread the metad client runs on;
+//! - [`bridge`] is the metad client of a glommio executor, run on that
+//!   executor;
 //! - [`nodes`] keeps the node table and a chunk client per node;
 //! - [`objects`] is the write and read paths (WAL first, parallel shard
 //!   writes, compare-and-set commit, degraded reads) and WAL replay;

@@ -134,7 +134,9 @@ fn only_the_newest_epoch_commits() {
             let r = round.get();
             on_executor(move || {
                 Box::pin(async move {
-                    let bridge = MetaBridge::start(vec![addr], Default::default()).unwrap();
+                    let bridge = MetaBridge::start(vec![addr], Default::default())
+                        .await
+                        .unwrap();
                     // Epochs grow across cases too: start above the last.
                     let base = r * 1000;
                     let mut leaders: Vec<(u64, Option<Rc<Fence>>)> = Vec::new();
@@ -218,7 +220,9 @@ fn one_lease_holder_and_a_larger_epoch_after_release() {
     let addr = m.addr.clone();
     on_executor(move || {
         Box::pin(async move {
-            let bridge = MetaBridge::start(vec![addr], Default::default()).unwrap();
+            let bridge = MetaBridge::start(vec![addr], Default::default())
+                .await
+                .unwrap();
             let a = Leadership::new(bridge.clone(), "a");
             let b = Leadership::new(bridge.clone(), "b");
             assert!(a.try_acquire().await.unwrap());
@@ -246,7 +250,9 @@ fn bad_copies_pass_to_the_next_leader() {
     let addr = m.addr.clone();
     on_executor(move || {
         Box::pin(async move {
-            let bridge = MetaBridge::start(vec![addr], Default::default()).unwrap();
+            let bridge = MetaBridge::start(vec![addr], Default::default())
+                .await
+                .unwrap();
             assert!(BadCopies::load(&bridge).await.unwrap().set.is_empty());
             let old = Fence::install(bridge.clone(), 1).await.unwrap();
             let mut bad = BadCopies::default();

@@ -2,7 +2,9 @@
 //! `notLeader`, `unavailable` and broken connections until a deadline, and
 //! tags every write with a request id so a retry applies once.
 //!
-//! Runs on a tokio `LocalSet` (Cap'n Proto clients are not `Send`).
+//! Runs on the calling thread's executor (Cap'n Proto clients are not
+//! `Send`): a tokio `LocalSet` by default, or any [`ClientRuntime`]
+//! ([`MetaClient::connect_on`]; the gateway's glommio executor).
 //! WAL appends, and single-key writes, that its callers make at the same
 //! time go out together ([`crate::batcher`]): per WAL partition or group at
 //! most [`BATCHED_CALLS_INFLIGHT_MAX`] calls are out, and what is made
@@ -23,7 +25,7 @@ use crate::limits::{
     BATCHED_CALLS_INFLIGHT_MAX, WAL_APPEND_MANY_BYTES_MAX, WAL_APPEND_MANY_ITEMS_MAX,
     WRITE_MANY_BYTES_MAX, WRITE_MANY_ITEMS_MAX,
 };
-use crate::net::connect;
+use crate::runtime::{within, ClientRuntime, Tokio};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -260,6 +262,8 @@ pub struct MetaClient {
     write_batcher: Batcher<WriteItem, (u64, u64)>,
     /// This client, for the senders it starts (set by `connect`).
     me: std::rc::Weak<MetaClient>,
+    /// The executor it runs on.
+    rt: Rc<dyn ClientRuntime>,
 }
 
 /// A future borrowing the client for `'a`.
@@ -319,8 +323,18 @@ fn item_result<T>(
 
 impl MetaClient {
     /// Connects to a cluster through any of `seeds` (replica addresses),
-    /// learning the group count and the other replicas.
+    /// learning the group count and the other replicas; runs on the
+    /// calling thread's tokio `LocalSet`.
     pub async fn connect(seeds: &[String], opts: ClientOptions) -> Result<Rc<Self>> {
+        Self::connect_on(seeds, opts, Rc::new(Tokio)).await
+    }
+
+    /// [`MetaClient::connect`] on the executor `rt` (the calling thread's).
+    pub async fn connect_on(
+        seeds: &[String],
+        opts: ClientOptions,
+        rt: Rc<dyn ClientRuntime>,
+    ) -> Result<Rc<Self>> {
         if seeds.is_empty() {
             return Err(Error::Config("no metad address given".into()));
         }
@@ -346,6 +360,7 @@ impl MetaClient {
                 WRITE_MANY_BYTES_MAX,
             ),
             me: std::rc::Weak::new(),
+            rt,
         };
         let start = Instant::now();
         let mut last = String::new();
@@ -379,7 +394,7 @@ impl MetaClient {
                     Err(e) => last = e.to_string(),
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            c.rt.sleep(Duration::from_millis(100)).await;
         }
         Err(Error::GaveUp {
             attempts,
@@ -402,17 +417,21 @@ impl MetaClient {
         if let Some(c) = self.conns.borrow().get(addr) {
             return Ok(c.clone());
         }
-        let c = connect(addr, &self.opts.security).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                Attempt::Remote {
-                    kind: RemoteKind::Unauthenticated,
-                    message: format!("metad at {addr} refused the access key: {e}"),
-                    leader: String::new(),
+        let c = self
+            .rt
+            .connect(addr, &self.opts.security)
+            .await
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    Attempt::Remote {
+                        kind: RemoteKind::Unauthenticated,
+                        message: format!("metad at {addr} refused the access key: {e}"),
+                        leader: String::new(),
+                    }
+                } else {
+                    Attempt::Transport(format!("{addr}: {e}"))
                 }
-            } else {
-                Attempt::Transport(format!("{addr}: {e}"))
-            }
-        })?;
+            })?;
         self.conns.borrow_mut().insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -448,9 +467,9 @@ impl MetaClient {
             attempts += 1;
             let addr = self.pick(group);
             let r = match self.conn(&addr).await {
-                Ok(c) => match tokio::time::timeout(self.opts.call_timeout, f(c)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Attempt::Transport(format!(
+                Ok(c) => match within(&*self.rt, self.opts.call_timeout, f(c)).await {
+                    Some(r) => r,
+                    None => Err(Attempt::Transport(format!(
                         "{addr} did not answer within {:?}",
                         self.opts.call_timeout
                     ))),
@@ -491,7 +510,7 @@ impl MetaClient {
                 last = why;
                 break;
             }
-            tokio::time::sleep(backoff).await;
+            self.rt.sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
         Err(Error::GaveUp {
@@ -642,7 +661,8 @@ impl MetaClient {
         let me = self.me()?;
         let (rx, start) = which(self).push(key, item);
         if start {
-            tokio::task::spawn_local(async move {
+            let rt = me.rt.clone();
+            rt.spawn_local(Box::pin(async move {
                 while let Some((items, answers)) = which(&me).take(key) {
                     let outcome = match &items[..] {
                         [one] => (send.one)(&me, key, one).await.map(|o| vec![Ok(o)]),
@@ -650,7 +670,7 @@ impl MetaClient {
                     };
                     answer(answers, outcome);
                 }
-            });
+            }));
         }
         wait(rx).await
     }
@@ -956,9 +976,9 @@ impl MetaClient {
                     uptime_secs: rep.get_uptime_secs(),
                 })
             };
-            match tokio::time::timeout(self.opts.call_timeout, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(Attempt::Transport(format!(
+            match within(&*self.rt, self.opts.call_timeout, fut).await {
+                Some(r) => r,
+                None => Err(Attempt::Transport(format!(
                     "{addr} did not answer within {:?}",
                     self.opts.call_timeout
                 ))),

@@ -28,6 +28,7 @@ pub mod log_store;
 pub mod metrics;
 pub mod net;
 pub mod replica;
+pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod state_machine;

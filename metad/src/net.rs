@@ -90,8 +90,8 @@ pub async fn accept(
 
 /// Buffer sizes of a connection's halves (a small message leaves in one send).
 const CONN_BUFFER_BYTES: usize = 64 << 10;
-/// How long opening a connection to a peer may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long opening a connection to a peer (and authenticating on it) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Raft message kinds on the `raft` method.
 pub const KIND_APPEND: u8 = 0;
@@ -169,39 +169,47 @@ pub async fn connect(addr: &str, security: &Security) -> std::io::Result<metad::
         }
     };
     if let Some(creds) = &security.credentials {
-        authenticate(&client, creds)
-            .await
-            .map_err(|m| std::io::Error::new(std::io::ErrorKind::PermissionDenied, m))?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, authenticate(&client, creds)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("authenticating took longer than {CONNECT_TIMEOUT:?}"),
+                ))
+            }
+        }
     }
     Ok(client)
 }
 
-/// Proves `creds` on a fresh connection; the error says why not (never
-/// the secret).
-async fn authenticate(
+/// Proves `creds` on a fresh connection; a refusal is a `PermissionDenied`
+/// error saying why (never the secret). Not bounded in time: the caller
+/// puts its executor's deadline on it ([`CONNECT_TIMEOUT`]).
+pub async fn authenticate(
     client: &metad::Client,
     creds: &tessera_auth::Credentials,
-) -> Result<(), String> {
+) -> std::io::Result<()> {
     let mut req = client.authenticate_request();
     req.get().set_key_id(&creds.key_id);
     req.get().set_secret(&creds.secret);
-    let fut = async {
-        let resp = req.send().promise.await.map_err(|e| e.to_string())?;
-        let r = resp.get().map_err(|e| e.to_string())?;
-        if r.has_error() {
-            let e = r.get_error().map_err(|e| e.to_string())?;
-            return Err(e
-                .get_message()
+    let refused = |m: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, m);
+    let resp = req
+        .send()
+        .promise
+        .await
+        .map_err(|e| refused(e.to_string()))?;
+    let r = resp.get().map_err(|e| refused(e.to_string()))?;
+    if r.has_error() {
+        let e = r.get_error().map_err(|e| refused(e.to_string()))?;
+        return Err(refused(
+            e.get_message()
                 .ok()
                 .and_then(|m| m.to_str().ok())
                 .unwrap_or("refused")
-                .to_string());
-        }
-        Ok(())
-    };
-    tokio::time::timeout(CONNECT_TIMEOUT, fut)
-        .await
-        .map_err(|_| format!("authenticating took longer than {CONNECT_TIMEOUT:?}"))?
+                .to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// The connections to peer replicas, one each, shared by all groups.

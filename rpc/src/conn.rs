@@ -178,8 +178,18 @@ pub fn client_side<C: capnp::capability::FromClientHook, S: Io>(stream: S) -> C 
 pub fn client_side_with_disconnector<C: capnp::capability::FromClientHook, S: Io>(
     stream: S,
 ) -> (C, capnp_rpc::Disconnector<Side>) {
+    client_side_with_options(stream, reader_options())
+}
+
+/// Like [`client_side_with_disconnector`], bounding what the client accepts
+/// with `options` instead of this crate's limits (a metad client takes
+/// metad's).
+pub fn client_side_with_options<C: capnp::capability::FromClientHook, S: Io>(
+    stream: S,
+    options: ReaderOptions,
+) -> (C, capnp_rpc::Disconnector<Side>) {
     let (reader, writer) = halves(stream);
-    let network = twoparty::VatNetwork::new(reader, writer, Side::Client, reader_options());
+    let network = twoparty::VatNetwork::new(reader, writer, Side::Client, options);
     let mut rpc = RpcSystem::new(Box::new(network), None);
     let client: C = rpc.bootstrap(Side::Server);
     let disconnector = rpc.get_disconnector();

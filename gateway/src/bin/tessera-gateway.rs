@@ -204,18 +204,22 @@ fn main() -> Result<()> {
         signal_hook::consts::SIGINT,
     ])
     .context("installing signal handlers")?;
-    let bridge = MetaBridge::start(
-        metad,
-        tessera_metad::net::Security {
-            tls: node_tls,
-            credentials: None,
-        },
-    )
-    .context("connecting to metad")?;
+    let metad_security = tessera_metad::net::Security {
+        tls: node_tls,
+        credentials: None,
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let _executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("tessera-gateway")
         .spawn(move || async move {
+            // On this executor: its metad calls never cross threads.
+            let bridge = match MetaBridge::start(metad, metad_security).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("connecting to metad: {e}")));
+                    return;
+                }
+            };
             let objects = match Objects::new(cfg, bridge) {
                 Ok(o) => o,
                 Err(e) => {

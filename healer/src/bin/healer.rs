@@ -137,19 +137,28 @@ fn main() -> Result<()> {
         signal_hook::consts::SIGINT,
     ])
     .context("installing signal handlers")?;
-    let bridge = MetaBridge::start(
-        metad.clone(),
-        tessera_metad::net::Security {
-            tls: node_tls,
-            credentials: None,
-        },
-    )
-    .context("connecting to metad")?;
+    let metad_security = tessera_metad::net::Security {
+        tls: node_tls,
+        credentials: None,
+    };
+    let seeds = metad.clone();
+    let (connected_tx, connected_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_seen = stop_flag.clone();
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("tessera-healer")
         .spawn(move || async move {
+            // On this executor: its metad calls never cross threads.
+            let bridge = match MetaBridge::start(seeds, metad_security).await {
+                Ok(b) => {
+                    let _ = connected_tx.send(Ok(()));
+                    b
+                }
+                Err(e) => {
+                    let _ = connected_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
             let stop = Rc::new(Cell::new(false));
             let healer = match Healer::new(cfg, bridge, stop.clone()) {
                 Ok(h) => h,
@@ -170,6 +179,11 @@ fn main() -> Result<()> {
             healer.run().await;
         })
         .map_err(|e| anyhow::anyhow!("starting the healer's executor: {e}"))?;
+    match connected_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => anyhow::bail!("connecting to metad: {e}"),
+        Err(_) => anyhow::bail!("connecting to metad: the healer's executor stopped"),
+    }
     // `tessera dev` waits for this line on stdout.
     println!(
         "healer {} listening for work from metad {} (one healer works; the others stand by)",
