@@ -366,6 +366,44 @@ fn security_end_to_end() {
     let r = metad_with(Some(create_key(&dev, "rw", "")));
     assert!(r.is_err(), "metad served a non-admin key");
     metad_with(admin.opts.credentials.clone()).expect("metad serves an admin key");
+    // The same through the client on a glommio executor, as the gateway,
+    // the healer and the operator commands run it: a refused key is an
+    // authentication error at once, never a timeout.
+    let bridge_with = |creds: Option<Credentials>| {
+        let metad = metad.clone();
+        let ca = ca.clone();
+        on_executor(move || async move {
+            let security = tessera_metad::net::Security {
+                tls: Some(tessera_tls::Connector::client(&ca).unwrap()),
+                credentials: creds,
+            };
+            let b = tessera_gateway::bridge::MetaBridge::start(metad, security).await?;
+            b.call("the probe write", |c| async move {
+                c.put(b"sec/probe-glommio", b"x").await
+            })
+            .await
+        })
+    };
+    for (what, creds) in [
+        ("no key", None),
+        ("a non-admin key", Some(create_key(&dev, "rw", ""))),
+    ] {
+        let t0 = Instant::now();
+        let r = bridge_with(creds);
+        let e = r.expect_err(&format!("metad served a glommio client with {what}"));
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "refusing {what} took {:?}: {e}",
+            t0.elapsed()
+        );
+        let text = e.to_string().to_lowercase();
+        assert!(
+            text.contains("key") || text.contains("authent"),
+            "the refusal of {what} does not say why: {e}"
+        );
+    }
+    bridge_with(admin.opts.credentials.clone())
+        .expect("metad serves an admin key to a glommio client");
 
     // 5. A chunk server with a certificate from another CA cannot join.
     let foreign_dir = dev.dir.join("foreign");
