@@ -101,8 +101,10 @@ impl MetaBridge {
             Rc::new(Glommio),
         )
         .await
-        .map_err(|e| {
-            Error::Unavailable(format!("cannot reach metad at {}: {e}", seeds.join(",")))
+        .map_err(|e| match e {
+            // A refused certificate or key is not a reachability problem.
+            e @ tessera_metad::Error::Remote { .. } => Error::from_metad("connecting to metad", e),
+            e => Error::Unavailable(format!("cannot reach metad at {}: {e}", seeds.join(","))),
         })?;
         Ok(MetaBridge {
             wal_partitions: client.wal_partitions(),

@@ -52,6 +52,12 @@ impl Error {
             } => Error::Unavailable(format!(
                 "{what}: the write-ahead log is full ({message}); retry when the healer has caught up"
             )),
+            M::Remote {
+                kind: K::Unauthenticated,
+                message,
+            } => Error::Unauthenticated(format!(
+                "{what}: metad refused this client ({message}); use a node certificate or an admin access key"
+            )),
             other => Error::Unavailable(format!("{what}: metad: {other}")),
         }
     }

@@ -152,17 +152,13 @@ enum Attempt {
     Transport(String),
 }
 
-/// How a replica's access check words a refusal: it answers before any
-/// method runs, so as a failed call, not a typed error.
-const REFUSAL_PREFIX: &str = "remote exception: unauthenticated:";
-
 impl From<capnp::Error> for Attempt {
     /// A refused connection (no node certificate and no key, or a revoked
     /// key) is an authentication error, returned at once: retrying it until
     /// the deadline only delayed the answer (15 s by default).
     fn from(e: capnp::Error) -> Self {
         let text = e.to_string();
-        if e.kind == capnp::ErrorKind::Failed && text.contains(REFUSAL_PREFIX) {
+        if e.kind == capnp::ErrorKind::Failed && text.contains(crate::error::REFUSAL_PREFIX) {
             return Attempt::Remote {
                 kind: RemoteKind::Unauthenticated,
                 message: text,

@@ -65,6 +65,12 @@ pub enum RemoteKind {
     Unauthenticated,
 }
 
+/// How a replica's access check begins a refusal. The check answers before
+/// any method runs, so the refusal travels as a failed call, not a typed
+/// error; clients recognise it by this prefix (`client.rs`) and return it
+/// as [`RemoteKind::Unauthenticated`] instead of retrying it.
+pub const REFUSAL_PREFIX: &str = "unauthenticated: ";
+
 impl Error {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         Error::Io {

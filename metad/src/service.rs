@@ -7,6 +7,7 @@
 //! in `crate::limits`); a read in `linearizable` mode is served only after a
 //! quorum confirmed this replica still leads; no request panics.
 
+use crate::error::REFUSAL_PREFIX;
 use crate::keys::{group_of, SYSTEM_GROUP};
 use crate::limits::*;
 use crate::net::{decode, encode, KIND_APPEND, KIND_SNAPSHOT, KIND_VOTE};
@@ -323,13 +324,12 @@ impl MetadService {
                 match session.current() {
                     None => {
                         crate::metrics::auth_refused("unauthenticated");
-                        Check::Refuse(
-                            "unauthenticated: this connection showed no node certificate; call \
+                        Check::Refuse(format!(
+                            "{REFUSAL_PREFIX}this connection showed no node certificate; call \
                              authenticate with an admin access key first (the CLI does this \
                              with the key in its cluster file, or TESSERA_KEY_ID and \
                              TESSERA_SECRET)"
-                                .into(),
-                        )
+                        ))
                     }
                     Some((_, at)) if at.elapsed() < SESSION_RECHECK => Check::Allow,
                     Some((grant, _)) => {
@@ -368,7 +368,7 @@ impl MetadService {
                 self.session.revoke();
                 crate::metrics::auth_refused("revoked");
                 Err(format!(
-                    "unauthenticated: access key {key_id} was revoked or lost admin; \
+                    "{REFUSAL_PREFIX}access key {key_id} was revoked or lost admin; \
                      authenticate again with another admin key"
                 ))
             }
