@@ -43,6 +43,11 @@ struct Cli {
     /// default (4). `tessera dev` uses one per two cores (1 here).
     #[arg(long, global = true, default_value_t = 0)]
     wal_partitions: u32,
+    /// `metad` and `wal`: the replicas and the bench talk over Unix sockets
+    /// (metad's `--local-socket-dir`), as in a `tessera dev` cluster,
+    /// instead of TCP.
+    #[arg(long, global = true)]
+    local_sockets: bool,
     /// Skip the etcd side of `metad` (Tessera's figures only).
     #[arg(long, global = true)]
     no_etcd: bool,
@@ -222,6 +227,7 @@ fn main() -> Result<()> {
             };
             plan.groups = cli.metad_groups;
             plan.with_etcd = !cli.no_etcd;
+            plan.local_sockets = cli.local_sockets;
             metad_bench::run(&cli.dir, &plan)?
         }
         Cmd::Wal => {
@@ -232,6 +238,7 @@ fn main() -> Result<()> {
             };
             plan.groups = cli.metad_groups;
             plan.wal_partitions = cli.wal_partitions;
+            plan.local_sockets = cli.local_sockets;
             plan.wal_phases = cli
                 .wal_phases
                 .iter()

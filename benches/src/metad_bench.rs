@@ -37,6 +37,10 @@ pub struct Plan {
     pub wal_partitions: u32,
     /// WAL phases to run as (entry bytes, in flight); empty = all six.
     pub wal_phases: Vec<(usize, usize)>,
+    /// Replicas and the bench reach each other over Unix sockets in
+    /// `DIR/sockets` (metad's `--local-socket-dir`), as a `tessera dev`
+    /// cluster's do, instead of TCP.
+    pub local_sockets: bool,
 }
 
 /// Parses `SIZE_KIB:IN_FLIGHT` (`4:64`).
@@ -66,6 +70,7 @@ impl Plan {
             with_etcd: true,
             wal_partitions: 0,
             wal_phases: Vec::new(),
+            local_sockets: false,
         }
     }
     pub fn quick() -> Self {
@@ -77,6 +82,7 @@ impl Plan {
             with_etcd: true,
             wal_partitions: 0,
             wal_phases: Vec::new(),
+            local_sockets: false,
         }
     }
 }
@@ -241,6 +247,17 @@ fn print_log_deltas(before: &[LogCounters], after: &[LogCounters], secs: f64) {
     }
 }
 
+/// The bench's metad client options (over the local sockets when asked).
+fn client_options(dir: &Path, plan: &Plan) -> tessera_metad::client::ClientOptions {
+    tessera_metad::client::ClientOptions {
+        security: tessera_metad::net::Security {
+            local_socket_dir: plan.local_sockets.then(|| dir.join("sockets")),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// Starts `plan.replicas` metad processes with fresh data directories;
 /// returns them, their ids, addresses and metrics addresses.
 #[allow(clippy::type_complexity)]
@@ -295,6 +312,14 @@ fn start_metad(dir: &Path, plan: &Plan) -> Result<(Vec<Proc>, Vec<u64>, Vec<Stri
             ])
             .arg("--data")
             .arg(&data)
+            .args(if plan.local_sockets {
+                vec![
+                    "--local-socket-dir".into(),
+                    dir.join("sockets").into_os_string(),
+                ]
+            } else {
+                Vec::new()
+            })
             // A metad config file (e.g. `[raft]` tuning) for experiments.
             .args(
                 std::env::var("TESSERA_BENCH_METAD_CONFIG")
@@ -322,8 +347,8 @@ fn run_metad(dir: &Path, plan: &Plan) -> Result<[Phase; 4]> {
         .enable_all()
         .build()?;
     let phases = tokio::task::LocalSet::new().block_on(&rt, async {
-        use tessera_metad::client::{ClientOptions, Consistency, MetaClient};
-        let c = MetaClient::connect(&addrs, ClientOptions::default()).await?;
+        use tessera_metad::client::{Consistency, MetaClient};
+        let c = MetaClient::connect(&addrs, client_options(dir, plan)).await?;
         // Every group has a leader before the clock starts.
         for g in 0..c.groups() {
             let mut k = 0u32;
@@ -595,8 +620,8 @@ pub fn run_wal(dir: &Path, plan: &Plan) -> Result<Report> {
         .enable_all()
         .build()?;
     let phases = tokio::task::LocalSet::new().block_on(&rt, async {
-        use tessera_metad::client::{ClientOptions, MetaClient};
-        let c = MetaClient::connect(&addrs, ClientOptions::default()).await?;
+        use tessera_metad::client::MetaClient;
+        let c = MetaClient::connect(&addrs, client_options(dir, plan)).await?;
         let parts = c.wal_partitions().max(1);
         // Replicas start together, so some groups' first elections fail
         // (peers not yet listening) and a second round follows up to one

@@ -87,6 +87,7 @@ impl Target {
         tessera_metad::net::Security {
             tls: self.node_tls.clone(),
             credentials: None,
+            local_socket_dir: None,
         }
     }
 }

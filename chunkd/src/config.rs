@@ -59,6 +59,11 @@ pub struct Config {
     /// Certificate files (`ca`, `cert`, `key`): peers must show a
     /// certificate from the same CA.
     pub tls: Option<tessera_tls::TlsFiles>,
+    /// This machine's local socket directory: each executor also listens
+    /// on a Unix socket there, named by the advertised address, so that a
+    /// gateway on the same machine given the same directory skips TCP and
+    /// TLS (only this user and root may connect). None by default.
+    pub local_socket_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -81,6 +86,7 @@ impl Default for Config {
             metrics: None,
             insecure: false,
             tls: None,
+            local_socket_dir: None,
         }
     }
 }

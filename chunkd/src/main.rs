@@ -49,6 +49,11 @@ struct Cli {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Also listen on Unix sockets in this directory (one per executor,
+    /// named by the advertised address): gateways on this machine given
+    /// the same directory connect there, without TCP or TLS.
+    #[arg(long)]
+    local_socket_dir: Option<std::path::PathBuf>,
     /// Do not pin engine threads to cores (several chunk servers on one
     /// machine, as `tessera dev` runs them).
     #[arg(long)]
@@ -124,6 +129,9 @@ fn main() -> Result<()> {
     }
     if let Some(z) = cli.zone {
         cfg.zone = z;
+    }
+    if cli.local_socket_dir.is_some() {
+        cfg.local_socket_dir = cli.local_socket_dir.clone();
     }
     if cli.advertise.is_some() {
         cfg.advertise = cli.advertise;

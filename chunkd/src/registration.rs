@@ -78,6 +78,7 @@ async fn run(
         security: tessera_metad::net::Security {
             tls,
             credentials: None,
+            local_socket_dir: None,
         },
     };
     let mut client: Option<std::rc::Rc<MetaClient>> = None;

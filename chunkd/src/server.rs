@@ -3,7 +3,11 @@
 //!
 //! Each engine shard's executor binds the listen address with SO_REUSEPORT
 //! (glommio's default) and serves the connections the kernel gives it;
-//! a bind without it first makes sure no other process listens there. A
+//! a bind without it first makes sure no other process listens there.
+//! With a local socket directory, each executor also serves its own Unix
+//! socket there (`tessera_rpc::local::server_socket`), bound before the
+//! executor reports ready and removed at a clean stop; its accept thread
+//! admits only this user and root, so those connections skip TLS. A
 //! connection beyond the per-core limit is closed at once. Shutdown: stop
 //! accepting, refuse new requests with `unavailable`, wait (bounded by the
 //! grace period) for in-flight requests to finish; the caller then closes
@@ -90,6 +94,8 @@ impl Server {
             let grace = Duration::from_secs(cfg.shutdown_grace_secs);
             let bind = addr;
             let tls = tls.clone();
+            let local_dir = cfg.local_socket_dir.clone();
+            let advertise = cfg.advertise;
             engine.spawn_on_shard(i, move |ops| {
                 Box::pin(async move {
                     let listener = match TcpListener::bind(bind) {
@@ -99,6 +105,12 @@ impl Server {
                             return;
                         }
                     };
+                    // Bound before this executor says it is ready: a
+                    // client that finds the server up finds its sockets.
+                    let local_path = local_dir.as_deref().and_then(|dir| {
+                        let dial = advertise.or(listener.local_addr().ok())?;
+                        bind_local(dir, &dial.to_string(), i)
+                    });
                     let _ = ready_tx.send(listener.local_addr().map_err(Into::into));
                     let local = Rc::new(Local {
                         shard: ops,
@@ -139,10 +151,24 @@ impl Server {
                             None,
                             |_, _| tessera_auth::Check::Allow,
                         );
-                    let conns = Conns::default();
+                    let conns = Rc::new(Conns::default());
+                    let local_path = local_path.map(|(path, l)| {
+                        let (service, stop_rx, conns) =
+                            (service.clone(), stop_rx.clone(), conns.clone());
+                        glommio::spawn_local(async move {
+                            local_accept_loop(l, &service, conns_max, &stop_rx, &conns).await;
+                        })
+                        .detach();
+                        path
+                    });
                     let acceptor = tls.map(tessera_rpc::conn::acceptor);
                     accept_loop(&listener, &service, acceptor, conns_max, &stop_rx, &conns).await;
                     drop(listener);
+                    if let Some(path) = &local_path {
+                        // New connections go to TCP from now on (a gateway
+                        // finding no socket, or a refused one, uses TCP).
+                        let _ = std::fs::remove_file(path);
+                    }
                     local.draining.set(true);
                     let deadline = Instant::now() + grace;
                     while local.inflight.get() > 0 && Instant::now() < deadline {
@@ -205,6 +231,100 @@ struct Conns {
     next: Cell<u64>,
 }
 
+impl Conns {
+    /// Runs one connection as a task of its own (`peer`: its TCP address;
+    /// `None` for a local socket).
+    fn spawn(
+        &self,
+        conn: impl std::future::Future<Output = std::result::Result<(), capnp::Error>> + 'static,
+        peer: Option<SocketAddr>,
+    ) {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        let tasks = self.tasks.clone();
+        let handle = glommio::spawn_local(async move {
+            // A panic inside the protocol library (a bug reachable by a
+            // hostile peer) must cost that connection only, never the
+            // executor and the engine shard it runs.
+            match std::panic::AssertUnwindSafe(conn).catch_unwind().await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(?peer, error = %e, "connection ended with an error")
+                }
+                Err(_) => tracing::error!(
+                    ?peer,
+                    "connection handler panicked on input from this peer; connection dropped"
+                ),
+            }
+            tasks.borrow_mut().remove(&n);
+        })
+        .detach();
+        self.tasks.borrow_mut().insert(n, handle);
+    }
+}
+
+/// Binds executor `n`'s socket in the local socket directory `dir`; a
+/// failure is logged and leaves this executor on TCP only.
+fn bind_local(
+    dir: &std::path::Path,
+    dial: &str,
+    n: usize,
+) -> Option<(std::path::PathBuf, tessera_rpc::local::LocalListener)> {
+    let Some(path) = tessera_rpc::local::server_socket(dir, dial, n) else {
+        tracing::warn!(dir = %dir.display(), "the local socket directory's path is too long for a Unix socket; serving over TCP only");
+        return None;
+    };
+    let bound = tessera_rpc::local::prepare_dir(dir)
+        .and_then(|()| tessera_rpc::local::bind_replacing_stale(&path));
+    match bound {
+        Ok(l) => Some((path, l)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot listen on the local socket; serving over TCP only");
+            None
+        }
+    }
+}
+
+/// Serves the local socket: its accept thread let in only this user and
+/// root, who may read this node's key anyway, so no TLS; connections count
+/// against the same per-core limit as TCP ones and stop with them.
+async fn local_accept_loop(
+    mut listener: tessera_rpc::local::LocalListener,
+    service: &chunk_server::Client,
+    conns_max: usize,
+    stop: &async_channel::Receiver<()>,
+    conns: &Conns,
+) {
+    loop {
+        let accepted = {
+            let accept = Box::pin(listener.accept());
+            let stopped = Box::pin(stop.recv());
+            match select(accept, stopped).await {
+                Either::Left((r, _)) => r,
+                Either::Right(_) => return,
+            }
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "local accept failed");
+                glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_MILLIS)).await;
+                continue;
+            }
+        };
+        if conns.tasks.borrow().len() >= conns_max {
+            tracing::warn!(
+                limit = conns_max,
+                "connection limit reached on this core; closing a new local connection"
+            );
+            continue;
+        }
+        let conn = tessera_rpc::conn::serve(stream, service.client.clone());
+        conns.spawn(conn, None);
+    }
+}
+
 async fn accept_loop(
     listener: &TcpListener,
     service: &chunk_server::Client,
@@ -240,27 +360,7 @@ async fn accept_loop(
                         })?;
                     tessera_rpc::conn::serve(stream, service.client).await
                 };
-                let n = conns.next.get();
-                conns.next.set(n + 1);
-                let tasks = conns.tasks.clone();
-                let handle = glommio::spawn_local(async move {
-                    // A panic inside the protocol library (a bug reachable by
-                    // a hostile peer) must cost that connection only, never
-                    // the executor and the engine shard it runs.
-                    match std::panic::AssertUnwindSafe(conn).catch_unwind().await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::debug!(?peer, error = %e, "connection ended with an error")
-                        }
-                        Err(_) => tracing::error!(
-                            ?peer,
-                            "connection handler panicked on input from this peer; connection dropped"
-                        ),
-                    }
-                    tasks.borrow_mut().remove(&n);
-                })
-                .detach();
-                conns.tasks.borrow_mut().insert(n, handle);
+                conns.spawn(conn, peer);
             }
             Either::Left((Err(e), _)) => {
                 tracing::warn!(error = %e, "accept failed");

@@ -911,6 +911,77 @@ fn client_works_when_the_server_refuses_more_connections() {
     });
 }
 
+fn sockets_named(path: &std::path::Path) -> usize {
+    tessera_rpc::local::sockets_named(path).unwrap()
+}
+
+/// With a local socket directory, each executor listens on its own socket
+/// there (0600, in a 0700 directory), a client given the directory sends
+/// its calls through them (every shard's data round-trips), and a clean
+/// stop removes them. A socket left by a server that is gone (nothing
+/// listens) is passed over: the client dials TCP and works.
+#[test]
+fn local_sockets_carry_the_calls_and_a_stale_one_falls_back_to_tcp() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sockets = dir.path().join("sockets");
+    let mut srv = Chunkd::start_with(
+        &dir.path().join("n1"),
+        &["--local-socket-dir", sockets.to_str().unwrap()],
+    );
+    let addr = srv.addr;
+    let paths: Vec<_> = (0..2)
+        .map(|n| tessera_rpc::local::server_socket(&sockets, &addr.to_string(), n).unwrap())
+        .collect();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&sockets), 0o700);
+    for p in &paths {
+        assert_eq!(mode(p), 0o600, "{}", p.display());
+        assert_eq!(sockets_named(p), 1, "only the listener before any client");
+    }
+    let local = ClientOptions {
+        local_socket_dir: Some(sockets.clone()),
+        ..opts()
+    };
+    let (o, p2) = (local.clone(), paths.clone());
+    on_glommio(move || async move {
+        let cl = ChunkClient::connect(addr, o).await.unwrap();
+        for k in 0..32u32 {
+            let id = format!("local-{k}").into_bytes();
+            cl.put(&id, &content(&id, 5000)).await.unwrap();
+            assert_eq!(cl.get(&id).await.unwrap(), content(&id, 5000));
+        }
+        for p in &p2 {
+            assert!(
+                sockets_named(p) >= 2,
+                "no connection through {} while the client is open",
+                p.display()
+            );
+        }
+    });
+    assert!(srv.terminate().0.success());
+    for p in &paths {
+        assert!(!p.exists(), "{} left after a clean stop", p.display());
+    }
+
+    // Stale sockets where a server that does not listen on them runs.
+    let srv = Chunkd::start(&dir.path().join("n2"));
+    let addr = srv.addr;
+    for n in 0..2 {
+        let p = tessera_rpc::local::server_socket(&sockets, &addr.to_string(), n).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(&p).unwrap());
+        assert!(p.exists());
+    }
+    on_glommio(move || async move {
+        let cl = ChunkClient::connect(addr, local).await.unwrap();
+        for k in 0..8u32 {
+            let id = format!("stale-{k}").into_bytes();
+            cl.put(&id, &content(&id, 100)).await.unwrap();
+            assert_eq!(cl.get(&id).await.unwrap(), content(&id, 100));
+        }
+    });
+}
+
 /// A port another process holds: chunkd exits with an error that names the
 /// address and says what to do, and leaves its data directory usable.
 #[test]

@@ -92,6 +92,7 @@ impl Access {
         Ok(Security {
             tls,
             credentials: self.credentials.clone(),
+            local_socket_dir: None,
         })
     }
 }

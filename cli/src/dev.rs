@@ -85,7 +85,9 @@ fn cores() -> usize {
 
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes with
 /// its terminating NUL).
-const UNIX_SOCKET_PATH_MAX_BYTES: usize = 107;
+const UNIX_SOCKET_PATH_MAX_BYTES: usize = tessera_rpc::local::UNIX_SOCKET_PATH_MAX_BYTES;
+/// The dev cluster's local socket directory, under its data directory.
+const LOCAL_SOCKET_DIR: &str = "sockets";
 
 /// Healers a dev cluster runs: one works, one stands by.
 const DEV_HEALERS: usize = 2;
@@ -527,6 +529,11 @@ pub fn run(args: DevArgs) -> Result<()> {
     let mut procs: Vec<Running> = Vec::new();
     let mut credentials: Option<tessera_auth::Credentials> = None;
     let started = (|| -> Result<()> {
+        // Every process here is on one machine: metad replicas and chunk
+        // servers also listen on Unix sockets in this directory, and the
+        // replicas and the gateway reach each other there (no TCP, no TLS:
+        // the directory admits only this user).
+        let sockets = data.join(LOCAL_SOCKET_DIR);
         for (i, a) in metad_addrs.iter().enumerate() {
             let mut c = Command::new(&metad_bin);
             c.args([
@@ -547,6 +554,7 @@ pub fn run(args: DevArgs) -> Result<()> {
             }
             let m = metrics_addr()?;
             c.args(["--metrics", &m]);
+            c.arg("--local-socket-dir").arg(&sockets);
             c.args(tessera_tls::daemon_args(tls.as_ref()));
             let mut r = spawn(&data, &format!("metad-{}", i + 1), a, c)?;
             r.metrics = Some(m);
@@ -562,6 +570,7 @@ pub fn run(args: DevArgs) -> Result<()> {
                     tessera_metad::net::Security {
                         tls: Some(tessera_tls::Connector::node(&f)?),
                         credentials: None,
+                        local_socket_dir: None,
                     },
                 )
                 .await?;
@@ -586,7 +595,9 @@ pub fn run(args: DevArgs) -> Result<()> {
                     .arg(&cfg)
                     .arg("--data")
                     .arg(data.join(&name))
-                    .args(["--listen", addr, "--metad", &metad_list]);
+                    .args(["--listen", addr, "--metad", &metad_list])
+                    .arg("--local-socket-dir")
+                    .arg(&sockets);
                 c.args(["--metrics", metrics.unwrap_or_default()]);
                 c.args(tessera_tls::daemon_args(tls.as_ref()));
                 c
@@ -627,6 +638,7 @@ pub fn run(args: DevArgs) -> Result<()> {
                 &args.m.to_string(),
             ]);
             c.args(["--metrics", metrics.unwrap_or_default()]);
+            c.arg("--local-socket-dir").arg(&sockets);
             c.args(tessera_tls::daemon_args(tls.as_ref()));
             if seal.is_some() {
                 c.arg("--seal-key").arg(&seal_path);

@@ -254,7 +254,7 @@ async fn preview(
     node_tls: Option<tessera_tls::Connector>,
     keys: &[String],
 ) -> Result<tessera_healer::healer::AuditReport> {
-    let nodes = tessera_gateway::nodes::Nodes::new(b.clone(), node_tls);
+    let nodes = tessera_gateway::nodes::Nodes::new(b.clone(), node_tls, None);
     // The copies the leader was told are bad and has not repaired yet.
     let mut bad = BadCopies::load(b).await.unwrap_or_else(|e| {
         eprintln!("warning: {e}; the preview leaves those copies out");

@@ -352,6 +352,7 @@ fn security_end_to_end() {
                 security: tessera_metad::net::Security {
                     tls: Some(tessera_tls::Connector::client(&ca).unwrap()),
                     credentials: creds,
+                    local_socket_dir: None,
                 },
                 ..Default::default()
             };
@@ -376,6 +377,7 @@ fn security_end_to_end() {
             let security = tessera_metad::net::Security {
                 tls: Some(tessera_tls::Connector::client(&ca).unwrap()),
                 credentials: creds,
+                local_socket_dir: None,
             };
             let b = tessera_gateway::bridge::MetaBridge::start(metad, security).await?;
             b.call("the probe write", |c| async move {

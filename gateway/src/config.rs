@@ -15,6 +15,9 @@ pub struct GatewayFile {
     pub listen: Option<SocketAddr>,
     /// A Unix socket for processes on this machine (plaintext, mode 0600).
     pub local_socket: Option<std::path::PathBuf>,
+    /// This machine's local socket directory (chunk servers there are
+    /// reached without TCP and TLS).
+    pub local_socket_dir: Option<std::path::PathBuf>,
     pub metad: Option<Vec<String>>,
     pub id: Option<String>,
     pub k: Option<u8>,

@@ -76,13 +76,20 @@ pub struct Nodes {
     latency_us: RefCell<HashMap<String, f64>>,
     /// TLS to chunk servers.
     tls: Option<tessera_tls::Connector>,
+    /// The local socket directory of this machine (see `ClientOptions`).
+    local_socket_dir: Option<std::path::PathBuf>,
 }
 
 impl Nodes {
-    pub fn new(bridge: MetaBridge, tls: Option<tessera_tls::Connector>) -> Rc<Self> {
+    pub fn new(
+        bridge: MetaBridge,
+        tls: Option<tessera_tls::Connector>,
+        local_socket_dir: Option<std::path::PathBuf>,
+    ) -> Rc<Self> {
         Rc::new(Nodes {
             bridge,
             tls,
+            local_socket_dir,
             recent_us: RefCell::new(std::collections::VecDeque::with_capacity(RECENT_READS_MAX)),
             p95: std::cell::Cell::new(HEDGE_MIN),
             samples: std::cell::Cell::new(0),
@@ -202,6 +209,7 @@ impl Nodes {
             attempts: crate::limits::CHUNK_CALL_ATTEMPTS,
             expect_node_id: Some(node_id.to_string()),
             tls: self.tls.clone(),
+            local_socket_dir: self.local_socket_dir.clone(),
             ..Default::default()
         };
         let c =

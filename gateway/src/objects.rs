@@ -89,6 +89,9 @@ pub struct ObjectsConfig {
     pub pools: Vec<Pool>,
     /// TLS to chunk servers (with the node certificate); `None` = plaintext.
     pub chunk_tls: Option<tessera_tls::Connector>,
+    /// This machine's local socket directory: chunk servers on this
+    /// machine that listen there are reached without TCP and TLS.
+    pub local_socket_dir: Option<std::path::PathBuf>,
     /// The cluster's seal key: keys made here carry their sealed secret
     /// and can sign S3 requests. `None`: new keys have no S3 access.
     pub seal_key: Option<std::sync::Arc<tessera_auth::SealKey>>,
@@ -112,6 +115,7 @@ impl Default for ObjectsConfig {
             codec: CodecId::Cauchy256,
             pools: Vec::new(),
             chunk_tls: None,
+            local_socket_dir: None,
             seal_key: None,
             cache_bytes: 0,
             cache_writes: true,
@@ -313,7 +317,11 @@ impl Objects {
     pub fn new(cfg: ObjectsConfig, bridge: MetaBridge) -> Result<Rc<Self>> {
         cfg.validate()?;
         Ok(Rc::new(Objects {
-            nodes: Nodes::new(bridge.clone(), cfg.chunk_tls.clone()),
+            nodes: Nodes::new(
+                bridge.clone(),
+                cfg.chunk_tls.clone(),
+                cfg.local_socket_dir.clone(),
+            ),
             cache: StripeCache::new(cfg.cache_bytes),
             warm: WarmBuffers::new(if cfg.cache_bytes > 0 && cfg.cache_writes {
                 WARM_READY_BYTES_MAX

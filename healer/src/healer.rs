@@ -219,7 +219,7 @@ impl Healer {
     pub fn new(cfg: HealerConfig, bridge: MetaBridge, stop: Rc<Cell<bool>>) -> Result<Rc<Self>> {
         cfg.validate()?;
         Ok(Rc::new(Healer {
-            nodes: Nodes::new(bridge.clone(), cfg.chunk_tls.clone()),
+            nodes: Nodes::new(bridge.clone(), cfg.chunk_tls.clone(), None),
             lead: Rc::new(Leadership::new(bridge.clone(), &cfg.id)),
             throttle: Rc::new(Throttle::new(cfg.bytes_per_sec)),
             counters: Rc::new(Counters::default()),

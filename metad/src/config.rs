@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub join: Option<bool>,
     /// Where to serve Prometheus metrics (`host:port`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// This machine's local socket directory (see `--local-socket-dir`).
+    pub local_socket_dir: Option<PathBuf>,
     /// Accept plaintext, unauthenticated connections (no `[tls]`).
     #[serde(default)]
     pub insecure: bool,

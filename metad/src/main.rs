@@ -52,6 +52,12 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
+    /// This machine's local socket directory: also listen on a Unix socket
+    /// there (named by the advertised address), and reach replicas on this
+    /// machine given the same directory through theirs (no TCP, no TLS;
+    /// only this user and root may connect).
+    #[arg(long)]
+    local_socket_dir: Option<PathBuf>,
     #[command(flatten)]
     tls: tessera_tls::TlsArgs,
     /// Log filter (RUST_LOG syntax).
@@ -104,7 +110,7 @@ fn main() -> anyhow::Result<()> {
         (None, None) => [(id, advertise.clone())].into_iter().collect(),
     };
     let tls = tessera_tls::resolve(&args.tls, file.tls.as_ref(), file.insecure)?;
-    let (acceptor, peer_security) = match &tls {
+    let (acceptor, mut peer_security) = match &tls {
         None => {
             tracing::warn!("--insecure: plaintext connections, no authentication");
             (None, tessera_metad::net::Security::default())
@@ -117,9 +123,22 @@ fn main() -> anyhow::Result<()> {
             tessera_metad::net::Security {
                 tls: Some(tessera_tls::Connector::node(f)?),
                 credentials: None,
+                local_socket_dir: None,
             },
         ),
     };
+    let local_socket_dir = args
+        .local_socket_dir
+        .clone()
+        .or(file.local_socket_dir.clone());
+    peer_security.local_socket_dir = local_socket_dir.clone();
+    let local_socket = local_socket_dir.as_deref().and_then(|dir| {
+        let p = tessera_rpc::local::server_socket(dir, &advertise, 0);
+        if p.is_none() {
+            tracing::warn!(dir = %dir.display(), "the local socket directory's path is too long for a Unix socket; serving over TCP only");
+        }
+        p
+    });
     let cfg = ReplicaConfig {
         id,
         data_dir: data,
@@ -143,6 +162,20 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        // Like chunkd: a local socket that cannot be had leaves this
+        // replica on TCP (peers and clients fall back to it), never down.
+        let local = match (&local_socket, &local_socket_dir) {
+            (Some(path), Some(dir)) => match tessera_rpc::local::prepare_dir(dir)
+                .and_then(|()| tessera_rpc::local::bind_replacing_stale(path))
+            {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot listen on the local socket; serving over TCP only");
+                    None
+                }
+            },
+            _ => None,
+        };
         let groups = cfg.groups;
         let wal_partitions = cfg.wal_partitions;
         let replica = Replica::start(cfg).await?;
@@ -164,7 +197,11 @@ fn main() -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {},
             }
         };
-        tessera_metad::server::run(listener, replica, acceptor, stop).await;
+        let local_bound = local.is_some();
+        tessera_metad::server::run(listener, local, replica, acceptor, stop).await;
+        if let (Some(path), true) = (&local_socket, local_bound) {
+            let _ = std::fs::remove_file(path);
+        }
         println!("metad {id} stopped cleanly");
         Ok::<_, anyhow::Error>(())
     })

@@ -45,6 +45,20 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 pub struct Security {
     pub tls: Option<tessera_tls::Connector>,
     pub credentials: Option<tessera_auth::Credentials>,
+    /// This machine's local socket directory: a replica on this machine
+    /// that keeps a socket there
+    /// ([`tessera_rpc::local::server_socket`]) is reached through it,
+    /// without TCP or TLS (credentials are still shown).
+    pub local_socket_dir: Option<std::path::PathBuf>,
+}
+
+impl Security {
+    /// The local socket of the replica clients dial at `addr`, when it keeps
+    /// one in this machine's local socket directory.
+    pub fn local_socket(&self, addr: &str) -> Option<std::path::PathBuf> {
+        let dir = self.local_socket_dir.as_ref()?;
+        tessera_rpc::local::trusted_socket(dir, addr, 0)
+    }
 }
 
 /// A tokio byte stream a connection runs over: TCP, or TLS over TCP.
@@ -142,6 +156,24 @@ pub fn serve<S: Io>(stream: S, server: metad::Client) -> impl std::future::Futur
 /// Opens a connection to `addr` within [`CONNECT_TIMEOUT`] (TLS and
 /// authentication as `security` says).
 pub async fn connect(addr: &str, security: &Security) -> std::io::Result<metad::Client> {
+    if let Some(path) = security.local_socket(addr) {
+        match connect_local(&path).await {
+            Ok(s) => {
+                let client = client_side(s);
+                if let Some(creds) = &security.credentials {
+                    within(
+                        CONNECT_TIMEOUT,
+                        "authenticating",
+                        authenticate(&client, creds),
+                    )
+                    .await?;
+                }
+                return Ok(client);
+            }
+            // A socket left by a replica that is gone: TCP still works.
+            Err(e) => tracing::debug!(%addr, error = %e, "local socket refused; using TCP"),
+        }
+    }
     let s = within(
         CONNECT_TIMEOUT,
         &format!("connecting to {addr}"),
@@ -180,6 +212,19 @@ pub async fn connect(addr: &str, security: &Security) -> std::io::Result<metad::
         }
     }
     Ok(client)
+}
+
+/// Connects to the Unix socket at `path` (buffers sized as every local
+/// connection's), within [`CONNECT_TIMEOUT`].
+async fn connect_local(path: &std::path::Path) -> std::io::Result<tokio::net::UnixStream> {
+    let s = within(
+        CONNECT_TIMEOUT,
+        "connecting to the local socket",
+        tokio::net::UnixStream::connect(path),
+    )
+    .await?;
+    tessera_rpc::local::size_buffers(&s)?;
+    Ok(s)
 }
 
 /// Proves `creds` on a fresh connection; a refusal is a `PermissionDenied`

@@ -2,7 +2,10 @@
 //! each one's TLS handshake (bounded) off the accept loop, serves each with
 //! its own gated `Metad` service (its session: node certificate or admin
 //! key), and on shutdown stops accepting, stops the groups and makes the
-//! log durable.
+//! log durable. A local socket (`--local-socket-dir`), when given, is
+//! served beside TCP: its accept thread lets in only this user and root,
+//! who can read this replica's node key anyway, so its connections carry a
+//! node's session without TLS.
 
 use crate::limits::CONNECTIONS_MAX;
 use crate::net::{accept, serve};
@@ -17,6 +20,7 @@ use tokio::net::TcpListener;
 /// replica down.
 pub async fn run(
     listener: TcpListener,
+    mut local: Option<tessera_rpc::local::LocalListener>,
     replica: Rc<Replica>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: impl std::future::Future<Output = ()>,
@@ -24,8 +28,45 @@ pub async fn run(
     let open = Rc::new(Cell::new(0usize));
     tokio::pin!(stop);
     loop {
+        let local_accept = async {
+            match local.as_mut() {
+                Some(l) => l.accept_std().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = &mut stop => break,
+            accepted = local_accept => {
+                let stream = match accepted.and_then(|s| {
+                    s.set_nonblocking(true)?;
+                    tokio::net::UnixStream::from_std(s)
+                }) {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        tracing::warn!("the local socket's accept thread ended; serving TCP only");
+                        local = None;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "local accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                if open.get() >= CONNECTIONS_MAX {
+                    tracing::warn!("refusing a local connection: {CONNECTIONS_MAX} are open");
+                    continue;
+                }
+                open.set(open.get() + 1);
+                let open2 = open.clone();
+                let replica = replica.clone();
+                tokio::task::spawn_local(async move {
+                    let session = tessera_auth::Session::new(true);
+                    let client: metad::Client = MetadService::gated(replica, session);
+                    serve(stream, client).await;
+                    open2.set(open2.get() - 1);
+                });
+            }
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,

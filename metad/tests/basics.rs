@@ -242,6 +242,76 @@ fn five_replicas_serve_with_two_down() {
     });
 }
 
+fn sockets_named(path: &std::path::Path) -> usize {
+    tessera_rpc::local::sockets_named(path).unwrap()
+}
+
+/// Replicas given one local socket directory listen there and reach each
+/// other (and a client given it reaches them) through it; one killed
+/// leaves a stale socket that its restart replaces, and the cluster serves
+/// on throughout.
+#[test]
+fn replicas_of_one_machine_talk_over_local_sockets() {
+    let mut cluster = Cluster::start_configured(
+        3,
+        1,
+        |d| format!("local_socket_dir = {:?}", d.join("sockets")),
+        "",
+    );
+    let sockets = cluster.dir.path().join("sockets");
+    let paths: Vec<_> = cluster
+        .addrs
+        .iter()
+        .map(|a| tessera_rpc::local::server_socket(&sockets, a, 0).unwrap())
+        .collect();
+    let opts = || ClientOptions {
+        security: tessera_metad::net::Security {
+            local_socket_dir: Some(sockets.clone()),
+            ..Default::default()
+        },
+        ..ClientOptions::default()
+    };
+    run_local(async {
+        let c = MetaClient::connect(&cluster.addrs, opts())
+            .await
+            .expect("connect");
+        for i in 0..20u32 {
+            c.put(format!("local/{i}").as_bytes(), b"v").await.unwrap();
+        }
+        // The leader dials its followers: each follower's socket holds its
+        // listener and the leader's connection at least.
+        let counts: Vec<usize> = paths.iter().map(|p| sockets_named(p)).collect();
+        assert!(
+            counts.iter().filter(|&&n| n >= 2).count() >= 2,
+            "sockets per replica (listener included): {counts:?}"
+        );
+        cluster.kill(0);
+        assert!(paths[0].exists(), "a killed replica leaves its socket");
+        c.put(b"local/after-kill", b"v").await.unwrap();
+        cluster.restart(0);
+        let c = MetaClient::connect(&cluster.addrs, opts())
+            .await
+            .expect("connect");
+        for i in 0..20u32 {
+            let k = format!("local/{i}");
+            assert!(c
+                .get(k.as_bytes(), Consistency::Linearizable)
+                .await
+                .unwrap()
+                .is_some());
+        }
+        c.put(b"local/after-restart", b"v").await.unwrap();
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sockets_named(&paths[0]) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        sockets_named(&paths[0]) >= 2,
+        "the restarted replica serves its socket again"
+    );
+}
+
 /// Single-key writes many callers of one client make at once travel
 /// together (`writeMany`): each caller gets its own write's outcome —
 /// distinct keys all written with their own values, and of callers racing

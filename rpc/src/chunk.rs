@@ -55,6 +55,10 @@ pub struct ClientOptions {
     /// TLS to the server (with this node's certificate); `None` = plaintext
     /// (an `--insecure` cluster).
     pub tls: Option<tessera_tls::Connector>,
+    /// The machine's local socket directory: a server on this machine that
+    /// keeps a socket there ([`crate::local::server_socket`]) is reached
+    /// through it, without TCP or TLS; any other over TCP.
+    pub local_socket_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -66,6 +70,7 @@ impl Default for ClientOptions {
             stream_chunk_bytes: STREAM_CHUNK_DEFAULT_BYTES,
             expect_node_id: None,
             tls: None,
+            local_socket_dir: None,
         }
     }
 }
@@ -208,16 +213,42 @@ impl ChunkClient {
         self.addr
     }
 
-    /// Opens a connection and asks which engine shard serves it (and how
+    /// The local socket of the server's executor `shard`, when the server
+    /// keeps one in this machine's local socket directory.
+    fn local_socket(&self, shard: usize) -> Option<std::path::PathBuf> {
+        let dir = self.opts.local_socket_dir.as_ref()?;
+        crate::local::trusted_socket(dir, &self.addr.to_string(), shard)
+    }
+
+    /// Opens a connection (to executor `shard`'s local socket when it has
+    /// one, else over TCP) and asks which engine shard serves it (and how
     /// many the server has).
-    async fn open_conn(&self) -> Result<(chunk_server::Client, Disconnect, usize, usize)> {
-        let stream =
-            crate::conn::connect(self.addr, self.opts.connect_timeout, self.opts.tls.as_ref())
-                .await
-                .map_err(|source| Error::Connect {
-                    addr: self.addr,
-                    source,
-                })?;
+    async fn open_conn(
+        &self,
+        shard: usize,
+    ) -> Result<(chunk_server::Client, Disconnect, usize, usize)> {
+        let local = match self.local_socket(shard) {
+            Some(p) => match crate::conn::connect_unix(&p, self.opts.connect_timeout).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    // A socket left by a server that is gone: TCP still works.
+                    tracing::debug!(error = %e, addr = %self.addr, "local socket refused; using TCP");
+                    None
+                }
+            },
+            None => None,
+        };
+        let stream = match local {
+            Some(s) => s,
+            None => {
+                crate::conn::connect(self.addr, self.opts.connect_timeout, self.opts.tls.as_ref())
+                    .await
+                    .map_err(|source| Error::Connect {
+                        addr: self.addr,
+                        source,
+                    })?
+            }
+        };
         let (c, disconnector) = crate::conn::client_side_with_disconnector(stream);
         let c: chunk_server::Client = c;
         let asked = {
@@ -279,7 +310,7 @@ impl ChunkClient {
         }
         let tries = 4 * self.shards.get().max(1);
         for _ in 0..tries {
-            let (c, disconnect, serving, shards) = match self.open_conn().await {
+            let (c, disconnect, serving, shards) = match self.open_conn(want.unwrap_or(0)).await {
                 Ok(v) => v,
                 // No new connection (e.g. the server's per-core limit): an
                 // open one serves the request, one thread hop away.

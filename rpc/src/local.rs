@@ -108,6 +108,97 @@ pub fn size_buffers(sock: impl AsFd) -> std::io::Result<usize> {
     Ok(granted)
 }
 
+/// Longest path a Unix socket address holds (`sun_path` less its NUL).
+pub const UNIX_SOCKET_PATH_MAX_BYTES: usize = 107;
+
+/// The socket that the server clients dial at `addr` (e.g.
+/// `127.0.0.1:7100`) keeps for its executor `n` in a local socket
+/// directory `dir` (`--local-socket-dir`): every process on a machine given
+/// the same directory finds its neighbours' sockets by the addresses it
+/// already knows, with no registry change. `None` when the path would be
+/// too long for a socket address (then only TCP is used).
+pub fn server_socket(dir: &Path, addr: &str, n: usize) -> Option<std::path::PathBuf> {
+    let name: String = addr
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let p = dir.join(format!("{name}.{n}.sock"));
+    (p.as_os_str().len() <= UNIX_SOCKET_PATH_MAX_BYTES).then_some(p)
+}
+
+/// The socket of executor `n` of the server dialled at `addr` in the local
+/// socket directory `dir`, if one is there that a client may trust: a
+/// socket file owned by this process's user or root (as only those can
+/// bind in a directory made by [`prepare_dir`]; a file another user left in
+/// a directory made by someone else is passed over, and TCP + TLS used).
+pub fn trusted_socket(dir: &Path, addr: &str, n: usize) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let p = server_socket(dir, addr, n)?;
+    let m = std::fs::symlink_metadata(&p).ok()?;
+    let own = nix::unistd::geteuid().as_raw();
+    (m.file_type().is_socket() && peer_allowed(m.uid(), own)).then_some(p)
+}
+
+/// How many sockets carry the name `path` in `/proc/net/unix`: a listener
+/// and every connection it accepted share it, so more than one means
+/// connections are open through it (tests and diagnostics).
+pub fn sockets_named(path: &Path) -> std::io::Result<usize> {
+    let want = path.to_string_lossy();
+    Ok(std::fs::read_to_string("/proc/net/unix")?
+        .lines()
+        .filter(|l| l.split_whitespace().last() == Some(want.as_ref()))
+        .count())
+}
+
+/// Creates the local socket directory `dir` (mode 0700: only this user may
+/// bind or reach a socket in it) if it does not exist.
+pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Binds the Unix socket at `path` with mode 0600, replacing a stale one
+/// left by a crash — never one a running process still listens on.
+pub fn bind_replacing_stale(path: &Path) -> std::io::Result<LocalListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if StdStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process listens on this socket (a second server on the same \
+                     directory?); stop it or choose another path",
+                ));
+            }
+            std::fs::remove_file(path)?
+        }
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is there; choose another path",
+            ))
+        }
+        Err(_) => {}
+    }
+    let l = LocalListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
 /// Hands a connected, sized socket to the current glommio executor.
 fn to_glommio(s: StdStream) -> std::io::Result<glommio::net::UnixStream> {
     s.set_nonblocking(true)?;
@@ -174,8 +265,15 @@ impl LocalListener {
     /// (the caller need not wait); `BrokenPipe` means the thread ended and
     /// nothing more will come.
     pub async fn accept(&mut self) -> std::io::Result<glommio::net::UnixStream> {
+        to_glommio(self.accept_std().await?)
+    }
+
+    /// Like [`LocalListener::accept`], for any executor: the accepted,
+    /// sized socket (blocking; the caller makes it non-blocking for its
+    /// runtime, e.g. tokio's `UnixStream::from_std`).
+    pub async fn accept_std(&mut self) -> std::io::Result<StdStream> {
         match self.accepted.next().await {
-            Some(r) => to_glommio(r?),
+            Some(r) => r,
             None => Err(std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,
                 "the local socket's accept thread ended",
@@ -267,6 +365,49 @@ mod tests {
             .trim()
             .parse()
             .unwrap()
+    }
+
+    /// A server's socket is named by the address clients dial (one per
+    /// executor), never longer than a socket address holds; a client
+    /// trusts only a socket file of its own user or root, never a plain
+    /// file or another user's socket.
+    #[test]
+    fn server_sockets_are_named_by_address_and_trusted_by_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = dir("names");
+        let d = top.join("sockets");
+        prepare_dir(&d).unwrap();
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let p = server_socket(&d, "127.0.0.1:7410", 1).unwrap();
+        assert_eq!(p, d.join("127.0.0.1_7410.1.sock"));
+        assert!(server_socket(&d.join("x".repeat(200)), "127.0.0.1:7410", 0).is_none());
+        assert_eq!(
+            trusted_socket(&d, "127.0.0.1:7410", 1),
+            None,
+            "nothing there"
+        );
+        std::fs::write(&p, b"").unwrap();
+        assert_eq!(
+            trusted_socket(&d, "127.0.0.1:7410", 1),
+            None,
+            "a plain file"
+        );
+        std::fs::remove_file(&p).unwrap();
+        let l = StdListener::bind(&p).unwrap();
+        assert_eq!(trusted_socket(&d, "127.0.0.1:7410", 1), Some(p.clone()));
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+            assert_eq!(
+                trusted_socket(&d, "127.0.0.1:7410", 1),
+                None,
+                "another user's"
+            );
+        }
+        drop(l);
+        let _ = std::fs::remove_dir_all(&top);
     }
 
     /// The kernel grants what was asked for, up to its cap (doubled).

@@ -161,6 +161,7 @@ pub fn node_metad_options(dev: &Dev) -> tessera_metad::client::ClientOptions {
         security: tessera_metad::net::Security {
             tls: Some(node_tls(dev)),
             credentials: None,
+            local_socket_dir: None,
         },
         ..Default::default()
     }

@@ -37,6 +37,11 @@ struct Cli {
     /// (and root) can connect; clients still show an access key.
     #[arg(long)]
     local_socket: Option<std::path::PathBuf>,
+    /// This machine's local socket directory: chunk servers on this
+    /// machine started with the same `--local-socket-dir` are reached
+    /// through their Unix sockets there, without TCP and TLS.
+    #[arg(long)]
+    local_socket_dir: Option<std::path::PathBuf>,
     /// metad replicas, comma separated host:port (any of them will do).
     #[arg(long, value_delimiter = ',')]
     metad: Vec<String>,
@@ -149,6 +154,10 @@ fn main() -> Result<()> {
         .transpose()?;
     let cfg = ObjectsConfig {
         chunk_tls: node_tls.clone(),
+        local_socket_dir: cli
+            .local_socket_dir
+            .clone()
+            .or(file.local_socket_dir.clone()),
         gateway_id: cli
             .id
             .clone()
@@ -207,6 +216,10 @@ fn main() -> Result<()> {
     let metad_security = tessera_metad::net::Security {
         tls: node_tls,
         credentials: None,
+        local_socket_dir: cli
+            .local_socket_dir
+            .clone()
+            .or(file.local_socket_dir.clone()),
     };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let _executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -369,32 +382,9 @@ const ACCEPT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis
 /// The address local connections count under in the per-peer limit.
 const LOCAL_PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
-/// Binds the Unix socket at `path` with mode 0600, replacing a stale one
-/// left by a crash — never one a running process still listens on.
+/// Binds the Unix socket at `path` (see [`tessera_rpc::local::bind_replacing_stale`]).
 fn bind_local(path: &std::path::Path) -> std::io::Result<tessera_rpc::local::LocalListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "another process listens on this socket (a second gateway on the same \
-                     directory?); stop it or choose another path",
-                ));
-            }
-            std::fs::remove_file(path)?
-        }
-        Ok(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "a file that is not a socket is there; choose another path",
-            ))
-        }
-        Err(_) => {}
-    }
-    let l = tessera_rpc::local::LocalListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    tessera_rpc::local::bind_replacing_stale(path)
 }
 
 /// Serves connections on the local socket: no TLS (the file's mode admits

@@ -140,6 +140,7 @@ fn main() -> Result<()> {
     let metad_security = tessera_metad::net::Security {
         tls: node_tls,
         credentials: None,
+        local_socket_dir: None,
     };
     let seeds = metad.clone();
     let (connected_tx, connected_rx) = std::sync::mpsc::channel::<Result<(), String>>();

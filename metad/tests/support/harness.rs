@@ -37,9 +37,24 @@ impl Cluster {
 
     /// `extra_raft` is appended to the `[raft]` table of every replica.
     pub fn start_with(n: usize, groups: u32, extra_raft: &str) -> Cluster {
+        Self::start_configured(n, groups, |_| String::new(), extra_raft)
+    }
+
+    /// `top(dir)` (given the cluster's directory) is put before the test
+    /// configuration's tables; `extra_raft` is appended to `[raft]`.
+    pub fn start_configured(
+        n: usize,
+        groups: u32,
+        top: impl Fn(&std::path::Path) -> String,
+        extra_raft: &str,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("metad.toml");
-        std::fs::write(&config, format!("{TEST_CONFIG}{extra_raft}")).expect("config");
+        std::fs::write(
+            &config,
+            format!("{}\n{TEST_CONFIG}{extra_raft}", top(dir.path())),
+        )
+        .expect("config");
         let ids: Vec<u64> = (1..=n as u64).collect();
         let addrs: Vec<String> = ids.iter().map(|_| free_addr()).collect();
         let metrics: Vec<String> = ids.iter().map(|_| free_addr()).collect();
