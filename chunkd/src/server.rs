@@ -109,7 +109,7 @@ impl Server {
                     // client that finds the server up finds its sockets.
                     let local_path = local_dir.as_deref().and_then(|dir| {
                         let dial = advertise.or(listener.local_addr().ok())?;
-                        bind_local(dir, &dial.to_string(), i)
+                        tessera_rpc::local::listen_in_dir(dir, &dial.to_string(), i)
                     });
                     let _ = ready_tx.send(listener.local_addr().map_err(Into::into));
                     let local = Rc::new(Local {
@@ -260,28 +260,6 @@ impl Conns {
         })
         .detach();
         self.tasks.borrow_mut().insert(n, handle);
-    }
-}
-
-/// Binds executor `n`'s socket in the local socket directory `dir`; a
-/// failure is logged and leaves this executor on TCP only.
-fn bind_local(
-    dir: &std::path::Path,
-    dial: &str,
-    n: usize,
-) -> Option<(std::path::PathBuf, tessera_rpc::local::LocalListener)> {
-    let Some(path) = tessera_rpc::local::server_socket(dir, dial, n) else {
-        tracing::warn!(dir = %dir.display(), "the local socket directory's path is too long for a Unix socket; serving over TCP only");
-        return None;
-    };
-    let bound = tessera_rpc::local::prepare_dir(dir)
-        .and_then(|()| tessera_rpc::local::bind_replacing_stale(&path));
-    match bound {
-        Ok(l) => Some((path, l)),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot listen on the local socket; serving over TCP only");
-            None
-        }
     }
 }
 

@@ -53,26 +53,17 @@ impl ClientRuntime for Glommio {
     fn connect(&self, addr: &str, security: &Security) -> LocalFuture<io::Result<metad::Client>> {
         let (addr, security) = (addr.to_string(), security.clone());
         Box::pin(async move {
-            let local = match security.local_socket(&addr) {
-                Some(p) => match tessera_rpc::conn::connect_unix(&p, CONNECT_TIMEOUT).await {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        // A socket left by a replica that is gone: TCP still works.
-                        tracing::debug!(%addr, error = %e, "local socket refused; using TCP");
-                        None
-                    }
-                },
-                None => None,
+            let tcp = async {
+                let at = resolve(&addr)?;
+                tessera_rpc::conn::connect(at, CONNECT_TIMEOUT, security.tls.as_ref()).await
             };
-            let stream = match local {
-                Some(s) => s,
-                None => {
-                    let at = resolve(&addr)?;
-                    tessera_rpc::conn::connect(at, CONNECT_TIMEOUT, security.tls.as_ref())
-                        .await
-                        .map_err(|e| io::Error::new(e.kind(), format!("metad at {addr}: {e}")))?
-                }
-            };
+            let stream = tessera_rpc::conn::connect_local_or(
+                security.local_socket(&addr),
+                CONNECT_TIMEOUT,
+                tcp,
+            )
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("metad at {addr}: {e}")))?;
             let (client, _) = tessera_rpc::conn::client_side_with_options::<metad::Client, _>(
                 stream,
                 tessera_metad::net::reader_options(),

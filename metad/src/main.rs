@@ -132,13 +132,6 @@ fn main() -> anyhow::Result<()> {
         .clone()
         .or(file.local_socket_dir.clone());
     peer_security.local_socket_dir = local_socket_dir.clone();
-    let local_socket = local_socket_dir.as_deref().and_then(|dir| {
-        let p = tessera_rpc::local::server_socket(dir, &advertise, 0);
-        if p.is_none() {
-            tracing::warn!(dir = %dir.display(), "the local socket directory's path is too long for a Unix socket; serving over TCP only");
-        }
-        p
-    });
     let cfg = ReplicaConfig {
         id,
         data_dir: data,
@@ -164,18 +157,10 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {listen}"))?;
         // Like chunkd: a local socket that cannot be had leaves this
         // replica on TCP (peers and clients fall back to it), never down.
-        let local = match (&local_socket, &local_socket_dir) {
-            (Some(path), Some(dir)) => match tessera_rpc::local::prepare_dir(dir)
-                .and_then(|()| tessera_rpc::local::bind_replacing_stale(path))
-            {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot listen on the local socket; serving over TCP only");
-                    None
-                }
-            },
-            _ => None,
-        };
+        let (local_socket, local) = local_socket_dir
+            .as_deref()
+            .and_then(|dir| tessera_rpc::local::listen_in_dir(dir, &advertise, 0))
+            .unzip();
         let groups = cfg.groups;
         let wal_partitions = cfg.wal_partitions;
         let replica = Replica::start(cfg).await?;
@@ -197,9 +182,8 @@ fn main() -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {},
             }
         };
-        let local_bound = local.is_some();
         tessera_metad::server::run(listener, local, replica, acceptor, stop).await;
-        if let (Some(path), true) = (&local_socket, local_bound) {
+        if let Some(path) = &local_socket {
             let _ = std::fs::remove_file(path);
         }
         println!("metad {id} stopped cleanly");

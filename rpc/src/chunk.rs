@@ -227,28 +227,15 @@ impl ChunkClient {
         &self,
         shard: usize,
     ) -> Result<(chunk_server::Client, Disconnect, usize, usize)> {
-        let local = match self.local_socket(shard) {
-            Some(p) => match crate::conn::connect_unix(&p, self.opts.connect_timeout).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    // A socket left by a server that is gone: TCP still works.
-                    tracing::debug!(error = %e, addr = %self.addr, "local socket refused; using TCP");
-                    None
-                }
-            },
-            None => None,
-        };
-        let stream = match local {
-            Some(s) => s,
-            None => {
-                crate::conn::connect(self.addr, self.opts.connect_timeout, self.opts.tls.as_ref())
-                    .await
-                    .map_err(|source| Error::Connect {
-                        addr: self.addr,
-                        source,
-                    })?
-            }
-        };
+        let tcp =
+            crate::conn::connect(self.addr, self.opts.connect_timeout, self.opts.tls.as_ref());
+        let stream =
+            crate::conn::connect_local_or(self.local_socket(shard), self.opts.connect_timeout, tcp)
+                .await
+                .map_err(|source| Error::Connect {
+                    addr: self.addr,
+                    source,
+                })?;
         let (c, disconnector) = crate::conn::client_side_with_disconnector(stream);
         let c: chunk_server::Client = c;
         let asked = {

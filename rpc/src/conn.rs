@@ -157,6 +157,23 @@ pub async fn connect_unix(path: &std::path::Path, timeout: Duration) -> std::io:
     Ok(Box::new(s))
 }
 
+/// Opens a connection through the local socket `local` when there is one
+/// and it answers, else (none, or a socket left by a server that is gone)
+/// through `tcp`, which is not started unless needed.
+pub async fn connect_local_or(
+    local: Option<std::path::PathBuf>,
+    timeout: Duration,
+    tcp: impl Future<Output = std::io::Result<Stream>>,
+) -> std::io::Result<Stream> {
+    if let Some(p) = local {
+        match connect_unix(&p, timeout).await {
+            Ok(s) => return Ok(s),
+            Err(e) => tracing::debug!(error = %e, "local socket refused; using TCP"),
+        }
+    }
+    tcp.await
+}
+
 /// Opens a TCP connection to `addr` within `timeout`.
 pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect_timeout(addr, timeout)

@@ -199,6 +199,28 @@ pub fn bind_replacing_stale(path: &Path) -> std::io::Result<LocalListener> {
     Ok(l)
 }
 
+/// Listens on the socket of executor `n` of the server dialled at `addr`
+/// in the local socket directory `dir` (made 0700 if missing; a stale
+/// socket replaced). Any failure is logged and answers `None`: the server
+/// then serves over TCP only, and its clients fall back to TCP.
+pub fn listen_in_dir(
+    dir: &Path,
+    addr: &str,
+    n: usize,
+) -> Option<(std::path::PathBuf, LocalListener)> {
+    let Some(path) = server_socket(dir, addr, n) else {
+        tracing::warn!(dir = %dir.display(), "the local socket directory's path is too long for a Unix socket; serving over TCP only");
+        return None;
+    };
+    match prepare_dir(dir).and_then(|()| bind_replacing_stale(&path)) {
+        Ok(l) => Some((path, l)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot listen on the local socket; serving over TCP only");
+            None
+        }
+    }
+}
+
 /// Hands a connected, sized socket to the current glommio executor.
 fn to_glommio(s: StdStream) -> std::io::Result<glommio::net::UnixStream> {
     s.set_nonblocking(true)?;
@@ -365,6 +387,48 @@ mod tests {
             .trim()
             .parse()
             .unwrap()
+    }
+
+    /// A live socket is never taken over; a stale one (its listener gone)
+    /// is replaced; a file that is not a socket is refused.
+    #[test]
+    fn bind_replacing_stale_takes_only_a_stale_socket() {
+        tessera_engine::raise_memlock().unwrap();
+        let dir = std::env::temp_dir().join(format!("tessera-local-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.sock");
+        let p = path.clone();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let live = bind_replacing_stale(&p).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                assert_eq!(
+                    std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                    0o600
+                );
+                let Err(e) = bind_replacing_stale(&p) else {
+                    panic!("a live socket was taken over")
+                };
+                assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+                drop(live);
+                bind_replacing_stale(&p).expect("a stale socket is replaced");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let plain = dir.join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        let Err(e) = bind_replacing_stale(&plain) else {
+            panic!("a plain file was taken over")
+        };
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(
+            std::fs::read(&plain).unwrap(),
+            b"x",
+            "the file is left alone"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A server's socket is named by the address clients dial (one per

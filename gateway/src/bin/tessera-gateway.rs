@@ -139,6 +139,10 @@ fn main() -> Result<()> {
         cli.pool.clone()
     };
     let local_socket = cli.local_socket.clone().or(file.local_socket.clone());
+    let local_socket_dir = cli
+        .local_socket_dir
+        .clone()
+        .or(file.local_socket_dir.clone());
     let listen = cli
         .listen
         .or(file.listen)
@@ -154,10 +158,7 @@ fn main() -> Result<()> {
         .transpose()?;
     let cfg = ObjectsConfig {
         chunk_tls: node_tls.clone(),
-        local_socket_dir: cli
-            .local_socket_dir
-            .clone()
-            .or(file.local_socket_dir.clone()),
+        local_socket_dir: local_socket_dir.clone(),
         gateway_id: cli
             .id
             .clone()
@@ -216,10 +217,7 @@ fn main() -> Result<()> {
     let metad_security = tessera_metad::net::Security {
         tls: node_tls,
         credentials: None,
-        local_socket_dir: cli
-            .local_socket_dir
-            .clone()
-            .or(file.local_socket_dir.clone()),
+        local_socket_dir,
     };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let _executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -269,7 +267,7 @@ fn main() -> Result<()> {
             let admission = tessera_gateway::admission::Admission::new(per_peer);
             let bounds = tessera_gateway::auth::bounds();
             if let Some(path) = &local_socket {
-                match bind_local(path) {
+                match tessera_rpc::local::bind_replacing_stale(path) {
                     Ok(l) => {
                         glommio::spawn_local(serve_local(
                             l,
@@ -382,11 +380,6 @@ const ACCEPT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis
 /// The address local connections count under in the per-peer limit.
 const LOCAL_PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
-/// Binds the Unix socket at `path` (see [`tessera_rpc::local::bind_replacing_stale`]).
-fn bind_local(path: &std::path::Path) -> std::io::Result<tessera_rpc::local::LocalListener> {
-    tessera_rpc::local::bind_replacing_stale(path)
-}
-
 /// Serves connections on the local socket: no TLS (the file's mode admits
 /// only this user), and, in a secure cluster, every client shows a key.
 async fn serve_local(
@@ -433,52 +426,5 @@ async fn serve_local(
             service.client,
         );
         glommio::spawn_local(run_connection(conn, slot)).detach();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A live socket is never taken over; a stale one (its listener gone)
-    /// is replaced; a file that is not a socket is refused.
-    #[test]
-    fn bind_local_takes_only_a_stale_socket() {
-        tessera_engine::raise_memlock().unwrap();
-        let dir = std::env::temp_dir().join(format!("tessera-gw-sock-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("gateway.sock");
-        let p = path.clone();
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .spawn(move || async move {
-                let live = bind_local(&p).unwrap();
-                use std::os::unix::fs::PermissionsExt;
-                assert_eq!(
-                    std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-                    0o600
-                );
-                let Err(e) = bind_local(&p) else {
-                    panic!("a live socket was taken over")
-                };
-                assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
-                drop(live);
-                bind_local(&p).expect("a stale socket is replaced");
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-        let plain = dir.join("plain");
-        std::fs::write(&plain, b"x").unwrap();
-        let Err(e) = bind_local(&plain) else {
-            panic!("a plain file was taken over")
-        };
-        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
-        assert_eq!(
-            std::fs::read(&plain).unwrap(),
-            b"x",
-            "the file is left alone"
-        );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
