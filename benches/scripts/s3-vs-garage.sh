@@ -4,7 +4,7 @@
 # (replication 3, its defaults: no fsync) on 127.0.0.1, one after the
 # other in the same run (docs/BENCHMARKS.md, "S3: Tessera against Garage").
 #
-# Needs `garage` on PATH (`cargo install garage --version 2.3.0 --locked`,
+# Needs `garage` on PATH (`cargo install garage --version 2.5.0 --locked`,
 # a long build) and `cargo build --release` of this repository. Extra
 # arguments go to `tessera-bench s3` (e.g. `--secs 5 --json`); KEEP=1 keeps
 # the data directories in /tmp/tessera-s3-vs-garage for a look afterwards;
@@ -13,14 +13,13 @@
 # Not part of CI: it stores gigabytes and takes minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/scripts/garage-up.sh
 B="${CARGO_TARGET_DIR:-target}/release"
-[ -n "${NO_PEER:-}" ] || command -v garage > /dev/null || { echo "garage is not on PATH: cargo install garage --version 2.3.0 --locked"; exit 1; }
 [ -x "$B/tessera-s3" ] || { echo "build first: cargo build --release"; exit 1; }
 W=/tmp/tessera-s3-vs-garage
 rm -rf "$W"; mkdir -p "$W"
-pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done
+    garage_down
     [ -n "${dev:-}" ] && { kill -INT "$dev" 2> /dev/null || true; wait "$dev" 2> /dev/null || true; }
     [ -z "${KEEP:-}" ] && rm -rf "$W"
     return 0
@@ -40,45 +39,8 @@ sec=$(sed -n 's/^secret = "\(.*\)"/\1/p' "$W/cluster.toml")
 # --- Garage: 3 nodes, replication 3, compression off (Tessera stores bytes as given) ---
 peer=()
 if [ -z "${NO_PEER:-}" ]; then
-rpc_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-for i in 1 2 3; do
-    cat > "$W/garage$i.toml" << EOF
-metadata_dir = "$W/garage-meta-$i"
-data_dir = "$W/garage-data-$i"
-db_engine = "lmdb"
-replication_factor = 3
-compression_level = "none"
-rpc_bind_addr = "127.0.0.1:390$i"
-rpc_public_addr = "127.0.0.1:390$i"
-rpc_secret = "$rpc_secret"
-[s3_api]
-api_bind_addr = "127.0.0.1:391$i"
-s3_region = "garage"
-[admin]
-api_bind_addr = "127.0.0.1:990$i"
-EOF
-    garage -c "$W/garage$i.toml" server > "$W/garage$i.log" 2>&1 &
-    pids+=($!)
-done
-g() { garage -c "$W/garage1.toml" "$@"; }
-for _ in $(seq 1 60); do g status > /dev/null 2>&1 && break; sleep 1; done
-for i in 2 3; do
-    id=$(garage -c "$W/garage$i.toml" node id -q)
-    g node connect "$id" > /dev/null
-done
-sleep 2
-for id in $(g status | awk '/NO ROLE/ {print $1}'); do
-    g layout assign -z dc1 -c 100G "$id" > /dev/null
-done
-g layout apply --version 1 > /dev/null
-gkid="GK$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-gsec=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-g key import "$gkid" "$gsec" -n bench --yes > /dev/null
-g bucket create bench > /dev/null
-g bucket allow --read --write --owner bench --key bench > /dev/null
-
-gdirs="$W/garage-data-1,$W/garage-data-2,$W/garage-data-3,$W/garage-meta-1,$W/garage-meta-2,$W/garage-meta-3"
-peer=(--peer "garage,http://127.0.0.1:3911,$gkid,$gsec,garage,bench,$gdirs")
+    garage_up "$W/garage"
+    peer=(--peer "$GARAGE_PEER")
 fi
 # Tessera's disk use: the chunk servers' live bytes (their segment files
 # are preallocated) plus what metad's directories take.

@@ -7,9 +7,11 @@
 //! and in operations. Disk bytes per stored byte is the growth of the
 //! chunk servers' live bytes (shards plus record headers, from `nodeInfo`)
 //! over the object bytes acknowledged, measured across the PUT phases of a
-//! size. The peer figures are Garage 2.5's on this machine (3 nodes,
-//! replication 3, fsync off), from `../shared/anchors/LIMITS.md`: not the
-//! same run, since building Garage takes ~16 minutes.
+//! size. With `--peer`, an S3 peer (Garage: 3 nodes, replication 3, fsync
+//! off; benches/scripts/load-vs-garage.sh) is measured right after with
+//! the same phases and its figures are the ceilings; without it, the
+//! ceilings are Garage 2.5's figures from `../shared/anchors/LIMITS.md`,
+//! measured on an earlier machine of this kind.
 
 use crate::report::Report;
 use anyhow::{bail, Context, Result};

@@ -117,6 +117,12 @@ enum Cmd {
         /// (the S3 front) does: no TLS, no loopback TCP.
         #[arg(long)]
         local_socket: bool,
+        /// An S3 peer measured in the same run, after Tessera, with the
+        /// same phases: NAME,ENDPOINT,KEY_ID,SECRET,REGION,BUCKET[,DATA_DIR...]
+        /// (benches/scripts/load-vs-garage.sh sets up Garage). Its figures
+        /// replace the LIMITS.md ones as the ceilings.
+        #[arg(long)]
+        peer: Option<String>,
     },
     /// Prints the live bytes of a dev cluster's chunk servers (shards and
     /// record headers): the disk use `s3 --tessera-du` compares.
@@ -272,7 +278,10 @@ fn main() -> Result<()> {
             concurrency,
             warmup_mib,
             local_socket,
+            peer,
         } => {
+            // Parsed first: a malformed peer fails before minutes of load.
+            let peer = peer.as_deref().map(s3_bench::Target::parse).transpose()?;
             let gw = match gateway {
                 Some(g) if !local_socket => target::Target::insecure(g),
                 Some(_) => anyhow::bail!(
@@ -290,7 +299,11 @@ fn main() -> Result<()> {
             };
             let mut plan = load_plan(cli.quick, secs, &sizes_kib, &concurrency);
             plan.warmup_bytes = (warmup_mib << 20).min(load_bench::WARMUP_BYTES_MAX);
-            load_bench::run(gw, &plan)?
+            let mut r = load_bench::run(gw, &plan)?;
+            if let Some(p) = peer {
+                s3_bench::compare_with(&mut r, p, &plan)?;
+            }
+            r
         }
         Cmd::LiveBytes { cluster } => {
             let path = tessera_rpc::cluster::path(cluster.as_deref());

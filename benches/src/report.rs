@@ -50,6 +50,17 @@ impl Report {
         self.figures.insert(name.into(), f);
     }
 
+    /// Replaces the ceiling (and ratio) of figure `name`, if it was
+    /// recorded, and appends `note` to its note: a peer measured after the
+    /// figures were taken.
+    pub fn set_ceiling(&mut self, name: &str, ceiling: f64, note: &str) {
+        if let Some(f) = self.figures.get_mut(name) {
+            f.ceiling = Some(ceiling);
+            f.ratio = (ceiling > 0.0).then(|| f.value / ceiling);
+            f.note = format!("{}; {note}", f.note);
+        }
+    }
+
     /// The human-readable table.
     pub fn table(&self) -> String {
         let mut s = format!(

@@ -271,10 +271,14 @@ fn disk_bytes(t: &Target) -> Result<u64> {
 
 /// Every figure of one target: (name, value, unit, note).
 async fn measure(t: Arc<Target>, plan: &Plan) -> Result<Vec<(String, f64, &'static str, String)>> {
+    // TCP_NODELAY, as every S3 SDK sets it: without it a request's body
+    // waits behind its headers for the server's delayed ACK (~40 ms).
+    let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
+    conn.set_nodelay(true);
     let c: Client =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_max_idle_per_host(1024)
-            .build_http();
+            .build(conn);
     let c = Arc::new(c);
     // The bucket (made here if missing; an existing one is fine).
     let (st, _) = request(&c, &t, "PUT", &format!("/{}", t.bucket), Bytes::new()).await?;
@@ -469,6 +473,21 @@ pub fn run(tessera: Target, peer: Option<Target>, plan: &Plan) -> Result<Report>
         }
     }
     Ok(r)
+}
+
+/// Measures `peer` with `plan` and makes its figures the ceilings of the
+/// same-named figures in `r` (a `load` run's), replacing the fixed ones.
+pub fn compare_with(r: &mut Report, peer: Target, plan: &Plan) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let name = peer.name.clone();
+    let theirs = rt.block_on(measure(Arc::new(peer), plan))?;
+    for (fig, value, _, note) in theirs {
+        r.set_ceiling(&fig, value, &format!("{name} in this run: {note}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
