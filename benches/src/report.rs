@@ -83,3 +83,23 @@ fn line(name: &str, f: &Figure) -> String {
         name, f.value, f.unit, c, r, f.note
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_measured_later_becomes_the_ceiling_of_known_figures_only() {
+        let mut r = Report::default();
+        r.add("put_4kib_c32", 2000.0, "ops/s", Some(270.0), "ours");
+        r.set_ceiling("put_4kib_c32", 400.0, "peer");
+        r.set_ceiling("get_16mib_c8", 600.0, "peer");
+        let f = &r.figures["put_4kib_c32"];
+        assert_eq!(f.ceiling, Some(400.0));
+        assert_eq!(f.ratio, Some(5.0));
+        assert_eq!(f.note, "ours; peer");
+        assert!(!r.figures.contains_key("get_16mib_c8"));
+        r.set_ceiling("put_4kib_c32", 0.0, "an idle peer");
+        assert_eq!(r.figures["put_4kib_c32"].ratio, None);
+    }
+}
