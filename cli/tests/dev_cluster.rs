@@ -192,6 +192,19 @@ fn dev_cluster_end_to_end() {
             assert!(!info.dirty);
             let back = c.get(key).await.unwrap();
             assert!(back == data, "{key} ({len} bytes) did not round-trip");
+            if *len > tessera_rpc::gateway::PUT_MESSAGE_MAX_BYTES {
+                // One message holds at most 4 MiB; `get` streams the rest.
+                match c.get_range_info(key, 0, 0, &[]).await {
+                    Err(tessera_rpc::Error::Gateway {
+                        kind: GatewayErrorKind::TooLarge,
+                        ..
+                    }) => {}
+                    other => panic!(
+                        "{key}: one-message get of {len} bytes: {:?}",
+                        other.map(|(d, _)| d.len())
+                    ),
+                }
+            }
             let mut r = rand::rngs::SmallRng::seed_from_u64(*seed ^ 0xabc);
             for _ in 0..3 {
                 if *len == 0 {

@@ -265,6 +265,9 @@ impl gateway::Server for GatewayService {
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         let started = std::time::Instant::now();
+        // The record a `tooLarge` answer describes too: the client then
+        // knows how much the stream it falls back on will bring.
+        let too_large = std::cell::RefCell::new(None);
         let r = async {
             let key = text(p.get_key(), "key")?;
             self.allow(Permission::Read, &key)?;
@@ -273,6 +276,7 @@ impl gateway::Server for GatewayService {
             check_version(&key, &meta, p.get_if_version().unwrap_or_default())?;
             let (off, len) = range(meta.size, p.get_offset(), p.get_length())?;
             if len > MESSAGE_DATA_MAX_BYTES as u64 {
+                *too_large.borrow_mut() = Some((key.clone(), meta));
                 return Err(Error::TooLarge(format!(
                     "get returns at most {MESSAGE_DATA_MAX_BYTES} bytes and this range is {len}; \
                      use getStream or a smaller range"
@@ -305,7 +309,13 @@ impl gateway::Server for GatewayService {
                 debug_assert_eq!(at as u64, len, "read() delivers exactly the range");
                 crate::metrics::bytes("out", len);
             }
-            Err(e) => write_error(results.get().init_error(), &e),
+            Err(e) => {
+                let mut b = results.get();
+                if let Some((key, meta)) = too_large.borrow().as_ref() {
+                    fill_info(b.reborrow().init_info(), key, meta);
+                }
+                write_error(b.init_error(), &e)
+            }
         }
         Ok(())
     }

@@ -41,6 +41,10 @@ use tessera_schema::gateway_capnp::{
 pub const PUT_MESSAGE_MAX_BYTES: usize = 4 << 20;
 /// Bytes per streamed chunk.
 pub const STREAM_CHUNK_BYTES: usize = 1 << 20;
+/// Most bytes `get_range` reserves up front for a streamed object (from the
+/// size the gateway states); above it the buffer grows as bytes arrive.
+/// Bounded because the size comes from the network.
+pub const GET_RESERVE_MAX_BYTES: u64 = 1 << 30;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub use tessera_auth::Credentials;
@@ -589,21 +593,22 @@ impl GatewayClient {
     /// Bytes `[offset, offset + len)` (len 0: to the end).
     pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         // One round trip for up to 4 MiB; the gateway answers `tooLarge`
-        // for more, and the bytes then stream.
+        // for more (with the object's size), and the bytes then stream.
+        let mut want = len;
         if len <= PUT_MESSAGE_MAX_BYTES as u64 {
-            let r = self
-                .get_range_info(key, offset, len, &[])
-                .await
-                .map(|(data, _)| data);
-            match r {
-                Err(Error::Gateway {
-                    kind: GatewayErrorKind::TooLarge,
-                    ..
-                }) => {}
-                r => return r,
+            match self.get_once(key, offset, len, &[]).await? {
+                GetOnce::Data(data, _) => return Ok(data),
+                GetOnce::TooLarge(_, size) if len == 0 => {
+                    want = size.unwrap_or(0).saturating_sub(offset)
+                }
+                GetOnce::TooLarge(..) => {}
             }
         }
-        let out = Rc::new(futures::lock::Mutex::new(Vec::new()));
+        // Reserved at once: grown by doubling, a 16 MiB object was copied
+        // twice more and faulted in fresh memory at every step.
+        let mut buf = Vec::new();
+        let _ = buf.try_reserve_exact(want.min(GET_RESERVE_MAX_BYTES) as usize);
+        let out = Rc::new(futures::lock::Mutex::new(buf));
         self.get_range_to(key, offset, len, out.clone(), &mut |_| {})
             .await?;
         let v = std::mem::take(&mut *out.lock().await);
@@ -620,6 +625,21 @@ impl GatewayClient {
         len: u64,
         if_version: &[u8],
     ) -> Result<(Vec<u8>, ObjectInfo)> {
+        match self.get_once(key, offset, len, if_version).await? {
+            GetOnce::Data(data, i) => Ok((data, i)),
+            GetOnce::TooLarge(e, _) => Err(e),
+        }
+    }
+
+    /// One `get` call: the bytes, or the gateway's `tooLarge` with the
+    /// object's size when it stated it (gateways before 2026-11-29 do not).
+    async fn get_once(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        if_version: &[u8],
+    ) -> Result<GetOnce> {
         self.idempotent(|c| async move {
             let mut req = c.get_request();
             {
@@ -632,10 +652,26 @@ impl GatewayClient {
             let resp = req.send().promise.await.map_err(self.transport())?;
             let r = resp.get().map_err(self.transport())?;
             if r.has_error() {
-                return Err(self.remote(r.get_error().map_err(self.transport())?));
+                let e = self.remote(r.get_error().map_err(self.transport())?);
+                return match e {
+                    Error::Gateway {
+                        kind: GatewayErrorKind::TooLarge,
+                        ..
+                    } => {
+                        let size = match r.has_info() {
+                            true => r.get_info().ok().map(|i| i.get_size()),
+                            false => None,
+                        };
+                        Ok(GetOnce::TooLarge(e, size))
+                    }
+                    e => Err(e),
+                };
             }
             let i = info(r.get_info().map_err(self.transport())?).map_err(self.transport())?;
-            Ok((r.get_data().map_err(self.transport())?.to_vec(), i))
+            Ok(GetOnce::Data(
+                r.get_data().map_err(self.transport())?.to_vec(),
+                i,
+            ))
         })
         .await
     }
@@ -1016,6 +1052,14 @@ where
 }
 
 /// Receives a streamed get into a writer.
+/// What one `get` call came to.
+enum GetOnce {
+    Data(Vec<u8>, ObjectInfo),
+    /// More than one message holds: the error, and the object's size when
+    /// the gateway stated it.
+    TooLarge(Error, Option<u64>),
+}
+
 struct WriterSink<W> {
     writer: Rc<futures::lock::Mutex<W>>,
     received: Rc<std::cell::Cell<u64>>,
