@@ -658,10 +658,10 @@ impl GatewayClient {
                         kind: GatewayErrorKind::TooLarge,
                         ..
                     } => {
-                        let size = match r.has_info() {
-                            true => r.get_info().ok().map(|i| i.get_size()),
-                            false => None,
-                        };
+                        let size = r
+                            .has_info()
+                            .then(|| r.get_info().ok().map(|i| i.get_size()))
+                            .flatten();
                         Ok(GetOnce::TooLarge(e, size))
                     }
                     e => Err(e),
@@ -1051,7 +1051,6 @@ where
     }
 }
 
-/// Receives a streamed get into a writer.
 /// What one `get` call came to.
 enum GetOnce {
     Data(Vec<u8>, ObjectInfo),
@@ -1060,6 +1059,7 @@ enum GetOnce {
     TooLarge(Error, Option<u64>),
 }
 
+/// Receives a streamed get into a writer.
 struct WriterSink<W> {
     writer: Rc<futures::lock::Mutex<W>>,
     received: Rc<std::cell::Cell<u64>>,
