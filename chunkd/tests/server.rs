@@ -903,12 +903,21 @@ fn client_works_when_the_server_refuses_more_connections() {
     let addr = srv.addr;
     on_glommio(move || async move {
         let cl = ChunkClient::connect(addr, opts()).await.unwrap();
-        for k in 0..64u32 {
-            let id = format!("limited-{k}").into_bytes();
-            cl.put(&id, &content(&id, 5000)).await.unwrap();
-            assert_eq!(cl.get(&id).await.unwrap(), content(&id, 5000));
-        }
+        round_trips(&cl, "limited", 64, 5000).await;
     });
+}
+
+/// Puts `count` shards of `len` bytes named `PREFIX-k` and reads each back.
+async fn round_trips(cl: &ChunkClient, prefix: &str, count: u32, len: usize) {
+    for k in 0..count {
+        let id = format!("{prefix}-{k}").into_bytes();
+        cl.put(&id, &content(&id, len)).await.unwrap();
+        assert_eq!(
+            cl.get(&id).await.unwrap(),
+            content(&id, len),
+            "{prefix}-{k}"
+        );
+    }
 }
 
 fn sockets_named(path: &std::path::Path) -> usize {
@@ -946,11 +955,7 @@ fn local_sockets_carry_the_calls_and_a_stale_one_falls_back_to_tcp() {
     let (o, p2) = (local.clone(), paths.clone());
     on_glommio(move || async move {
         let cl = ChunkClient::connect(addr, o).await.unwrap();
-        for k in 0..32u32 {
-            let id = format!("local-{k}").into_bytes();
-            cl.put(&id, &content(&id, 5000)).await.unwrap();
-            assert_eq!(cl.get(&id).await.unwrap(), content(&id, 5000));
-        }
+        round_trips(&cl, "local", 32, 5000).await;
         for p in &p2 {
             assert!(
                 sockets_named(p) >= 2,
@@ -974,11 +979,7 @@ fn local_sockets_carry_the_calls_and_a_stale_one_falls_back_to_tcp() {
     }
     on_glommio(move || async move {
         let cl = ChunkClient::connect(addr, local).await.unwrap();
-        for k in 0..8u32 {
-            let id = format!("stale-{k}").into_bytes();
-            cl.put(&id, &content(&id, 100)).await.unwrap();
-            assert_eq!(cl.get(&id).await.unwrap(), content(&id, 100));
-        }
+        round_trips(&cl, "stale", 8, 100).await;
     });
 }
 

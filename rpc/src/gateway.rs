@@ -598,10 +598,11 @@ impl GatewayClient {
         if len <= PUT_MESSAGE_MAX_BYTES as u64 {
             match self.get_once(key, offset, len, &[]).await? {
                 GetOnce::Data(data, _) => return Ok(data),
-                GetOnce::TooLarge(_, size) if len == 0 => {
-                    want = size.unwrap_or(0).saturating_sub(offset)
+                GetOnce::TooLarge(_, Some(size)) => {
+                    let rest = size.saturating_sub(offset);
+                    want = if len == 0 { rest } else { len.min(rest) };
                 }
-                GetOnce::TooLarge(..) => {}
+                GetOnce::TooLarge(_, None) => {}
             }
         }
         // Reserved at once: grown by doubling, a 16 MiB object was copied
