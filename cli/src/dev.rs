@@ -46,6 +46,8 @@ pub struct DevArgs {
     pub gateway_cache_bytes: Option<u64>,
     /// Only reads fill the gateway's read cache.
     pub gateway_cache_reads_only: bool,
+    /// The gateway's read cache takes its memory as it fills.
+    pub gateway_cache_lazy_memory: bool,
     /// metad's metadata groups on the first run (None: [`dev_metad_groups`]).
     pub metad_groups: Option<u32>,
     /// metad's WAL partitions on the first run (None: [`dev_wal_partitions`]).
@@ -648,6 +650,9 @@ pub fn run(args: DevArgs) -> Result<()> {
             }
             if args.gateway_cache_reads_only {
                 c.arg("--cache-reads-only");
+            }
+            if args.gateway_cache_lazy_memory {
+                c.arg("--cache-lazy-memory");
             }
             if let Some(p) = &gw_socket {
                 c.arg("--local-socket").arg(p);

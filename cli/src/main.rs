@@ -71,6 +71,10 @@ enum Cmd {
         /// Only reads fill the gateway's read cache (else writes do too).
         #[arg(long)]
         gateway_cache_reads_only: bool,
+        /// The gateway's read cache takes its memory as it fills (else all
+        /// of it at start, in the background).
+        #[arg(long)]
+        gateway_cache_lazy_memory: bool,
         /// metad's metadata raft groups, fixed on the first run [default:
         /// one per two cores, 1 to 8].
         #[arg(long)]
@@ -257,12 +261,14 @@ fn run(cli: Cli) -> Result<()> {
             insecure,
             gateway_cache_bytes,
             gateway_cache_reads_only,
+            gateway_cache_lazy_memory,
             metad_groups,
             wal_partitions,
         } => dev::run(dev::DevArgs {
             metad_groups: *metad_groups,
             wal_partitions: *wal_partitions,
             gateway_cache_reads_only: *gateway_cache_reads_only,
+            gateway_cache_lazy_memory: *gateway_cache_lazy_memory,
             insecure: *insecure,
             gateway_cache_bytes: *gateway_cache_bytes,
             data: data.clone(),

@@ -810,7 +810,25 @@ fn read_cache_end_to_end() {
         "{ready} bytes ready"
     );
 
+    // The cache's memory was taken once at start, all of it (in whole
+    // chunks), by a background thread that is done by now or soon.
+    let capacity = sample(&m, "tessera_gateway_cache_capacity_bytes", &[]);
+    let taken =
+        |m: &prometheus_parse::Scrape| sample(m, "tessera_gateway_cache_memory_taken_bytes", &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut m = m;
+    while taken(&m) < capacity && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        m = scrape(&dev, "gateway");
+    }
+    assert!(
+        taken(&m) >= capacity && taken(&m) < capacity + (1 << 20) as f64,
+        "{} bytes taken at start for a cache of {capacity}",
+        taken(&m)
+    );
+
     dev.extra.push("--gateway-cache-reads-only".into());
+    dev.extra.push("--gateway-cache-lazy-memory".into());
     restart_dev(&mut dev, 6);
     let gw = gateway_addr(&dev);
     with_client(gw.clone(), |c| async move {
@@ -830,6 +848,17 @@ fn read_cache_end_to_end() {
         with_client(gw.clone(), |c| async move { c.get("hot/read").await })
     });
     assert!(served.expect("a read object from the cache") == blob(10, 5 << 20));
+    // Lazily: nothing taken at start.
+    let log = std::fs::read_to_string(dev.dir.join("data/logs/gateway.log")).unwrap_or_default();
+    assert!(log.contains("lazy_memory=true"), "{log}");
+    assert_eq!(
+        sample(
+            &scrape(&dev, "gateway"),
+            "tessera_gateway_cache_memory_taken_bytes",
+            &[]
+        ),
+        0.0
+    );
 }
 
 /// Runs `f` with every chunk server of `dev` stopped (SIGSTOP), then

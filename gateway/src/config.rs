@@ -42,6 +42,9 @@ pub struct GatewayFile {
     /// Only reads fill the read cache (else writes do too).
     #[serde(default)]
     pub cache_reads_only: bool,
+    /// The read cache takes its memory as it fills (else all of it at start).
+    #[serde(default)]
+    pub cache_lazy_memory: bool,
 }
 
 impl GatewayFile {

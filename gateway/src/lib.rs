@@ -12,6 +12,8 @@
 //! - [`objects`] is the write and read paths (WAL first, parallel shard
 //!   writes, compare-and-set commit, degraded reads) and WAL replay;
 //! - [`service`] serves the Cap'n Proto `Gateway` interface;
+//! - [`memory`] keeps freed memory with the process and takes the read
+//!   cache's memory at start;
 //! - [`warm`] prepares large stripe buffers on a helper thread, so that the
 //!   executor does not fault in the memory a growing read cache takes.
 
@@ -25,6 +27,7 @@ pub mod doc;
 pub mod error;
 pub mod gf256;
 pub mod limits;
+pub mod memory;
 pub mod meta;
 pub mod metrics;
 pub mod nodes;

@@ -67,6 +67,20 @@ pub fn warm(s: &crate::warm::WarmStats, ready_bytes: usize) {
     .set(ready_bytes as f64);
 }
 
+/// Records the bytes of the read cache's memory taken at start (see
+/// [`crate::memory`]; 0 until the pretouch ends, and when it is off).
+pub fn cache_memory_taken(bytes: u64) {
+    tessera_metrics::global()
+        .gauge(
+            "tessera_gateway_cache_memory_taken_bytes",
+            "Bytes of memory the gateway touched once at start for its read \
+             cache, so that filling it takes no page faults (0: not yet, or \
+             --cache-lazy-memory).",
+            &[],
+        )
+        .set(bytes as f64);
+}
+
 /// Copies the read cache's counters into the registry (they are kept by
 /// the executor's cache, which the metrics thread cannot read).
 pub fn cache(s: &crate::cache::CacheStats) {

@@ -90,6 +90,12 @@ struct Cli {
     /// while the cache grows).
     #[arg(long)]
     cache_reads_only: bool,
+    /// Let the read cache take its memory as it fills (by default the
+    /// gateway touches all of it once at start, on a background thread at
+    /// the lowest priority, so that filling the cache takes no page
+    /// faults on the request path; its memory is then resident from start).
+    #[arg(long)]
+    cache_lazy_memory: bool,
     #[command(flatten)]
     tls: tessera_tls::TlsArgs,
     /// Log filter (else the file's, else TESSERA_LOG, else "info").
@@ -100,6 +106,8 @@ struct Cli {
 fn main() -> Result<()> {
     // First, before any thread: may re-execute this binary once.
     let memcpy = tessera_engine::tune_memcpy();
+    // Before the heap grows: the allocator keeps what the gateway frees.
+    let purge = tessera_gateway::memory::keep_freed_memory();
     // Before the heap grows: huge pages made every fresh arena page a
     // 2 MiB fault (see the function's documentation).
     let thp_off = tessera_engine::disable_transparent_huge_pages();
@@ -194,11 +202,26 @@ fn main() -> Result<()> {
         cache_writes: !(cli.cache_reads_only || file.cache_reads_only),
     };
     cfg.validate().context("settings")?;
+    let lazy_memory = cli.cache_lazy_memory || file.cache_lazy_memory;
     tracing::info!(
         cache_bytes = cfg.cache_bytes,
         cache_writes = cfg.cache_writes,
+        lazy_memory,
         "read cache"
     );
+    match &purge {
+        tessera_gateway::memory::PurgePolicy::Kept => {}
+        tessera_gateway::memory::PurgePolicy::FromEnvironment(ms) => {
+            tracing::info!(ms, "freed memory goes back to the OS after MIMALLOC_PURGE_DELAY")
+        }
+        tessera_gateway::memory::PurgePolicy::Unknown(v) => tracing::warn!(
+            "mimalloc {v}: unknown option numbering, freed memory goes back to the OS after its default delay"
+        ),
+    }
+    if !lazy_memory && purge.keeps_memory() {
+        // Detached: it ends by itself and logs what it did.
+        let _ = tessera_gateway::memory::pretouch_in_background(cfg.cache_bytes);
+    }
     let gateway_id = cfg.gateway_id.clone();
     let per_peer = cli
         .connections_per_peer
