@@ -19,7 +19,8 @@
 //!   freed is reused, so the resident size is the peak, not more;
 //! - the pretouch holds at most the bytes asked for, in chunks of
 //!   [`PRETOUCH_CHUNK_BYTES`], and frees all of them before it ends; a
-//!   failed allocation ends it early, never the process;
+//!   failed allocation ends it early, never the process; it takes at most
+//!   half of the memory available at start ([`PRETOUCH_AVAILABLE_SHARE`]);
 //! - pretouching happens only while purging is off (otherwise the memory
 //!   would be handed back a second later and the work wasted);
 //! - an operator's `MIMALLOC_PURGE_DELAY` wins over this module.
@@ -133,6 +134,43 @@ pub fn pretouch(bytes: u64) -> Pretouched {
     }
 }
 
+/// The pretouch takes at most 1/this of the memory available at start: a
+/// cache set larger than the machine can hold is then taken as it fills,
+/// and the gateway is not killed for memory at start.
+pub const PRETOUCH_AVAILABLE_SHARE: u64 = 2;
+
+/// `MemAvailable` of a /proc/meminfo text, in bytes.
+fn mem_available_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// How much of a cache of `cache_bytes` to take at start, given this
+/// machine's /proc/meminfo (None: unknown, and then nothing).
+pub fn pretouch_bytes(cache_bytes: u64, meminfo: Option<&str>) -> u64 {
+    meminfo
+        .and_then(mem_available_bytes)
+        .map_or(0, |a| cache_bytes.min(a / PRETOUCH_AVAILABLE_SHARE))
+}
+
+/// Takes the memory of a cache of `cache_bytes` (at most
+/// [`pretouch_bytes`] of it) on a thread of its own, see
+/// [`pretouch_in_background`].
+pub fn take_cache_memory(cache_bytes: u64) -> Option<std::thread::JoinHandle<Pretouched>> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let bytes = pretouch_bytes(cache_bytes, meminfo.as_deref());
+    if bytes < cache_bytes {
+        tracing::warn!(
+            cache_bytes,
+            taken_at_start = bytes,
+            "the read cache is larger than 1/{PRETOUCH_AVAILABLE_SHARE} of the memory available; \
+             the rest of it is taken as the cache fills (a smaller --cache-bytes fits this machine)"
+        );
+    }
+    pretouch_in_background(bytes)
+}
+
 /// Runs [`pretouch`] on a thread of its own and logs what it did. None
 /// when `bytes` is 0 or the thread could not start (logged).
 ///
@@ -198,6 +236,22 @@ mod tests {
             PurgePolicy::FromEnvironment(ms) => assert_eq!(now, ms),
             PurgePolicy::Unknown(v) => panic!("mimalloc {v}"),
         }
+    }
+
+    #[test]
+    fn pretouch_takes_at_most_half_of_the_memory_available() {
+        let info = |avail_kib: u64| {
+            format!("MemTotal: 25000000 kB\nMemFree: 1 kB\nMemAvailable: {avail_kib} kB\n")
+        };
+        let gib = 1u64 << 30;
+        // 20 GiB available: a 3 GiB cache is taken whole, a 16 GiB one to 10.
+        assert_eq!(pretouch_bytes(3 * gib, Some(&info(20 << 20))), 3 * gib);
+        assert_eq!(pretouch_bytes(16 * gib, Some(&info(20 << 20))), 10 * gib);
+        assert_eq!(pretouch_bytes(0, Some(&info(20 << 20))), 0);
+        // Unknown memory: nothing.
+        assert_eq!(pretouch_bytes(3 * gib, None), 0);
+        assert_eq!(pretouch_bytes(3 * gib, Some("MemTotal: 1 kB\n")), 0);
+        assert_eq!(pretouch_bytes(3 * gib, Some("MemAvailable: lots\n")), 0);
     }
 
     #[test]

@@ -91,9 +91,9 @@ struct Cli {
     #[arg(long)]
     cache_reads_only: bool,
     /// Let the read cache take its memory as it fills (by default the
-    /// gateway touches all of it once at start, on a background thread at
-    /// the lowest priority, so that filling the cache takes no page
-    /// faults on the request path; its memory is then resident from start).
+    /// gateway touches all of it, up to half of the memory available, once
+    /// at start on a background thread, so that filling the cache takes no
+    /// page faults on the request path; that memory is then resident).
     #[arg(long)]
     cache_lazy_memory: bool,
     #[command(flatten)]
@@ -220,7 +220,7 @@ fn main() -> Result<()> {
     }
     if !lazy_memory && purge.keeps_memory() {
         // Detached: it ends by itself and logs what it did.
-        let _ = tessera_gateway::memory::pretouch_in_background(cfg.cache_bytes);
+        let _ = tessera_gateway::memory::take_cache_memory(cfg.cache_bytes);
     }
     let gateway_id = cfg.gateway_id.clone();
     let per_peer = cli
