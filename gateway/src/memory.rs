@@ -160,7 +160,9 @@ pub fn pretouch_bytes(cache_bytes: u64, meminfo: Option<&str>) -> u64 {
 pub fn take_cache_memory(cache_bytes: u64) -> Option<std::thread::JoinHandle<Pretouched>> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
     let bytes = pretouch_bytes(cache_bytes, meminfo.as_deref());
-    if bytes < cache_bytes {
+    if meminfo.is_none() && cache_bytes > 0 {
+        tracing::warn!("could not read /proc/meminfo; the read cache takes its memory as it fills");
+    } else if bytes < cache_bytes {
         tracing::warn!(
             cache_bytes,
             taken_at_start = bytes,
