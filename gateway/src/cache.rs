@@ -229,7 +229,13 @@ pub fn default_capacity_bytes() -> u64 {
 
 /// `MemTotal` of a /proc/meminfo text, in bytes.
 fn mem_total_bytes(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    meminfo_bytes(meminfo, "MemTotal:")
+}
+
+/// The field named `field` (with its colon) of a /proc/meminfo text, in
+/// bytes (the file gives kB).
+pub(crate) fn meminfo_bytes(meminfo: &str, field: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
 }

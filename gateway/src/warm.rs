@@ -43,7 +43,7 @@ pub const WARM_READY_BYTES_MAX: usize = 16 << 20;
 /// one; its last stripe and other object sizes bring others).
 pub const WARM_SIZES_MAX: usize = 4;
 /// The granularity at which the helper touches a buffer: the page size.
-const PAGE_BYTES: usize = 4096;
+pub(crate) const PAGE_BYTES: usize = 4096;
 /// How long the idle helper sleeps between checks of its work when no one
 /// wakes it (a bound on its wait, not a poll interval that matters).
 const HELPER_IDLE_WAIT: Duration = Duration::from_millis(500);
@@ -259,11 +259,18 @@ fn helper(shared: &Shared) {
 /// that the kernel (and the host) have mapped it.
 fn warm_buffer(len: usize) -> Vec<u8> {
     let mut b = Vec::with_capacity(len);
+    touch_pages(&mut b);
+    b
+}
+
+/// Writes one byte in every page of `b`'s spare capacity (its length and
+/// contents stay as they were), so that the kernel (and the host) map it.
+pub(crate) fn touch_pages(b: &mut Vec<u8>) {
     for byte in b.spare_capacity_mut().iter_mut().step_by(PAGE_BYTES) {
         byte.write(0);
     }
-    std::hint::black_box(&mut b);
-    b
+    // The writes are to memory nothing reads: keep them.
+    std::hint::black_box(b);
 }
 
 #[cfg(test)]
