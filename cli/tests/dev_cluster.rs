@@ -496,6 +496,22 @@ fn dev_cluster_end_to_end() {
         acked.len() >= 8 && acked.len() < tried.len(),
         "the kill must land mid-way"
     );
+    // What the killed gateway left in the WAL: intents, never a blob's
+    // bytes (replay abandons what was not committed).
+    let left = unfinished_wal_intents(&dev);
+    for i in left.iter().filter(|i| i.doc_hot.is_none()) {
+        assert!(
+            !i.has_payload && i.payload.is_empty(),
+            "the WAL intent of blob {} carries {} bytes of it",
+            i.key,
+            i.payload.len()
+        );
+    }
+    eprintln!(
+        "the killed gateway left {} WAL intents ({} replicated)",
+        left.len(),
+        left.iter().filter(|i| i.erasure.is_none()).count()
+    );
     let gw_log = std::fs::File::create(dev.dir.join("gateway2.log")).unwrap();
     let mut gateway2 = Command::new(Path::new(TESSERA).with_file_name("tessera-gateway"))
         .args([
@@ -896,6 +912,25 @@ fn connect_from(from: [u8; 4], to: SocketAddr) -> std::net::TcpStream {
 /// Every unfinished WAL entry of the gateway names a committed, dirty
 /// version (the healer finishes those); nothing else is left behind.
 fn wal_holds_only_dirty_entries(dev: &Dev, gw: Gw) {
+    for intent in unfinished_wal_intents(dev) {
+        let key = intent.key.clone();
+        let info = with_client(gw.clone(), move |c| async move { c.stat(&key).await });
+        match info {
+            Ok(i) => assert!(
+                i.version_id == intent.version_id && i.dirty,
+                "WAL entry for {} left unfinished though its object is clean or another version",
+                intent.key
+            ),
+            Err(e) => panic!(
+                "WAL entry for {} left unfinished with no object: {e}",
+                intent.key
+            ),
+        }
+    }
+}
+
+/// The dev gateway's unfinished WAL intents.
+fn unfinished_wal_intents(dev: &Dev) -> Vec<tessera_gateway::meta::WalIntent> {
     let metad = metad_addrs(dev);
     let opts = node_metad_options(dev);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -916,20 +951,8 @@ fn wal_holds_only_dirty_entries(dev: &Dev, gw: Gw) {
         }
         out
     });
-    for e in entries {
-        let intent = tessera_gateway::meta::WalIntent::decode(&e.data).unwrap();
-        let key = intent.key.clone();
-        let info = with_client(gw.clone(), move |c| async move { c.stat(&key).await });
-        match info {
-            Ok(i) => assert!(
-                i.version_id == intent.version_id && i.dirty,
-                "WAL entry for {} left unfinished though its object is clean or another version",
-                intent.key
-            ),
-            Err(e) => panic!(
-                "WAL entry for {} left unfinished with no object: {e}",
-                intent.key
-            ),
-        }
-    }
+    entries
+        .iter()
+        .map(|e| tessera_gateway::meta::WalIntent::decode(&e.data).unwrap())
+        .collect()
 }

@@ -24,8 +24,8 @@ pub const PARITY_SHARDS_MAX: u8 = 16;
 /// Most stripes one object's record lists: the record must fit metad's
 /// 256 KiB value limit (about 40 bytes a stripe at 4+2).
 pub const STRIPES_MAX: u64 = 5_000;
-/// Objects up to this size log their bytes in the WAL (replay can finish
-/// them); larger ones log their intent only.
+/// JSON documents up to this size log their JSON in the WAL (replay can
+/// finish them); larger ones, and every blob, log their intent only.
 pub const WAL_PAYLOAD_MAX_BYTES: u64 = 64 << 10;
 /// Stripes of one streamed put being written at once (memory per put is
 /// about this many stripes plus one).

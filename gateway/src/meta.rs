@@ -348,7 +348,9 @@ pub struct WalIntent {
     pub candidates: Vec<String>,
     /// (k, m, shard bytes) or None for replication.
     pub erasure: Option<(u8, u8, u32)>,
-    /// The object's bytes when small enough: replay can finish the write.
+    /// A document's JSON when small enough: replay can finish the write.
+    /// Blob intents carry no bytes (entries of earlier gateways may; replay
+    /// completes those).
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     pub has_payload: bool,

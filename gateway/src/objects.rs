@@ -468,7 +468,7 @@ impl Objects {
             cond: PutIf::Always,
         };
         if erasure && !replaying {
-            w.log_intent(Vec::new()).await?;
+            w.log_intent().await?;
         }
         Ok(w)
     }
@@ -1300,6 +1300,8 @@ impl Objects {
                 Err(e) => Err(e),
             };
         }
+        // Blob intents carry no bytes now; entries logged by earlier
+        // gateways may, and are completed.
         if intent.has_payload && intent.doc_hot.is_none() {
             let replay = Some((intent.version_id.clone(), intent.created_unix_millis));
             let mut w = self.begin(&intent.key, intent.size, replay).await?;
@@ -1428,7 +1430,16 @@ impl PutWriter {
         Ok(())
     }
 
-    async fn log_intent(&mut self, payload: Vec<u8>) -> Result<()> {
+    /// Logs the write's intent — never its bytes. Replay finishes a blob
+    /// write that was committed (or leaves it to the healer when dirty)
+    /// and abandons one that was not: it was never acknowledged, and its
+    /// shards are deleted where placement put them. Nothing else reads a
+    /// blob's bytes from the WAL (the healer repairs a dirty object from
+    /// its surviving replicas or shards), and logging them cost every
+    /// small PUT three more copies of its bytes in metad's logs.
+    /// (Entries of earlier gateways that carry bytes are still completed
+    /// by replay.)
+    async fn log_intent(&mut self) -> Result<()> {
         let intent = WalIntent {
             key: self.key.clone(),
             version_id: self.version_id.clone(),
@@ -1441,8 +1452,8 @@ impl PutWriter {
                     k, m, shard_bytes, ..
                 } => Some((k, m, shard_bytes)),
             },
-            has_payload: !payload.is_empty() || self.size == 0,
-            payload,
+            has_payload: false,
+            payload: Vec::new(),
             doc_hot: None,
             attrs: self.attrs.clone(),
         };
@@ -1561,15 +1572,9 @@ impl PutWriter {
         match self.plan {
             Plan::Replicated => {
                 if !self.replaying {
-                    // A conditional write logs no payload: replay abandons
-                    // it rather than complete it without its condition.
-                    let payload =
-                        if self.size <= WAL_PAYLOAD_MAX_BYTES && self.cond == PutIf::Always {
-                            self.buf.clone()
-                        } else {
-                            Vec::new()
-                        };
-                    self.log_intent(payload).await?;
+                    // The intent, not the bytes: replay abandons a blob
+                    // write that was not committed (see `log_intent`).
+                    self.log_intent().await?;
                 }
                 let data = std::mem::take(&mut self.buf);
                 let landed =
