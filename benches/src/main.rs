@@ -108,7 +108,7 @@ enum Cmd {
         concurrency: Vec<usize>,
         /// MiB of 1 MiB objects to write first, not measured (0: none), so
         /// that the gateway's read cache is full as in a gateway that has
-        /// been running: about its --cache-bytes (1/8 of its memory). At
+        /// been running: about its --cache-bytes (1/4 of its memory). At
         /// most 16384.
         #[arg(long, default_value_t = 0)]
         warmup_mib: u64,

@@ -64,8 +64,8 @@ enum Cmd {
         /// made in DIR/tls on first run).
         #[arg(long)]
         insecure: bool,
-        /// Bytes of the gateway's read cache (0: off) [default: 1/8 of
-        /// the memory it may use, at most 4 GiB].
+        /// Bytes of the gateway's read cache (0: off) [default: 1/4 of
+        /// the memory it may use, at most 16 GiB].
         #[arg(long)]
         gateway_cache_bytes: Option<u64>,
         /// Only reads fill the gateway's read cache (else writes do too).

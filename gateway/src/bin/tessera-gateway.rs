@@ -82,7 +82,7 @@ struct Cli {
     #[arg(long)]
     seal_key: Option<std::path::PathBuf>,
     /// Bytes of recently read or written stripes kept in memory to serve
-    /// reads (0: off) [default: 1/8 of the memory this process may use, at most 4 GiB].
+    /// reads (0: off) [default: 1/4 of the memory this process may use, at most 16 GiB].
     #[arg(long)]
     cache_bytes: Option<u64>,
     /// Only reads fill the read cache (by default writes do too: an object
