@@ -164,7 +164,8 @@ pub fn take_cache_memory(cache_bytes: u64) -> Option<std::thread::JoinHandle<Pre
 /// when `bytes` is 0 or the thread could not start (logged).
 ///
 /// At normal priority, on purpose: started with the process, it is done
-/// in ~1–2 s for 3 GiB on a quiet machine, while the gateway connects to
+/// in ~1–2 s for 3 GiB on a quiet machine (5 s for 6 GiB beside a
+/// starting `tessera dev` on the bench VM), while the gateway connects to
 /// metad and the chunk servers. At the lowest priority it took 5 s beside
 /// a starting `tessera dev` and then competed with the first requests.
 pub fn pretouch_in_background(bytes: u64) -> Option<std::thread::JoinHandle<Pretouched>> {
