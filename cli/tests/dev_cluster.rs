@@ -12,8 +12,11 @@
 //! 3. the gateway is killed (-9) in the middle of many writes and started
 //!    again (with the other erasure code, so objects of both are read):
 //!    every acknowledged write reads back, every unacknowledged one is
-//!    either absent or exact, and the WAL holds no entry of that gateway
-//!    except for dirty objects (the healer's);
+//!    either absent or exact, no blob's WAL intent carries its bytes, and
+//!    the WAL holds no entry of that gateway except for dirty objects (the
+//!    healer's); then a small write stuck with every chunk server stopped
+//!    (SIGSTOP) when the gateway is killed again: its intent was logged,
+//!    and replay after the restart abandons it (absent, entry finished);
 //! 4. two chunk servers are killed (-9): every object still reads, new
 //!    writes answer ok or accepted and read back (one under a prefix with
 //!    its own erasure code);
@@ -512,39 +515,7 @@ fn dev_cluster_end_to_end() {
         left.len(),
         left.iter().filter(|i| i.erasure.is_none()).count()
     );
-    let gw_log = std::fs::File::create(dev.dir.join("gateway2.log")).unwrap();
-    let mut gateway2 = Command::new(Path::new(TESSERA).with_file_name("tessera-gateway"))
-        .args([
-            "--listen",
-            &gw.addr.to_string(),
-            "--metad",
-            &metad_addrs(&dev).join(","),
-            "--id",
-            "dev-gateway-1",
-            // The other codec from here on: objects of both must stay readable.
-            "--codec",
-            "rs-simd",
-            // And a pool with its own code.
-            "--pool",
-            "pool31/=3+1:cauchy256",
-            "--cache-bytes",
-            "0",
-        ])
-        .args(tls_flags(&dev))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(gw_log))
-        .spawn()
-        .unwrap();
-    {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(gateway2.stdout.take().unwrap()).lines();
-        let first = lines
-            .next()
-            .expect("the restarted gateway printed nothing: see gateway2.log")
-            .unwrap();
-        assert!(first.contains("listening"), "{first}");
-        std::thread::spawn(move || for _ in lines {});
-    }
+    let mut gateway2 = restart_gateway(&dev, &gw, "gateway2.log");
     check_all(&gw, acked.clone());
     let unacked: Vec<_> = tried
         .iter()
@@ -567,6 +538,62 @@ fn dev_cluster_end_to_end() {
         }
     });
     wal_holds_only_dirty_entries(&dev, gw.clone());
+
+    // 3b. A small (replicated) write whose replicas cannot land — every
+    // chunk server stopped — when its gateway is killed: its intent is in
+    // the WAL first, without the bytes, and replay after the restart
+    // abandons it (the key stays absent, the entry is finished).
+    let stuck_key = "crash/stuck-small";
+    let put = with_chunk_servers_stopped(&dev, || {
+        let put = {
+            let gw = gw.clone();
+            std::thread::spawn(move || {
+                with_client(gw, move |c| async move {
+                    c.put(stuck_key, &blob(6000, 20_000)).await.map(|_| ())
+                })
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let logged = loop {
+            let left = unfinished_wal_intents(&dev);
+            if let Some(i) = left.into_iter().find(|i| i.key == stuck_key) {
+                break i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stuck write's intent never reached the WAL"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            logged.erasure.is_none() && !logged.has_payload && logged.payload.is_empty(),
+            "a replicated write's intent carries {} bytes of it",
+            logged.payload.len()
+        );
+        let _ = gateway2.kill();
+        let _ = gateway2.wait();
+        put
+    });
+    assert!(
+        put.join().unwrap().is_err(),
+        "a write whose gateway was killed before any replica landed was acknowledged"
+    );
+    let mut gateway2 = restart_gateway(&dev, &gw, "gateway3.log");
+    with_client(gw.clone(), move |c| async move {
+        match c.get(stuck_key).await {
+            Err(tessera_rpc::Error::Gateway {
+                kind: GatewayErrorKind::NotFound,
+                ..
+            }) => {}
+            other => panic!("the abandoned write {stuck_key}: {other:?}"),
+        }
+    });
+    assert!(
+        !unfinished_wal_intents(&dev)
+            .iter()
+            .any(|i| i.key == stuck_key),
+        "replay left the abandoned write's WAL entry unfinished"
+    );
 
     // 4. Two chunk servers killed.
     kill9(pid_of(&dev, "chunkd-1"));
@@ -875,6 +902,45 @@ fn read_cache_end_to_end() {
         ),
         0.0
     );
+}
+
+/// Starts the dev cluster's gateway again by hand (its id, address and
+/// metad; the other codec, a pool of its own code and no cache from here
+/// on) after it was killed, logging to `log` in the cluster's directory;
+/// returns once it listens (after its WAL replay).
+fn restart_gateway(dev: &Dev, gw: &Gw, log: &str) -> std::process::Child {
+    let gw_log = std::fs::File::create(dev.dir.join(log)).unwrap();
+    let mut gateway = Command::new(Path::new(TESSERA).with_file_name("tessera-gateway"))
+        .args([
+            "--listen",
+            &gw.addr.to_string(),
+            "--metad",
+            &metad_addrs(dev).join(","),
+            "--id",
+            "dev-gateway-1",
+            // The other codec from here on: objects of both must stay readable.
+            "--codec",
+            "rs-simd",
+            // And a pool with its own code.
+            "--pool",
+            "pool31/=3+1:cauchy256",
+            "--cache-bytes",
+            "0",
+        ])
+        .args(tls_flags(dev))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(gw_log))
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(gateway.stdout.take().unwrap()).lines();
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("the restarted gateway printed nothing: see {log}"))
+        .unwrap();
+    assert!(first.contains("listening"), "{first}");
+    std::thread::spawn(move || for _ in lines {});
+    gateway
 }
 
 /// Runs `f` with every chunk server of `dev` stopped (SIGSTOP), then
