@@ -944,21 +944,28 @@ fn restart_gateway(dev: &Dev, gw: &Gw, log: &str) -> std::process::Child {
 }
 
 /// Runs `f` with every chunk server of `dev` stopped (SIGSTOP), then
-/// resumes them.
+/// resumes them — also when `f` panics, so that a failing check does not
+/// leave stopped processes behind for the cluster's shutdown to wait on.
 fn with_chunk_servers_stopped<T>(dev: &Dev, f: impl FnOnce() -> T) -> T {
+    struct Resume(Vec<i32>);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            for &p in &self.0 {
+                // SAFETY: kill(2) on a process of the dev cluster this test
+                // started.
+                unsafe { libc::kill(p, libc::SIGCONT) };
+            }
+        }
+    }
     let pids: Vec<i32> = (1..=6)
         .map(|i| pid_of(dev, &format!("chunkd-{i}")))
         .collect();
     for &p in &pids {
-        // SAFETY: kill(2) on a process of the dev cluster this test started.
+        // SAFETY: as above.
         unsafe { libc::kill(p, libc::SIGSTOP) };
     }
-    let r = f();
-    for &p in &pids {
-        // SAFETY: as above.
-        unsafe { libc::kill(p, libc::SIGCONT) };
-    }
-    r
+    let _resume = Resume(pids);
+    f()
 }
 
 /// Connections one peer may hold by default (the gateway's

@@ -357,8 +357,10 @@ pub struct WalIntent {
     /// For a JSON document: the hot field names asked for (the payload,
     /// when present, is the document's JSON).
     pub doc_hot: Option<Vec<String>>,
-    /// The application's attributes when known at the start (a streamed
-    /// put gives them at its end: replay then stores none).
+    /// The application's attributes, in entries of earlier gateways whose
+    /// blob intents carried their bytes (replay completes those with
+    /// them); empty now, since replay abandons every uncommitted blob
+    /// write.
     #[serde(with = "serde_bytes")]
     pub attrs: Vec<u8>,
 }

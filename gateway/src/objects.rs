@@ -1422,8 +1422,8 @@ impl PutWriter {
     }
 
     /// Sets the attributes the record will carry (any time before
-    /// `finish`; a replicated object logs them in its WAL entry, a streamed
-    /// erasure-coded one, whose entry was logged at the start, does not).
+    /// `finish`). They are not logged in the WAL: replay never completes
+    /// a blob write, so nothing would read them there.
     pub fn set_attrs(&mut self, attrs: Vec<u8>) -> Result<()> {
         check_attrs(&attrs)?;
         self.attrs = attrs;
@@ -1455,7 +1455,8 @@ impl PutWriter {
             has_payload: false,
             payload: Vec::new(),
             doc_hot: None,
-            attrs: self.attrs.clone(),
+            // Only a completed write would need them (see above).
+            attrs: Vec::new(),
         };
         let p = self.objects.wal_partition();
         let gw = self.objects.cfg.gateway_id.clone();

@@ -43,7 +43,7 @@ pub const WARM_READY_BYTES_MAX: usize = 16 << 20;
 /// one; its last stripe and other object sizes bring others).
 pub const WARM_SIZES_MAX: usize = 4;
 /// The granularity at which the helper touches a buffer: the page size.
-pub(crate) const PAGE_BYTES: usize = 4096;
+const PAGE_BYTES: usize = 4096;
 /// How long the idle helper sleeps between checks of its work when no one
 /// wakes it (a bound on its wait, not a poll interval that matters).
 const HELPER_IDLE_WAIT: Duration = Duration::from_millis(500);
