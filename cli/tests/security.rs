@@ -342,11 +342,7 @@ fn security_end_to_end() {
     let metad_with = |creds: Option<Credentials>| {
         let metad = metad.clone();
         let ca = ca.clone();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async move {
+        on_tokio(async move {
             let opts = tessera_metad::client::ClientOptions {
                 retry_deadline: Duration::from_secs(3),
                 security: tessera_metad::net::Security {
@@ -405,6 +401,47 @@ fn security_end_to_end() {
     bridge_with(admin.opts.credentials.clone())
         .expect("metad serves an admin key to a glommio client");
 
+    // Raft between replicas needs a node certificate on the framed
+    // transport too: a TLS client without one that opens with its preamble
+    // is closed unanswered, and the refusal is counted.
+    let before = counter(
+        &scrape(&dev, "metad-1"),
+        "tessera_metad_auth_refusals_total",
+        "raft_without_certificate",
+    );
+    let (answered, closed, err) = {
+        let addr = metad[0].clone();
+        let ca = ca.clone();
+        on_tokio(async move {
+            let security = tessera_metad::net::Security {
+                tls: Some(tessera_tls::Connector::client(&ca).unwrap()),
+                credentials: None,
+                local_socket_dir: None,
+            };
+            let s = tessera_metad::net::open_stream(&addr, &security)
+                .await
+                .expect("TLS to metad without a client certificate");
+            let conn = tessera_metad::raft_wire::Conn::start(s);
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                conn.call(1, 0, tessera_metad::net::KIND_VOTE, &0u64),
+            )
+            .await
+            .expect("metad neither answered nor closed a framed raft connection");
+            (conn.spoke_protocol(), conn.is_closed(), r.err())
+        })
+    };
+    assert!(
+        err.is_some() && closed && !answered,
+        "metad answered framed raft from a client without a node certificate"
+    );
+    let after = counter(
+        &scrape(&dev, "metad-1"),
+        "tessera_metad_auth_refusals_total",
+        "raft_without_certificate",
+    );
+    assert!(after > before, "the framed raft refusal was not counted");
+
     // 5. A chunk server with a certificate from another CA cannot join.
     let foreign_dir = dev.dir.join("foreign");
     let foreign = tessera_tls::dev::ensure(&foreign_dir.join("tls")).unwrap();
@@ -437,6 +474,16 @@ fn security_end_to_end() {
         text.contains("TLS") || text.contains("certificate"),
         "the intruder's log does not say why it was refused: {text}"
     );
+}
+
+/// Runs `f` on a tokio current-thread runtime with a `LocalSet`, as metad's
+/// client runs.
+fn on_tokio<T>(f: impl std::future::Future<Output = T>) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f)
 }
 
 /// Runs `f` on a glommio executor of its own.

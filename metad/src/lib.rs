@@ -10,6 +10,7 @@
 //!   written with O_DIRECT through an io_uring this thread drives;
 //! - [`state_machine`]: a group's keys, leases, node registry, snapshots;
 //! - [`net`]: Cap'n Proto connections and the replica-to-replica transport;
+//! - [`raft_wire`]: the framed wire raft messages between replicas ride;
 //! - [`replica`]: a replica's data directory and groups;
 //! - [`service`]: the `Metad` interface;
 //! - [`server`]: the listener, connection limits and graceful shutdown;
@@ -27,6 +28,7 @@ pub mod limits;
 pub mod log_store;
 pub mod metrics;
 pub mod net;
+pub mod raft_wire;
 pub mod replica;
 pub mod runtime;
 pub mod server;

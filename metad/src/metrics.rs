@@ -119,3 +119,15 @@ pub fn auth_refused(reason: &'static str) {
         )
         .inc();
 }
+
+/// Counts a raft message served from a peer, by the transport it came on
+/// (`framed`, or `capnp` from a replica that does not speak the framed one).
+pub fn raft_message_served(transport: &'static str) {
+    global()
+        .counter(
+            "tessera_metad_raft_messages_total",
+            "Raft messages served from peer replicas, by transport (framed or capnp).",
+            &[("transport", transport)],
+        )
+        .inc();
+}

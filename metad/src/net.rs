@@ -3,7 +3,10 @@
 //!
 //! Owns: one connection per peer replica, shared by all G groups (the
 //! multi-raft router pattern: G groups do not mean G times the sockets or
-//! heartbeats' connection setups), and the encoding of raft messages.
+//! heartbeats' connection setups), and the encoding of raft messages. Raft
+//! messages travel on the framed transport of [`crate::raft_wire`]; a peer
+//! that does not speak it (an older replica) gets Cap'n Proto's `raft`
+//! method instead, which every replica still serves.
 //!
 //! Invariants: a failed call drops the cached connection so the next call
 //! reconnects; a peer's answer is decoded with a size bound and never
@@ -13,6 +16,7 @@
 //! authenticates each new connection before using it.
 
 use crate::limits::{MESSAGE_TRAVERSAL_LIMIT_WORDS, RAFT_MESSAGE_MAX_BYTES};
+use crate::raft_wire;
 use crate::types::{NodeId, TypeConfig};
 use capnp::message::ReaderOptions;
 use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
@@ -31,7 +35,7 @@ use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tessera_schema::metad_capnp::metad;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -156,20 +160,25 @@ pub fn serve<S: Io>(stream: S, server: metad::Client) -> impl std::future::Futur
 /// Opens a connection to `addr` within [`CONNECT_TIMEOUT`] (TLS and
 /// authentication as `security` says).
 pub async fn connect(addr: &str, security: &Security) -> std::io::Result<metad::Client> {
+    let client = client_side(open_stream(addr, security).await?);
+    if let Some(creds) = &security.credentials {
+        within(
+            CONNECT_TIMEOUT,
+            "authenticating",
+            authenticate(&client, creds),
+        )
+        .await?;
+    }
+    Ok(client)
+}
+
+/// Opens a byte stream to the replica at `addr`: its local socket when
+/// `security` names one that answers, else TCP (with TLS when `security`
+/// has it), within [`CONNECT_TIMEOUT`] and the TLS handshake's limit.
+pub async fn open_stream(addr: &str, security: &Security) -> std::io::Result<Box<dyn Io>> {
     if let Some(path) = security.local_socket(addr) {
         match connect_local(&path).await {
-            Ok(s) => {
-                let client = client_side(s);
-                if let Some(creds) = &security.credentials {
-                    within(
-                        CONNECT_TIMEOUT,
-                        "authenticating",
-                        authenticate(&client, creds),
-                    )
-                    .await?;
-                }
-                return Ok(client);
-            }
+            Ok(s) => return Ok(Box::new(s)),
             // A socket left by a replica that is gone: TCP still works.
             Err(e) => tracing::debug!(%addr, error = %e, "local socket refused; using TCP"),
         }
@@ -181,8 +190,8 @@ pub async fn connect(addr: &str, security: &Security) -> std::io::Result<metad::
     )
     .await?;
     let _ = s.set_nodelay(true);
-    let client = match &security.tls {
-        None => client_side(s),
+    match &security.tls {
+        None => Ok(Box::new(s)),
         Some(c) => {
             let connector = tokio_rustls::TlsConnector::from(c.config.clone());
             let tls = within(
@@ -197,21 +206,9 @@ pub async fn connect(addr: &str, security: &Security) -> std::io::Result<metad::
                     format!("TLS with metad at {addr} failed: {e} (is it the same cluster CA?)"),
                 )
             })?;
-            client_side(tls)
-        }
-    };
-    if let Some(creds) = &security.credentials {
-        match tokio::time::timeout(CONNECT_TIMEOUT, authenticate(&client, creds)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("authenticating took longer than {CONNECT_TIMEOUT:?}"),
-                ))
-            }
+            Ok(Box::new(tls))
         }
     }
-    Ok(client)
 }
 
 /// Connects to the Unix socket at `path` (buffers sized as every local
@@ -257,20 +254,39 @@ pub async fn authenticate(
     Ok(())
 }
 
+/// A connection to a peer replica.
+#[derive(Clone)]
+enum PeerConn {
+    /// The framed raft transport ([`crate::raft_wire`]).
+    Framed(Rc<raft_wire::Conn>),
+    /// Cap'n Proto's `raft` method: for a peer that does not speak the
+    /// framed transport (a replica older than it, during an upgrade).
+    Capnp(metad::Client),
+}
+
 /// The connections to peer replicas, one each, shared by all groups.
 #[derive(Default)]
 pub struct Peers {
     /// TLS with this replica's node certificate (none when insecure).
     pub security: Security,
-    conns: RefCell<HashMap<NodeId, (String, metad::Client)>>,
+    conns: RefCell<HashMap<NodeId, (String, PeerConn)>>,
     /// Calls to each peer that timed out in a row since its last answer.
     timeouts_in_a_row: RefCell<HashMap<NodeId, u32>>,
+    /// Peers whose framed connection ended before they spoke the protocol,
+    /// and until when they are spoken to through Cap'n Proto instead.
+    capnp_until: RefCell<HashMap<NodeId, Instant>>,
 }
 
 /// A peer connection whose calls time out this many times in a row (and
 /// never answer) is dropped and made anew: the peer may be gone without the
 /// socket saying so.
 const PEER_TIMEOUTS_BEFORE_RECONNECT: u32 = 16;
+/// How long a peer whose framed connection ended before it sent the
+/// preamble back (an older replica, or one that went down at that moment) is
+/// spoken to through Cap'n Proto's `raft` method before the framed
+/// transport is tried again. Every replica serves both, so guessing wrong
+/// costs only speed.
+pub const CAPNP_FALLBACK: Duration = Duration::from_secs(60);
 
 /// Why a peer call failed.
 #[derive(Debug, thiserror::Error)]
@@ -291,15 +307,37 @@ impl Peers {
         }
     }
 
-    async fn client(&self, target: NodeId, addr: &str) -> Result<metad::Client, PeerError> {
+    fn use_capnp(&self, target: NodeId) -> bool {
+        let mut until = self.capnp_until.borrow_mut();
+        match until.get(&target) {
+            Some(t) if Instant::now() < *t => true,
+            Some(_) => {
+                until.remove(&target);
+                false
+            }
+            None => false,
+        }
+    }
+
+    async fn client(&self, target: NodeId, addr: &str) -> Result<PeerConn, PeerError> {
         if let Some((a, c)) = self.conns.borrow().get(&target) {
-            if a == addr {
+            let open = match c {
+                PeerConn::Framed(f) => !f.is_closed(),
+                PeerConn::Capnp(_) => true,
+            };
+            if a == addr && open {
                 return Ok(c.clone());
             }
         }
-        let c = connect(addr, &self.security)
-            .await
-            .map_err(|e| PeerError::Unreachable(target, e.to_string()))?;
+        let unreachable = |e: std::io::Error| PeerError::Unreachable(target, e.to_string());
+        let c = if self.use_capnp(target) {
+            PeerConn::Capnp(connect(addr, &self.security).await.map_err(unreachable)?)
+        } else {
+            let s = open_stream(addr, &self.security)
+                .await
+                .map_err(unreachable)?;
+            PeerConn::Framed(Rc::new(raft_wire::Conn::start(s)))
+        };
         self.conns
             .borrow_mut()
             .insert(target, (addr.to_string(), c.clone()));
@@ -320,46 +358,43 @@ impl Peers {
         msg: &impl Serialize,
         timeout: Duration,
     ) -> Result<Vec<u8>, PeerError> {
-        // Encoded straight into the request, not into a buffer first: an
-        // append can carry MiBs of entries, once per follower.
-        let size = bincode::serialized_size(msg)
-            .map_err(|e| PeerError::Call(target, format!("a raft message does not encode: {e}")))?;
-        if size > RAFT_MESSAGE_MAX_BYTES as u64 {
-            return Err(PeerError::Call(
-                target,
-                format!("a raft message of {size} bytes is over the {RAFT_MESSAGE_MAX_BYTES}-byte limit"),
-            ));
-        }
-        let client = self.client(target, addr).await?;
-        let fut = async {
-            let mut req = client.raft_request();
-            {
-                let mut p = req.get();
-                p.set_group(group);
-                p.set_kind(kind);
-                let buf: &mut [u8] = p.init_payload(size as u32);
-                bincode::serialize_into(buf, msg).map_err(|e| {
-                    capnp::Error::failed(format!("a raft message does not encode: {e}"))
-                })?;
+        let conn = self.client(target, addr).await?;
+        let result = match &conn {
+            PeerConn::Framed(f) => {
+                let r = tokio::time::timeout(timeout, f.call(target, group, kind, msg)).await;
+                if matches!(r, Ok(Err(_))) && f.is_closed() {
+                    self.forget(target);
+                    if !f.spoke_protocol() {
+                        tracing::info!(
+                            peer = target,
+                            "the peer does not answer the framed raft transport; \
+                             using Cap'n Proto with it for {CAPNP_FALLBACK:?}"
+                        );
+                        self.capnp_until
+                            .borrow_mut()
+                            .insert(target, Instant::now() + CAPNP_FALLBACK);
+                    }
+                }
+                r
             }
-            let resp = req.send().promise.await?;
-            let bytes = resp.get()?.get_payload()?;
-            Ok::<_, capnp::Error>(bytes.to_vec())
+            PeerConn::Capnp(c) => {
+                let r =
+                    tokio::time::timeout(timeout, capnp_call(c, target, group, kind, msg)).await;
+                if matches!(r, Ok(Err((_, true)))) {
+                    self.forget(target);
+                }
+                r.map(|r| r.map_err(|(e, _)| e))
+            }
         };
         // Only a broken connection is dropped: every group shares it, and a
         // timed-out call (a slow flush on the peer) says nothing about the
         // connection; reconnecting would fail every other group's calls.
-        match tokio::time::timeout(timeout, fut).await {
+        match result {
             Ok(Ok(b)) => {
                 self.timeouts_in_a_row.borrow_mut().remove(&target);
                 Ok(b)
             }
-            Ok(Err(e)) => {
-                if e.kind == capnp::ErrorKind::Disconnected {
-                    self.forget(target);
-                }
-                Err(PeerError::Call(target, e.to_string()))
-            }
+            Ok(Err(e)) => Err(e),
             Err(_) => {
                 let n = {
                     let mut t = self.timeouts_in_a_row.borrow_mut();
@@ -375,6 +410,53 @@ impl Peers {
             }
         }
     }
+}
+
+/// One raft message through Cap'n Proto's `raft` method; the error says
+/// whether the connection is gone.
+async fn capnp_call(
+    client: &metad::Client,
+    target: NodeId,
+    group: u32,
+    kind: u8,
+    msg: &impl Serialize,
+) -> Result<Vec<u8>, (PeerError, bool)> {
+    // Encoded straight into the request, not into a buffer first: an
+    // append can carry MiBs of entries, once per follower.
+    let size = bincode::serialized_size(msg).map_err(|e| {
+        (
+            PeerError::Call(target, format!("a raft message does not encode: {e}")),
+            false,
+        )
+    })?;
+    if size > RAFT_MESSAGE_MAX_BYTES as u64 {
+        return Err((
+            PeerError::Call(
+                target,
+                format!("a raft message of {size} bytes is over the {RAFT_MESSAGE_MAX_BYTES}-byte limit"),
+            ),
+            false,
+        ));
+    }
+    let fut = async {
+        let mut req = client.raft_request();
+        {
+            let mut p = req.get();
+            p.set_group(group);
+            p.set_kind(kind);
+            let buf: &mut [u8] = p.init_payload(size as u32);
+            bincode::serialize_into(buf, msg).map_err(|e| {
+                capnp::Error::failed(format!("a raft message does not encode: {e}"))
+            })?;
+        }
+        let resp = req.send().promise.await?;
+        let bytes = resp.get()?.get_payload()?;
+        Ok::<_, capnp::Error>(bytes.to_vec())
+    };
+    fut.await.map_err(|e| {
+        let gone = e.kind == capnp::ErrorKind::Disconnected;
+        (PeerError::Call(target, e.to_string()), gone)
+    })
 }
 
 /// Encodes a raft message or answer.
@@ -484,5 +566,63 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
         self.roundtrip(KIND_VOTE, &req, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_schema::metad_capnp::metad;
+
+    /// A replica from before the framed transport: Cap'n Proto only, whose
+    /// `raft` method answers the payload back.
+    struct CapnpOnly;
+
+    impl metad::Server for CapnpOnly {
+        async fn raft(
+            self: Rc<Self>,
+            params: metad::RaftParams,
+            mut results: metad::RaftResults,
+        ) -> Result<(), capnp::Error> {
+            let p = params.get()?.get_payload()?.to_vec();
+            results.get().set_payload(&p);
+            Ok(())
+        }
+    }
+
+    /// A peer that does not send the preamble back (Cap'n Proto aborts on
+    /// it and closes) costs one failed call; the next ones go through
+    /// Cap'n Proto's `raft` method and work.
+    #[test]
+    fn an_older_peer_is_spoken_to_through_capnp() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            tokio::task::spawn_local(async move {
+                loop {
+                    let (s, _) = listener.accept().await.unwrap();
+                    let client: metad::Client = capnp_rpc::new_client(CapnpOnly);
+                    tokio::task::spawn_local(serve(s, client));
+                }
+            });
+            let peers = Peers::new(Security::default());
+            let t = Duration::from_secs(5);
+            let first = peers.call(2, &addr, 0, KIND_VOTE, &7u64, t).await;
+            assert!(
+                first.is_err(),
+                "an older peer answered the framed transport"
+            );
+            for n in 0..3u64 {
+                let b = peers.call(2, &addr, 0, KIND_VOTE, &n, t).await.unwrap();
+                assert_eq!(decode::<u64>(&b).unwrap(), n);
+            }
+            assert!(peers.use_capnp(2));
+            // Other peers are not affected.
+            assert!(!peers.use_capnp(3));
+        });
     }
 }

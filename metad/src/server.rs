@@ -5,10 +5,13 @@
 //! log durable. A local socket (`--local-socket-dir`), when given, is
 //! served beside TCP: its accept thread lets in only this user and root,
 //! who can read this replica's node key anyway, so its connections carry a
-//! node's session without TLS.
+//! node's session without TLS. Each connection speaks Cap'n Proto, or —
+//! when it opens with [`raft_wire::PREAMBLE`] — the framed raft transport,
+//! which only a peer with a node session may use.
 
 use crate::limits::CONNECTIONS_MAX;
-use crate::net::{accept, serve};
+use crate::net::{accept, serve, Io};
+use crate::raft_wire;
 use crate::replica::Replica;
 use crate::service::MetadService;
 use std::cell::Cell;
@@ -62,8 +65,7 @@ pub async fn run(
                 let replica = replica.clone();
                 tokio::task::spawn_local(async move {
                     let session = tessera_auth::Session::new(true);
-                    let client: metad::Client = MetadService::gated(replica, session);
-                    serve(stream, client).await;
+                    serve_connection(Box::new(stream), replica, session).await;
                     open2.set(open2.get() - 1);
                 });
             }
@@ -89,8 +91,7 @@ pub async fn run(
                     match accept(stream, tls.as_ref()).await {
                         Ok((stream, node)) => {
                             let session = tessera_auth::Session::new(node);
-                            let client: metad::Client = MetadService::gated(replica, session);
-                            serve(stream, client).await;
+                            serve_connection(stream, replica, session).await;
                         }
                         Err(e) => {
                             crate::metrics::auth_refused("tls_handshake");
@@ -104,4 +105,52 @@ pub async fn run(
     }
     tracing::info!("stopping: no new connections; stopping the groups");
     replica.shutdown().await;
+}
+
+/// Serves one accepted connection until its peer goes away: the framed raft
+/// transport when it opens with the preamble (refused without a node
+/// session), otherwise the gated `Metad` service over Cap'n Proto.
+async fn serve_connection(
+    mut stream: Box<dyn Io>,
+    replica: Rc<Replica>,
+    session: Rc<tessera_auth::Session>,
+) {
+    let first = match raft_wire::sniff(&mut stream).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "a connection failed before its first bytes");
+            return;
+        }
+    };
+    match first {
+        (true, _) if !session.node => {
+            // Nothing is answered: a peer that may not send raft messages
+            // learns nothing from this replica.
+            crate::metrics::auth_refused("raft_without_certificate");
+            tracing::warn!(
+                "refused a framed raft connection without a node certificate from the cluster CA"
+            );
+        }
+        (true, _) => {
+            let (r, w) = tokio::io::split(stream);
+            let handler: raft_wire::Handler = Rc::new(move |group, kind, payload| {
+                let replica = replica.clone();
+                Box::pin(async move {
+                    let started = std::time::Instant::now();
+                    crate::metrics::raft_message_served("framed");
+                    let r = crate::service::dispatch_raft(&replica, group, kind, &payload).await;
+                    crate::metrics::observe("raft", started, r.as_ref().err().map(|_| "failed"));
+                    r
+                })
+            });
+            if let Err(e) = raft_wire::serve(r, w, handler).await {
+                tracing::warn!(error = %e, "a framed raft connection ended on an error");
+            }
+        }
+        (false, prefix) => {
+            let client: metad::Client = MetadService::gated(replica, session);
+            serve(raft_wire::Prefixed::new(prefix, stream), client).await;
+        }
+    }
 }

@@ -594,32 +594,10 @@ impl MetadService {
         kind: u8,
         payload: &[u8],
     ) -> Result<Vec<u8>, capnp::Error> {
-        let g = self
-            .group(group)
-            .map_err(|f| capnp::Error::failed(f.message))?;
-        let bad = |e: String| capnp::Error::failed(e);
-        match kind {
-            KIND_APPEND => {
-                let req: AppendEntriesRequest<TypeConfig> = decode(payload).map_err(bad)?;
-                let from_leader = req.vote.leader_id().voted_for();
-                let r = g.raft.append_entries(req).await;
-                if matches!(r, Ok(AppendEntriesResponse::Success)) && from_leader.is_some() {
-                    g.last_leader_contact.set(Some(std::time::Instant::now()));
-                }
-                Ok(encode(&r))
-            }
-            KIND_VOTE => {
-                let req: VoteRequest<NodeId> = decode(payload).map_err(bad)?;
-                Ok(encode(&g.raft.vote(req).await))
-            }
-            KIND_SNAPSHOT => {
-                let req: InstallSnapshotRequest<TypeConfig> = decode(payload).map_err(bad)?;
-                Ok(encode(&g.raft.install_snapshot(req).await))
-            }
-            k => Err(capnp::Error::failed(format!(
-                "unknown raft message kind {k}"
-            ))),
-        }
+        crate::metrics::raft_message_served("capnp");
+        dispatch_raft(&self.replica, group, kind, payload)
+            .await
+            .map_err(capnp::Error::failed)
     }
 
     fn rid(
@@ -1766,5 +1744,43 @@ impl metad::Server for MetadService {
             results.get().set_payload(&out);
             Ok(())
         }
+    }
+}
+
+/// Hands one raft message from a peer (`kind` and its bincode `payload`)
+/// to `group`'s raft and returns the encoded answer; the error says what
+/// was wrong with the message. Both transports land here: the framed one
+/// ([`crate::raft_wire`]) and Cap'n Proto's `raft` method.
+pub async fn dispatch_raft(
+    replica: &Replica,
+    group: u32,
+    kind: u8,
+    payload: &[u8],
+) -> Result<Vec<u8>, String> {
+    let g = replica.groups.get(group as usize).ok_or_else(|| {
+        format!(
+            "group {group} does not exist: this cluster has {} groups",
+            replica.groups.len()
+        )
+    })?;
+    match kind {
+        KIND_APPEND => {
+            let req: AppendEntriesRequest<TypeConfig> = decode(payload)?;
+            let from_leader = req.vote.leader_id().voted_for();
+            let r = g.raft.append_entries(req).await;
+            if matches!(r, Ok(AppendEntriesResponse::Success)) && from_leader.is_some() {
+                g.last_leader_contact.set(Some(std::time::Instant::now()));
+            }
+            Ok(encode(&r))
+        }
+        KIND_VOTE => {
+            let req: VoteRequest<NodeId> = decode(payload)?;
+            Ok(encode(&g.raft.vote(req).await))
+        }
+        KIND_SNAPSHOT => {
+            let req: InstallSnapshotRequest<TypeConfig> = decode(payload)?;
+            Ok(encode(&g.raft.install_snapshot(req).await))
+        }
+        k => Err(format!("unknown raft message kind {k}")),
     }
 }

@@ -17,6 +17,14 @@ fn keys_versions_cas_batches_lists_and_errors() {
             .expect("connect");
         assert_eq!(c.groups(), 4);
         let v1 = c.put(b"a", b"1").await.expect("put");
+        // Replicas send raft over the framed transport, not Cap'n Proto.
+        let framed = r#"transport="framed""#;
+        assert!(cluster.metric_sum("tessera_metad_raft_messages_total", framed) > 0.0);
+        let capnp = r#"transport="capnp""#;
+        assert_eq!(
+            cluster.metric_sum("tessera_metad_raft_messages_total", capnp),
+            0.0
+        );
         assert!(v1 > 0);
         let got = c
             .get(b"a", Consistency::Linearizable)
