@@ -128,7 +128,8 @@ async fn serve_connection(
             // Nothing is answered: a peer that may not send raft messages
             // learns nothing from this replica.
             crate::metrics::auth_refused("raft_without_certificate");
-            tracing::warn!(
+            // Debug, not warn: anyone who can connect could fill the log.
+            tracing::debug!(
                 "refused a framed raft connection without a node certificate from the cluster CA"
             );
         }

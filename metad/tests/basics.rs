@@ -392,3 +392,40 @@ fn concurrent_writes_of_one_client_each_get_their_own_outcome() {
         assert!(many > 0.0, "no writeMany call was made");
     });
 }
+
+/// Replicas with node certificates send raft to each other on the framed
+/// transport through TLS (not Cap'n Proto's `raft` method), and a client
+/// with the node certificate writes and reads through them.
+#[test]
+fn replicas_with_tls_send_raft_framed() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let tls = tessera_tls::dev::ensure(certs.path()).expect("dev certificates");
+    let cluster = Cluster::start_tls(3, 2, &tls);
+    let opts = ClientOptions {
+        security: tessera_metad::net::Security {
+            tls: Some(tessera_tls::Connector::node(&tls).unwrap()),
+            ..Default::default()
+        },
+        ..ClientOptions::default()
+    };
+    run_local(async {
+        let c = MetaClient::connect(&cluster.addrs, opts)
+            .await
+            .expect("connect");
+        for i in 0..20u32 {
+            c.put(format!("tls/{i}").as_bytes(), b"v").await.unwrap();
+        }
+        for i in 0..20u32 {
+            let k = format!("tls/{i}");
+            let got = c.get(k.as_bytes(), Consistency::Linearizable).await;
+            assert!(got.unwrap().is_some(), "{k} lost");
+        }
+    });
+    let framed = r#"transport="framed""#;
+    assert!(cluster.metric_sum("tessera_metad_raft_messages_total", framed) > 0.0);
+    let capnp = r#"transport="capnp""#;
+    assert_eq!(
+        cluster.metric_sum("tessera_metad_raft_messages_total", capnp),
+        0.0
+    );
+}

@@ -17,6 +17,8 @@ pub struct Cluster {
     pub procs: Vec<Option<Child>>,
     pub groups: u32,
     config: PathBuf,
+    /// Flags every replica starts with besides the harness's own (TLS).
+    args: Vec<std::ffi::OsString>,
 }
 
 /// A port below the ephemeral range, so that the replicas' own outgoing
@@ -28,7 +30,7 @@ fn free_addr() -> String {
 
 /// Fast raft timing for tests (elections in well under a second).
 const TEST_CONFIG: &str =
-    "insecure = true\n[raft]\nheartbeat_ms = 50\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\n";
+    "[raft]\nheartbeat_ms = 50\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\n";
 
 impl Cluster {
     pub fn start(n: usize, groups: u32) -> Cluster {
@@ -48,11 +50,39 @@ impl Cluster {
         top: impl Fn(&std::path::Path) -> String,
         extra_raft: &str,
     ) -> Cluster {
+        Self::start_with_args(n, groups, top, extra_raft, Vec::new())
+    }
+
+    /// Replicas that talk TLS with the node certificate in `tls` (the
+    /// files of `tessera_tls::dev::ensure`).
+    pub fn start_tls(n: usize, groups: u32, tls: &tessera_tls::TlsFiles) -> Cluster {
+        Self::start_with_args(
+            n,
+            groups,
+            |_| String::new(),
+            "",
+            tessera_tls::daemon_args(Some(tls)),
+        )
+    }
+
+    fn start_with_args(
+        n: usize,
+        groups: u32,
+        top: impl Fn(&std::path::Path) -> String,
+        extra_raft: &str,
+        args: Vec<std::ffi::OsString>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("metad.toml");
+        // Plaintext unless the flags give certificates.
+        let insecure = if args.is_empty() {
+            "insecure = true\n"
+        } else {
+            ""
+        };
         std::fs::write(
             &config,
-            format!("{}\n{TEST_CONFIG}{extra_raft}", top(dir.path())),
+            format!("{insecure}{}\n{TEST_CONFIG}{extra_raft}", top(dir.path())),
         )
         .expect("config");
         let ids: Vec<u64> = (1..=n as u64).collect();
@@ -66,6 +96,7 @@ impl Cluster {
             procs: Vec::new(),
             groups,
             config,
+            args,
         };
         for i in 0..n {
             let child = c.spawn(i, false);
@@ -95,6 +126,7 @@ impl Cluster {
             .args(["--metrics", &self.metrics[i]])
             .args(["--groups", &self.groups.to_string()])
             .args(["--log", "warn,openraft=off"])
+            .args(&self.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if join {
