@@ -18,13 +18,7 @@ fn keys_versions_cas_batches_lists_and_errors() {
         assert_eq!(c.groups(), 4);
         let v1 = c.put(b"a", b"1").await.expect("put");
         // Replicas send raft over the framed transport, not Cap'n Proto.
-        let framed = r#"transport="framed""#;
-        assert!(cluster.metric_sum("tessera_metad_raft_messages_total", framed) > 0.0);
-        let capnp = r#"transport="capnp""#;
-        assert_eq!(
-            cluster.metric_sum("tessera_metad_raft_messages_total", capnp),
-            0.0
-        );
+        assert_raft_framed(&cluster);
         assert!(v1 > 0);
         let got = c
             .get(b"a", Consistency::Linearizable)
@@ -421,11 +415,18 @@ fn replicas_with_tls_send_raft_framed() {
             assert!(got.unwrap().is_some(), "{k} lost");
         }
     });
-    let framed = r#"transport="framed""#;
-    assert!(cluster.metric_sum("tessera_metad_raft_messages_total", framed) > 0.0);
-    let capnp = r#"transport="capnp""#;
-    assert_eq!(
-        cluster.metric_sum("tessera_metad_raft_messages_total", capnp),
-        0.0
-    );
+    assert_raft_framed(&cluster);
+}
+
+/// The replicas of `cluster` were sent raft messages on the framed
+/// transport and none through Cap'n Proto's `raft` method.
+fn assert_raft_framed(cluster: &Cluster) {
+    let sent = |t: &str| {
+        cluster.metric_sum(
+            "tessera_metad_raft_messages_total",
+            &format!("transport=\"{t}\""),
+        )
+    };
+    assert!(sent("framed") > 0.0, "no raft message came framed");
+    assert_eq!(sent("capnp"), 0.0, "raft messages came through Cap'n Proto");
 }
