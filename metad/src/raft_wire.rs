@@ -174,9 +174,10 @@ async fn write_frames<W: AsyncWrite + Unpin, T>(
     w.shutdown().await
 }
 
-/// Serves request frames read from `r` (after the preamble) with
-/// `handler`, answering on `w`, until the peer closes or sends something
-/// malformed (returned as the error). Requests run concurrently, at most
+/// Serves request frames read from `r` (once [`sniff`] has read the
+/// dialer's preamble) with `handler`, answering on `w` after sending the
+/// preamble back, until the peer closes or sends something malformed
+/// (returned as the error). Requests run concurrently, at most
 /// [`SERVED_INFLIGHT_MAX`] at once.
 pub async fn serve<R, W>(r: R, w: W, handler: Handler) -> std::io::Result<()>
 where
