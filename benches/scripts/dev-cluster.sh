@@ -12,8 +12,8 @@ DEV_START_WAIT_SECS=60
 # Settling time after that, in seconds (elections, chunk servers registering).
 DEV_SETTLE_SECS=2
 # Longest wait for the gateway to take its read cache's memory (a quarter of
-# the machine's, pretouched on a thread of its own: ~3 s for 6 GiB on the
-# bench VM), in seconds. Measuring while it runs would charge a load run's
+# the machine's, pretouched on a thread of its own: 5.5 s for 6 GiB on the
+# bench VM, ~2.7 s of it after the cluster file appears), in seconds. Measuring while it runs would charge a load run's
 # first phase with it.
 DEV_WARM_WAIT_SECS=20
 

@@ -1006,11 +1006,7 @@ fn wal_holds_only_dirty_entries(dev: &Dev, gw: Gw) {
 fn unfinished_wal_intents(dev: &Dev) -> Vec<tessera_gateway::meta::WalIntent> {
     let metad = metad_addrs(dev);
     let opts = node_metad_options(dev);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let entries = tokio::task::LocalSet::new().block_on(&rt, async move {
+    let entries = run_local(async move {
         let c = tessera_metad::client::MetaClient::connect(&metad, opts)
             .await
             .unwrap();

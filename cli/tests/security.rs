@@ -342,7 +342,7 @@ fn security_end_to_end() {
     let metad_with = |creds: Option<Credentials>| {
         let metad = metad.clone();
         let ca = ca.clone();
-        on_tokio(async move {
+        run_local(async move {
             let opts = tessera_metad::client::ClientOptions {
                 retry_deadline: Duration::from_secs(3),
                 security: tessera_metad::net::Security {
@@ -410,9 +410,9 @@ fn security_end_to_end() {
         "raft_without_certificate",
     );
     let (answered, closed, err) = {
-        let addr = metad[0].clone();
+        let addr = addr_of(&dev, "metad-1");
         let ca = ca.clone();
-        on_tokio(async move {
+        run_local(async move {
             let security = tessera_metad::net::Security {
                 tls: Some(tessera_tls::Connector::client(&ca).unwrap()),
                 credentials: None,
@@ -474,16 +474,6 @@ fn security_end_to_end() {
         text.contains("TLS") || text.contains("certificate"),
         "the intruder's log does not say why it was refused: {text}"
     );
-}
-
-/// Runs `f` on a tokio current-thread runtime with a `LocalSet`, as metad's
-/// client runs.
-fn on_tokio<T>(f: impl std::future::Future<Output = T>) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, f)
 }
 
 /// Runs `f` on a glommio executor of its own.

@@ -20,6 +20,7 @@
 //!   reaches them within a bounded wait when no entries follow.
 
 use crate::log_store::SharedLog;
+use crate::runtime::run_local;
 use crate::state_machine::{GroupSm, SmStore};
 use crate::types::{Command, KeyWrite, NodeId, Op, Proposal, Raft, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
@@ -301,14 +302,6 @@ fn put(seq: u64) -> Proposal {
             value: Some(vec![seq as u8; 64]),
         }]),
     }]))
-}
-
-fn run_local<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    tokio::task::LocalSet::new().block_on(&rt, f)
 }
 
 #[test]

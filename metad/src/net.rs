@@ -595,11 +595,7 @@ mod tests {
     /// Cap'n Proto's `raft` method and work.
     #[test]
     fn an_older_peer_is_spoken_to_through_capnp() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        crate::runtime::run_local(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap().to_string();
             tokio::task::spawn_local(async move {

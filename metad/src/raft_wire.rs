@@ -533,17 +533,10 @@ pub async fn sniff<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Option<(b
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::run_local;
     use proptest::prelude::*;
     use std::time::Duration;
     use tokio::net::UnixStream;
-
-    fn on_local<T>(f: impl std::future::Future<Output = T>) -> T {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, f)
-    }
 
     /// Answers `group`, `kind` and the payload reversed, after a delay the
     /// payload's first byte chooses (so answers come back out of order);
@@ -588,7 +581,7 @@ mod tests {
                 1..40,
             )
         ) {
-            on_local(async move {
+            run_local(async move {
                 let (conn, server) = pair(echo()).await;
                 let conn = Rc::new(conn);
                 let mut tasks = Vec::new();
@@ -618,7 +611,7 @@ mod tests {
 
     #[test]
     fn a_refused_call_carries_the_handlers_message() {
-        on_local(async {
+        run_local(async {
             let (conn, _server) = pair(echo()).await;
             let e = conn.call(7, 3, 9, &1u8).await.unwrap_err();
             assert!(e.to_string().contains("kind 9 refused in group 3"), "{e}");
@@ -629,7 +622,7 @@ mod tests {
 
     #[test]
     fn a_call_that_gave_up_leaves_the_connection_usable() {
-        on_local(async {
+        run_local(async {
             let slow: Handler = Rc::new(|_, kind, p: Vec<u8>| {
                 Box::pin(async move {
                     if kind == 1 {
@@ -652,7 +645,7 @@ mod tests {
     /// Raw bytes to a serving replica: the preamble, then `frames`; returns
     /// how `serve` ended.
     fn serve_raw(frames: Vec<u8>) -> std::io::Result<()> {
-        on_local(async move {
+        run_local(async move {
             let (mut a, mut b) = UnixStream::pair().unwrap();
             let server = tokio::task::spawn_local(async move {
                 let first = sniff(&mut b).await?;
@@ -711,7 +704,7 @@ mod tests {
 
     #[test]
     fn a_malformed_answer_fails_the_waiting_call_and_closes() {
-        on_local(async {
+        run_local(async {
             let (a, mut b) = UnixStream::pair().unwrap();
             let conn = Conn::start(a);
             tokio::task::spawn_local(async move {
@@ -738,7 +731,7 @@ mod tests {
 
     #[test]
     fn a_peer_that_closes_unanswered_is_told_apart() {
-        on_local(async {
+        run_local(async {
             let (a, b) = UnixStream::pair().unwrap();
             let conn = Conn::start(a);
             drop(b);
@@ -749,7 +742,7 @@ mod tests {
 
     #[test]
     fn sniff_gives_back_what_is_not_the_preamble() {
-        on_local(async {
+        run_local(async {
             // A Cap'n Proto stream begins with its segment count: a zero.
             let (mut a, mut b) = UnixStream::pair().unwrap();
             a.write_all(&[0, 0, 0, 0, 2, 0, 0, 0, 9, 9]).await.unwrap();

@@ -55,6 +55,18 @@ impl ClientRuntime for Tokio {
     }
 }
 
+/// Runs `f` on a fresh current-thread tokio runtime with a `LocalSet`, as
+/// a replica runs its tasks: what unit tests of this crate drive their
+/// futures with.
+#[cfg(test)]
+pub(crate) fn run_local<F: Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a test runtime");
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
 /// `fut`'s output, or `None` when `limit` passed first (on `rt`'s timer).
 pub async fn within<T>(
     rt: &dyn ClientRuntime,

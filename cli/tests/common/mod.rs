@@ -176,6 +176,16 @@ pub fn metad_addrs(dev: &Dev) -> Vec<String> {
         .collect()
 }
 
+/// Runs `f` on a current-thread tokio runtime with a `LocalSet`, as metad's
+/// client runs.
+pub fn run_local<T>(f: impl std::future::Future<Output = T>) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
 /// The address of the dev cluster's process `name` (`chunkd-1` ...).
 pub fn addr_of(dev: &Dev, name: &str) -> String {
     cluster(dev)["processes"]

@@ -817,13 +817,7 @@ mod tests {
         }
     }
 
-    fn run_local<F: std::future::Future>(f: F) -> F::Output {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, f)
-    }
+    use crate::runtime::run_local;
 
     /// What the live entries of `m`'s group `g` weigh, encoded.
     fn model_bytes(m: &Model, g: u32) -> u64 {

@@ -740,13 +740,7 @@ mod tests {
         pub(super) static LIVE_BUFS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
     }
 
-    fn run_local<F: Future>(f: F) -> F::Output {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, f)
-    }
+    use crate::runtime::run_local;
 
     /// Bytes each write of a batch may touch: writes of one batch never
     /// overlap (their order on disk is not defined).
