@@ -853,6 +853,43 @@ fn read_cache_end_to_end() {
         "{ready} bytes ready"
     );
 
+    // Each write times the steps its client waits for: five replicated
+    // writes and one erasure-coded write each add one WAL append, one
+    // shard stage and one commit.
+    let stages = |m: &prometheus_parse::Scrape| {
+        tessera_gateway::metrics::WriteStage::ALL.map(|s| {
+            let l = [("stage", s.name())];
+            (
+                sample(m, "tessera_gateway_write_stage_seconds_count", &l),
+                sample(m, "tessera_gateway_write_stage_seconds_sum", &l),
+            )
+        })
+    };
+    let before = stages(&m);
+    with_client(gw.clone(), |c| async move {
+        for i in 0..5u64 {
+            c.put(&format!("stages/small/{i}"), &blob(100 + i, 4096))
+                .await
+                .unwrap();
+        }
+        c.put("stages/large", &blob(106, 5 << 20)).await.unwrap();
+    });
+    let after = stages(&scrape(&dev, "gateway"));
+    for (s, (b, a)) in before.iter().zip(&after).enumerate() {
+        let name = tessera_gateway::metrics::WriteStage::ALL[s].name();
+        assert!(
+            a.0 - b.0 >= 6.0,
+            "stage {name}: {} writes timed, 6 made",
+            a.0 - b.0
+        );
+        assert!(
+            a.1 > b.1,
+            "stage {name}: no time recorded ({} -> {})",
+            b.1,
+            a.1
+        );
+    }
+
     // The cache's memory was taken once at start, all of it (in whole
     // chunks), by a background thread that is done by now or soon.
     let capacity = sample(&m, "tessera_gateway_cache_capacity_bytes", &[]);

@@ -1,6 +1,6 @@
 //! The gateway's Prometheus metrics (served with `--metrics ADDR`):
-//! requests by operation and result, their latency, and object bytes in
-//! and out.
+//! requests by operation and result, their latency, the steps of a write
+//! the client waits for, and object bytes in and out.
 
 use crate::error::Error;
 use std::time::Instant;
@@ -25,6 +25,55 @@ fn result_name(e: Option<&Error>) -> &'static str {
 /// Records one request of `op` that started at `started`.
 pub fn observe(op: &'static str, started: Instant, err: Option<&Error>) {
     tessera_metrics::observe_request("gateway", op, started, result_name(err));
+}
+
+/// A step of a write that its client waits for, timed in
+/// `tessera_gateway_write_stage_seconds{stage}`: where a slow write spends
+/// its time (metad's WAL group, the chunk servers, or metad's metadata
+/// group), seen from the gateway, waits in its batches included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStage {
+    /// The WAL append of the write's intent (of a document: the document).
+    Wal = 0,
+    /// The shard writes the answer waits for: every replica of a replicated
+    /// object; for an erasure-coded one (or a document's cold part), the
+    /// stripes still being written once its last byte has arrived (earlier
+    /// stripes are written while the client is still sending).
+    Shards = 1,
+    /// The compare-and-set commit of the record in metad.
+    Commit = 2,
+}
+
+impl WriteStage {
+    /// Every stage, in the order a write goes through them.
+    pub const ALL: [WriteStage; 3] = [WriteStage::Wal, WriteStage::Shards, WriteStage::Commit];
+
+    /// The `stage` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteStage::Wal => "wal",
+            WriteStage::Shards => "shards",
+            WriteStage::Commit => "commit",
+        }
+    }
+}
+
+/// Records that `stage` of one write, begun at `started`, is over (whatever
+/// its outcome).
+pub fn write_stage(stage: WriteStage, started: Instant) {
+    thread_local! {
+        static STAGES: [std::sync::Arc<tessera_metrics::Histogram>; 3] = WriteStage::ALL.map(|s| {
+            tessera_metrics::global().histogram(
+                "tessera_gateway_write_stage_seconds",
+                "Steps of a write its client waits for (wal: the WAL append; \
+                 shards: the shard writes left once the last byte arrived; \
+                 commit: the record's compare-and-set), seconds.",
+                &[("stage", s.name())],
+            )
+        });
+    }
+    let took = started.elapsed();
+    STAGES.with(|h| h[stage as usize].observe_duration(took));
 }
 
 /// Object bytes received from clients (`in`) or sent to them (`out`).

@@ -30,6 +30,7 @@ use crate::codec::{codec_for, Codec};
 use crate::error::{Error, Result};
 use crate::limits::*;
 use crate::meta::*;
+use crate::metrics::{write_stage, WriteStage};
 use crate::nodes::Nodes;
 use crate::placement::{place, rank, Candidate};
 use crate::warm::{WarmBuffers, WARM_READY_BYTES_MAX};
@@ -600,7 +601,10 @@ impl Objects {
         wal: Option<(u32, u64)>,
         cond: &PutIf,
     ) -> Result<(ObjectMeta, Outcome)> {
-        let replaced = match self.commit(key, &meta, replay, cond).await {
+        let started = std::time::Instant::now();
+        let committed = self.commit(key, &meta, replay, cond).await;
+        write_stage(WriteStage::Commit, started);
+        let replaced = match committed {
             Ok(r) => r,
             // Lost to another writer (or raced past the commit attempts):
             // not committed, so nothing of this write stays.
@@ -700,13 +704,15 @@ impl Objects {
             let p = self.wal_partition();
             let gw = self.cfg.gateway_id.clone();
             let bytes = intent.encode();
+            let started = std::time::Instant::now();
             let off = self
                 .bridge
                 .call("logging the write in the WAL", move |c| async move {
                     c.wal_append(p, &gw, &bytes, true).await
                 })
-                .await?;
-            wal = Some((p, off));
+                .await;
+            write_stage(WriteStage::Wal, started);
+            wal = Some((p, off?));
         }
         // 2. Skip the cold write when the current version has the same cold part.
         let current = self.record(key).await?.map(|c| c.0);
@@ -1461,14 +1467,16 @@ impl PutWriter {
         let p = self.objects.wal_partition();
         let gw = self.objects.cfg.gateway_id.clone();
         let bytes = intent.encode();
+        let started = std::time::Instant::now();
         let off = self
             .objects
             .bridge
             .call("logging the write in the WAL", move |c| async move {
                 c.wal_append(p, &gw, &bytes, true).await
             })
-            .await?;
-        self.wal = Some((p, off));
+            .await;
+        write_stage(WriteStage::Wal, started);
+        self.wal = Some((p, off?));
         Ok(())
     }
 
@@ -1578,8 +1586,11 @@ impl PutWriter {
                     self.log_intent().await?;
                 }
                 let data = std::mem::take(&mut self.buf);
+                let started = std::time::Instant::now();
                 let landed =
-                    write_replicas(&objects, &self.version_id, data, &self.candidates).await?;
+                    write_replicas(&objects, &self.version_id, data, &self.candidates).await;
+                write_stage(WriteStage::Shards, started);
+                let landed = landed?;
                 layout_nodes = vec![landed];
                 make_layout = Box::new(|mut v| Layout::Replicated {
                     replicas: v.pop().unwrap_or_default(),
@@ -1591,12 +1602,7 @@ impl PutWriter {
                 m,
                 shard_bytes,
             } => {
-                if !self.buf.is_empty() || self.next_stripe == 0 {
-                    self.flush_stripe().await?;
-                }
-                while !self.inflight.is_empty() {
-                    self.collect_one().await?;
-                }
+                self.land_stripes().await?;
                 layout_nodes = std::mem::take(&mut self.landed);
                 make_layout = Box::new(move |stripes| Layout::Erasure {
                     codec,
@@ -1628,6 +1634,25 @@ impl PutWriter {
         matches!(self.plan, Plan::Replicated)
     }
 
+    /// Writes the last (partial or only) stripe and waits for every stripe
+    /// still in flight: the erasure-coded part of a write's
+    /// [`WriteStage::Shards`].
+    async fn land_stripes(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
+        let r = async {
+            if !self.buf.is_empty() || self.next_stripe == 0 {
+                self.flush_stripe().await?;
+            }
+            while !self.inflight.is_empty() {
+                self.collect_one().await?;
+            }
+            Ok(())
+        }
+        .await;
+        write_stage(WriteStage::Shards, started);
+        r
+    }
+
     /// Writes what is left and returns where every shard landed, without
     /// committing (the cold part of a document).
     async fn land(mut self) -> Result<(Layout, Vec<String>, bool)> {
@@ -1643,12 +1668,7 @@ impl PutWriter {
         if self.received != self.size {
             return Err(Error::Internal("the cold part is short".into()));
         }
-        if !self.buf.is_empty() || self.next_stripe == 0 {
-            self.flush_stripe().await?;
-        }
-        while !self.inflight.is_empty() {
-            self.collect_one().await?;
-        }
+        self.land_stripes().await?;
         let landed = std::mem::take(&mut self.landed);
         let make = move |stripes| Layout::Erasure {
             codec,
