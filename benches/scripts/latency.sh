@@ -18,6 +18,8 @@ set -u
 S=${1:?usage: latency.sh SIZE_KIB [CONCURRENCY] [BIN_DIR]}
 C=${2:-32}
 B=${3:-target/release}
+command -v curl > /dev/null || apt-get install -y curl > /dev/null \
+  || { echo "curl is needed to read the metrics (apt-get install curl)" >&2; exit 1; }
 # The window: from 3 s into the PUT phase, for 5 s.
 WINDOW_START_SECS=3
 WINDOW_SECS=5
