@@ -30,7 +30,9 @@ pub fn observe(op: &'static str, started: Instant, err: Option<&Error>) {
 /// A step of a write that its client waits for, timed in
 /// `tessera_gateway_write_stage_seconds{stage}`: where a slow write spends
 /// its time (metad's WAL group, the chunk servers, or metad's metadata
-/// group), seen from the gateway, waits in its batches included.
+/// group), seen from the gateway, waits in its batches included. Writes
+/// completed by WAL replay are timed too (rare: replay abandons a blob
+/// write that was not committed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteStage {
     /// The WAL append of the write's intent (of a document: the document).

@@ -348,6 +348,24 @@ impl Objects {
         home_partition(&self.cfg.gateway_id, self.bridge.wal_partitions())
     }
 
+    /// Appends `intent` to this gateway's WAL partition and
+    /// returns where it landed (partition, offset): step 1 of every write,
+    /// timed as its [`WriteStage::Wal`].
+    async fn append_intent(&self, intent: &WalIntent) -> Result<(u32, u64)> {
+        let p = self.wal_partition();
+        let gw = self.cfg.gateway_id.clone();
+        let bytes = intent.encode();
+        let started = std::time::Instant::now();
+        let off = self
+            .bridge
+            .call("logging the write in the WAL", move |c| async move {
+                c.wal_append(p, &gw, &bytes, true).await
+            })
+            .await;
+        write_stage(WriteStage::Wal, started);
+        Ok((p, off?))
+    }
+
     /// Starts a write of `size` bytes under `key`: checks, takes the live
     /// nodes and, for an erasure-coded object, logs the intent in the WAL.
     pub async fn begin_put(self: &Rc<Self>, key: &str, size: u64) -> Result<PutWriter> {
@@ -701,18 +719,7 @@ impl Objects {
                 doc_hot: Some(hot.to_vec()),
                 attrs: Vec::new(),
             };
-            let p = self.wal_partition();
-            let gw = self.cfg.gateway_id.clone();
-            let bytes = intent.encode();
-            let started = std::time::Instant::now();
-            let off = self
-                .bridge
-                .call("logging the write in the WAL", move |c| async move {
-                    c.wal_append(p, &gw, &bytes, true).await
-                })
-                .await;
-            write_stage(WriteStage::Wal, started);
-            wal = Some((p, off?));
+            wal = Some(self.append_intent(&intent).await?);
         }
         // 2. Skip the cold write when the current version has the same cold part.
         let current = self.record(key).await?.map(|c| c.0);
@@ -1464,19 +1471,7 @@ impl PutWriter {
             // Only a completed write would need them (see above).
             attrs: Vec::new(),
         };
-        let p = self.objects.wal_partition();
-        let gw = self.objects.cfg.gateway_id.clone();
-        let bytes = intent.encode();
-        let started = std::time::Instant::now();
-        let off = self
-            .objects
-            .bridge
-            .call("logging the write in the WAL", move |c| async move {
-                c.wal_append(p, &gw, &bytes, true).await
-            })
-            .await;
-        write_stage(WriteStage::Wal, started);
-        self.wal = Some((p, off?));
+        self.wal = Some(self.objects.append_intent(&intent).await?);
         Ok(())
     }
 
