@@ -98,10 +98,10 @@ impl Server {
             let advertise = cfg.advertise;
             engine.spawn_on_shard(i, move |ops| {
                 Box::pin(async move {
-                    let listener = match TcpListener::bind(bind) {
+                    let listener = match listen(bind) {
                         Ok(l) => l,
                         Err(e) => {
-                            let _ = ready_tx.send(Err(std::io::Error::from(e)));
+                            let _ = ready_tx.send(Err(e));
                             return;
                         }
                     };
@@ -143,14 +143,16 @@ impl Server {
                     // Behind a gate that allows everything (only peers with a
                     // node certificate get this far) for one tracing span
                     // per request.
-                    let service: chunk_server::Client =
-                        tessera_auth::gated::<chunk_server::Client, _>(
+                    let service = Services {
+                        capnp: tessera_auth::gated::<chunk_server::Client, _>(
                             ChunkService::new(local.clone()),
                             tessera_auth::Session::new(true),
                             NAMES,
                             None,
                             |_, _| tessera_auth::Check::Allow,
-                        );
+                        ),
+                        frames: Rc::new(ChunkService::new(local.clone())),
+                    };
                     let conns = Rc::new(Conns::default());
                     let local_path = local_path.map(|(path, l)| {
                         let (service, stop_rx, conns) =
@@ -223,6 +225,30 @@ impl Server {
     }
 }
 
+/// Backlog of each executor's listening socket.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Binds and listens on `addr` as glommio's `TcpListener::bind` does
+/// (SO_REUSEPORT: every executor binds the same port), and with
+/// SO_REUSEADDR, which the accepted connections inherit: a connection this
+/// server closed first lingers in TIME_WAIT on the server's port for a
+/// minute, and without it that blocks the port for a restarted server.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let sk = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sk.set_reuse_port(true)?;
+    sk.set_reuse_address(true)?;
+    sk.bind(&addr.into())?;
+    sk.listen(LISTEN_BACKLOG)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket that nothing
+    // else owns (into_raw_fd gave up socket2's ownership).
+    Ok(unsafe { TcpListener::from_raw_fd(sk.into_raw_fd()) })
+}
+
 /// The connection tasks of one executor, by number; each removes itself
 /// when it ends.
 #[derive(Default)]
@@ -263,12 +289,36 @@ impl Conns {
     }
 }
 
+/// What one executor serves on each connection: Cap'n Proto, or the
+/// framed transport for small shard writes (`tessera_rpc::frames`),
+/// whichever the dialer speaks.
+#[derive(Clone)]
+struct Services {
+    capnp: chunk_server::Client,
+    frames: Rc<dyn tessera_rpc::frames::FrameService>,
+}
+
+impl Services {
+    /// Serves `stream` in the protocol its first bytes announce.
+    async fn serve<S: tessera_rpc::conn::Io>(
+        self,
+        stream: S,
+    ) -> std::result::Result<(), capnp::Error> {
+        use tessera_rpc::frames::{serve, sniff, Sniffed};
+        let io = |e: std::io::Error| capnp::Error::failed(format!("framed connection: {e}"));
+        match sniff(stream).await.map_err(io)? {
+            Sniffed::Frames(s) => serve(s, self.frames).await.map_err(io),
+            Sniffed::Other(s) => tessera_rpc::conn::serve(s, self.capnp.client).await,
+        }
+    }
+}
+
 /// Serves the local socket: its accept thread let in only this user and
 /// root, who may read this node's key anyway, so no TLS; connections count
 /// against the same per-core limit as TCP ones and stop with them.
 async fn local_accept_loop(
     mut listener: tessera_rpc::local::LocalListener,
-    service: &chunk_server::Client,
+    service: &Services,
     conns_max: usize,
     stop: &async_channel::Receiver<()>,
     conns: &Conns,
@@ -298,14 +348,13 @@ async fn local_accept_loop(
             );
             continue;
         }
-        let conn = tessera_rpc::conn::serve(stream, service.client.clone());
-        conns.spawn(conn, None);
+        conns.spawn(service.clone().serve(stream), None);
     }
 }
 
 async fn accept_loop(
     listener: &TcpListener,
-    service: &chunk_server::Client,
+    service: &Services,
     tls: Option<tessera_rpc::conn::Acceptor>,
     conns_max: usize,
     stop: &async_channel::Receiver<()>,
@@ -336,7 +385,7 @@ async fn accept_loop(
                             crate::metrics::tls_refused();
                             capnp::Error::failed(format!("TLS handshake: {e}"))
                         })?;
-                    tessera_rpc::conn::serve(stream, service.client).await
+                    service.serve(stream).await
                 };
                 conns.spawn(conn, peer);
             }

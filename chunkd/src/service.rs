@@ -7,6 +7,7 @@
 //! this thread; others cross to their shard through the engine handle.
 //! While the server drains for shutdown, new requests get `unavailable`.
 
+use futures::future::LocalBoxFuture;
 use std::cell::Cell;
 use std::future::Future;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tessera_engine::{route, EngineHandle, ShardOps};
+use tessera_rpc::frames::{CallError, Failed, FrameService, Hello, ShardIn};
 use tessera_rpc::limits::*;
 use tessera_rpc::RemoteKind;
 use tessera_schema::chunk_capnp::{byte_sink, chunk_server, error as wire_error, shard_sink};
@@ -193,6 +195,101 @@ impl ChunkService {
     }
 }
 
+impl ChunkService {
+    /// `putShards`, over either transport: the call as a whole refused
+    /// before anything is stored, or each shard's own outcome (by
+    /// position). Every shard is checked and stored as `putShard` would;
+    /// stored concurrently, so they share the engine's durable writes.
+    async fn store_shards(
+        &self,
+        shards: &[ShardIn<'_>],
+    ) -> Result<Vec<Result<(), Failure>>, Failure> {
+        let _g = self.begin()?;
+        let n = shards.len();
+        if n == 0 || n > PUT_BATCH_SHARDS_MAX {
+            return Err(too_many_shards(n));
+        }
+        let total = shards
+            .iter()
+            .fold(0usize, |t, s| t.saturating_add(s.data.len()));
+        if total > PUT_BATCH_DATA_MAX_BYTES {
+            return Err(fail(
+                RemoteKind::TooLarge,
+                format!(
+                    "putShards carries {total} bytes of data; at most {PUT_BATCH_DATA_MAX_BYTES} per call — send fewer shards per call"
+                ),
+            ));
+        }
+        let puts = shards.iter().map(|s| async move {
+            check_id(s.id)?;
+            check_crc(s.data, s.crc32c)?;
+            self.put(s.id, s.data).await
+        });
+        Ok(futures::future::join_all(puts).await)
+    }
+}
+
+fn too_many_shards(n: usize) -> Failure {
+    fail(
+        RemoteKind::InvalidArgument,
+        format!("putShards carries {n} shards; send 1..={PUT_BATCH_SHARDS_MAX} per call"),
+    )
+}
+
+/// Counts a `putShards` call, and each of its shards as a put (as if sent
+/// alone).
+fn observe_put_shards(started: std::time::Instant, r: &Result<Vec<Result<(), Failure>>, Failure>) {
+    match r {
+        Ok(outcomes) => {
+            for r in outcomes {
+                crate::metrics::observe("put", started, r.as_ref().err().map(|f| f.kind));
+            }
+            crate::metrics::observe("put_shards", started, None);
+        }
+        Err(f) => crate::metrics::observe("put_shards", started, Some(f.kind)),
+    }
+}
+
+/// The framed transport's requests ([`tessera_rpc::frames`]): small shard
+/// writes, served exactly as the Cap'n Proto `putShards`.
+impl FrameService for ChunkService {
+    fn hello(&self) -> Hello {
+        Hello {
+            serving_shard: self.local.shard.index_no() as u32,
+            engine_shards: self.local.engine.shards() as u32,
+            node_id: self.local.node.node_id.clone(),
+        }
+    }
+
+    fn put_shards<'a>(
+        &'a self,
+        shards: Vec<ShardIn<'a>>,
+    ) -> LocalBoxFuture<'a, Result<Vec<Failed>, CallError>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let r = self.store_shards(&shards).await;
+            observe_put_shards(started, &r);
+            match r {
+                Ok(outcomes) => Ok(outcomes
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| {
+                        r.err().map(|f| Failed {
+                            index: i as u32,
+                            kind: f.kind,
+                            message: f.message,
+                        })
+                    })
+                    .collect()),
+                Err(f) => Err(CallError {
+                    kind: f.kind,
+                    message: f.message,
+                }),
+            }
+        })
+    }
+}
+
 /// Receives one streamed put; its reservation of the stream budget is
 /// returned when it is dropped (finished, failed or abandoned).
 struct PutSink {
@@ -319,52 +416,26 @@ impl chunk_server::Server for ChunkService {
         let this = self;
         async move {
             let started = std::time::Instant::now();
-            // The call as a whole: refused before anything is stored, or
-            // each shard's own outcome (by position).
             let r = async {
-                let _g = this.begin()?;
                 let p = params.get()?;
-                let shards = p.get_shards()?;
-                let n = shards.len() as usize;
-                if n == 0 || n > PUT_BATCH_SHARDS_MAX {
-                    return Err(fail(
-                        RemoteKind::InvalidArgument,
-                        format!("putShards carries {n} shards; send 1..={PUT_BATCH_SHARDS_MAX} per call"),
-                    ));
+                let list = p.get_shards()?;
+                if list.len() as usize > PUT_BATCH_SHARDS_MAX {
+                    return Err(too_many_shards(list.len() as usize));
                 }
-                let mut total = 0usize;
-                for s in shards.iter() {
-                    total = total.saturating_add(s.get_data()?.len());
+                let mut shards = Vec::with_capacity(list.len() as usize);
+                for s in list.iter() {
+                    shards.push(ShardIn {
+                        id: s.get_id()?,
+                        data: s.get_data()?,
+                        crc32c: s.get_crc32c(),
+                    });
                 }
-                if total > PUT_BATCH_DATA_MAX_BYTES {
-                    return Err(fail(
-                        RemoteKind::TooLarge,
-                        format!(
-                            "putShards carries {total} bytes of data; at most {PUT_BATCH_DATA_MAX_BYTES} per call — send fewer shards per call"
-                        ),
-                    ));
-                }
-                // Every shard is checked and stored as putShard would;
-                // stored concurrently, so they share the durable writes.
-                let puts = shards.iter().map(|s| {
-                    let this = &this;
-                    async move {
-                        let (id, data) = (s.get_id()?, s.get_data()?);
-                        check_id(id)?;
-                        check_crc(data, s.get_crc32c())?;
-                        this.put(id, data).await
-                    }
-                });
-                Ok(futures::future::join_all(puts).await)
+                this.store_shards(&shards).await
             }
             .await;
+            observe_put_shards(started, &r);
             match r {
                 Ok(outcomes) => {
-                    // Each shard counts as a put, as if sent alone.
-                    for r in &outcomes {
-                        crate::metrics::observe("put", started, r.as_ref().err().map(|f| f.kind));
-                    }
-                    crate::metrics::observe("put_shards", started, None);
                     let failed: Vec<(u32, Failure)> = outcomes
                         .into_iter()
                         .enumerate()
@@ -377,10 +448,7 @@ impl chunk_server::Server for ChunkService {
                         write_failure(b.init_error(), f);
                     }
                 }
-                Err(f) => {
-                    crate::metrics::observe("put_shards", started, Some(f.kind));
-                    write_failure(results.get().init_error(), &f);
-                }
+                Err(f) => write_failure(results.get().init_error(), &f),
             }
             Ok(())
         }

@@ -17,6 +17,16 @@ fn opts() -> ClientOptions {
     }
 }
 
+/// Options with `attempts` tries of at most 5 s each (tests that stop
+/// servers under their clients).
+fn quick_opts(attempts: u32) -> ClientOptions {
+    ClientOptions {
+        attempts,
+        call_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    }
+}
+
 /// Sizes that cross every boundary: empty, sub-block, block, inline limit,
 /// streamed, the largest shard.
 const SIZES: &[usize] = &[
@@ -335,6 +345,11 @@ fn batched_puts_share_calls_and_each_gets_its_own_answer() {
         stats.calls > 0 && stats.shards >= 2 * stats.calls && stats.shards > 200,
         "puts were not batched: {stats:?} for {stored} shards"
     );
+    // chunkd speaks the framed transport: every batch went that way.
+    assert_eq!(
+        stats.framed, stats.calls,
+        "batches went as Cap'n Proto calls: {stats:?}"
+    );
 }
 
 /// `putShards` sent straight on the wire: a call breaking the contract is
@@ -439,8 +454,137 @@ fn put_shards_refuses_bad_calls_whole_and_bad_shards_alone() {
     });
 }
 
-/// Random bytes, truncated frames and absurd segment tables on fresh
-/// connections: each ends that connection only.
+/// The framed transport (`tessera_rpc::frames`) refuses what Cap'n Proto
+/// `putShards` refuses, the same way: whole calls (no shards, too many, too
+/// much data) and bad shards alone; a malformed payload or an unknown
+/// method gets an error answer on a connection that goes on working; a
+/// frame over the size limit ends only its connection. The store holds
+/// exactly the shards acknowledged.
+#[test]
+fn framed_put_shards_refuses_bad_calls_and_bad_frames() {
+    use tessera_rpc::frames::{self, FrameConn, ShardIn};
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Chunkd::start(&dir.path().join("n1"));
+    let addr = srv.addr;
+    on_glommio(move || async move {
+        let cl = ChunkClient::connect(addr, opts()).await.unwrap();
+        let open = || async {
+            let s = tessera_rpc::conn::connect_tcp(addr, Duration::from_secs(3))
+                .await
+                .unwrap();
+            FrameConn::open(s)
+                .await
+                .unwrap()
+                .expect("chunkd speaks frames")
+        };
+        let (conn, hello) = open().await;
+        assert_eq!(hello.engine_shards, 2);
+        assert!(hello.serving_shard < 2);
+        assert!(!hello.node_id.is_empty());
+        type Outcome = Result<Vec<(u32, RemoteKind)>, RemoteKind>;
+        async fn call(conn: &FrameConn, shards: &[ShardIn<'_>]) -> Outcome {
+            let (status, payload) = conn
+                .call(|id| frames::put_shards_frame(id, shards.iter().copied()))
+                .await
+                .unwrap();
+            answer(status, &payload)
+        }
+        fn answer(status: u8, payload: &[u8]) -> Outcome {
+            if status == frames::STATUS_OK {
+                let failed = frames::decode_failures(payload).unwrap();
+                for f in &failed {
+                    assert!(f.message.len() > 10, "error message too terse: {f:?}");
+                }
+                Ok(failed.into_iter().map(|f| (f.index, f.kind)).collect())
+            } else {
+                let e = frames::decode_error(payload).unwrap();
+                assert!(e.message.len() > 10, "error message too terse: {e:?}");
+                Err(e.kind)
+            }
+        }
+        let shard = |id: &'static [u8], data: &'static [u8], crc| ShardIn {
+            id,
+            data,
+            crc32c: crc,
+        };
+        let ok: &'static [u8] = b"fine bytes";
+        let crc = crc32c::crc32c(ok);
+        // Whole calls refused: no shards, too many, too much data.
+        assert_eq!(call(&conn, &[]).await, Err(RemoteKind::InvalidArgument));
+        let many: Vec<ShardIn<'_>> = (0..257).map(|_| shard(b"many", ok, crc)).collect();
+        assert_eq!(call(&conn, &many).await, Err(RemoteKind::InvalidArgument));
+        let mib: &'static [u8] = Box::leak(vec![3u8; 1 << 20].into_boxed_slice());
+        let mcrc = crc32c::crc32c(mib);
+        let mut heavy: Vec<ShardIn<'_>> = (0..4).map(|_| shard(b"heavy", mib, mcrc)).collect();
+        heavy.push(shard(b"heavy-1", b"x", crc32c::crc32c(b"x")));
+        assert_eq!(call(&conn, &heavy).await, Err(RemoteKind::TooLarge));
+        // Bad shards fail alone: a wrong crc, an empty id, a long id.
+        let long: &'static [u8] = &[9u8; 129];
+        let mixed = [
+            shard(b"good-0", ok, crc),
+            shard(b"bad-crc", ok, crc ^ 1),
+            shard(b"", ok, crc),
+            shard(b"good-3", ok, crc),
+            shard(long, ok, crc),
+        ];
+        assert_eq!(
+            call(&conn, &mixed).await,
+            Ok(vec![
+                (1, RemoteKind::InvalidArgument),
+                (2, RemoteKind::InvalidArgument),
+                (4, RemoteKind::InvalidArgument)
+            ])
+        );
+        // A payload whose count lies, and a method nobody knows: error
+        // answers, and the connection still serves.
+        let lie = |id: u64| {
+            let mut f = frames::put_shards_frame(id, [shard(b"lie", ok, crc)].into_iter());
+            f[16..20].copy_from_slice(&7u32.to_le_bytes());
+            f
+        };
+        let (status, payload) = conn.call(lie).await.unwrap();
+        assert_eq!(answer(status, &payload), Err(RemoteKind::InvalidArgument));
+        let unknown = |id: u64| {
+            let mut f = frames::put_shards_frame(id, [shard(b"unknown", ok, crc)].into_iter());
+            f[12] = 99;
+            f
+        };
+        let (status, payload) = conn.call(unknown).await.unwrap();
+        assert_eq!(answer(status, &payload), Err(RemoteKind::InvalidArgument));
+        assert_eq!(call(&conn, &[shard(b"good-5", ok, crc)]).await, Ok(vec![]));
+        // A frame over the limit ends its connection, nothing else.
+        let (big, _) = open().await;
+        let over = |id: u64| {
+            let mut f = frames::put_shards_frame(id, [shard(b"over", ok, crc)].into_iter());
+            f[..4].copy_from_slice(&((frames::FRAME_MAX_BYTES + 1) as u32).to_le_bytes());
+            f
+        };
+        assert!(
+            big.call(over).await.is_err(),
+            "an oversized frame was answered"
+        );
+        assert!(big.broken().is_some());
+        assert_eq!(call(&conn, &[shard(b"good-6", ok, crc)]).await, Ok(vec![]));
+        let mut ids: Vec<Vec<u8>> = cl
+            .inventory_all()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        ids.sort();
+        let want: Vec<Vec<u8>> = ["good-0", "good-3", "good-5", "good-6"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        assert_eq!(ids, want);
+        assert_eq!(cl.get(b"good-6").await.unwrap(), ok);
+    });
+}
+
+/// Random bytes, truncated frames, absurd segment tables and garbage after
+/// the framed transport's preamble on fresh connections: each ends that
+/// connection only.
 #[test]
 fn garbage_on_the_socket_never_hurts_the_server_or_its_data() {
     use std::io::Write;
@@ -468,6 +612,8 @@ fn garbage_on_the_socket_never_hurts_the_server_or_its_data() {
             0 if len >= 8 => {
                 bytes[..8].copy_from_slice(&[0xff, 0xff, 0, 0, 0xff, 0xff, 0xff, 0x7f])
             }
+            // The framed transport's preamble, then garbage frames.
+            2 if len >= 8 => bytes[..8].copy_from_slice(&tessera_rpc::frames::PREAMBLE),
             // One segment of plausible size, garbage words.
             1 if len >= 8 => {
                 bytes[..4].copy_from_slice(&0u32.to_le_bytes());
@@ -503,18 +649,7 @@ fn kill9_under_heavy_writes_keeps_every_acknowledged_shard() {
         let (a2, t2) = (acked.clone(), attempted.clone());
         let writer = std::thread::spawn(move || {
             on_glommio(move || async move {
-                let cl = Rc::new(
-                    ChunkClient::connect(
-                        addr,
-                        ClientOptions {
-                            attempts: 1,
-                            call_timeout: Duration::from_secs(5),
-                            ..ClientOptions::default()
-                        },
-                    )
-                    .await
-                    .unwrap(),
-                );
+                let cl = Rc::new(ChunkClient::connect(addr, quick_opts(1)).await.unwrap());
                 let tasks: Vec<_> = (0..24u32)
                     .map(|w| {
                         let (cl, a2, t2) = (cl.clone(), a2.clone(), t2.clone());
@@ -847,17 +982,11 @@ fn client_reconnects_after_a_server_restart() {
         to_client.send(2).unwrap();
     });
     on_glommio(move || async move {
-        let cl = ChunkClient::connect(
-            addr,
-            ClientOptions {
-                attempts: 3,
-                call_timeout: Duration::from_secs(5),
-                ..ClientOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+        let cl = Rc::new(ChunkClient::connect(addr, quick_opts(3)).await.unwrap());
         cl.put(b"a", b"before").await.unwrap();
+        // A small put goes on the framed transport: its connection breaks
+        // with the restart too and must be replaced.
+        cl.put_batched(b"c", b"framed before").await.unwrap();
         to_test.send(()).unwrap();
         while from_client.try_recv().is_err() {
             glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -876,6 +1005,9 @@ fn client_reconnects_after_a_server_restart() {
         }
         assert_eq!(cl.get(b"a").await.unwrap(), b"before");
         cl.put(b"b", b"after").await.unwrap();
+        cl.put_batched(b"d", b"framed after").await.unwrap();
+        assert_eq!(cl.get(b"c").await.unwrap(), b"framed before");
+        assert_eq!(cl.get(b"d").await.unwrap(), b"framed after");
     });
     restarter.join().unwrap();
 }

@@ -19,6 +19,7 @@
 //! admission limits).
 
 use crate::error::{Error, RemoteKind, Result};
+use crate::frames::{FrameConn, ShardIn};
 use crate::limits::*;
 use futures::channel::oneshot;
 use futures::future::{select, Either};
@@ -135,6 +136,12 @@ pub struct ChunkClient {
     batches_served: Cell<bool>,
     /// `putShards` calls answered, and the shards they carried.
     batch_stats: Cell<PutBatchStats>,
+    /// Framed connections for small puts ([`crate::frames`]), by serving
+    /// shard like `conns`.
+    frames: RefCell<Vec<Option<Rc<FrameConn>>>>,
+    /// False once the server did not answer the framed preamble (a server
+    /// older than it): small puts then go as Cap'n Proto calls.
+    frames_served: Cell<bool>,
 }
 
 /// What [`ChunkClient::put_batched`] has sent as `putShards` calls.
@@ -144,6 +151,9 @@ pub struct PutBatchStats {
     pub calls: u64,
     /// Shards those calls carried.
     pub shards: u64,
+    /// Of those calls, the ones sent on the framed transport
+    /// ([`crate::frames`]) rather than as Cap'n Proto calls.
+    pub framed: u64,
 }
 
 /// A small put waiting for its call.
@@ -203,6 +213,8 @@ impl ChunkClient {
             put_queues: RefCell::new(Vec::new()),
             batches_served: Cell::new(true),
             batch_stats: Cell::new(PutBatchStats::default()),
+            frames: RefCell::new(Vec::new()),
+            frames_served: Cell::new(true),
         };
         c.client(None).await?;
         Ok(c)
@@ -220,6 +232,19 @@ impl ChunkClient {
         crate::local::trusted_socket(dir, &self.addr.to_string(), shard)
     }
 
+    /// A new stream to the server: executor `shard`'s local socket when it
+    /// has one, else TCP (with TLS when configured).
+    async fn dial(&self, shard: usize) -> Result<crate::conn::Stream> {
+        let tcp =
+            crate::conn::connect(self.addr, self.opts.connect_timeout, self.opts.tls.as_ref());
+        crate::conn::connect_local_or(self.local_socket(shard), self.opts.connect_timeout, tcp)
+            .await
+            .map_err(|source| Error::Connect {
+                addr: self.addr,
+                source,
+            })
+    }
+
     /// Opens a connection (to executor `shard`'s local socket when it has
     /// one, else over TCP) and asks which engine shard serves it (and how
     /// many the server has).
@@ -227,15 +252,7 @@ impl ChunkClient {
         &self,
         shard: usize,
     ) -> Result<(chunk_server::Client, Disconnect, usize, usize)> {
-        let tcp =
-            crate::conn::connect(self.addr, self.opts.connect_timeout, self.opts.tls.as_ref());
-        let stream =
-            crate::conn::connect_local_or(self.local_socket(shard), self.opts.connect_timeout, tcp)
-                .await
-                .map_err(|source| Error::Connect {
-                    addr: self.addr,
-                    source,
-                })?;
+        let stream = self.dial(shard).await?;
         let (c, disconnector) = crate::conn::client_side_with_disconnector(stream);
         let c: chunk_server::Client = c;
         let asked = {
@@ -307,6 +324,7 @@ impl ChunkClient {
                 // First contact, or the server restarted with another count.
                 self.shards.set(shards);
                 *self.conns.borrow_mut() = vec![None; shards.max(1)];
+                self.frames.borrow_mut().clear();
             }
             let kept = {
                 let mut conns = self.conns.borrow_mut();
@@ -347,6 +365,9 @@ impl ChunkClient {
         for c in self.conns.borrow_mut().iter_mut() {
             c.take();
         }
+        for c in self.frames.borrow_mut().iter_mut() {
+            c.take();
+        }
     }
 
     /// Runs `call` with the timeout, retrying retryable failures with
@@ -356,35 +377,47 @@ impl ChunkClient {
         F: Fn(chunk_server::Client) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
+        self.attempts(what, || async {
             let want = key
                 .filter(|_| self.shards.get() > 0)
                 .map(|k| owner_shard(k, self.shards.get()));
-            let r = match self.client(want).await {
-                Ok(c) => {
-                    let call = Box::pin(call(c));
-                    let timer = Box::pin(glommio::timer::sleep(self.opts.call_timeout));
-                    match select(call, timer).await {
-                        Either::Left((r, _)) => r,
-                        Either::Right(_) => Err(Error::Timeout {
-                            addr: self.addr,
-                            what,
-                            after: self.opts.call_timeout,
-                        }),
-                    }
+            call(self.client(want).await?).await
+        })
+        .await
+    }
+
+    /// Runs `attempt` (which finds its own connection) within the call
+    /// timeout, again after a retryable failure, with backoff, at most
+    /// `opts.attempts` times; connections are dropped after a transport
+    /// failure, so the next attempt opens fresh ones.
+    async fn attempts<T, F, Fut>(&self, what: &'static str, attempt: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut tried = 0u32;
+        loop {
+            tried += 1;
+            let r = {
+                let call = Box::pin(attempt());
+                let timer = Box::pin(glommio::timer::sleep(self.opts.call_timeout));
+                match select(call, timer).await {
+                    Either::Left((r, _)) => r,
+                    Either::Right(_) => Err(Error::Timeout {
+                        addr: self.addr,
+                        what,
+                        after: self.opts.call_timeout,
+                    }),
                 }
-                Err(e) => Err(e),
             };
             match r {
-                Err(e) if e.is_retryable() && attempt < self.opts.attempts.max(1) => {
+                Err(e) if e.is_retryable() && tried < self.opts.attempts.max(1) => {
                     // A broken connection is replaced on the next attempt.
                     self.drop_conns();
-                    let exp = BACKOFF_BASE_MILLIS.saturating_mul(1 << (attempt - 1).min(16));
+                    let exp = BACKOFF_BASE_MILLIS.saturating_mul(1 << (tried - 1).min(16));
                     let cap = exp.min(BACKOFF_MAX_MILLIS);
                     let wait = cap / 2 + rand::random::<u64>() % (cap / 2 + 1);
-                    tracing::debug!(addr = %self.addr, what, attempt, error = %e, wait_ms = wait, "retrying");
+                    tracing::debug!(addr = %self.addr, what, attempt = tried, error = %e, wait_ms = wait, "retrying");
                     glommio::timer::sleep(Duration::from_millis(wait)).await;
                 }
                 Err(e) => {
@@ -396,6 +429,167 @@ impl ChunkClient {
                 Ok(v) => return Ok(v),
             }
         }
+    }
+
+    /// The framed connection of engine shard `want`, opening connections
+    /// as [`client`](Self::client) does (at most `4 × shards` tries to land
+    /// one on `want`, then any open one); `None` when the server does not
+    /// speak the framed protocol (remembered: Cap'n Proto from then on).
+    async fn frame_conn(&self, want: usize) -> Result<Option<Rc<FrameConn>>> {
+        if let Some(c) = self.existing_frames(Some(want)) {
+            return Ok(Some(c));
+        }
+        let tries = 4 * self.shards.get().max(1);
+        for _ in 0..tries {
+            let opened = {
+                let open = Box::pin(self.open_frame_conn(want));
+                let timer = Box::pin(glommio::timer::sleep(self.opts.connect_timeout));
+                match select(open, timer).await {
+                    Either::Left((r, _)) => r,
+                    Either::Right(_) => Err(Error::Timeout {
+                        addr: self.addr,
+                        what: "hello on a new framed connection",
+                        after: self.opts.connect_timeout,
+                    }),
+                }
+            };
+            let (conn, hello) = match opened {
+                Ok(Some(v)) => v,
+                Ok(None) => {
+                    tracing::info!(addr = %self.addr, "the chunk server does not speak the framed protocol (older version); small puts go as Cap'n Proto calls");
+                    self.frames_served.set(false);
+                    return Ok(None);
+                }
+                Err(e) => return self.existing_frames(None).map(Some).ok_or(e),
+            };
+            let shards = hello.engine_shards as usize;
+            if self.shards.get() != shards {
+                // First contact, or the server restarted with another count.
+                self.shards.set(shards);
+                *self.conns.borrow_mut() = vec![None; shards.max(1)];
+                self.frames.borrow_mut().clear();
+            }
+            {
+                let mut frames = self.frames.borrow_mut();
+                if frames.len() < shards.max(1) {
+                    frames.resize_with(shards.max(1), || None);
+                }
+                // A second connection on a core that has one is dropped
+                // (closed) here.
+                if let Some(slot @ None) = frames.get_mut(hello.serving_shard as usize) {
+                    *slot = Some(Rc::new(conn));
+                }
+            }
+            if let Some(c) = self.existing_frames(Some(want).filter(|w| *w < self.shards.get())) {
+                return Ok(Some(c));
+            }
+        }
+        Ok(self.existing_frames(None))
+    }
+
+    /// Opens one framed connection (to executor `shard`'s local socket
+    /// when it has one, else over TCP) and checks the node it reached.
+    async fn open_frame_conn(
+        &self,
+        shard: usize,
+    ) -> Result<Option<(FrameConn, crate::frames::Hello)>> {
+        let stream = self.dial(shard).await?;
+        let Some((conn, hello)) = FrameConn::open(stream)
+            .await
+            .map_err(|e| self.io_error(e))?
+        else {
+            return Ok(None);
+        };
+        if let Some(want) = &self.opts.expect_node_id {
+            if &hello.node_id != want {
+                return Err(Error::WrongNode {
+                    addr: self.addr,
+                    expected: want.clone(),
+                    found: hello.node_id,
+                });
+            }
+        }
+        Ok(Some((conn, hello)))
+    }
+
+    /// The usable framed connection of shard `want`, or any for `None`.
+    fn existing_frames(&self, want: Option<usize>) -> Option<Rc<FrameConn>> {
+        let frames = self.frames.borrow();
+        let usable = |c: &&Rc<FrameConn>| c.broken().is_none();
+        match want {
+            Some(w) => frames
+                .get(w)
+                .and_then(|c| c.as_ref())
+                .filter(usable)
+                .cloned(),
+            None => frames.iter().flatten().find(usable).cloned(),
+        }
+    }
+
+    /// A framed connection's I/O failure as this crate's error: one worth
+    /// a retry on a fresh connection unless the server sent something
+    /// malformed.
+    fn io_error(&self, e: std::io::Error) -> Error {
+        let source = if e.kind() == std::io::ErrorKind::InvalidData {
+            capnp::Error::failed(format!("malformed framed answer: {e}"))
+        } else {
+            capnp::Error::disconnected(e.to_string())
+        };
+        Error::Transport {
+            addr: self.addr,
+            source,
+        }
+    }
+
+    /// One framed `putShards` of `batch` (retried): the shards that failed,
+    /// by position with their errors, or `None` when the server does not
+    /// speak the framed protocol.
+    async fn put_shards_framed(&self, batch: &[QueuedPut]) -> Result<Option<Vec<(u32, Error)>>> {
+        let want = match self.shards.get() {
+            0 => 0,
+            n => owner_shard(&batch[0].id, n),
+        };
+        self.attempts("putShards", || async {
+            let Some(conn) = self.frame_conn(want).await? else {
+                return Ok(None);
+            };
+            let shards = batch.iter().map(|p| ShardIn {
+                id: &p.id,
+                data: &p.data,
+                crc32c: p.crc,
+            });
+            let (status, payload) = conn
+                .call(|id| crate::frames::put_shards_frame(id, shards))
+                .await
+                .map_err(|e| self.io_error(e))?;
+            let malformed = |m: String| Error::Transport {
+                addr: self.addr,
+                source: capnp::Error::failed(format!("malformed putShards answer: {m}")),
+            };
+            if status != crate::frames::STATUS_OK {
+                let e = crate::frames::decode_error(&payload).map_err(malformed)?;
+                return Err(Error::Remote {
+                    addr: self.addr,
+                    kind: e.kind,
+                    message: e.message,
+                });
+            }
+            let failed = crate::frames::decode_failures(&payload).map_err(malformed)?;
+            Ok(Some(
+                failed
+                    .into_iter()
+                    .map(|f| {
+                        let e = Error::Remote {
+                            addr: self.addr,
+                            kind: f.kind,
+                            message: f.message,
+                        };
+                        (f.index, e)
+                    })
+                    .collect(),
+            ))
+        })
+        .await
     }
 
     fn transport(&self) -> impl Fn(capnp::Error) -> Error + '_ {
@@ -557,6 +751,27 @@ impl ChunkClient {
     /// Sends `batch` (one `putShards` call, or `putShard` for one shard or
     /// an older server) and answers each of its puts.
     async fn send_puts(&self, batch: Vec<QueuedPut>) {
+        if self.frames_served.get() {
+            match self.put_shards_framed(&batch).await {
+                Ok(Some(failed)) => {
+                    if batch.len() > 1 {
+                        let mut st = self.batch_stats.get();
+                        st.framed += 1;
+                        self.batch_stats.set(st);
+                    }
+                    self.answer_batch(batch, failed);
+                    return;
+                }
+                // An older server: Cap'n Proto below.
+                Ok(None) => {}
+                Err(e) => {
+                    for p in batch {
+                        let _ = p.done.send(Err(e.duplicate()));
+                    }
+                    return;
+                }
+            }
+        }
         if batch.len() > 1 && self.batches_served.get() {
             let r = self
                 .retried("putShards", Some(&batch[0].id), |c| {
@@ -564,18 +779,8 @@ impl ChunkClient {
                 })
                 .await;
             match r {
-                Ok(Some(mut failed)) => {
-                    let mut st = self.batch_stats.get();
-                    st.calls += 1;
-                    st.shards += batch.len() as u64;
-                    self.batch_stats.set(st);
-                    for (i, p) in batch.into_iter().enumerate() {
-                        let r = match failed.iter().position(|(at, _)| *at as usize == i) {
-                            Some(j) => Err(failed.swap_remove(j).1),
-                            None => Ok(()),
-                        };
-                        let _ = p.done.send(r);
-                    }
+                Ok(Some(failed)) => {
+                    self.answer_batch(batch, failed);
                     return;
                 }
                 Ok(None) => {
@@ -595,6 +800,24 @@ impl ChunkClient {
             let _ = p.done.send(r);
         };
         futures::future::join_all(batch.into_iter().map(one)).await;
+    }
+
+    /// Answers each put of a batch the server took: its own failure, if it
+    /// is listed, else success. Counts batches of more than one shard.
+    fn answer_batch(&self, batch: Vec<QueuedPut>, mut failed: Vec<(u32, Error)>) {
+        if batch.len() > 1 {
+            let mut st = self.batch_stats.get();
+            st.calls += 1;
+            st.shards += batch.len() as u64;
+            self.batch_stats.set(st);
+        }
+        for (i, p) in batch.into_iter().enumerate() {
+            let r = match failed.iter().position(|(at, _)| *at as usize == i) {
+                Some(j) => Err(failed.swap_remove(j).1),
+                None => Ok(()),
+            };
+            let _ = p.done.send(r);
+        }
     }
 
     /// One `putShards` attempt: the shards that failed, by position with

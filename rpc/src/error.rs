@@ -36,6 +36,35 @@ impl RemoteKind {
         }
     }
 
+    /// This kind as one byte (the framed transport's encoding).
+    pub fn to_u8(self) -> u8 {
+        match self {
+            RemoteKind::NotFound => 0,
+            RemoteKind::Checksum => 1,
+            RemoteKind::TooLarge => 2,
+            RemoteKind::InvalidArgument => 3,
+            RemoteKind::DiskFull => 4,
+            RemoteKind::Unavailable => 5,
+            RemoteKind::Io => 6,
+            RemoteKind::Internal => 7,
+        }
+    }
+
+    /// The kind of a byte from [`to_u8`](Self::to_u8); one this version
+    /// does not know is `Internal`.
+    pub fn from_u8(b: u8) -> Self {
+        match b {
+            0 => RemoteKind::NotFound,
+            1 => RemoteKind::Checksum,
+            2 => RemoteKind::TooLarge,
+            3 => RemoteKind::InvalidArgument,
+            4 => RemoteKind::DiskFull,
+            5 => RemoteKind::Unavailable,
+            6 => RemoteKind::Io,
+            _ => RemoteKind::Internal,
+        }
+    }
+
     /// The wire value of this kind.
     pub fn to_wire(self) -> chunk_capnp::error::Kind {
         use chunk_capnp::error::Kind as K;

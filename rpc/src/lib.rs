@@ -11,6 +11,7 @@ pub mod chunk;
 pub mod cluster;
 pub mod conn;
 pub mod error;
+pub mod frames;
 pub mod gateway;
 pub mod limits;
 pub mod local;
