@@ -723,9 +723,10 @@ fn kill9_under_heavy_writes_keeps_every_acknowledged_shard() {
     eprintln!("kill -9 x3: {n_acked} acknowledged, {n_present} present after restart");
 }
 
-/// SIGTERM while writes run: the server refuses new requests, finishes the
-/// ones in flight, flushes, exits 0; after restart every acknowledged
-/// shard is there.
+/// SIGTERM while writes run (half of them batched, on the framed
+/// transport): the server refuses new requests, finishes the ones in
+/// flight, flushes, exits 0; after restart every acknowledged shard is
+/// there.
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
@@ -753,7 +754,15 @@ fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
                     glommio::spawn_local(async move {
                         for n in 0..100_000u32 {
                             let id = format!("w{w}-n{n}").into_bytes();
-                            if cl.put(&id, &content(&id, 8192)).await.is_err() {
+                            let data = content(&id, 8192);
+                            // Half the writers batch: framed requests are
+                            // in flight when the drain begins too.
+                            let r = if w % 2 == 1 {
+                                cl.put_batched(&id, &data).await
+                            } else {
+                                cl.put(&id, &data).await
+                            };
+                            if r.is_err() {
                                 return;
                             }
                             a2.lock().unwrap().push(id);

@@ -549,6 +549,19 @@ async fn handle(
     }
 }
 
+/// The request tasks of a served connection, cancelled when it is
+/// dropped; each removes itself when it finishes.
+#[derive(Default)]
+struct Running(Rc<RefCell<HashMap<u64, glommio::task::JoinHandle<()>>>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for (_, task) in self.0.borrow_mut().drain() {
+            task.cancel();
+        }
+    }
+}
+
 /// Serves request frames of `stream` (whose preamble [`sniff`] consumed)
 /// with `service` after sending the preamble back, until the peer closes
 /// or sends something malformed (returned as the error). Requests run
@@ -560,6 +573,11 @@ pub async fn serve<S: Io>(stream: S, service: Rc<dyn FrameService>) -> std::io::
     let slots = Rc::new(glommio::sync::Semaphore::new(SERVED_INFLIGHT_MAX as u64));
     let (tx, rx) = mpsc::unbounded::<(Vec<u8>, glommio::sync::StaticPermit)>();
     let writer = glommio::spawn_local(write_frames(w, rx));
+    // Requests run as tasks of their own, cancelled with this future (a
+    // server that stops a connection stops its requests: nothing of the
+    // connection outlives it, e.g. into the engine's close).
+    let running = Running::default();
+    let next_task = Cell::new(0u64);
     let read = async {
         loop {
             let permit = slots
@@ -571,13 +589,18 @@ pub async fn serve<S: Io>(stream: S, service: Rc<dyn FrameService>) -> std::io::
             };
             let service = service.clone();
             let tx = tx.clone();
-            glommio::spawn_local(async move {
+            let key = next_task.get();
+            next_task.set(key + 1);
+            let tasks = running.0.clone();
+            let task = glommio::spawn_local(async move {
                 let answer = answer_frame(id, handle(&*service, method, &payload).await);
                 // A send fails only when the writer ended (the connection
                 // broke): nobody waits for this answer then.
                 let _ = tx.unbounded_send((answer, permit));
+                tasks.borrow_mut().remove(&key);
             })
             .detach();
+            running.0.borrow_mut().insert(key, task);
         }
     };
     let read: std::io::Result<()> = read.await;
