@@ -545,9 +545,10 @@ impl ChunkClient {
     /// by position with their errors, or `None` when the server does not
     /// speak the framed protocol.
     async fn put_shards_framed(&self, batch: &[QueuedPut]) -> Result<Option<Vec<(u32, Error)>>> {
-        let want = match self.shards.get() {
-            0 => 0,
-            n => owner_shard(&batch[0].id, n),
+        // A batch's puts share an owner (they queued in its slot).
+        let want = match (self.shards.get(), batch.first()) {
+            (n, Some(p)) if n > 0 => owner_shard(&p.id, n),
+            _ => 0,
         };
         self.attempts("putShards", || async {
             let Some(conn) = self.frame_conn(want).await? else {
