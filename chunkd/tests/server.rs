@@ -1021,6 +1021,66 @@ fn client_reconnects_after_a_server_restart() {
     restarter.join().unwrap();
 }
 
+/// A chunk server restarted while its client is idle: the client's framed
+/// connections broke unseen, and the next batched puts replace them (and
+/// still go framed) instead of falling back to Cap'n Proto.
+#[test]
+fn framed_connections_are_replaced_after_an_idle_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n1");
+    let srv = std::sync::Arc::new(std::sync::Mutex::new(Some(Chunkd::start(&data))));
+    let addr = srv.lock().unwrap().as_ref().unwrap().addr;
+    on_glommio(move || async move {
+        let cl = Rc::new(ChunkClient::connect(addr, quick_opts(3)).await.unwrap());
+        // Enough puts at once that most leave in shared (framed) calls.
+        let burst = |round: u32| {
+            let tasks: Vec<_> = (0..64u32)
+                .map(|n| {
+                    let cl = cl.clone();
+                    glommio::spawn_local(async move {
+                        let id = format!("r{round}-{n}").into_bytes();
+                        cl.put_batched(&id, &content(&id, 4096)).await.unwrap();
+                    })
+                })
+                .collect();
+            futures::future::join_all(tasks)
+        };
+        burst(0).await;
+        let before = cl.put_batch_stats();
+        assert!(before.framed > 0, "{before:?}");
+        let mut old = srv.lock().unwrap().take().unwrap();
+        assert!(old.terminate().0.success());
+        *srv.lock().unwrap() = Some(Chunkd::start_at(&data, &addr.to_string(), &[]));
+        // Time for the client to read the old connections' end.
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        // One put alone: it must find a new framed connection, not fall
+        // back to Cap'n Proto.
+        cl.put_batched(b"alone", b"after the restart")
+            .await
+            .unwrap();
+        let single = cl.put_batch_stats();
+        assert_eq!(
+            single.framed_singles,
+            before.framed_singles + 1,
+            "the put after the restart did not go framed: {before:?} -> {single:?}"
+        );
+        burst(1).await;
+        let after = cl.put_batch_stats();
+        assert!(after.framed > before.framed, "{before:?} -> {after:?}");
+        assert_eq!(
+            after.framed, after.calls,
+            "batches after the restart went as Cap'n Proto calls: {after:?}"
+        );
+        assert_eq!(cl.get(b"alone").await.unwrap(), b"after the restart");
+        for round in 0..2u32 {
+            for n in 0..64u32 {
+                let id = format!("r{round}-{n}").into_bytes();
+                assert_eq!(cl.get(&id).await.unwrap(), content(&id, 4096));
+            }
+        }
+    });
+}
+
 proptest::proptest! {
     /// The client's routing rule is the engine's, for any id and shard count.
     #[test]

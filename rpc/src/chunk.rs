@@ -154,6 +154,8 @@ pub struct PutBatchStats {
     /// Of those calls, the ones sent on the framed transport
     /// ([`crate::frames`]) rather than as Cap'n Proto calls.
     pub framed: u64,
+    /// Puts that went alone, on the framed transport.
+    pub framed_singles: u64,
 }
 
 /// A small put waiting for its call.
@@ -474,17 +476,33 @@ impl ChunkClient {
                 if frames.len() < shards.max(1) {
                     frames.resize_with(shards.max(1), || None);
                 }
-                // A second connection on a core that has one is dropped
-                // (closed) here.
-                if let Some(slot @ None) = frames.get_mut(hello.serving_shard as usize) {
-                    *slot = Some(Rc::new(conn));
+                // Kept if its core has none, or only a broken one (the
+                // server restarted while this client was idle); a second
+                // connection on a core is dropped (closed) here.
+                if let Some(slot) = frames.get_mut(hello.serving_shard as usize) {
+                    let replace = match slot {
+                        None => true,
+                        Some(c) => c.broken().is_some(),
+                    };
+                    if replace {
+                        *slot = Some(Rc::new(conn));
+                    }
                 }
             }
             if let Some(c) = self.existing_frames(Some(want).filter(|w| *w < self.shards.get())) {
                 return Ok(Some(c));
             }
         }
-        Ok(self.existing_frames(None))
+        // The kernel kept placing connections elsewhere: any one will do.
+        match self.existing_frames(None) {
+            Some(c) => Ok(Some(c)),
+            None => Err(Error::Transport {
+                addr: self.addr,
+                source: capnp::Error::disconnected(
+                    "no framed connection could be kept; retry".into(),
+                ),
+            }),
+        }
     }
 
     /// Opens one framed connection (to executor `shard`'s local socket
@@ -755,11 +773,13 @@ impl ChunkClient {
         if self.frames_served.get() {
             match self.put_shards_framed(&batch).await {
                 Ok(Some(failed)) => {
+                    let mut st = self.batch_stats.get();
                     if batch.len() > 1 {
-                        let mut st = self.batch_stats.get();
                         st.framed += 1;
-                        self.batch_stats.set(st);
+                    } else {
+                        st.framed_singles += 1;
                     }
+                    self.batch_stats.set(st);
                     self.answer_batch(batch, failed);
                     return;
                 }
