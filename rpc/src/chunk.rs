@@ -142,6 +142,9 @@ pub struct ChunkClient {
     /// False once the server did not answer the framed preamble (a server
     /// older than it): small puts then go as Cap'n Proto calls.
     frames_served: Cell<bool>,
+    /// No new framed connection is tried before this (the last try could
+    /// not open one); Cap'n Proto carries small puts meanwhile.
+    frames_paused_until: Cell<Option<std::time::Instant>>,
 }
 
 /// What [`ChunkClient::put_batched`] has sent as `putShards` calls.
@@ -217,6 +220,7 @@ impl ChunkClient {
             batch_stats: Cell::new(PutBatchStats::default()),
             frames: RefCell::new(Vec::new()),
             frames_served: Cell::new(true),
+            frames_paused_until: Cell::new(None),
         };
         c.client(None).await?;
         Ok(c)
@@ -436,10 +440,17 @@ impl ChunkClient {
     /// The framed connection of engine shard `want`, opening connections
     /// as [`client`](Self::client) does (at most `4 × shards` tries to land
     /// one on `want`, then any open one); `None` when the server does not
-    /// speak the framed protocol (remembered: Cap'n Proto from then on).
+    /// speak the framed protocol (remembered: Cap'n Proto from then on) or
+    /// none can be opened now (Cap'n Proto for
+    /// [`FRAMES_RETRY_AFTER_MILLIS`]).
     async fn frame_conn(&self, want: usize) -> Result<Option<Rc<FrameConn>>> {
         if let Some(c) = self.existing_frames(Some(want)) {
             return Ok(Some(c));
+        }
+        if let Some(until) = self.frames_paused_until.get() {
+            if std::time::Instant::now() < until {
+                return Ok(self.existing_frames(None));
+            }
         }
         let tries = 4 * self.shards.get().max(1);
         for _ in 0..tries {
@@ -462,7 +473,22 @@ impl ChunkClient {
                     self.frames_served.set(false);
                     return Ok(None);
                 }
-                Err(e) => return self.existing_frames(None).map(Some).ok_or(e),
+                Err(e @ Error::WrongNode { .. }) => return Err(e),
+                Err(e) => {
+                    if let Some(c) = self.existing_frames(None) {
+                        return Ok(Some(c));
+                    }
+                    // No framed connection now (the server refuses more
+                    // connections, or is down): this batch goes as a Cap'n
+                    // Proto call, which reports a down server as usual, and
+                    // frames are tried again only after a pause.
+                    tracing::debug!(addr = %self.addr, error = %e, "no framed connection; Cap'n Proto for now");
+                    self.frames_paused_until.set(Some(
+                        std::time::Instant::now()
+                            + Duration::from_millis(FRAMES_RETRY_AFTER_MILLIS),
+                    ));
+                    return Ok(None);
+                }
             };
             let shards = hello.engine_shards as usize;
             if self.shards.get() != shards {
@@ -482,7 +508,7 @@ impl ChunkClient {
                 if let Some(slot) = frames.get_mut(hello.serving_shard as usize) {
                     let replace = match slot {
                         None => true,
-                        Some(c) => c.broken().is_some(),
+                        Some(c) => c.is_broken(),
                     };
                     if replace {
                         *slot = Some(Rc::new(conn));
@@ -533,7 +559,7 @@ impl ChunkClient {
     /// The usable framed connection of shard `want`, or any for `None`.
     fn existing_frames(&self, want: Option<usize>) -> Option<Rc<FrameConn>> {
         let frames = self.frames.borrow();
-        let usable = |c: &&Rc<FrameConn>| c.broken().is_none();
+        let usable = |c: &&Rc<FrameConn>| !c.is_broken();
         match want {
             Some(w) => frames
                 .get(w)

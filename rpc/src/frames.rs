@@ -671,7 +671,8 @@ impl Drop for FrameConn {
 impl FrameConn {
     /// Speaks this protocol on `stream`: sends the preamble and a `hello`,
     /// and returns the connection with the server's answer, or `None` when
-    /// the server does not speak it (it did not send the preamble back).
+    /// the server does not speak it (it answered something other than the
+    /// preamble). A connection closed before any answer is an error.
     /// The caller bounds the time this takes.
     pub async fn open<S: Io>(stream: S) -> std::io::Result<Option<(FrameConn, Hello)>> {
         let (r, mut w) = stream.split();
@@ -684,10 +685,16 @@ impl FrameConn {
         let mut at = 0;
         while at < back.len() {
             match r.read(&mut back[at..]).await {
-                Ok(0) => return Ok(None),
+                // Closed without a word: not an older server (that answers
+                // the preamble with a Cap'n Proto abort) but one refusing
+                // connections (its per-core limit) or stopping.
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the chunk server closed a new connection before answering (its connection limit, or stopping)",
+                    ))
+                }
                 Ok(n) => at += n,
-                // An older server drops the connection on the preamble.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
@@ -763,6 +770,11 @@ impl FrameConn {
     /// Why this connection can no longer be used, once it cannot.
     pub fn broken(&self) -> Option<String> {
         self.state.broken.borrow().clone()
+    }
+
+    /// Whether this connection can no longer be used (no copy of why).
+    pub fn is_broken(&self) -> bool {
+        self.state.broken.borrow().is_some()
     }
 
     /// Sends the frame `build` makes for a fresh call id and waits for its

@@ -69,3 +69,8 @@ pub const BACKOFF_BASE_MILLIS: u64 = 50;
 
 /// Longest backoff between attempts.
 pub const BACKOFF_MAX_MILLIS: u64 = 2_000;
+
+/// After a framed connection to a chunk server could not be opened (its
+/// connection limit, or it is down), small puts go as Cap'n Proto calls
+/// for this long before frames are tried again.
+pub const FRAMES_RETRY_AFTER_MILLIS: u64 = 1_000;
